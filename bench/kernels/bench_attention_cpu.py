@@ -1,0 +1,107 @@
+"""Times the C++ attention kernel against the torch reference on CPU.
+
+Run from the repository root after building the extension:
+    python -m bench.kernels.bench_attention_cpu [--dtype bfloat16] [--threads N]
+
+Shapes are SmolLM2's (9 query heads, 3 kv heads, head_dim 64) with 16-token
+blocks. "GB/s" is the K/V bytes a batch must read (each sequence's context, K and
+V, once) divided by the time: the figure of merit of decode, which is memory-bound.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.kernels import ops, reference
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    seqs: tuple[tuple[int, int], ...]  # (query tokens, context length incl. them) per sequence
+
+
+CASES = (
+    Case("decode 32 x ctx 256", ((1, 256),) * 32),
+    Case("decode 8 x ctx 2048", ((1, 2048),) * 8),
+    Case("prefill 512", ((512, 512),)),
+    Case("mixed: chunk 128 @ ctx 384 + 31 decodes", ((128, 384),) + ((1, 256),) * 31),
+)
+
+
+def make_inputs(case: Case, dtype: torch.dtype) -> dict[str, torch.Tensor | float | int]:
+    q_lens = [q for q, _ in case.seqs]
+    ctx_lens = [c for _, c in case.seqs]
+    max_blocks = max(-(-c // BLOCK_SIZE) for c in ctx_lens)
+    num_blocks = len(case.seqs) * max_blocks
+    k_cache = torch.randn(num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    v_cache = torch.randn_like(k_cache)
+    block_tables = torch.randperm(num_blocks, dtype=torch.int32).view(len(case.seqs), max_blocks)
+    # The engine hands attention a head slice of the fused qkv projection.
+    qkv = torch.randn(sum(q_lens), NUM_HEADS + 2 * NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    return {
+        "query": qkv[:, :NUM_HEADS],
+        "k_cache": k_cache,
+        "v_cache": v_cache,
+        "block_tables": block_tables,
+        "context_lens": torch.tensor(ctx_lens, dtype=torch.int32),
+        "query_start_loc": torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32),
+        "scale": 1.0 / math.sqrt(HEAD_DIM),
+        "max_query_len": max(q_lens),
+        "max_context_len": max(ctx_lens),
+    }
+
+
+def median_ms(fn: Callable[[], object], min_time_s: float = 0.5) -> float:
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + min_time_s
+    while len(times) < 5 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def kv_bytes(case: Case, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return sum(c for _, c in case.seqs) * NUM_KV_HEADS * HEAD_DIM * 2 * elem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    if not ops.cpp_available():
+        raise SystemExit("engine._C is not built: python setup.py build_ext --inplace")
+    os.environ.pop(ops.BACKEND_ENV, None)  # ops.paged_attention must pick cpp
+    torch.set_num_threads(args.threads)
+    dtypes = (torch.float32, torch.bfloat16) if args.dtype == "both" else (getattr(torch, args.dtype),)
+    torch.manual_seed(0)
+    print(f"threads={args.threads}  isa={ops._C.cpu_isa()}  H={NUM_HEADS} Hkv={NUM_KV_HEADS} "
+          f"D={HEAD_DIM} block={BLOCK_SIZE}")
+    header = f"{'case':<42} {'dtype':<9} {'cpp ms':>8} {'torch ms':>9} {'speedup':>8} {'cpp GB/s':>9}"
+    print(header)
+    print("-" * len(header))
+    for case in CASES:
+        for dtype in dtypes:
+            inputs = make_inputs(case, dtype)
+            cpp_ms = median_ms(lambda: ops.paged_attention(**inputs))  # type: ignore[arg-type]
+            torch_ms = median_ms(lambda: reference.paged_attention(**inputs))  # type: ignore[arg-type]
+            gbs = kv_bytes(case, dtype) / cpp_ms / 1e6
+            print(f"{case.name:<42} {str(dtype).removeprefix('torch.'):<9} {cpp_ms:>8.3f} {torch_ms:>9.3f} "
+                  f"{torch_ms / cpp_ms:>7.1f}x {gbs:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+// The per-work-item attention kernel of paged_attention.cpp.
+//
+// A work item is (sequence, kv head g, tile of query tokens). attend_item stages
+// the tile's G = H / Hkv query heads of kv head g as tokens * G fp32 rows,
+// pre-scaled, then streams the sequence's K/V one cache block at a time: every
+// K/V row fetched from memory serves all those rows (GQA and query-tile reuse),
+// which is what decode, bound by memory bandwidth, needs.
+// Softmax is online (flash attention): each row keeps a running max and sum, and
+// its accumulator is rescaled once per block rather than once per key. bf16
+// blocks are widened into fp32 scratch once per block, fp32 blocks are read in
+// place; everything accumulates in fp32.
+// Written once against a vector type V (vec.h) and instantiated per instruction
+// set by paged_attention.cpp; included there only.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "bf16.h"
+#include "kernels.h"
+#include "vec.h"
+
+namespace llmaas::attention {
+
+// Rows of scratch are padded to a multiple of the widest vector, so every
+// variant sees whole vectors. The padding is zero from construction on and never
+// written, so it adds nothing to dot products or accumulators.
+constexpr int64_t kPad = 16;
+
+LLMAAS_INLINE int64_t pad(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+
+struct WorkItem {
+  int64_t cost;     // tokens x keys visible to the last one: the work per head, roughly
+  int32_t seq;
+  int32_t q_begin;  // the tile's query tokens, relative to the sequence
+  int32_t q_end;
+};
+
+struct Scratch {
+  Scratch(int64_t rows, int64_t group, int64_t head_dim, int64_t block_size)
+      : q(rows * pad(head_dim)), acc(rows * pad(head_dim)), m(rows), l(rows), alpha(group),
+        s(group * pad(block_size)), k(block_size * pad(head_dim)), v(block_size * pad(head_dim)) {}
+  std::vector<float> q, acc, m, l, alpha, s, k, v;
+};
+
+LLMAAS_INLINE float to_f32(float x) { return x; }
+LLMAAS_INLINE float to_f32(uint16_t x) { return bf16_to_f32(x); }
+LLMAAS_INLINE void store(float* dst, float x) { *dst = x; }
+LLMAAS_INLINE void store(uint16_t* dst, float x) { *dst = f32_to_bf16(x); }
+
+// Attends `rows` staged query rows (the heads of one token, so they share their
+// causal limit) to the first n keys of one block, all visible to them. Each
+// phase (scores, softmax, weighted sum) runs over all rows before the next, so
+// the out-of-order core overlaps rows instead of waiting on one row's chain of
+// dependent steps. Rows of q and acc are dim = chunks vectors of V long, as are
+// those of k and v, kv_stride apart; kChunks > 0 makes chunks a constant, so the
+// loops over it unroll into registers. s holds s_stride floats per row, n padded
+// to whole vectors; alpha one per row.
+template <typename V, int64_t kChunks>
+LLMAAS_INLINE void attend_block(const float* __restrict q, const float* __restrict k, const float* __restrict v,
+                                int64_t rows, int64_t kv_stride, int64_t n, int64_t chunks, float* __restrict m,
+                                float* __restrict l, float* __restrict alpha, float* __restrict acc,
+                                float* __restrict s, int64_t s_stride) {
+  constexpr int64_t W = kLanesOf<V>;
+  const int64_t C = kChunks > 0 ? kChunks : chunks, dim = C * W;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * dim;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* kj = k + j * kv_stride;
+      V dot = load_vec<V>(qr) * load_vec<V>(kj);
+      for (int64_t c = 1; c < C; ++c) dot += load_vec<V>(qr + c * W) * load_vec<V>(kj + c * W);
+      s[r * s_stride + j] = reduce_add(dot);
+    }
+  }
+
+  // Lanes of s past n hold stale values, possibly NaN: selects (not arithmetic)
+  // keep them out of the max and the sum. Loads stay unconditional, else GCC
+  // turns the selects into branches. After this, s holds probabilities.
+  const V lane = lane_index<V>();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * s_stride;
+    V block_max = V{} - INFINITY;
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+      const V x = load_vec<V>(sr + j0);
+      const V valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? x : block_max;
+      block_max = valid > block_max ? valid : block_max;
+    }
+    const float m_new = std::max(m[r], reduce_max(block_max));
+    // ~0 on the first block, where m = -inf, and acc and l are 0 anyway.
+    alpha[r] = exp_nonpositive(V{} + (m[r] - m_new))[0];
+    V sum{};
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+      const V p = exp_nonpositive(load_vec<V>(sr + j0) - m_new);
+      const V p_valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? p : V{};
+      store_vec(sr + j0, p_valid);
+      sum += p_valid;
+    }
+    m[r] = m_new;
+    l[r] = l[r] * alpha[r] + reduce_add(sum);
+  }
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* sr = s + r * s_stride;
+    float* ar = acc + r * dim;
+    if constexpr (kChunks > 0) {
+      // Keys alternate between accumulator sets until there are enough
+      // independent FMA chains to cover the FMA latency, but not so many
+      // registers that they spill.
+      constexpr int64_t kSets = kChunks < 8 ? 2 : 1;
+      V part[kSets][kChunks];
+      for (int64_t c = 0; c < kChunks; ++c) {
+        part[0][c] = load_vec<V>(ar + c * W) * alpha[r];
+        for (int64_t set = 1; set < kSets; ++set) part[set][c] = V{};
+      }
+      int64_t j = 0;
+      for (; j + kSets <= n; j += kSets)
+        for (int64_t set = 0; set < kSets; ++set)
+          for (int64_t c = 0; c < kChunks; ++c)
+            part[set][c] += sr[j + set] * load_vec<V>(v + (j + set) * kv_stride + c * W);
+      for (; j < n; ++j)
+        for (int64_t c = 0; c < kChunks; ++c) part[0][c] += sr[j] * load_vec<V>(v + j * kv_stride + c * W);
+      for (int64_t c = 0; c < kChunks; ++c) {
+        for (int64_t set = 1; set < kSets; ++set) part[0][c] += part[set][c];
+        store_vec(ar + c * W, part[0][c]);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        V out = load_vec<V>(ar + c * W) * alpha[r];
+        for (int64_t j = 0; j < n; ++j) out += sr[j] * load_vec<V>(v + j * kv_stride + c * W);
+        store_vec(ar + c * W, out);
+      }
+    }
+  }
+}
+
+// Copies (widening bf16, scaling) n rows of `dim` elements into rows of padded_dim.
+template <typename T>
+LLMAAS_INLINE void stage_rows(const T* __restrict src, int64_t src_stride, int64_t n, int64_t dim,
+                              int64_t padded_dim, float scale, float* __restrict dst) {
+  for (int64_t j = 0; j < n; ++j) {
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) dst[j * padded_dim + d] = to_f32(src[j * src_stride + d]) * scale;
+  }
+}
+
+// kHeadDim > 0 fixes the head dimension at compile time; 0 reads it from the
+// arguments (any size, slower).
+template <typename V, typename T, int64_t kHeadDim>
+LLMAAS_INLINE void attend_item(const PagedAttentionArgs& a, const WorkItem& w, int64_t g, Scratch& sc) {
+  constexpr int64_t W = kLanesOf<V>;
+  static_assert(kPad % W == 0 && kHeadDim % kPad == 0);
+  const int64_t D = kHeadDim > 0 ? kHeadDim : a.head_dim;
+  const int64_t Dp = pad(D), chunks = Dp / W;
+  const int64_t G = a.num_heads / a.num_kv_heads, bs = a.block_size;
+  const int64_t kv_row = a.num_kv_heads * D;  // elements between two positions of a block
+  const int64_t q0 = a.query_start_loc[w.seq];
+  const int64_t first_pos = a.context_lens[w.seq] - (a.query_start_loc[w.seq + 1] - q0);
+  const int64_t tokens = w.q_end - w.q_begin, rows = tokens * G;
+  float* __restrict q = sc.q.data();
+  float* __restrict acc = sc.acc.data();
+
+  // Row t * G + h is head h of token t: the rows of a token share a causal limit.
+  const T* query = static_cast<const T*>(a.query);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const T* src = query + (q0 + w.q_begin + t) * a.q_token_stride + g * G * a.q_head_stride;
+    stage_rows(src, a.q_head_stride, G, D, Dp, a.scale, q + t * G * Dp);
+  }
+  std::fill_n(sc.m.data(), rows, -INFINITY);
+  std::fill_n(sc.l.data(), rows, 0.0f);
+  std::fill_n(acc, rows * Dp, 0.0f);
+
+  const int32_t* table = a.block_tables + w.seq * a.max_blocks_per_seq;
+  const int64_t last_pos = first_pos + w.q_end - 1;
+  for (int64_t k0 = 0; k0 <= last_pos; k0 += bs) {
+    const int64_t n = std::min(bs, last_pos + 1 - k0);
+    const int64_t offset = (table[k0 / bs] * bs * a.num_kv_heads + g) * D;
+    const T* kb = static_cast<const T*>(a.k_cache) + offset;
+    const T* vb = static_cast<const T*>(a.v_cache) + offset;
+    const float *k = sc.k.data(), *v = sc.v.data();
+    int64_t kv_stride = Dp;
+    if constexpr (std::is_same_v<T, float>) {
+      if (D == Dp) k = kb, v = vb, kv_stride = kv_row;  // whole vectors: read in place
+    }
+    if (k == sc.k.data()) {
+      stage_rows(kb, kv_row, n, D, Dp, 1.0f, sc.k.data());
+      stage_rows(vb, kv_row, n, D, Dp, 1.0f, sc.v.data());
+    }
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t visible = std::min(n, first_pos + w.q_begin + t - k0 + 1);
+      if (visible > 0)
+        attend_block<V, kHeadDim / W>(q + t * G * Dp, k, v, G, kv_stride, visible, chunks, &sc.m[t * G],
+                                      &sc.l[t * G], sc.alpha.data(), acc + t * G * Dp, sc.s.data(), pad(bs));
+    }
+  }
+
+  T* out = static_cast<T*>(a.out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = 1.0f / sc.l[r];
+    T* dst = out + ((q0 + w.q_begin + r / G) * a.num_heads + g * G + r % G) * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) store(dst + d, acc[r * Dp + d] * inv);
+  }
+}
+
+}  // namespace llmaas::attention

@@ -1,0 +1,115 @@
+"""An asyncio front for LLMEngine: the step loop runs on its own thread, never on the event loop.
+
+Requests and aborts reach the engine thread through a command queue; each request's outputs come
+back to the asyncio loop that asked for them through call_soon_threadsafe into its own queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from engine.errors import EngineDeadError
+from engine.llm_engine import EngineLoad, LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._ids = itertools.count()
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="llmaas-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Yields the request's outputs step by step; the last has finished=True and usage. Closing
+        the iterator early (a client went away) aborts the request and frees its blocks."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        request_id = request_id or f"req-{next(self._ids)}"
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt, params, priority))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._commands.put(("abort", request_id))
+            self._streams.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def load(self) -> EngineLoad:
+        return self.engine.load()
+
+    def shutdown(self) -> None:
+        self._commands.put(("stop",))
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                block = not self.engine.has_unfinished_requests()
+                if not self._drain_commands(block):
+                    return
+                if self.engine.has_unfinished_requests():
+                    for output in self.engine.step():
+                        self._deliver(output.request_id, output)
+        except BaseException as exc:  # the loop must tell every waiter why it stopped
+            self._dead = exc
+            for request_id in list(self._streams):
+                self._deliver(request_id, EngineDeadError(f"the engine stopped: {exc!r}"))
+            raise
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Applies queued commands; waits for one when block. False once asked to stop."""
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            kind = command[0]
+            if kind == "stop":
+                return False
+            if kind == "add":
+                _, request_id, prompt, params, priority = command
+                try:
+                    self.engine.add_request(request_id, prompt, params, priority)
+                except Exception as exc:  # a bad request fails alone, as its caller's exception
+                    self._deliver(request_id, exc)
+            elif kind == "abort":
+                output = self.engine.abort(command[1])
+                if output is not None:
+                    self._deliver(command[1], output)
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

@@ -1,0 +1,223 @@
+"""Attention ops for the models: the one place that picks a kernel backend.
+
+Backends:
+  "cpp"    the C++/OpenMP kernels of the extension `engine._C` (csrc/cpu/), for
+           float32 and bfloat16 CPU tensors;
+  "torch"  the pure-torch reference (engine/kernels/reference.py), everywhere else.
+The environment variable LLMAAS_ATTENTION_BACKEND=torch|cpp forces one; it is read
+at each call so tests and benchmarks can switch it.
+
+The C++ kernels take raw pointers, so this module checks shapes, dtypes and
+layouts, converts the integer metadata to the documented dtypes, and keeps every
+tensor alive for the duration of the call. The kernels themselves check the
+data-dependent invariants (lengths, block ids, slots) and raise ValueError.
+"""
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+
+from engine.kernels import reference
+
+try:
+    from engine import _C
+except ImportError as error:  # not built: the torch backend takes over
+    _C = None
+    _C_IMPORT_ERROR: ImportError | None = error
+else:
+    _C_IMPORT_ERROR = None
+
+Backend = Literal["torch", "cpp"]
+BACKEND_ENV = "LLMAAS_ATTENTION_BACKEND"
+_CPP_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+
+
+def cpp_available() -> bool:
+    return _C is not None
+
+
+def _backend_for(tensor: torch.Tensor) -> Backend:
+    """The backend for an op whose data lives in `tensor` (device, dtype)."""
+    forced = os.environ.get(BACKEND_ENV)
+    if forced == "torch":
+        return "torch"
+    if forced == "cpp":
+        if _C is None:
+            raise RuntimeError(
+                f"{BACKEND_ENV}=cpp but the extension engine._C does not import ({_C_IMPORT_ERROR}); "
+                "build it with `python setup.py build_ext --inplace`"
+            )
+        return "cpp"
+    if forced:
+        raise ValueError(f"{BACKEND_ENV}={forced!r}: expected torch or cpp")
+    if tensor.device.type == "cpu" and tensor.dtype in _CPP_DTYPES and _C is not None:
+        return "cpp"
+    # GPU backends (Triton, CUDA) are chosen here, by tensor.device.type.
+    return "torch"
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Stores the new tokens' keys and values in the paged cache.
+
+    key, value: (num_tokens, num_kv_heads, head_dim); k_cache, v_cache:
+    (num_blocks, block_size, num_kv_heads, head_dim); slot_mapping: (num_tokens,)
+    int64, slot = block_id * block_size + offset_in_block. Every slot is valid
+    (no -1 sentinels).
+    """
+    if _backend_for(k_cache) == "cpp":
+        _cpp_write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    max_context_len: int,
+) -> torch.Tensor:
+    """Causal attention of a mixed batch (prefill chunks and decodes) over the paged cache.
+
+    query: (num_tokens, num_heads, head_dim), the query tokens of all sequences
+    concatenated; query_start_loc: (num_seqs + 1,) int32, cumulative query lengths;
+    context_lens: (num_seqs,) int32, tokens of each sequence in the cache,
+    including its query tokens (already written by write_kv_cache); block_tables:
+    (num_seqs, max_blocks_per_seq) int32, physical block ids (entries beyond a
+    sequence's blocks are arbitrary). Query row j of sequence s (q_len rows) sits
+    at position context_lens[s] - q_len + j and attends to positions 0..that.
+    GQA: query head h uses kv head h // (num_heads // num_kv_heads).
+    Returns (num_tokens, num_heads, head_dim) in query's dtype.
+
+    max_query_len and max_context_len are host-side bounds for kernels that must
+    size their launch without reading the device tensors; the CPU backends read
+    the lengths directly and ignore them.
+    """
+    if _backend_for(query) == "cpp":
+        out = torch.empty(query.shape, dtype=query.dtype)
+        _cpp_paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
+        return out
+    return reference.paged_attention(
+        query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, max_query_len, max_context_len
+    )
+
+
+def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
+        raise ValueError("k_cache and v_cache must both be (num_blocks, block_size, num_kv_heads, head_dim), one dtype")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("the cpp backend needs contiguous caches (a copy would cost a pass and lose writes)")
+
+
+def _require_cpu(*tensors: torch.Tensor) -> None:
+    for tensor in tensors:
+        if tensor.device.type != "cpu":
+            raise ValueError(f"the cpp backend runs on CPU tensors, not {tensor.device}")
+
+
+def _unit_last_stride(tensor: torch.Tensor) -> torch.Tensor:
+    """Views with unit last stride pass as they are (row strides go to the kernel)."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _cpp_write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    assert _C is not None
+    _require_cpu(key, value, k_cache, v_cache, slot_mapping)
+    _check_cache(k_cache, v_cache)
+    num_tokens = key.shape[0]
+    if key.shape != (num_tokens, *k_cache.shape[2:]) or value.shape != key.shape:
+        raise ValueError(f"key/value must be (num_tokens, {k_cache.shape[2]}, {k_cache.shape[3]}), got {key.shape}")
+    if key.dtype != k_cache.dtype or value.dtype != k_cache.dtype:
+        raise ValueError(f"key/value dtype {key.dtype}/{value.dtype} differs from the cache's {k_cache.dtype}")
+    if slot_mapping.shape != (num_tokens,):
+        raise ValueError(f"slot_mapping must be ({num_tokens},), got {tuple(slot_mapping.shape)}")
+    key, value = _unit_last_stride(key), _unit_last_stride(value)
+    slots = slot_mapping.to(torch.int64).contiguous()
+    _C.write_kv_cache(
+        key=key.data_ptr(),
+        value=value.data_ptr(),
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        slot_mapping=slots.data_ptr(),
+        elem_size=k_cache.element_size(),
+        num_tokens=num_tokens,
+        num_kv_heads=k_cache.shape[2],
+        head_dim=k_cache.shape[3],
+        num_slots=k_cache.shape[0] * k_cache.shape[1],
+        key_token_stride=key.stride(0),
+        key_head_stride=key.stride(1),
+        value_token_stride=value.stride(0),
+        value_head_stride=value.stride(1),
+        num_threads=torch.get_num_threads(),
+    )
+
+
+def _cpp_paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """paged_attention into a preallocated contiguous `out` (the tests poison it)."""
+    assert _C is not None
+    _require_cpu(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, out)
+    _check_cache(k_cache, v_cache)
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    if query.dim() != 3 or query.shape[2] != head_dim or query.shape[1] % num_kv_heads != 0:
+        raise ValueError(f"query must be (num_tokens, k * {num_kv_heads}, {head_dim}), got {tuple(query.shape)}")
+    if query.dtype != k_cache.dtype or query.dtype not in _CPP_DTYPES:
+        raise ValueError(f"the cpp backend needs query and caches of one dtype among float32, bfloat16; "
+                         f"got {query.dtype} and {k_cache.dtype}")
+    if out.shape != query.shape or out.dtype != query.dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor of query's shape and dtype")
+    num_seqs = context_lens.shape[0]
+    if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs or query_start_loc.shape != (num_seqs + 1,):
+        raise ValueError("block_tables must be (num_seqs, max_blocks_per_seq) and query_start_loc (num_seqs + 1,)")
+    query = _unit_last_stride(query)
+    tables = block_tables.to(torch.int32).contiguous()
+    lens = context_lens.to(torch.int32).contiguous()
+    starts = query_start_loc.to(torch.int32).contiguous()
+    _C.paged_attention(
+        out=out.data_ptr(),
+        query=query.data_ptr(),
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        block_tables=tables.data_ptr(),
+        context_lens=lens.data_ptr(),
+        query_start_loc=starts.data_ptr(),
+        dtype=getattr(_C.DType, _CPP_DTYPES[query.dtype]),
+        num_tokens=query.shape[0],
+        num_seqs=num_seqs,
+        num_heads=query.shape[1],
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        block_size=block_size,
+        num_blocks=num_blocks,
+        max_blocks_per_seq=tables.shape[1],
+        q_token_stride=query.stride(0),
+        q_head_stride=query.stride(1),
+        scale=scale,
+        num_threads=torch.get_num_threads(),
+    )

@@ -1,0 +1,182 @@
+"""The synchronous engine: add requests, step, abort. One step = schedule, execute, postprocess."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import InvalidRequestError, PromptTooLongError
+from engine.loader.load import load_model
+from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
+from engine.sampler import SamplerOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+
+
+@dataclass(slots=True)
+class EngineLoad:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of blocks held by sequences
+    num_free_blocks: int
+    num_blocks: int
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    seqs: list[Sequence] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, model: str, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        loaded = load_model(model, self.config.dtype)
+        self.model_name = model
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.runner = ModelRunner(loaded.config, loaded.weights, self.config)
+        del loaded
+        bs = self.config.block_size
+        self.max_model_len = min(self.config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings, self.runner.num_blocks * bs)
+        self.block_manager = BlockManager(self.runner.num_blocks, bs, self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids or self.model_config.eos_token_ids)
+        self._requests: dict[str, _Request] = {}
+        self._seq_ids = itertools.count()
+        self._arrivals = itertools.count()
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0) -> None:
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_prompt(prompt_ids, params)
+        limit = self.max_model_len if params.max_tokens is None else len(prompt_ids) + params.max_tokens
+        request = _Request(request_id, prompt_ids)
+        arrival = next(self._arrivals)
+        for index in range(params.n):
+            seq = Sequence(seq_id=next(self._seq_ids), request_id=request_id, index=index,
+                           token_ids=list(prompt_ids), num_prompt_tokens=len(prompt_ids), params=params,
+                           max_num_tokens=limit, priority=priority, arrival_order=arrival,
+                           wait_for=request.seqs[0] if index else None)
+            if params.seed is not None:
+                seq.generator = torch.Generator(device=self.runner.device).manual_seed(hash((params.seed, index)))
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
+                                                     params.stop, params.include_stop_str_in_output)
+            request.seqs.append(seq)
+            self.scheduler.add(seq)
+        self._requests[request_id] = request
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stops a request at once and frees its blocks; returns its last output with usage
+        (generated tokens are counted), or None if it was unknown or already done."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        deltas = []
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+                deltas.append(SequenceDelta(seq.index, [], "", "abort"))
+        return RequestOutput(request_id, deltas, finished=True, usage=_usage(request))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def load(self) -> EngineLoad:
+        bm = self.block_manager
+        return EngineLoad(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage(),
+                          bm.num_free_blocks, bm.num_blocks)
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        sampled_seqs, sampled = self.runner.execute(batch)
+        self.scheduler.after_step(batch)
+        return self._postprocess(sampled_seqs, sampled) if sampled is not None else []
+
+    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[RequestOutput]:
+        token_ids = sampled.token_ids.tolist()
+        logprobs = _logprob_rows(sampled, seqs)
+        outputs: dict[str, RequestOutput] = {}
+        for seq, token_id, logprob in zip(seqs, token_ids, logprobs):
+            delta = self._append_token(seq, token_id, logprob)
+            request = self._requests[seq.request_id]
+            out = outputs.setdefault(seq.request_id, RequestOutput(seq.request_id, []))
+            out.deltas.append(delta)
+            if delta.finish_reason is not None:
+                self.scheduler.finish(seq)
+                if all(s.is_finished for s in request.seqs):
+                    out.finished = True
+                    out.usage = _usage(request)
+                    del self._requests[seq.request_id]
+        return list(outputs.values())
+
+    def _append_token(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None) -> SequenceDelta:
+        params = seq.params
+        seq.token_ids.append(token_id)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        text = ""
+        if token_id in self.eos_token_ids and not params.ignore_eos:
+            seq.finish_reason = "stop"
+        elif token_id in params.stop_token_ids:
+            seq.finish_reason, seq.stop_reason = "stop", token_id
+        else:
+            text = seq.detokenizer.append([token_id])
+            if seq.detokenizer.stopped_by is not None:
+                seq.finish_reason, seq.stop_reason = "stop", seq.detokenizer.stopped_by
+        if seq.finish_reason is None and (seq.num_tokens >= seq.max_num_tokens or seq.num_tokens >= self.max_model_len):
+            seq.finish_reason = "length"
+        if seq.finish_reason is not None and seq.detokenizer.stopped_by is None:
+            text += seq.detokenizer.flush()
+        return SequenceDelta(seq.index, [token_id], text, seq.finish_reason, seq.stop_reason,
+                             [logprob] if logprob is not None else None)
+
+    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        vocab = self.model_config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        n = len(prompt_ids)
+        if n >= self.max_model_len:
+            raise PromptTooLongError(f"this model's maximum context length is {self.max_model_len} tokens; "
+                                     f"the prompt has {n} tokens", param="messages")
+        if params.max_tokens is not None and n + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(f"this model's maximum context length is {self.max_model_len} tokens; "
+                                     f"{n} prompt tokens + max_tokens {params.max_tokens} exceed it", param="max_tokens")
+
+
+def _usage(request: _Request) -> Usage:
+    first = request.seqs[0]
+    return Usage(prompt_tokens=len(request.prompt_token_ids), cached_tokens=first.num_cached_prompt_tokens,
+                 completion_tokens=sum(s.num_output_tokens for s in request.seqs))
+
+
+def _logprob_rows(sampled: SamplerOutput, seqs: list[Sequence]) -> list[TokenLogprob | None]:
+    if sampled.logprobs is None:
+        return [None] * len(seqs)
+    chosen = sampled.logprobs.tolist()
+    ids = sampled.token_ids.tolist()
+    top_ids = sampled.top_token_ids.tolist() if sampled.top_token_ids is not None else None
+    top_lps = sampled.top_logprobs.tolist() if sampled.top_logprobs is not None else None
+    rows: list[TokenLogprob | None] = []
+    for row, seq in enumerate(seqs):
+        k = seq.params.logprobs
+        if k is None:
+            rows.append(None)
+            continue
+        top = list(zip(top_ids[row][:k], top_lps[row][:k])) if top_ids and top_lps and k else []
+        rows.append(TokenLogprob(ids[row], chosen[row], top))
+    return rows

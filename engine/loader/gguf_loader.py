@@ -1,0 +1,173 @@
+"""Load a llama.cpp GGUF file into a ModelConfig and Hugging Face-named torch tensors."""
+from __future__ import annotations
+
+import os
+import re
+
+import gguf
+import torch
+
+from engine.config import ModelConfig
+from engine.loader.errors import ModelLoadError
+from engine.loader.gguf_metadata import read_gguf_metadata
+from engine.loader.gguf_quants import UnsupportedQuantError, dequantize
+from engine.loader.llama_layout import check_shapes, expected_shapes
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# Llama 3.1-style GGUFs carry their llama3 rope scaling as this precomputed tensor (see load_gguf).
+ROPE_FREQS = "rope_freqs"
+
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "rope_freqs.weight": ROPE_FREQS,
+}
+_BLOCK_TENSORS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+
+
+def load_gguf(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, object]]:
+    """Read a GGUF file: (config, weights with HF Llama names in `dtype`, all metadata key/values).
+
+    Weights are dequantized, reshaped to torch order and have llama.cpp's Q/K rotary row permutation
+    undone, so they equal a Hugging Face checkpoint's. A file with a `rope_freqs.weight` tensor (the
+    form llama.cpp stores Llama 3.1's "llama3" rope scaling in) yields an extra float32 tensor
+    weights["rope_freqs"] of shape (head_dim // 2,): per-dimension divisors of the default rotary
+    frequencies, inv_freq[i] = rope_theta ** (-2 i / head_dim) / rope_freqs[i]; config.rope_scaling
+    is then None. Raises ModelLoadError for anything unreadable or unsupported.
+    """
+    reader, metadata = _read(path)
+    config = _config(metadata, {t.name for t in reader.tensors}, path)
+    # ggml lists dimensions fastest-varying first: ggml [in, out] is torch (out, in)
+    shapes = {_hf_name(t.name, path): tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    expected = expected_shapes(config)
+    if ROPE_FREQS in shapes:
+        expected[ROPE_FREQS] = (config.head_dim // 2,)
+    check_shapes(shapes, expected, path)  # before the costly dequantization
+    return config, _weights(reader, config, shapes, dtype, path), metadata
+
+
+def _read(path: str) -> tuple[gguf.GGUFReader, dict[str, object]]:
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: GGUF file not found")
+    try:
+        reader = gguf.GGUFReader(path)
+        return reader, read_gguf_metadata(reader)
+    except Exception as e:  # gguf-py reports corruption as whatever numpy raised while parsing
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(
+            f"{path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    def get(key: str, kind: type | tuple[type, ...], default: object = None) -> object:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelLoadError(f"{path}: missing metadata key {arch}.{key}")
+        if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+            raise ModelLoadError(f"{path}: metadata key {arch}.{key} is {value!r}, expected a positive number")
+        return value
+
+    real = (int, float)
+    hidden = get("embedding_length", int)
+    num_heads = get("attention.head_count", int)
+    head_dim = get("attention.key_length", int, hidden // num_heads)
+    if get("attention.value_length", int, head_dim) != head_dim:
+        raise ModelLoadError(f"{path}: attention value_length differs from key_length; unsupported")
+    if head_dim % 2 or get("rope.dimension_count", int, head_dim) != head_dim:
+        raise ModelLoadError(f"{path}: rotary embeddings over an odd head_dim or a part of it are unsupported")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    eos_ids = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    return ModelConfig(
+        architecture=str(arch),
+        vocab_size=get("vocab_size", int, len(tokens) if isinstance(tokens, list) else None),
+        hidden_size=hidden,
+        intermediate_size=get("feed_forward_length", int),
+        num_layers=get("block_count", int),
+        num_heads=num_heads,
+        num_kv_heads=get("attention.head_count_kv", int, num_heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", real)),
+        rope_theta=float(get("rope.freq_base", real, 10000.0)),
+        max_position_embeddings=get("context_length", int),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        rope_scaling=_rope_scaling(meta, str(arch), path),
+        bos_token_id=bos_id if isinstance(bos_id, int) else None,
+        eos_token_ids=tuple(dict.fromkeys(i for i in eos_ids if isinstance(i, int))),
+    )
+
+
+def _rope_scaling(meta: dict[str, object], arch: str, path: str) -> dict | None:
+    """Map llama.cpp's rope scaling keys back to a Hugging Face `rope_scaling` dict."""
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear"))
+    if kind is None and factor is not None:
+        kind = "linear"  # older files only wrote rope.scale_linear
+    if kind in (None, "none") or (kind == "linear" and factor in (None, 1.0)):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        scaling: dict = {"rope_type": "yarn", "factor": float(factor)}
+        original = meta.get(f"{arch}.rope.scaling.original_context_length")
+        if original is not None:
+            scaling["original_max_position_embeddings"] = original
+        for gguf_key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if f"{arch}.rope.scaling.{gguf_key}" in meta:
+                scaling[hf_key] = float(meta[f"{arch}.rope.scaling.{gguf_key}"])
+        return scaling
+    raise ModelLoadError(f"{path}: unsupported rope scaling type {kind!r}")
+
+
+def _weights(
+    reader: gguf.GGUFReader, config: ModelConfig, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, path: str
+) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for tensor, (name, shape) in zip(reader.tensors, shapes.items()):
+        try:
+            value = dequantize(tensor.data, tensor.tensor_type, shape)
+        except UnsupportedQuantError as e:
+            raise ModelLoadError(f"{path}: tensor {tensor.name}: unsupported quantization: {e}") from e
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{path}: tensor {tensor.name} is corrupt ({e})") from e
+        if name.endswith("self_attn.q_proj.weight"):
+            value = _unpermute_rotary_rows(value, config.num_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            value = _unpermute_rotary_rows(value, config.num_kv_heads)
+        weights[name] = value if name == ROPE_FREQS else value.to(dtype)
+    return weights
+
+
+def _hf_name(gguf_name: str, path: str) -> str:
+    if gguf_name in _GLOBAL_TENSORS:
+        return _GLOBAL_TENSORS[gguf_name]
+    match = _BLOCK_NAME.fullmatch(gguf_name)
+    if match is None or match.group(2) not in _BLOCK_TENSORS:
+        raise ModelLoadError(f"{path}: unsupported tensor {gguf_name}")
+    return f"model.layers.{match.group(1)}.{_BLOCK_TENSORS[match.group(2)]}.weight"
+
+
+def _unpermute_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's per-head row interleave, restoring HF's rotate_half layout.
+
+    llama.cpp's converter does w.reshape(n_head, 2, head_dim // 2, in).swapaxes(1, 2); this is its inverse.
+    """
+    rows, cols = w.shape
+    return w.reshape(n_head, rows // n_head // 2, 2, cols).transpose(1, 2).reshape(rows, cols)

@@ -1,0 +1,150 @@
+"""Load a Hugging Face Llama/Mistral checkpoint folder (config.json + safetensors)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from engine.config import ModelConfig
+from engine.loader.errors import ModelLoadError
+from engine.loader.llama_layout import check_shapes, expected_shapes
+
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+_SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama"}
+_INDEX_FILE = "model.safetensors.index.json"
+
+
+def load_hf_folder(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read config.json and the safetensors weights (single or sharded) of the folder `path`.
+
+    Weights come back in `dtype` with their Hugging Face names; a tied checkpoint's lm_head.weight, if
+    stored, is dropped. Raises ModelLoadError for anything missing, unreadable or unsupported.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{path}: model folder not found")
+    raw = _read_json(folder / "config.json")
+    config = config_from_hf(raw, path, _generation_eos(folder))
+    weights = _read_safetensors(folder)
+    for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
+        del weights[name]  # a buffer older checkpoints saved; recomputed from the config
+    if config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    check_shapes({name: tuple(t.shape) for name, t in weights.items()}, expected_shapes(config), path)
+    return config, {name: t.to(dtype) for name, t in weights.items()}
+
+
+def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> ModelConfig:
+    """ModelConfig from a parsed config.json; `extra_eos` (from generation_config.json) extends its eos ids."""
+    architectures = raw.get("architectures") or []
+    arch = next((SUPPORTED_ARCHITECTURES[a] for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None and not architectures:
+        arch = _SUPPORTED_MODEL_TYPES.get(raw.get("model_type"))
+    if arch is None:
+        found = architectures or raw.get("model_type")
+        raise ModelLoadError(
+            f"{path}: unsupported architecture {found!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    def get(key: str, default: object = None) -> object:
+        value = raw.get(key)
+        if value is None:
+            value = default
+        if value is None:
+            raise ModelLoadError(f"{path}: config.json lacks {key!r}")
+        return value
+
+    hidden = int(get("hidden_size"))
+    num_heads = int(get("num_attention_heads"))
+    rope_theta, rope_scaling = _rope(raw, path)
+    eos = get("eos_token_id", ())
+    eos_ids = [eos] if isinstance(eos, int) else list(eos)
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(get("vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=int(get("intermediate_size")),
+        num_layers=int(get("num_hidden_layers")),
+        num_heads=num_heads,
+        num_kv_heads=int(get("num_key_value_heads", num_heads)),
+        head_dim=int(get("head_dim", hidden // num_heads)),
+        rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta,
+        max_position_embeddings=int(get("max_position_embeddings")),
+        # Llama's and Mistral's own default, not PretrainedConfig's (True)
+        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        rope_scaling=rope_scaling,
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=tuple(dict.fromkeys([*eos_ids, *extra_eos])),
+    )
+
+
+def _rope(raw: dict, path: str) -> tuple[float, dict | None]:
+    """(rope_theta, HF rope_scaling or None) from either `rope_parameters` (transformers >= 5) or
+    `rope_theta` + `rope_scaling` (older configs, where the type key may be spelled "type")."""
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", raw.get("rope_theta", 10000.0))
+    if "type" in params:
+        params.setdefault("rope_type", params.pop("type"))
+    if params.get("rope_type", "default") == "default":
+        return float(theta), None
+    if "factor" not in params:
+        raise ModelLoadError(f"{path}: rope scaling {params!r} has no factor")
+    return float(theta), params
+
+
+def _generation_eos(folder: Path) -> tuple[int, ...]:
+    file = folder / "generation_config.json"
+    if not file.is_file():
+        return ()
+    eos = _read_json(file).get("eos_token_id")
+    if eos is None:
+        return ()
+    return (eos,) if isinstance(eos, int) else tuple(eos)
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"{file}: not found") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{file}: expected a JSON object")
+    return value
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / _INDEX_FILE
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index}: no weight_map")
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no *.safetensors weights (other formats are unsupported)")
+    return files
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for file in _shard_files(folder):
+        if not file.is_file():
+            raise ModelLoadError(f"{file}: weight shard not found")
+        try:
+            shard = load_file(file)
+        except (OSError, SafetensorError) as e:
+            raise ModelLoadError(f"{file}: unreadable safetensors file ({e})") from e
+        duplicated = shard.keys() & weights.keys()
+        if duplicated:
+            raise ModelLoadError(f"{file}: tensors also in another shard: {sorted(duplicated)[:5]}")
+        weights |= shard
+    return weights

@@ -1,0 +1,103 @@
+"""Building blocks shared by the decoder families: RMSNorm, rotary embedding, paged attention."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.forward_context import get_attention_metadata
+from engine.kernels import ops
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds residual to x first when given; returns (normed, new residual). Computed in fp32 as
+        Hugging Face does, so float32 runs match it bit for bit."""
+        if residual is not None:
+            x = x + residual
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype), x
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """(head_dim // 2,) inverse frequencies, with Llama 3 or linear scaling when configured."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(is_medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half rotary embedding with a cos/sin table for every position."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.max_positions = config.max_position_embeddings
+        self.inv_freq = rope_inv_freq(config)
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self._build_tables()
+
+    def divide_frequencies(self, rope_freqs: torch.Tensor) -> None:
+        """Llama 3.1 GGUFs carry their rope scaling as per-frequency divisors (`rope_freqs`)."""
+        self.inv_freq = self.inv_freq / rope_freqs.float()
+        self._build_tables()
+
+    def _build_tables(self) -> None:
+        positions = torch.arange(self.max_positions, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_positions, head_dim)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: (num_tokens, num_heads, head_dim), k: (num_tokens, num_kv_heads, head_dim)."""
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class PagedAttention(nn.Module):
+    """Writes this step's K/V into the layer's paged cache, then attends over the cache."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        self.k_cache = torch.empty(0)  # (num_blocks, block_size, num_kv_heads, head_dim), bound by the runner
+        self.v_cache = torch.empty(0)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        meta = get_attention_metadata()
+        ops.write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        return ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens,
+                                   meta.query_start_loc, self.scale, meta.max_query_len, meta.max_context_len)

@@ -1,0 +1,19 @@
+"""Model families by architecture name; each family joins with one file and one line here."""
+from __future__ import annotations
+
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.llama import LlamaForCausalLM
+
+MODEL_FAMILIES: dict[str, type[nn.Module]] = {
+    "llama": LlamaForCausalLM,
+}
+
+
+def model_class(config: ModelConfig) -> type[nn.Module]:
+    try:
+        return MODEL_FAMILIES[config.architecture]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_FAMILIES))
+        raise ValueError(f"unsupported architecture {config.architecture!r} (supported: {known})") from None

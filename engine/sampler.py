@@ -1,0 +1,142 @@
+"""Batched sampling: penalties, temperature, top-k, top-p, min-p, per-request seeds, logprobs.
+
+Every transformation is one tensor operation over the (num_seqs, vocab) logits; Python loops run
+over sequences only to gather their settings, never over the vocabulary. Sampling uses the
+exponential-race form of the categorical draw (argmax of probs / Exp(1) noise), which lets a
+seeded sequence draw its noise from its own generator: the same seed and request give the same
+tokens whatever else shares the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.sequence import Sequence
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(slots=True)
+class SamplingBatch:
+    temperature: torch.Tensor  # (S,) float32; greedy rows hold 1.0
+    greedy: torch.Tensor  # (S,) bool
+    all_greedy: bool
+    top_k: torch.Tensor | None  # (S,) int64, vocab size where disabled
+    top_p: torch.Tensor | None  # (S,) float32
+    min_p: torch.Tensor | None  # (S,) float32
+    presence_penalty: torch.Tensor | None  # (S,)
+    frequency_penalty: torch.Tensor | None  # (S,)
+    output_counts: torch.Tensor | None  # (S, V) float32: occurrences of each token in the output
+    repetition_penalty: torch.Tensor | None  # (S,)
+    seen_tokens: torch.Tensor | None  # (S, V) bool: token occurs in prompt or output
+    generators: list[tuple[int, torch.Generator]]  # rows with their own seeded generator
+    max_logprobs: int | None  # largest top-N asked in the batch; None if no row wants logprobs
+
+    @classmethod
+    def from_seqs(cls, seqs: list[Sequence], vocab_size: int, device: torch.device | str = "cpu") -> SamplingBatch:
+        ps = [s.params for s in seqs]
+        greedy = torch.tensor([p.temperature == 0.0 for p in ps], dtype=torch.bool)
+        temperature = torch.tensor([p.temperature or 1.0 for p in ps], dtype=torch.float32)
+        use_top_k = any(0 < p.top_k < vocab_size for p in ps)
+        use_top_p = any(p.top_p < 1.0 for p in ps)
+        use_min_p = any(p.min_p > 0.0 for p in ps)
+        use_pf = any(p.presence_penalty or p.frequency_penalty for p in ps)
+        use_rep = any(p.repetition_penalty != 1.0 for p in ps)
+        logprobs = [p.logprobs for p in ps if p.logprobs is not None]
+
+        def col(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        return cls(
+            temperature=temperature.to(device),
+            greedy=greedy.to(device),
+            all_greedy=bool(greedy.all()),
+            top_k=torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps],
+                               device=device) if use_top_k else None,
+            top_p=col([p.top_p for p in ps]) if use_top_p else None,
+            min_p=col([p.min_p for p in ps]) if use_min_p else None,
+            presence_penalty=col([p.presence_penalty for p in ps]) if use_pf else None,
+            frequency_penalty=col([p.frequency_penalty for p in ps]) if use_pf else None,
+            output_counts=_token_counts([s.output_token_ids for s in seqs], vocab_size, device) if use_pf else None,
+            repetition_penalty=col([p.repetition_penalty for p in ps]) if use_rep else None,
+            seen_tokens=_token_counts([s.token_ids for s in seqs], vocab_size, device) > 0 if use_rep else None,
+            generators=[(i, s.generator) for i, s in enumerate(seqs) if s.generator is not None],
+            max_logprobs=max(logprobs) if logprobs else None,
+        )
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: torch.Tensor  # (S,) int64
+    logprobs: torch.Tensor | None  # (S,) float32: logprob of each sampled token
+    top_logprobs: torch.Tensor | None  # (S, N) float32
+    top_token_ids: torch.Tensor | None  # (S, N) int64
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+    """logits: (S, V) float32, one row per sequence that samples this step."""
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.max_logprobs is not None else None
+    logits = apply_penalties(logits, batch)
+    token_ids = logits.argmax(dim=-1)
+    if not batch.all_greedy:
+        sampled = _sample_random(logits, batch)
+        token_ids = torch.where(batch.greedy, token_ids, sampled)
+    if raw_logprobs is None:
+        return SamplerOutput(token_ids, None, None, None)
+    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
+    top_logprobs, top_ids = raw_logprobs.topk(batch.max_logprobs, dim=-1) if batch.max_logprobs else (None, None)
+    return SamplerOutput(token_ids, chosen, top_logprobs, top_ids)
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.repetition_penalty is not None:
+        assert batch.seen_tokens is not None
+        penalty = batch.repetition_penalty.unsqueeze(1)
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(batch.seen_tokens, penalized, logits)
+    if batch.output_counts is not None:
+        assert batch.presence_penalty is not None and batch.frequency_penalty is not None
+        counts = batch.output_counts
+        logits = logits - batch.frequency_penalty.unsqueeze(1) * counts
+        logits = logits - batch.presence_penalty.unsqueeze(1) * (counts > 0).float()
+    return logits
+
+
+def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    logits = logits / batch.temperature.unsqueeze(1)
+    if batch.top_k is not None or batch.top_p is not None:
+        logits = _apply_top_k_top_p(logits, batch.top_k, batch.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    if batch.min_p is not None:
+        threshold = batch.min_p.unsqueeze(1) * probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < threshold, 0.0)
+    noise = torch.empty_like(probs).exponential_()
+    for row, generator in batch.generators:
+        noise[row].exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+    if top_k is not None:
+        ranks = torch.arange(logits.shape[-1], device=logits.device).unsqueeze(0)
+        sorted_logits = sorted_logits.masked_fill(ranks >= top_k.unsqueeze(1), _NEG_INF)
+    if top_p is not None:
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p; the first token always survives.
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p.unsqueeze(1), _NEG_INF)
+    return torch.full_like(logits, _NEG_INF).scatter_(1, order, sorted_logits)
+
+
+def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device | str) -> torch.Tensor:
+    """(S, V) float32 counts of each token id per row."""
+    width = max((len(t) for t in token_lists), default=0)
+    # Padding points at an extra column that is dropped afterwards.
+    ids = torch.full((len(token_lists), max(width, 1)), vocab_size, dtype=torch.int64)
+    for row, tokens in enumerate(token_lists):
+        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    counts = torch.zeros(len(token_lists), vocab_size + 1, dtype=torch.float32)
+    counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float32))
+    return counts[:, :vocab_size].to(device)

@@ -1,0 +1,41 @@
+"""Builds the native extension `engine._C` with CMake (see CMakeLists.txt)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_temp = Path(self.build_temp).resolve() / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+        config = "Debug" if self.debug else "Release"
+        cmake_args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={config}",
+        ]
+        if os.environ.get("LLMAAS_CUDA_ARCHS"):
+            cmake_args.append(f"-DLLMAAS_CUDA_ARCHS={os.environ['LLMAAS_CUDA_ARCHS']}")
+        subprocess.run(["cmake", str(ROOT), *cmake_args], cwd=build_temp, check=True)
+        jobs = str(os.cpu_count() or 2)
+        subprocess.run(["cmake", "--build", ".", "--config", config, "-j", jobs], cwd=build_temp, check=True)
+
+
+setup(ext_modules=[CMakeExtension("engine._C")], cmdclass={"build_ext": CMakeBuild})

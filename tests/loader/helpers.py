@@ -1,0 +1,145 @@
+"""Test helpers: tiny Llama configs, llama.cpp's conversion steps, and random GGML blocks."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from transformers import LlamaConfig
+
+ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+# Byte offsets of each block's fp16 scale/min fields; random bytes there would often be inf/NaN.
+F16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
+    GGMLQuantizationType.Q4_0: (0,),
+    GGMLQuantizationType.Q4_1: (0, 2),
+    GGMLQuantizationType.Q5_0: (0,),
+    GGMLQuantizationType.Q5_1: (0, 2),
+    GGMLQuantizationType.Q8_0: (0,),
+    GGMLQuantizationType.Q2_K: (80, 82),
+    GGMLQuantizationType.Q3_K: (108,),
+    GGMLQuantizationType.Q4_K: (0, 2),
+    GGMLQuantizationType.Q5_K: (0, 2),
+    GGMLQuantizationType.Q6_K: (208,),
+}
+
+_BLOCK_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}
+_TOP_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def tiny_llama_config(**overrides: object) -> LlamaConfig:
+    kwargs: dict = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=300, rope_scaling=dict(ROPE_SCALING),
+        max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaConfig(**(kwargs | overrides))
+
+
+def random_blocks(rng: np.random.Generator, n_blocks: int, qtype: GGMLQuantizationType) -> np.ndarray:
+    """(n_blocks, type_size) random but valid blocks: random bits, finite fp16 scales in [-0.1, 0.1]."""
+    _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    for offset in F16_FIELDS[qtype]:
+        scales = rng.uniform(-0.1, 0.1, size=(n_blocks, 1)).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8)
+    return blocks
+
+
+def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py's LlamaModel.permute for q_proj / k_proj rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
+    """llama.cpp's rope_freqs.weight for a "llama3" rope scaling (convert_hf_to_gguf.py)."""
+    rs, dim = cfg.rope_parameters, cfg.head_dim
+    freqs = 1.0 / (rs["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    old_ctx = rs["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_ctx / rs["low_freq_factor"], old_ctx / rs["high_freq_factor"]
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(rs["factor"])
+        else:
+            smooth = (old_ctx / wavelen - rs["low_freq_factor"]) / (rs["high_freq_factor"] - rs["low_freq_factor"])
+            factors.append(1 / ((1 - smooth) / rs["factor"] + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    if hf_name in _TOP_NAMES:
+        return _TOP_NAMES[hf_name]
+    _, _, layer, rest = hf_name.split(".", 3)
+    return f"blk.{layer}.{_BLOCK_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def llamacpp_matrix(name: str, w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
+    """An HF weight as llama.cpp's converter stores it (before quantization)."""
+    if name.endswith("q_proj.weight"):
+        return llamacpp_permute(w, cfg.num_attention_heads)
+    if name.endswith("k_proj.weight"):
+        return llamacpp_permute(w, cfg.num_key_value_heads)
+    return w
+
+
+Encoder = Callable[[np.ndarray], tuple[np.ndarray, GGMLQuantizationType | None]]
+
+
+def raw_f32(w: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType | None]:
+    return np.ascontiguousarray(w, dtype=np.float32), None
+
+
+def write_llama_gguf(
+    path: Path, cfg: LlamaConfig, state: dict[str, torch.Tensor], encode_matrix: Encoder = raw_f32,
+    arch: str = "llama", rope_freqs: bool = True,
+) -> None:
+    """Convert an HF Llama state dict like llama.cpp: permuted Q/K, 2-D tensors through `encode_matrix`
+    (-> data, GGML type for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    writer.add_bos_token_id(cfg.bos_token_id)
+    writer.add_eos_token_id(cfg.eos_token_id)
+    writer.add_chat_template("{{ messages }}")
+    for name, tensor in state.items():
+        w = llamacpp_matrix(name, tensor.float().numpy(), cfg)
+        data, qtype = encode_matrix(w) if w.ndim == 2 else raw_f32(w)
+        writer.add_tensor(gguf_tensor_name(name), data, raw_dtype=qtype)
+    if rope_freqs and cfg.rope_parameters.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

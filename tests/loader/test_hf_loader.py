@@ -1,0 +1,131 @@
+"""load_hf_folder: a tiny random Llama saved by transformers, single-file and sharded, and its errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
+
+from engine.config import ModelConfig
+from engine.loader.errors import ModelLoadError
+from engine.loader.hf_loader import config_from_hf, load_hf_folder
+from tests.loader.conftest import TinyLlama
+from tests.loader.helpers import ROPE_SCALING
+
+EXPECTED_CONFIG = ModelConfig(
+    architecture="llama", vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+    num_kv_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=256,
+    tie_word_embeddings=False, rope_scaling=ROPE_SCALING, bos_token_id=1, eos_token_ids=(2,),
+)
+
+
+def _copy(tiny: TinyLlama, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny.folder, tmp_path / "model"))
+
+
+def _edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | changes))
+
+
+def test_single_file(tiny_llama: TinyLlama) -> None:
+    config, weights = load_hf_folder(str(tiny_llama.folder), torch.float32)
+
+    assert config == EXPECTED_CONFIG
+    assert weights.keys() == tiny_llama.state_dict.keys()
+    for name, tensor in tiny_llama.state_dict.items():
+        assert torch.equal(weights[name], tensor), name
+
+
+def test_sharded(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    model = LlamaForCausalLM(tiny_llama.hf_config)
+    model.load_state_dict(tiny_llama.state_dict)
+    model.save_pretrained(tmp_path, max_shard_size="50KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+
+    config, weights = load_hf_folder(str(tmp_path), torch.bfloat16)
+
+    assert config == EXPECTED_CONFIG
+    assert weights.keys() == tiny_llama.state_dict.keys()
+    for name, tensor in tiny_llama.state_dict.items():
+        assert torch.equal(weights[name], tensor.to(torch.bfloat16)), name
+
+
+def test_tied_checkpoint_drops_stored_lm_head(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    _edit_config(folder, tie_word_embeddings=True, eos_token_id=[2, 5])
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7]}))
+
+    config, weights = load_hf_folder(str(folder), torch.float32)
+
+    assert config.tie_word_embeddings and "lm_head.weight" not in weights
+    assert config.eos_token_ids == (2, 5, 7)
+
+
+def test_older_config_spelling() -> None:
+    raw = {
+        "architectures": ["MistralForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": None,
+        "vocab_size": 300, "max_position_embeddings": 256, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"type": "linear", "factor": 2.0}, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    config = config_from_hf(raw, "somewhere")
+    assert (config.architecture, config.head_dim, config.rope_theta) == ("llama", 16, 500000.0)
+    assert config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+    assert not config.tie_word_embeddings
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="absent.*not found"):
+        load_hf_folder(str(tmp_path / "absent"), torch.float32)
+
+
+def test_missing_tensor(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.0.self_attn.v_proj.weight"]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=f"{folder}.*missing tensors model.layers.0.self_attn.v_proj"):
+        load_hf_folder(str(folder), torch.float32)
+
+
+def test_extra_tensor(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="unexpected tensors model.layers.0.self_attn.q_proj.bias"):
+        load_hf_folder(str(folder), torch.float32)
+
+
+def test_wrong_shape(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    _edit_config(folder, intermediate_size=96)
+    with pytest.raises(ModelLoadError, match="mlp.gate_proj.weight has shape"):
+        load_hf_folder(str(folder), torch.float32)
+
+
+def test_unsupported_architecture(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    _edit_config(folder, architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    with pytest.raises(ModelLoadError, match="unsupported architecture.*GPT2LMHeadModel"):
+        load_hf_folder(str(folder), torch.float32)
+
+
+def test_corrupt_safetensors(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load_hf_folder(str(folder), torch.float32)
+
+
+def test_missing_config(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = _copy(tiny_llama, tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_hf_folder(str(folder), torch.float32)
