@@ -14,15 +14,17 @@ from engine.sequence import Sequence
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, weights: dict[str, torch.Tensor], engine_config: EngineConfig) -> None:
+        """Consumes `weights`: each tensor leaves the dict as it is placed in the model."""
         self.model_config = model_config
         self.block_size = engine_config.block_size
         self.device = torch.device(engine_config.device)
         self.dtype = engine_config.dtype
         if engine_config.num_threads:
             torch.set_num_threads(engine_config.num_threads)
-        model = model_class(model_config)(model_config)
-        model.load_weights(weights)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        with torch.device("meta"):  # no allocation or random init: load_weights places every tensor
+            model = model_class(model_config)(model_config)
+        model.load_weights(weights, self.dtype, self.device)
+        self.model = model.eval()
         self.num_blocks = engine_config.kv_cache_bytes // self.bytes_per_block()
         if self.num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={engine_config.kv_cache_bytes} holds no block of {self.bytes_per_block()} bytes")

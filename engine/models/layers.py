@@ -51,26 +51,23 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half rotary embedding with a cos/sin table for every position."""
+    """Rotate-half rotary embedding with a cos/sin table (float32) for every position."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.max_positions = config.max_position_embeddings
-        self.inv_freq = rope_inv_freq(config)
-        self.register_buffer("cos", torch.empty(0), persistent=False)
-        self.register_buffer("sin", torch.empty(0), persistent=False)
-        self._build_tables()
+        self.config = config
+        self.cos = torch.empty(0)  # (max_positions, head_dim), filled by build()
+        self.sin = torch.empty(0)
 
-    def divide_frequencies(self, rope_freqs: torch.Tensor) -> None:
-        """Llama 3.1 GGUFs carry their rope scaling as per-frequency divisors (`rope_freqs`)."""
-        self.inv_freq = self.inv_freq / rope_freqs.float()
-        self._build_tables()
-
-    def _build_tables(self) -> None:
-        positions = torch.arange(self.max_positions, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (max_positions, head_dim)
-        self.cos, self.sin = emb.cos(), emb.sin()
+    def build(self, device: torch.device, rope_freqs: torch.Tensor | None = None) -> None:
+        """rope_freqs: Llama 3.1 GGUFs carry their rope scaling as per-frequency divisors."""
+        inv_freq = rope_inv_freq(self.config)
+        if rope_freqs is not None:
+            inv_freq = inv_freq / rope_freqs.float().cpu()
+        positions = torch.arange(self.config.max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos, self.sin = emb.cos().to(device), emb.sin().to(device)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: (num_tokens, num_heads, head_dim), k: (num_tokens, num_kv_heads, head_dim)."""

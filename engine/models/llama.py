@@ -90,34 +90,42 @@ class LlamaForCausalLM(nn.Module):
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.layers]
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up."""
-        remaining = dict(weights)
+    def load_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> None:
+        """Takes Hugging Face-named tensors out of `weights` (so each is freed once placed), fusing
+        q/k/v and gate/up. The model may have been built on the meta device: every parameter and
+        buffer is (re)placed here."""
 
         def take(name: str) -> torch.Tensor:
-            if name not in remaining:
+            if name not in weights:
                 raise KeyError(f"missing weight {name}")
-            return remaining.pop(name)
+            return weights.pop(name)
 
-        rope_freqs = remaining.pop("rope_freqs", None)
-        if rope_freqs is not None:
-            self.rotary.divide_frequencies(rope_freqs)
-        self.embed_tokens.weight.copy_(take("model.embed_tokens.weight"))
-        self.norm.weight.copy_(take("model.norm.weight"))
+        rope_freqs = weights.pop("rope_freqs", None)
+        self.rotary.build(device, rope_freqs)
+        set_weight(self.embed_tokens, take("model.embed_tokens.weight"), dtype, device)
+        set_weight(self.norm, take("model.norm.weight"), dtype, device)
         if self.config.tie_word_embeddings:
-            remaining.pop("lm_head.weight", None)
+            weights.pop("lm_head.weight", None)
             self.lm_head.weight = self.embed_tokens.weight
         else:
-            self.lm_head.weight.copy_(take("lm_head.weight"))
+            set_weight(self.lm_head, take("lm_head.weight"), dtype, device)
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             attn = layer.self_attn
-            attn.qkv_proj.weight.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
-            attn.o_proj.weight.copy_(take(p + "self_attn.o_proj.weight"))
-            layer.mlp.gate_up_proj.weight.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
-            layer.mlp.down_proj.weight.copy_(take(p + "mlp.down_proj.weight"))
-            layer.input_layernorm.weight.copy_(take(p + "input_layernorm.weight"))
-            layer.post_attention_layernorm.weight.copy_(take(p + "post_attention_layernorm.weight"))
-        unused = [n for n in remaining if not n.endswith("rotary_emb.inv_freq")]
+            set_weight(attn.qkv_proj, torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]), dtype, device)
+            set_weight(attn.o_proj, take(p + "self_attn.o_proj.weight"), dtype, device)
+            gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+            set_weight(layer.mlp.gate_up_proj, gate_up, dtype, device)
+            set_weight(layer.mlp.down_proj, take(p + "mlp.down_proj.weight"), dtype, device)
+            set_weight(layer.input_layernorm, take(p + "input_layernorm.weight"), dtype, device)
+            set_weight(layer.post_attention_layernorm, take(p + "post_attention_layernorm.weight"), dtype, device)
+        unused = [n for n in weights if not n.endswith("rotary_emb.inv_freq")]
         if unused:
             raise KeyError(f"unexpected weights: {', '.join(sorted(unused)[:5])}")
+
+
+def set_weight(module: nn.Module, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    expected = tuple(module.weight.shape)
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"weight of shape {tuple(tensor.shape)} where {expected} is expected")
+    module.weight = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)

@@ -116,21 +116,37 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs the test once per backend, forced through the environment override."""
     monkeypatch.setenv(ops.BACKEND_ENV, request.param)
-    return request.param
 
 
+@pytest.fixture
+def cpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ops.BACKEND_ENV, "cpp")
+
+
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}-kv{}-d{}-b{}".format(*s))
 @pytest.mark.parametrize("seqs", [DECODES, FRESH_PREFILL, MIXED, LONG_CHUNK],
                          ids=["decode", "prefill", "mixed", "long-chunk"])
-def test_matches_dense_attention(backend: str, seqs: list[tuple[int, int]], shape: tuple[int, int, int, int],
+def test_matches_dense_attention(seqs: list[tuple[int, int]], shape: tuple[int, int, int, int],
                                  dtype: torch.dtype) -> None:
     batch = make_batch(seqs, shape, dtype)
     out = ops.paged_attention(*batch.op_args())
     assert out.shape == batch.query.shape and out.dtype == dtype
     assert_close(out, dense_attention(batch), dtype)
+
+
+@pytest.mark.usefixtures("backend")
+@pytest.mark.parametrize("padding", [-1, 2**31 - 1])
+def test_ignores_block_table_padding(padding: int) -> None:
+    """Entries past a sequence's blocks are arbitrary, even invalid ids."""
+    batch = make_batch(MIXED, (9, 3, 64, 16), torch.float32)
+    for s, ctx in enumerate(batch.context_lens.tolist()):
+        batch.block_tables[s, -(-ctx // 16):] = padding
+    assert_close(ops.paged_attention(*batch.op_args()), dense_attention(batch), torch.float32)
 
 
 needs_cpp = pytest.mark.skipif(not ops.cpp_available(), reason="engine._C not built")
@@ -146,6 +162,7 @@ def test_cpp_writes_every_output_row(dtype: torch.dtype) -> None:
 
 
 @needs_cpp
+@pytest.mark.usefixtures("cpp")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "h{}-kv{}-d{}-b{}".format(*s))
 @pytest.mark.parametrize("isa", ops._C.supported_cpu_isas() if ops.cpp_available() else [])
@@ -162,6 +179,7 @@ def test_cpp_isa_variants(isa: str, shape: tuple[int, int, int, int], dtype: tor
 
 
 @needs_cpp
+@pytest.mark.usefixtures("cpp")
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cpp_thread_counts(threads: int) -> None:
     batch = make_batch(MIXED, (8, 2, 128, 16), torch.float32)
@@ -175,6 +193,7 @@ def test_cpp_thread_counts(threads: int) -> None:
 
 
 @needs_cpp
+@pytest.mark.usefixtures("cpp")
 def test_cpp_rejects_bad_metadata() -> None:
     batch = make_batch(DECODES, (4, 4, 64, 16), torch.float32)
     args = list(batch.op_args())

@@ -1,0 +1,88 @@
+"""Logits parity with transformers on a random-weight tiny Llama saved with save_pretrained
+(safetensors), with GQA and Llama 3 rope scaling, through the paged cache: a prompt computed in
+chunks, then decode steps, for two sequences batched together."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.forward_context import forward_context
+from engine.loader.hf_loader import load_hf_folder
+from engine.model_runner import ModelRunner
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
+                         num_key_value_heads=2, vocab_size=500, max_position_embeddings=512,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                         rope_theta=10000.0, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    return str(path), model
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_chunked_prefill_and_decode_logits_match(tiny_llama, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMAAS_ATTENTION_BACKEND", backend)
+    path, hf_model = tiny_llama
+    config, weights = load_hf_folder(path, torch.float32)
+    assert config.rope_scaling["rope_type"] == "llama3" and config.num_kv_heads == 2
+    engine_config = EngineConfig(block_size=8, kv_cache_bytes=64 * 1024 * 1024)
+    runner = ModelRunner(config, weights, engine_config)
+    blocks = BlockManager(runner.num_blocks, engine_config.block_size)
+
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 500, (n,), generator=gen).tolist() for n in (150, 37)]
+    decode_tokens = [torch.randint(0, 500, (5,), generator=gen).tolist() for _ in prompts]
+    seqs = [Sequence(seq_id=i, request_id=str(i), index=0, token_ids=list(p), num_prompt_tokens=len(p),
+                     params=SamplingParams(), max_num_tokens=400) for i, p in enumerate(prompts)]
+
+    # Positions at which each sequence's logits are produced, step by step.
+    got: list[dict[int, torch.Tensor]] = [{}, {}]
+    chunks = [[60, 37], [90, 0]]
+    for step in range(len(chunks)):
+        batch = ScheduledBatch()
+        for seq, n in zip(seqs, chunks[step]):
+            if n:
+                assert blocks.allocate(seq, n)
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+        _run(runner, batch, got, seqs)
+    for step in range(5):
+        batch = ScheduledBatch()
+        for i, seq in enumerate(seqs):
+            seq.token_ids.append(decode_tokens[i][step])
+            assert blocks.allocate(seq, 1)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(1)
+        _run(runner, batch, got, seqs)
+
+    with torch.inference_mode():
+        for i, seq in enumerate(seqs):
+            want = hf_model(torch.tensor([seq.token_ids])).logits[0]
+            for position, logits in got[i].items():
+                torch.testing.assert_close(logits, want[position], atol=2e-4, rtol=2e-4)
+            assert len(got[i]) == len(seq.token_ids)
+
+
+def _run(runner: ModelRunner, batch: ScheduledBatch, got: list[dict[int, torch.Tensor]], seqs: list[Sequence]) -> None:
+    input_ids, positions, metadata, _, _ = runner._prepare(batch)
+    with torch.inference_mode(), forward_context(metadata):
+        logits = runner.model.compute_logits(runner.model(input_ids, positions))
+    row = 0
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for j in range(n):
+            got[seqs.index(seq)][seq.num_computed_tokens + j] = logits[row + j]
+        row += n
+        seq.num_computed_tokens += n
