@@ -13,6 +13,9 @@
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
+
+// The bf16 linear layer's bindings (csrc/cpu/linear_bindings.cpp).
+void register_linear_ops(pybind11::module_& m);
 using llmaas::DType;
 
 namespace {
@@ -70,4 +73,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("supported_cpu_isas", &llmaas::supported_cpu_isas, "Attention kernel variants this CPU can run, best first.");
   m.def("cpu_isa", &llmaas::cpu_isa, "The attention kernel variant in use.");
   m.def("set_cpu_isa", &llmaas::set_cpu_isa, py::arg("isa"), "Forces an attention kernel variant (tests, benchmarks).");
+  register_linear_ops(m);
 }

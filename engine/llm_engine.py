@@ -11,6 +11,7 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.loader.load import load_model
+from engine.memory import release_free_heap
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
 from engine.sampler import SamplerOutput
@@ -44,6 +45,7 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.runner = ModelRunner(loaded.config, loaded.weights, self.config)
         del loaded
+        release_free_heap()
         bs = self.config.block_size
         self.max_model_len = min(self.config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings, self.runner.num_blocks * bs)

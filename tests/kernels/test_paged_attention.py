@@ -149,6 +149,16 @@ def test_ignores_block_table_padding(padding: int) -> None:
     assert_close(ops.paged_attention(*batch.op_args()), dense_attention(batch), torch.float32)
 
 
+@pytest.mark.usefixtures("backend")
+def test_empty_batch() -> None:
+    k_cache = torch.zeros(2, 16, 3, 64)
+    query = torch.zeros(0, 9, 64)
+    no_seqs = torch.zeros(0, dtype=torch.int32)
+    out = ops.paged_attention(query, k_cache, k_cache, torch.zeros(0, 4, dtype=torch.int32), no_seqs,
+                              torch.zeros(1, dtype=torch.int32), 0.125, 0, 0)
+    assert out.shape == (0, 9, 64)
+
+
 needs_cpp = pytest.mark.skipif(not ops.cpp_available(), reason="engine._C not built")
 
 

@@ -1,0 +1,321 @@
+// bf16 linear layer y = x @ W^T on CPU, products accumulated in fp32.
+//
+// Data layout
+//   W   (N, K) bf16, packed once at load time into tiles of T = 32 output features:
+//         packed[t][p][c][j] = W[T*t + c][2*p + j],   zero past N and K.
+//       A tile row p is 32 (k, k+1) pairs = 128 bytes: the two 512-bit vectors
+//       that vdpbf16ps multiplies by one broadcast pair of x. Tiles are stored one
+//       after the other, so the tiles a thread owns are one contiguous stretch.
+//   x   (M, K) bf16, strided rows. Each call copies it into blocks of R rows or
+//       fewer, pair-major: xp[block][p][r] = the 32-bit word (x[r][2p], x[r][2p+1]),
+//       zero past K, so that the kernel reads one pointer forward and odd K needs
+//       no tail code.
+//   y   (M, N) fp32 or bf16, strided rows.
+//
+// Design
+//   The microkernel computes an R x 32 block of y over the whole K: per pair p it
+//   loads the tile row (2 vectors) and, for each of the R rows, broadcasts its x
+//   pair straight from memory into 2 vdpbf16ps (32 multiply-adds each). R = 12
+//   gives 24 accumulators, enough to cover the instruction's latency, with loads
+//   to spare. With 1 to 3 rows (decode) two accumulator sets take even and odd
+//   pairs, so that the dependency chains still overlap.
+//   Threads split the grid (tile, row block), tile-major, into contiguous chunks.
+//   At M = 1 each thread streams its share of W once, front to back, which is
+//   what decode needs: it is bound by memory bandwidth, W being read once per
+//   token. At large M a tile (64 * K bytes) stays in L2 while every row block
+//   passes over it, and x, packed, is read from L2 or L3 once per tile: the
+//   kernel is then bound by vdpbf16ps throughput. Row blocks are made nearly
+//   equal (M = 32 gives 11, 11, 10, not 12, 12, 8) so none runs short of rows.
+//   Without avx512_bf16 the same layouts feed an fp32 FMA kernel, written once
+//   against vec.h's vector types for AVX-512, AVX2 and the x86-64-v2 baseline: a
+//   pair word yields its even element by a 16-bit shift and its odd one by masking
+//   the low half, so W is widened in registers and never stored as fp32.
+#include "linear_bf16.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "bf16.h"
+#include "vec.h"
+
+namespace llmaas {
+namespace {
+
+constexpr int64_t kTile = kLinearTileN;
+constexpr int kMaxRows = 12;  // the most rows any variant's microkernel takes
+// Multiply-adds below which waking the thread team costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 17;
+
+// Computes y[r][c] for r < R, c < cols (<= kTile) from R rows of packed x and
+// one tile of packed W, each `pairs` long. y points at the block's first element.
+using TileFn = void (*)(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y, int64_t y_row_stride,
+                        int64_t cols);
+
+LLMAAS_INLINE uint32_t load_u32(const uint16_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+LLMAAS_INLINE float bits_to_f32(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// ---- fp32 FMA microkernel (no avx512_bf16) ----------------------------------
+
+template <typename V, int R, typename Out>
+LLMAAS_INLINE void tile_fma(const uint32_t* xp, const uint16_t* wt, int64_t pairs, Out* y, int64_t ldy,
+                            int64_t cols) {
+  using VI = typename Simd<kLanesOf<V>>::I;
+  constexpr int64_t kW = kLanesOf<V>, kNV = kTile / kW;
+  V acc[R][kNV] = {};
+  for (int64_t p = 0; p < pairs; ++p, wt += 2 * kTile, xp += R) {
+    for (int64_t v = 0; v < kNV; ++v) {
+      VI w;
+      std::memcpy(&w, wt + 2 * kW * v, sizeof w);
+      const V even = (V)(w << 16), odd = (V)(w & (VI{} + static_cast<int32_t>(0xffff0000u)));
+      for (int r = 0; r < R; ++r) {
+        acc[r][v] += even * bits_to_f32(xp[r] << 16);
+        acc[r][v] += odd * bits_to_f32(xp[r] & 0xffff0000u);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float row[kTile];  // spilled here so that acc, indexed by constants only, stays in registers
+    for (int64_t v = 0; v < kNV; ++v) store_vec(row + v * kW, acc[r][v]);
+    for (int64_t c = 0; c < cols; ++c) {
+      if constexpr (sizeof(Out) == 4)
+        y[r * ldy + c] = row[c];
+      else
+        y[r * ldy + c] = f32_to_bf16(row[c]);
+    }
+  }
+}
+
+// Rows per block such that accumulators, widened W and broadcasts fit the
+// register file (32 vector registers with AVX-512, 16 below).
+#define LLMAAS_FMA_VARIANT(name, target_attribute, width, rows)                                         \
+  struct name {                                                                                          \
+    static constexpr int kMaxRows = rows;                                                                \
+    template <int R, typename Out>                                                                       \
+    target_attribute static void tile(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y,     \
+                                      int64_t ldy, int64_t cols) {                                       \
+      tile_fma<Simd<width>::F, R>(xp, wt, pairs, static_cast<Out*>(y), ldy, cols);                       \
+    }                                                                                                    \
+  };
+#if defined(__x86_64__)
+LLMAAS_FMA_VARIANT(Avx512Fma, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), 16, 6)
+LLMAAS_FMA_VARIANT(Avx2Fma, __attribute__((target("avx2,fma"))), 8, 2)
+#endif
+LLMAAS_FMA_VARIANT(BaselineFma, , 4, 1)
+#undef LLMAAS_FMA_VARIANT
+
+// ---- vdpbf16ps microkernel ---------------------------------------------------
+
+#if defined(__x86_64__)
+#define LLMAAS_BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+
+struct Avx512Bf16 {
+  static constexpr int kMaxRows = 12;
+
+  template <int R, typename Out>
+  LLMAAS_BF16_TARGET static void tile(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y_void,
+                                      int64_t ldy, int64_t cols) {
+    constexpr int kSets = R <= 3 ? 2 : 1;
+    __m512 acc[kSets][R][2];
+    for (int s = 0; s < kSets; ++s)
+      for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + kSets <= pairs; p += kSets)
+      for (int s = 0; s < kSets; ++s) step<R>(acc[s], xp + (p + s) * R, wt + (p + s) * 2 * kTile);
+    for (; p < pairs; ++p) step<R>(acc[0], xp + p * R, wt + p * 2 * kTile);
+    if constexpr (kSets == 2)
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 2; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[1][r][v]);
+
+    const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(cols, 16)) - 1);
+    const __mmask16 hi = static_cast<__mmask16>((1u << std::max<int64_t>(cols - 16, 0)) - 1);
+    Out* y = static_cast<Out*>(y_void);
+    for (int r = 0; r < R; ++r) {
+      if constexpr (sizeof(Out) == 4) {
+        _mm512_mask_storeu_ps(y + r * ldy, lo, acc[0][r][0]);
+        _mm512_mask_storeu_ps(y + r * ldy + 16, hi, acc[0][r][1]);
+      } else {
+        // vcvtneps2bf16 rounds to nearest even, as f32_to_bf16 does (it also
+        // flushes denormals, which activations never are).
+        _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[0][r][0]));
+        _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[0][r][1]));
+      }
+    }
+  }
+
+  template <int R>
+  LLMAAS_BF16_TARGET __attribute__((always_inline)) static inline void step(__m512 (&acc)[R][2],
+                                                                            const uint32_t* xp,
+                                                                            const uint16_t* wt) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wt);
+    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wt + 32);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh pair = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, pair);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, pair);
+    }
+  }
+};
+#undef LLMAAS_BF16_TARGET
+#endif
+
+// ---- dispatch ---------------------------------------------------------------
+
+using TileTable = std::array<TileFn, kMaxRows>;  // [rows - 1], null past the variant's kMaxRows
+
+template <class Kernel, typename Out, size_t... I>
+constexpr TileTable tile_table(std::index_sequence<I...>) {
+  return {{&Kernel::template tile<static_cast<int>(I) + 1, Out>...}};
+}
+
+struct IsaVariant {
+  const char* name;
+  bool (*supported)();
+  int max_rows;
+  TileTable tiles[2];  // [float32, bfloat16 output]
+};
+
+template <class Kernel>
+constexpr IsaVariant variant(const char* name, bool (*supported)()) {
+  using Rows = std::make_index_sequence<Kernel::kMaxRows>;
+  return {name, supported, Kernel::kMaxRows, {tile_table<Kernel, float>(Rows{}), tile_table<Kernel, uint16_t>(Rows{})}};
+}
+
+// Best first.
+const IsaVariant kVariants[] = {
+#if defined(__x86_64__)
+    variant<Avx512Bf16>("avx512_bf16",
+                        [] {
+                          __builtin_cpu_init();
+                          return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
+                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
+                                 __builtin_cpu_supports("fma");
+                        }),
+    variant<Avx512Fma>("avx512",
+                       [] {
+                         __builtin_cpu_init();
+                         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                                __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+                       }),
+    variant<Avx2Fma>("avx2",
+                     [] {
+                       __builtin_cpu_init();
+                       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+                     }),
+#endif
+    variant<BaselineFma>("baseline", [] { return true; }),
+};
+
+const IsaVariant* best_variant() {
+  for (const IsaVariant& v : kVariants)
+    if (v.supported()) return &v;
+  return nullptr;  // unreachable: the baseline is always supported
+}
+
+std::atomic<const IsaVariant*> g_variant{best_variant()};
+
+// Copies rows [row0, row0 + rows) of x into the pair-major block layout.
+void pack_rows(const LinearArgs& a, int64_t row0, int64_t rows, uint32_t* xp) {
+  const int64_t full_pairs = a.k / 2, pairs = (a.k + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* x = a.x + (row0 + r) * a.x_row_stride;
+    for (int64_t p = 0; p < full_pairs; ++p) xp[p * rows + r] = load_u32(x + 2 * p);
+    if (pairs > full_pairs) xp[full_pairs * rows + r] = x[a.k - 1];  // the missing odd element is zero
+  }
+}
+
+}  // namespace
+
+void pack_linear_weight(const uint16_t* w, uint16_t* packed, int64_t n, int64_t k, int64_t w_row_stride,
+                        int num_threads) {
+  if (n <= 0 || k <= 0 || w_row_stride < k) throw std::invalid_argument("pack_linear_weight: invalid sizes");
+  const int64_t tiles = (n + kTile - 1) / kTile, pairs = (k + 1) / 2;
+#pragma omp parallel for num_threads(std::max(num_threads, 1)) if (n * k >= kMinParallelWork)
+  for (int64_t t = 0; t < tiles; ++t) {
+    uint16_t* dst = packed + t * pairs * 2 * kTile;
+    for (int64_t p = 0; p < pairs; ++p)
+      for (int64_t c = 0; c < kTile; ++c)
+        for (int64_t j = 0; j < 2; ++j) {
+          const int64_t row = t * kTile + c, col = 2 * p + j;
+          dst[(p * kTile + c) * 2 + j] = row < n && col < k ? w[row * w_row_stride + col] : uint16_t{0};
+        }
+  }
+}
+
+void linear_bf16(const LinearArgs& a) {
+  if (a.m < 0 || a.n <= 0 || a.k <= 0 || (a.m > 1 && a.x_row_stride < a.k) || (a.m > 1 && a.y_row_stride < a.n))
+    throw std::invalid_argument("linear_bf16: invalid sizes");
+  if (a.m == 0) return;
+  const IsaVariant* variant = g_variant.load(std::memory_order_relaxed);
+  const int64_t pairs = (a.k + 1) / 2, tiles = (a.n + kTile - 1) / kTile;
+  // ceil(m / max_rows) blocks; the first `extra` get one row more than the others.
+  const int64_t blocks = (a.m + variant->max_rows - 1) / variant->max_rows;
+  const int64_t base_rows = a.m / blocks, extra = a.m % blocks;
+  auto block_row0 = [&](int64_t b) { return b * base_rows + std::min(b, extra); };
+  // Kept from call to call: a fresh buffer of a few MiB would be page-faulted in
+  // at every prefill call.
+  thread_local std::vector<uint32_t> xp_buffer;
+  if (xp_buffer.size() < static_cast<size_t>(a.m * pairs)) xp_buffer.resize(a.m * pairs);
+  uint32_t* xp = xp_buffer.data();
+  const TileTable& tile_fns = variant->tiles[a.out_dtype == DType::kFloat32 ? 0 : 1];
+  const int64_t out_size = a.out_dtype == DType::kFloat32 ? 4 : 2;
+  char* y = static_cast<char*>(a.y);
+  const int threads = std::max(a.num_threads, 1);
+  const bool parallel = blocks * tiles > 1 && a.m * a.n * a.k >= kMinParallelWork;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t row0 = block_row0(b);
+      pack_rows(a, row0, block_row0(b + 1) - row0, xp + row0 * pairs);
+    }
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t t = 0; t < tiles; ++t)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t row0 = block_row0(b), rows = block_row0(b + 1) - row0, col0 = t * kTile;
+        tile_fns[rows - 1](xp + row0 * pairs, a.w_packed + t * pairs * 2 * kTile, pairs,
+                           y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride,
+                           std::min(kTile, a.n - col0));
+      }
+  }
+}
+
+std::vector<std::string> supported_linear_isas() {
+  std::vector<std::string> names;
+  for (const IsaVariant& v : kVariants)
+    if (v.supported()) names.emplace_back(v.name);
+  return names;
+}
+
+std::string linear_isa() { return g_variant.load()->name; }
+
+void set_linear_isa(const std::string& isa) {
+  for (const IsaVariant& v : kVariants) {
+    if (isa == v.name) {
+      if (!v.supported()) throw std::invalid_argument("this CPU does not support " + isa);
+      g_variant.store(&v);
+      return;
+    }
+  }
+  throw std::invalid_argument("unknown ISA variant: " + isa);
+}
+
+}  // namespace llmaas

@@ -1,0 +1,45 @@
+// Entry points of the bf16 linear layer y = x @ W^T (csrc/cpu/linear_bf16.cpp).
+//
+// Like the attention kernels, they take raw pointers plus sizes and strides
+// (Python passes `tensor.data_ptr()`), check sizes, and throw
+// std::invalid_argument (ValueError in Python) on bad ones.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace llmaas {
+
+// Output features (rows of W) per tile of the packed weight.
+constexpr int64_t kLinearTileN = 32;
+
+// Packs W (n, k) bf16, rows `w_row_stride` elements apart, into `packed`, which
+// holds ceil(n / kLinearTileN) * ceil(k / 2) * kLinearTileN * 2 elements (see
+// the layout in linear_bf16.cpp). Done once, when the model loads.
+void pack_linear_weight(const uint16_t* w, uint16_t* packed, int64_t n, int64_t k, int64_t w_row_stride,
+                        int num_threads);
+
+struct LinearArgs {
+  const uint16_t* x;         // (m, k) bf16, rows x_row_stride elements apart
+  const uint16_t* w_packed;  // W (n, k) packed by pack_linear_weight
+  void* y;                   // (m, n) of out_dtype, rows y_row_stride elements apart
+  DType out_dtype;
+  int64_t m, n, k;
+  int64_t x_row_stride, y_row_stride;  // in elements
+  int num_threads;
+};
+
+// y = x @ W^T, products of bf16 accumulated in fp32, rounded to nearest even
+// when out_dtype is bfloat16.
+void linear_bf16(const LinearArgs& args);
+
+// Instruction-set variant ("avx512_bf16", "avx512", "avx2", "baseline"): the
+// best the CPU supports is chosen at load time; tests force each in turn.
+std::vector<std::string> supported_linear_isas();
+std::string linear_isa();
+void set_linear_isa(const std::string& isa);
+
+}  // namespace llmaas

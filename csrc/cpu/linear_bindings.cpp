@@ -1,0 +1,46 @@
+// Python bindings of the bf16 linear layer (csrc/cpu/linear_bf16.cpp), added to
+// engine._C by csrc/bindings.cpp. Same conventions as the attention bindings:
+// tensors cross as `data_ptr()` integers, engine/kernels/linear.py checks shapes
+// and dtypes and keeps the tensors alive, arguments are keyword-only, and the
+// GIL is released while a kernel runs.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+
+#include "cpu/linear_bf16.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void pack_linear_weight(uintptr_t weight, uintptr_t packed, int64_t n, int64_t k, int64_t weight_row_stride,
+                        int num_threads) {
+  py::gil_scoped_release release;
+  llmaas::pack_linear_weight(reinterpret_cast<const uint16_t*>(weight), reinterpret_cast<uint16_t*>(packed), n, k,
+                             weight_row_stride, num_threads);
+}
+
+void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t packed, llmaas::DType out_dtype, int64_t m, int64_t n,
+                 int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads) {
+  const llmaas::LinearArgs args{reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(packed),
+                                reinterpret_cast<void*>(out), out_dtype, m, n, k, x_row_stride, out_row_stride,
+                                num_threads};
+  py::gil_scoped_release release;
+  llmaas::linear_bf16(args);
+}
+
+}  // namespace
+
+void register_linear_ops(py::module_& m) {
+  m.attr("LINEAR_TILE_N") = llmaas::kLinearTileN;
+  m.def("pack_linear_weight", &pack_linear_weight, py::kw_only(), py::arg("weight"), py::arg("packed"), py::arg("n"),
+        py::arg("k"), py::arg("weight_row_stride"), py::arg("num_threads"),
+        "Packs a bf16 weight (n, k) for linear_bf16 (see engine/kernels/linear.py).");
+  m.def("linear_bf16", &linear_bf16, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
+        py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
+        py::arg("out_row_stride"), py::arg("num_threads"), "out = x @ W^T for bf16 x and a packed bf16 W.");
+  m.def("supported_linear_isas", &llmaas::supported_linear_isas, "Linear kernel variants this CPU can run, best first.");
+  m.def("linear_isa", &llmaas::linear_isa, "The linear kernel variant in use.");
+  m.def("set_linear_isa", &llmaas::set_linear_isa, py::arg("isa"), "Forces a linear kernel variant (tests, benchmarks).");
+}

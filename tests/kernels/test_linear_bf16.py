@@ -1,0 +1,150 @@
+"""linear_bf16: the C++ kernel against the fp32-accumulated reference, on every ISA variant."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from engine.kernels import linear
+
+pytestmark = pytest.mark.skipif(not linear.supported(), reason="engine._C not built with the linear kernel")
+
+# Shapes off the 32-column tile and the 12-row block, odd K, and SmolLM2's own.
+MS = [1, 3, 17, 64, 257]
+NS = [1, 15, 192, 577, 1536]
+KS = [2, 64, 130, 576, 1536]
+OUT_DTYPES = [torch.bfloat16, torch.float32]
+# Relative to the output: a bf16 output is rounded once (2^-9), and the fp32
+# sums differ from the reference's only in order.
+RTOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}
+# Relative to sum |x_k * w_k|, which bounds fp32 accumulation error (K * 2^-24
+# of it, below 1e-4 for K <= 1536) where the sum itself cancels out.
+ABS_TOL = 1e-4
+
+
+def isas() -> list[str]:
+    return linear._C.supported_linear_isas() if linear.supported() else []
+
+
+@pytest.fixture(params=isas())
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    default = linear._C.linear_isa()
+    linear._C.set_linear_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        linear._C.set_linear_isa(default)
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+
+
+def assert_matches(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype) -> None:
+    ref = linear.reference(x, weight, torch.float32)
+    assert out.dtype == out_dtype and out.shape == ref.shape
+    scale = linear.reference(x.abs(), weight.abs(), torch.float32)
+    excess = (out.float() - ref).abs() - (RTOL[out_dtype] * ref.abs() + ABS_TOL * scale)
+    assert not bool((excess.isnan() | (excess > 0)).any()), f"worst excess {excess.nan_to_num(math.inf).max()}"
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("m", MS)
+def test_matches_reference(m: int, n: int, k: int, out_dtype: torch.dtype) -> None:
+    x, weight = randn(m, k, seed=m * 7919 + k), randn(n, k, seed=n * 104729 + k)
+    assert_matches(linear.linear(x, linear.pack(weight), out_dtype), x, weight, out_dtype)
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("m, n, k", [(1, 577, 130), (3, 15, 64), (17, 192, 576), (64, 1536, 1536), (257, 33, 2)])
+def test_isa_variants(isa: str, m: int, n: int, k: int, out_dtype: torch.dtype) -> None:
+    x, weight = randn(m, k, seed=1), randn(n, k, seed=2)
+    assert_matches(linear.linear(x, linear.pack(weight), out_dtype), x, weight, out_dtype)
+
+
+@pytest.mark.parametrize("m, k", [(1, 130), (17, 577), (64, 576)])
+def test_bf16_output_is_fp32_output_rounded(isa: str, m: int, k: int) -> None:
+    """Both outputs come from the same sums; bf16 rounds them to nearest even, as torch does."""
+    x, packed = randn(m, k, seed=3), linear.pack(randn(577, k, seed=4))
+    assert torch.equal(linear.linear(x, packed), linear.linear(x, packed, torch.float32).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("k", [130, 131])
+def test_strided_rows_are_read_within_bounds(isa: str, k: int) -> None:
+    """x rows inside wider rows of NaN: any read past column k - 1 (odd k's padding pair) shows."""
+    m, n = 17, 577
+    wide = torch.full((m, k + 3), math.nan, dtype=torch.bfloat16)
+    wide[:, :k] = randn(m, k, seed=5)
+    x, weight = wide[:, :k], randn(n, k, seed=6)
+    for out_dtype in OUT_DTYPES:
+        assert_matches(linear.linear(x, linear.pack(weight), out_dtype), x, weight, out_dtype)
+
+
+def test_writes_exactly_the_output_block(isa: str) -> None:
+    """Called with output rows wider than n: the kernel fills (m, n) and not a column more."""
+    m, n, k = 13, 47, 64
+    x, weight = randn(m, k, seed=7), randn(n, k, seed=8)
+    packed = linear.pack(weight)
+    for out_dtype, dtype_enum in ((torch.float32, linear._C.DType.float32), (torch.bfloat16, linear._C.DType.bfloat16)):
+        out = torch.full((m, n + 5), math.nan, dtype=out_dtype)
+        linear._C.linear_bf16(out=out.data_ptr(), x=x.data_ptr(), packed=packed.data.data_ptr(), out_dtype=dtype_enum,
+                              m=m, n=n, k=k, x_row_stride=k, out_row_stride=n + 5, num_threads=2)
+        assert out[:, n:].isnan().all()
+        assert_matches(out[:, :n], x, weight, out_dtype)
+
+
+def test_leading_dims_and_layouts() -> None:
+    weight = randn(192, 64, seed=9)
+    packed = linear.pack(weight)
+    x = randn(2, 3, 64, seed=10)
+    out = linear.linear(x, packed)
+    assert out.shape == (2, 3, 192)
+    assert_matches(out.view(6, 192), x.view(6, 64), weight, torch.bfloat16)
+    transposed = randn(64, 5, seed=11).T  # unit stride along M, not K
+    assert_matches(linear.linear(transposed, packed), transposed, weight, torch.bfloat16)
+    broadcast = randn(1, 64, seed=12).expand(4, 64)  # rows of stride 0
+    assert_matches(linear.linear(broadcast, packed), broadcast, weight, torch.bfloat16)
+    assert linear.linear(torch.empty(0, 64, dtype=torch.bfloat16), packed).shape == (0, 192)
+
+
+def test_packed_layout() -> None:
+    n, k = 40, 7
+    weight = randn(n, k, seed=13)
+    data = linear.pack(weight).data
+    assert data.shape == (2, 4, 32, 2)
+    padded = torch.zeros(64, 8, dtype=torch.bfloat16)
+    padded[:n, :k] = weight
+    assert torch.equal(data, padded.view(2, 32, 4, 2).transpose(1, 2))
+    wide = torch.zeros(n, k + 9, dtype=torch.bfloat16)
+    wide[:, :k] = weight
+    assert torch.equal(linear.pack(wide[:, :k]).data, data)  # strided rows pack the same
+
+
+def test_thread_count_does_not_change_results() -> None:
+    x, packed = randn(37, 576, seed=14), linear.pack(randn(1536, 576, seed=15))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = linear.linear(x, packed, torch.float32)
+        torch.set_num_threads(max(threads, 2))
+        assert torch.equal(linear.linear(x, packed, torch.float32), single)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_rejects_bad_arguments() -> None:
+    packed = linear.pack(randn(8, 16, seed=16))
+    with pytest.raises(ValueError, match="bfloat16"):
+        linear.linear(torch.zeros(2, 16), packed)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 16\)"):
+        linear.linear(torch.zeros(2, 15, dtype=torch.bfloat16), packed)
+    with pytest.raises(ValueError, match="out_dtype"):
+        linear.linear(torch.zeros(2, 16, dtype=torch.bfloat16), packed, torch.float16)
+    with pytest.raises(ValueError, match="2-D bfloat16"):
+        linear.pack(torch.zeros(8, 16))
+    with pytest.raises(ValueError, match="unknown ISA"):
+        linear._C.set_linear_isa("sse9")
