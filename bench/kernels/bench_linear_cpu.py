@@ -81,20 +81,22 @@ class Weights:
         }
 
 
-def bench_shapes(ms: list[int], rounds: int, min_time_s: float, warm: bool) -> dict[tuple[str, int], dict]:
+def bench_shapes(names: list[str], ms: list[int], rounds: int, min_time_s: float,
+                 warm: bool) -> dict[tuple[str, int], dict]:
     header = (f"{'linear':<8} {'N':>5} {'K':>4} {'M':>4} | " + " | ".join(f"{name + ' us':>14} {'GFLOPS':>6}"
               for name in IMPLS) + f" | {'vs bf16':>7} {'vs fp32':>7} | GB/s kernel/bf16/fp32")
     print(header)
     print("-" * len(header))
     results = {}
-    for name, (n, k) in SHAPES.items():
+    for name in names:
+        n, k = SHAPES[name]
         weights = Weights(n, k, 1 if warm else -(-COLD_BYTES // (n * k * 2)))
         for m in ms:
             seconds = interleaved_medians(weights.fns(m, k), rounds, min_time_s)
             results[(name, m)] = seconds
             flops = 2 * m * n * k
             cells = " | ".join(f"{seconds[i] * 1e6:>14.1f} {flops / seconds[i] / 1e9:>6.1f}" for i in IMPLS)
-            ratios = f"{seconds['torch bf16'] / seconds['kernel']:>6.2f}x {seconds['torch fp32'] / seconds['kernel']:>6.2f}x"
+            ratios = " ".join(f"{seconds[i] / seconds['kernel']:>6.2f}x" for i in IMPLS[1:])
             gbs = ""
             if m == 1:
                 gbs = "/".join(f"{n * k * size / seconds[i] / 1e9:.1f}" for i, size in zip(IMPLS, (2, 2, 4)))
@@ -126,8 +128,9 @@ def bench_decode_steps(ms: list[int], results: dict, rounds: int) -> None:
 
         measured = interleaved_medians({i: step(i) for i in IMPLS}, rounds, min_time_s=0.0)
         for i in IMPLS:
-            print(f"M={m:<4} {i:<11} sum of shapes {summed[i] * 1e3:8.2f} ms   measured step {measured[i] * 1e3:8.2f} ms"
-                  f"   {m / measured[i]:8.1f} tokens/s   {weight_mb / 1e3 / measured[i]:5.1f} GB/s of bf16 weights")
+            print(f"M={m:<4} {i:<11} sum of shapes {summed[i] * 1e3:8.2f} ms   measured step "
+                  f"{measured[i] * 1e3:8.2f} ms   {m / measured[i]:8.1f} tokens/s   "
+                  f"{weight_mb / 1e3 / measured[i]:5.1f} GB/s of bf16 weights")
 
 
 def main() -> None:
@@ -136,7 +139,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.1, help="seconds of calls per round and implementation")
     parser.add_argument("--ms", default="1,8,32,128,512", help="comma-separated batch sizes M")
-    parser.add_argument("--step-ms", default="1,32", help="M of the decode-step timing ('' to skip)")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated linears to time")
+    parser.add_argument("--step-ms", default="1,32", help="M of the decode-step timing ('' to skip; needs all shapes)")
     parser.add_argument("--warm-weights", action="store_true", help="reuse one copy of each weight (cache-resident)")
     args = parser.parse_args()
     if not linear.supported():
@@ -147,7 +151,10 @@ def main() -> None:
     step_ms = [int(m) for m in args.step_ms.split(",") if m]
     print(f"threads={args.threads}  isa={linear._C.linear_isa()}  weights={'warm' if args.warm_weights else 'cold'}"
           f"  rounds={args.rounds}")
-    results = bench_shapes(sorted(set(ms) | set(step_ms)), args.rounds, args.min_time, args.warm_weights)
+    names = args.shapes.split(",")
+    if step_ms and set(names) != set(SHAPES):
+        raise SystemExit("the decode-step timing needs every shape: pass --step-ms '' with --shapes")
+    results = bench_shapes(names, sorted(set(ms) | set(step_ms)), args.rounds, args.min_time, args.warm_weights)
     if step_ms:
         bench_decode_steps(step_ms, results, args.rounds)
 

@@ -3,29 +3,28 @@
 // Data layout
 //   W   (N, K) bf16, packed once at load time into tiles of T = 32 output features:
 //         packed[t][p][c][j] = W[T*t + c][2*p + j],   zero past N and K.
-//       A tile row p is 32 (k, k+1) pairs = 128 bytes: the two 512-bit vectors
-//       that vdpbf16ps multiplies by one broadcast pair of x. Tiles are stored one
-//       after the other, so the tiles a thread owns are one contiguous stretch.
-//   x   (M, K) bf16, strided rows. Each call copies it into blocks of R rows or
-//       fewer, pair-major: xp[block][p][r] = the 32-bit word (x[r][2p], x[r][2p+1]),
-//       zero past K, so that the kernel reads one pointer forward and odd K needs
-//       no tail code.
+//       Tile row p, 32 (k, k+1) pairs = 128 bytes, is the two 512-bit vectors that
+//       vdpbf16ps multiplies by one broadcast pair of x. Tiles follow each other,
+//       so the tiles a thread owns are one contiguous stretch of memory.
+//   x   (M, K) bf16, strided rows, read in place: the kernel broadcasts a row's
+//       (k, k+1) pair as one 32-bit word. (Packing x into a pair-major copy cost
+//       up to 10% at M = 32, for the copy and the barrier after it.)
 //   y   (M, N) fp32 or bf16, strided rows.
 //
 // Design
-//   The microkernel computes an R x 32 block of y over the whole K: per pair p it
-//   loads the tile row (2 vectors) and, for each of the R rows, broadcasts its x
-//   pair straight from memory into 2 vdpbf16ps (32 multiply-adds each). R = 12
-//   gives 24 accumulators, enough to cover the instruction's latency, with loads
-//   to spare. With 1 to 3 rows (decode) two accumulator sets take even and odd
-//   pairs, so that the dependency chains still overlap.
+//   The microkernel computes an R x 32 block of y over the whole K: per pair it
+//   loads the tile row and, for each of the R rows, broadcasts the row's x pair
+//   into 2 vdpbf16ps (32 multiply-adds each). R = 12 gives 24 accumulators, enough
+//   to hide the instruction's latency (R = 8 to 14 measured alike, ~220 GFLOPS a
+//   Zen 4 core, its peak). With 1 to 3 rows (decode) two accumulator sets take
+//   even and odd pairs so that the dependency chains still overlap.
 //   Threads split the grid (tile, row block), tile-major, into contiguous chunks.
-//   At M = 1 each thread streams its share of W once, front to back, which is
-//   what decode needs: it is bound by memory bandwidth, W being read once per
-//   token. At large M a tile (64 * K bytes) stays in L2 while every row block
-//   passes over it, and x, packed, is read from L2 or L3 once per tile: the
-//   kernel is then bound by vdpbf16ps throughput. Row blocks are made nearly
-//   equal (M = 32 gives 11, 11, 10, not 12, 12, 8) so none runs short of rows.
+//   At M = 1 each thread streams its share of W once, front to back: decode is
+//   bound by memory bandwidth, and the hardware prefetchers keep up with such a
+//   stream (software prefetch measured no faster). At larger M a tile (64 * K
+//   bytes) stays in L2 while every row block passes over it, and x is read from
+//   L2 or L3 once per tile, so vdpbf16ps throughput is the bound. Row blocks
+//   are made nearly equal (M = 32 gives 11, 11, 10, not 12, 12, 8).
 //   Without avx512_bf16 the same layouts feed an fp32 FMA kernel, written once
 //   against vec.h's vector types for AVX-512, AVX2 and the x86-64-v2 baseline: a
 //   pair word yields its even element by a 16-bit shift and its odd one by masking
@@ -38,6 +37,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -54,42 +54,51 @@ constexpr int kMaxRows = 12;  // the most rows any variant's microkernel takes
 // Multiply-adds below which waking the thread team costs more than it saves.
 constexpr int64_t kMinParallelWork = 1 << 17;
 
-// Computes y[r][c] for r < R, c < cols (<= kTile) from R rows of packed x and
-// one tile of packed W, each `pairs` long. y points at the block's first element.
-using TileFn = void (*)(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y, int64_t y_row_stride,
+// Computes y[r][c] for r < R, c < cols (<= kTile) from R rows of x and one tile
+// of packed W; x and y point at the block's first row, rows ldx and ldy apart.
+using TileFn = void (*)(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y, int64_t ldy,
                         int64_t cols);
 
-LLMAAS_INLINE uint32_t load_u32(const uint16_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-LLMAAS_INLINE float bits_to_f32(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+// Runs step(set, w_row, pair) over the pairs of K: w_row is the tile's row of
+// the pair, pair(r) the 32-bit word (x[r][2p], x[r][2p+1]). For odd K the last
+// word's high half is zero, so no element past a row is read (the next row, or
+// unmapped memory). Pairs go round-robin to kSets accumulator sets.
+template <int kSets, typename Step>
+LLMAAS_INLINE void for_each_pair(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, Step step) {
+  auto whole_pair = [x, ldx](int64_t p) {
+    return [x, ldx, p](int r) {
+      uint32_t word;
+      std::memcpy(&word, x + r * ldx + 2 * p, sizeof word);
+      return word;
+    };
+  };
+  const int64_t whole = k / 2;
+  int64_t p = 0;
+  for (; p + kSets <= whole; p += kSets)
+    for (int s = 0; s < kSets; ++s) step(s, wt + (p + s) * 2 * kTile, whole_pair(p + s));
+  for (; p < whole; ++p) step(0, wt + p * 2 * kTile, whole_pair(p));
+  if (k % 2) step(0, wt + whole * 2 * kTile, [x, ldx, k](int r) { return uint32_t{x[r * ldx + k - 1]}; });
 }
 
 // ---- fp32 FMA microkernel (no avx512_bf16) ----------------------------------
 
 template <typename V, int R, typename Out>
-LLMAAS_INLINE void tile_fma(const uint32_t* xp, const uint16_t* wt, int64_t pairs, Out* y, int64_t ldy,
+LLMAAS_INLINE void tile_fma(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, Out* y, int64_t ldy,
                             int64_t cols) {
   using VI = typename Simd<kLanesOf<V>>::I;
   constexpr int64_t kW = kLanesOf<V>, kNV = kTile / kW;
   V acc[R][kNV] = {};
-  for (int64_t p = 0; p < pairs; ++p, wt += 2 * kTile, xp += R) {
+  for_each_pair<1>(x, ldx, wt, k, [&](int, const uint16_t* w_row, auto pair) {
     for (int64_t v = 0; v < kNV; ++v) {
       VI w;
-      std::memcpy(&w, wt + 2 * kW * v, sizeof w);
+      std::memcpy(&w, w_row + 2 * kW * v, sizeof w);
       const V even = (V)(w << 16), odd = (V)(w & (VI{} + static_cast<int32_t>(0xffff0000u)));
       for (int r = 0; r < R; ++r) {
-        acc[r][v] += even * bits_to_f32(xp[r] << 16);
-        acc[r][v] += odd * bits_to_f32(xp[r] & 0xffff0000u);
+        acc[r][v] += even * bf16_to_f32(static_cast<uint16_t>(pair(r)));
+        acc[r][v] += odd * bf16_to_f32(static_cast<uint16_t>(pair(r) >> 16));
       }
     }
-  }
+  });
   for (int r = 0; r < R; ++r) {
     float row[kTile];  // spilled here so that acc, indexed by constants only, stays in registers
     for (int64_t v = 0; v < kNV; ++v) store_vec(row + v * kW, acc[r][v]);
@@ -108,9 +117,9 @@ LLMAAS_INLINE void tile_fma(const uint32_t* xp, const uint16_t* wt, int64_t pair
   struct name {                                                                                          \
     static constexpr int kMaxRows = rows;                                                                \
     template <int R, typename Out>                                                                       \
-    target_attribute static void tile(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y,     \
-                                      int64_t ldy, int64_t cols) {                                       \
-      tile_fma<Simd<width>::F, R>(xp, wt, pairs, static_cast<Out*>(y), ldy, cols);                       \
+    target_attribute static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k,     \
+                                      void* y, int64_t ldy, int64_t cols) {                              \
+      tile_fma<Simd<width>::F, R>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);                       \
     }                                                                                                    \
   };
 #if defined(__x86_64__)
@@ -123,22 +132,27 @@ LLMAAS_FMA_VARIANT(BaselineFma, , 4, 1)
 // ---- vdpbf16ps microkernel ---------------------------------------------------
 
 #if defined(__x86_64__)
-#define LLMAAS_BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define LLMAAS_BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl")))
 
 struct Avx512Bf16 {
   static constexpr int kMaxRows = 12;
 
   template <int R, typename Out>
-  LLMAAS_BF16_TARGET static void tile(const uint32_t* xp, const uint16_t* wt, int64_t pairs, void* y_void,
+  LLMAAS_BF16_TARGET static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y_void,
                                       int64_t ldy, int64_t cols) {
     constexpr int kSets = R <= 3 ? 2 : 1;
     __m512 acc[kSets][R][2];
     for (int s = 0; s < kSets; ++s)
       for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + kSets <= pairs; p += kSets)
-      for (int s = 0; s < kSets; ++s) step<R>(acc[s], xp + (p + s) * R, wt + (p + s) * 2 * kTile);
-    for (; p < pairs; ++p) step<R>(acc[0], xp + p * R, wt + p * 2 * kTile);
+    for_each_pair<kSets>(x, ldx, wt, k, [&](int s, const uint16_t* w_row, auto pair) LLMAAS_BF16_TARGET {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w_row);
+      const __m512bh w1 = (__m512bh)_mm512_loadu_si512(w_row + 32);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh x_pair = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair(r)));
+        acc[s][r][0] = _mm512_dpbf16_ps(acc[s][r][0], w0, x_pair);
+        acc[s][r][1] = _mm512_dpbf16_ps(acc[s][r][1], w1, x_pair);
+      }
+    });
     if constexpr (kSets == 2)
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < 2; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[1][r][v]);
@@ -156,19 +170,6 @@ struct Avx512Bf16 {
         _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[0][r][0]));
         _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[0][r][1]));
       }
-    }
-  }
-
-  template <int R>
-  LLMAAS_BF16_TARGET __attribute__((always_inline)) static inline void step(__m512 (&acc)[R][2],
-                                                                            const uint32_t* xp,
-                                                                            const uint16_t* wt) {
-    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wt);
-    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wt + 32);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh pair = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, pair);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, pair);
     }
   }
 };
@@ -197,29 +198,26 @@ constexpr IsaVariant variant(const char* name, bool (*supported)()) {
   return {name, supported, Kernel::kMaxRows, {tile_table<Kernel, float>(Rows{}), tile_table<Kernel, uint16_t>(Rows{})}};
 }
 
+#if defined(__x86_64__)
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+bool cpu_has_avx512() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
+
 // Best first.
 const IsaVariant kVariants[] = {
 #if defined(__x86_64__)
-    variant<Avx512Bf16>("avx512_bf16",
-                        [] {
-                          __builtin_cpu_init();
-                          return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
-                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
-                                 __builtin_cpu_supports("fma");
-                        }),
-    variant<Avx512Fma>("avx512",
-                       [] {
-                         __builtin_cpu_init();
-                         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                                __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-                       }),
-    variant<Avx2Fma>("avx2",
-                     [] {
-                       __builtin_cpu_init();
-                       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-                     }),
+    variant<Avx512Bf16>("avx512_bf16", cpu_has_avx512_bf16),
+    variant<Avx512Fma>("avx512", cpu_has_avx512),
+    variant<Avx2Fma>("avx2", cpu_has_avx2),
 #endif
     variant<BaselineFma>("baseline", [] { return true; }),
 };
@@ -231,16 +229,6 @@ const IsaVariant* best_variant() {
 }
 
 std::atomic<const IsaVariant*> g_variant{best_variant()};
-
-// Copies rows [row0, row0 + rows) of x into the pair-major block layout.
-void pack_rows(const LinearArgs& a, int64_t row0, int64_t rows, uint32_t* xp) {
-  const int64_t full_pairs = a.k / 2, pairs = (a.k + 1) / 2;
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* x = a.x + (row0 + r) * a.x_row_stride;
-    for (int64_t p = 0; p < full_pairs; ++p) xp[p * rows + r] = load_u32(x + 2 * p);
-    if (pairs > full_pairs) xp[full_pairs * rows + r] = x[a.k - 1];  // the missing odd element is zero
-  }
-}
 
 }  // namespace
 
@@ -270,32 +258,18 @@ void linear_bf16(const LinearArgs& a) {
   const int64_t blocks = (a.m + variant->max_rows - 1) / variant->max_rows;
   const int64_t base_rows = a.m / blocks, extra = a.m % blocks;
   auto block_row0 = [&](int64_t b) { return b * base_rows + std::min(b, extra); };
-  // Kept from call to call: a fresh buffer of a few MiB would be page-faulted in
-  // at every prefill call.
-  thread_local std::vector<uint32_t> xp_buffer;
-  if (xp_buffer.size() < static_cast<size_t>(a.m * pairs)) xp_buffer.resize(a.m * pairs);
-  uint32_t* xp = xp_buffer.data();
   const TileTable& tile_fns = variant->tiles[a.out_dtype == DType::kFloat32 ? 0 : 1];
   const int64_t out_size = a.out_dtype == DType::kFloat32 ? 4 : 2;
   char* y = static_cast<char*>(a.y);
   const int threads = std::max(a.num_threads, 1);
   const bool parallel = blocks * tiles > 1 && a.m * a.n * a.k >= kMinParallelWork;
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
-#pragma omp for schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel) schedule(static) collapse(2)
+  for (int64_t t = 0; t < tiles; ++t)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t row0 = block_row0(b);
-      pack_rows(a, row0, block_row0(b + 1) - row0, xp + row0 * pairs);
+      const int64_t row0 = block_row0(b), rows = block_row0(b + 1) - row0, col0 = t * kTile;
+      tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, a.w_packed + t * pairs * 2 * kTile, a.k,
+                         y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0));
     }
-#pragma omp for schedule(static) collapse(2)
-    for (int64_t t = 0; t < tiles; ++t)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t row0 = block_row0(b), rows = block_row0(b + 1) - row0, col0 = t * kTile;
-        tile_fns[rows - 1](xp + row0 * pairs, a.w_packed + t * pairs * 2 * kTile, pairs,
-                           y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride,
-                           std::min(kTile, a.n - col0));
-      }
-  }
 }
 
 std::vector<std::string> supported_linear_isas() {

@@ -40,7 +40,9 @@ void register_linear_ops(py::module_& m) {
   m.def("linear_bf16", &linear_bf16, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
         py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
         py::arg("out_row_stride"), py::arg("num_threads"), "out = x @ W^T for bf16 x and a packed bf16 W.");
-  m.def("supported_linear_isas", &llmaas::supported_linear_isas, "Linear kernel variants this CPU can run, best first.");
+  m.def("supported_linear_isas", &llmaas::supported_linear_isas,
+        "Linear kernel variants this CPU can run, best first.");
   m.def("linear_isa", &llmaas::linear_isa, "The linear kernel variant in use.");
-  m.def("set_linear_isa", &llmaas::set_linear_isa, py::arg("isa"), "Forces a linear kernel variant (tests, benchmarks).");
+  m.def("set_linear_isa", &llmaas::set_linear_isa, py::arg("isa"),
+        "Forces a linear kernel variant (tests, benchmarks).");
 }

@@ -26,12 +26,15 @@ try:
 except ImportError:  # not built: supported() is False
     _C = None
 
-_OUT_DTYPES = (torch.bfloat16, torch.float32)
+_SUPPORTED = _C is not None and hasattr(_C, "linear_bf16")
+# Output dtypes, with the extension's name for each (looked up here, not per call:
+# decode makes a hundred calls per token, each of a few microseconds).
+_OUT_DTYPES = {torch.bfloat16: _C.DType.bfloat16, torch.float32: _C.DType.float32} if _SUPPORTED else {}
 
 
 def supported() -> bool:
     """Whether the extension is built with the linear kernel."""
-    return _C is not None and hasattr(_C, "linear_bf16")
+    return _SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,15 @@ class PackedLinearWeight:
     out_features: int  # N
     in_features: int  # K
 
+    def __post_init__(self) -> None:
+        # The kernel trusts data to cover N x K: checked once here, not per call.
+        n, k = self.out_features, self.in_features
+        shape = _packed_shape(n, k)
+        if (tuple(self.data.shape) != shape or self.data.dtype != torch.bfloat16 or not self.data.is_cpu
+                or not self.data.is_contiguous()):
+            raise ValueError(f"packed data for ({n}, {k}) must be a contiguous bfloat16 CPU tensor {shape}, got "
+                             f"{tuple(self.data.shape)} {self.data.dtype}")
+
 
 def pack(weight: torch.Tensor) -> PackedLinearWeight:
     """Packs a bf16 CPU weight (N, K), as nn.Linear stores it, for `linear`."""
@@ -58,8 +70,7 @@ def pack(weight: torch.Tensor) -> PackedLinearWeight:
         raise ValueError(f"pack expects a non-empty weight, got {tuple(weight.shape)}")
     if weight.stride(1) != 1:
         weight = weight.contiguous()
-    tile = _C.LINEAR_TILE_N
-    data = torch.empty(-(-n // tile), -(-k // 2), tile, 2, dtype=torch.bfloat16)
+    data = torch.empty(_packed_shape(n, k), dtype=torch.bfloat16)
     _C.pack_linear_weight(
         weight=weight.data_ptr(),
         packed=data.data_ptr(),
@@ -74,25 +85,25 @@ def pack(weight: torch.Tensor) -> PackedLinearWeight:
 def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x @ W^T for x (..., K) bf16 on CPU; returns (..., N) in out_dtype (bf16 by default, or fp32)."""
     _require_supported()
-    out_dtype = out_dtype or torch.bfloat16
-    if out_dtype not in _OUT_DTYPES:
+    dtype_enum = _OUT_DTYPES.get(out_dtype or torch.bfloat16)
+    if dtype_enum is None:
         raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu":
+    if x.dtype != torch.bfloat16 or not x.is_cpu:
         raise ValueError(f"linear expects a bfloat16 CPU input, got {x.dtype} on {x.device}")
     n, k = packed.out_features, packed.in_features
     if x.dim() == 0 or x.shape[-1] != k:
         raise ValueError(f"x must be (..., {k}), got {tuple(x.shape)}")
-    rows = x.reshape(-1, k)  # a view where strides allow
+    rows = x if x.dim() == 2 else x.reshape(-1, k)  # a view where strides allow
     m = rows.shape[0]
     if rows.stride(1) != 1 or (m > 1 and rows.stride(0) < k):  # the kernel wants whole, disjoint rows
         rows = rows.contiguous()
-    out = torch.empty(m, n, dtype=out_dtype)
+    out = torch.empty(m, n, dtype=out_dtype or torch.bfloat16)
     if m > 0:
         _C.linear_bf16(
             out=out.data_ptr(),
             x=rows.data_ptr(),
             packed=packed.data.data_ptr(),
-            out_dtype=_C.DType.float32 if out_dtype == torch.float32 else _C.DType.bfloat16,
+            out_dtype=dtype_enum,
             m=m,
             n=n,
             k=k,
@@ -100,7 +111,7 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
             out_row_stride=n,
             num_threads=torch.get_num_threads(),
         )
-    return out.view(*x.shape[:-1], n)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -108,6 +119,12 @@ def reference(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype | No
     return (x.float() @ weight.float().T).to(out_dtype or x.dtype)
 
 
+def _packed_shape(n: int, k: int) -> tuple[int, int, int, int]:
+    _require_supported()
+    tile = _C.LINEAR_TILE_N
+    return (-(-n // tile), -(-k // 2), tile, 2)
+
+
 def _require_supported() -> None:
-    if not supported():
+    if not _SUPPORTED:
         raise RuntimeError("engine._C lacks the linear kernel: build it with `python setup.py build_ext --inplace`")

@@ -1,4 +1,4 @@
-"""Attention ops for the models: the one place that picks a kernel backend.
+"""Kernel ops for the models (attention, linear): the one place that picks a kernel backend.
 
 Backends:
   "cpp"    the C++/OpenMP kernels of the extension `engine._C` (csrc/cpu/), for
@@ -19,7 +19,8 @@ from typing import Literal
 
 import torch
 
-from engine.kernels import reference
+from engine.kernels import linear as linear_kernel
+from engine.kernels import reference, torch_paged
 
 try:
     from engine import _C
@@ -31,6 +32,7 @@ else:
 
 Backend = Literal["torch", "cpp"]
 BACKEND_ENV = "LLMAAS_ATTENTION_BACKEND"
+LINEAR_BACKEND_ENV = "LLMAAS_LINEAR_BACKEND"
 _CPP_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
@@ -109,7 +111,9 @@ def paged_attention(
         out = torch.empty(query.shape, dtype=query.dtype)
         _cpp_paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
         return out
-    return reference.paged_attention(
+    # Off the CPU, until a GPU kernel is picked here: batched torch ops, no host sync.
+    attention = reference.paged_attention if query.device.type == "cpu" else torch_paged.paged_attention
+    return attention(
         query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, max_query_len, max_context_len
     )
 
@@ -221,3 +225,28 @@ def _cpp_paged_attention(
         scale=scale,
         num_threads=torch.get_num_threads(),
     )
+
+
+def pack_linear_weight(weight: torch.Tensor) -> linear_kernel.PackedLinearWeight | None:
+    """The weight (out_features, in_features) in the C++ kernel's layout where that kernel runs
+    it (bf16 on CPU); None where torch's linear does. LLMAAS_LINEAR_BACKEND=torch forces torch."""
+    forced = os.environ.get(LINEAR_BACKEND_ENV)
+    if forced not in (None, "", "torch", "cpp"):
+        raise ValueError(f"{LINEAR_BACKEND_ENV}={forced!r}: expected torch or cpp")
+    if forced == "torch" or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        return None
+    if not linear_kernel.supported():
+        if forced == "cpp":
+            raise RuntimeError(f"{LINEAR_BACKEND_ENV}=cpp but engine._C lacks the linear kernel")
+        return None
+    return linear_kernel.pack(weight)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: linear_kernel.PackedLinearWeight | None,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x @ weight^T, through the packed kernel when the weight was packed for it."""
+    if packed is not None:
+        return linear_kernel.linear(x, packed, out_dtype)
+    assert weight is not None
+    y = torch.nn.functional.linear(x, weight)
+    return y if out_dtype is None else y.to(out_dtype)

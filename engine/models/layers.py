@@ -11,6 +11,25 @@ from engine.forward_context import get_attention_metadata
 from engine.kernels import ops
 
 
+class Linear(nn.Module):
+    """y = x W^T through the kernel dispatch. After load, pack() hands the weight to the C++ bf16
+    kernel's layout where that kernel runs (then only the packed copy is kept)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.packed: ops.linear_kernel.PackedLinearWeight | None = None
+
+    def pack(self) -> None:
+        assert self.weight is not None
+        self.packed = ops.pack_linear_weight(self.weight)
+        if self.packed is not None:
+            self.weight = None
+
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.packed, out_dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()

@@ -84,6 +84,15 @@ def test_strided_rows_are_read_within_bounds(isa: str, k: int) -> None:
         assert_matches(linear.linear(x, linear.pack(weight), out_dtype), x, weight, out_dtype)
 
 
+@pytest.mark.parametrize("k", [576, 577])
+def test_single_row_at_any_alignment(isa: str, k: int) -> None:
+    """x is read in place, in 32-bit pairs: a row at an odd element offset reads them unaligned."""
+    weight = randn(577, k, seed=17)
+    buffer = randn(k + 1, seed=18)
+    for x in (buffer[:k].view(1, k), buffer[1:].view(1, k)):
+        assert_matches(linear.linear(x, linear.pack(weight)), x, weight, torch.bfloat16)
+
+
 def test_writes_exactly_the_output_block(isa: str) -> None:
     """Called with output rows wider than n: the kernel fills (m, n) and not a column more."""
     m, n, k = 13, 47, 64
@@ -148,3 +157,5 @@ def test_rejects_bad_arguments() -> None:
         linear.pack(torch.zeros(8, 16))
     with pytest.raises(ValueError, match="unknown ISA"):
         linear._C.set_linear_isa("sse9")
+    with pytest.raises(ValueError, match="packed data"):
+        linear.PackedLinearWeight(packed.data, 8, 18)

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU machine check, in under 6 minutes on an H100:
+#   1. environment (nvidia-smi, versions)  2. build the C++ extension  3. CPU+GPU tests
+#   4. bench/gpu_engine_check.py: ceilings, fp32 parity with transformers, bf16 throughput, energy.
+#
+#   bash bench/gpu_check.sh OUTDIR
+#
+# Every stage runs under a time limit carved from the overall budget (GPU_CHECK_TOTAL_S, 345 s), and
+# a failed stage does not stop the next ones; the exit status is 1 if any failed. OUTDIR receives
+# env.txt, build.log, pytest.log, engine_check.{log,json,md} and summary.md (7 files).
+# GPU_CHECK_SMOKE=1 runs step 4 with --smoke (CPU), to try this script on a machine without a GPU.
+set -u -o pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: bash bench/gpu_check.sh OUTDIR" >&2
+  exit 2
+fi
+mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2
+cd "$(dirname "$0")/.." || exit 2
+
+PY=${PYTHON:-python3}
+export PY
+TOTAL=${GPU_CHECK_TOTAL_S:-345}
+START=$(date +%s)
+if [ -d /tmp/site ]; then  # where a carried wheel (gguf) may be installed
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+  HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
+
+elapsed() { echo $(( $(date +%s) - START )); }
+left() { echo $(( TOTAL - $(elapsed) )); }
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+
+ROWS=()
+FAILED=0
+
+# stage NAME LIMIT_S LOG CMD...: runs CMD under `timeout`, output to the terminal and LOG.
+stage() {
+  local name=$1 limit=$2 log=$3 rc t0 dt status
+  shift 3
+  t0=$(date +%s)
+  echo
+  echo "=== [$(date +%H:%M:%S) +$(elapsed)s] stage $name (limit ${limit}s) ==="
+  if [ "$limit" -lt 10 ]; then
+    echo "no time left for $name" | tee -a "$log"
+    rc=125
+  else
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+  fi
+  dt=$(( $(date +%s) - t0 ))
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status="TIMEOUT (${limit}s)" ;;
+    125) status="SKIPPED (no time)" ;;
+    *) status="FAILED (rc=$rc)" ;;
+  esac
+  [ "$rc" -eq 0 ] || FAILED=1
+  echo "=== [$(date +%H:%M:%S) +$(elapsed)s] stage $name: $status in ${dt}s ==="
+  ROWS+=("| $name | $status | ${dt} |")
+}
+
+env_report() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
+  local smi=$?
+  echo "nproc: $(nproc)"
+  "$PY" - <<'EOF'
+import importlib, platform, sys
+print("python", platform.python_version(), sys.executable)
+for name in ("torch", "transformers", "triton", "tokenizers", "safetensors", "pynvml", "gguf", "numpy", "pybind11"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name:13s} {getattr(module, '__version__', '?')}")
+    except Exception as e:
+        print(f"{name:13s} MISSING ({type(e).__name__}: {e})")
+import torch
+print("torch.cuda", torch.version.cuda, "available:", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+EOF
+  local py=$?
+  [ "$smi" -eq 0 ] || [ "${GPU_CHECK_SMOKE:-0}" = 1 ] || return "$smi"
+  return "$py"
+}
+
+echo "gpu_check: repo $(pwd), out $OUT, budget ${TOTAL}s, started $(date -u +%FT%TZ)"
+
+stage environment 30 "$OUT/env.txt" bash -c "$(declare -f env_report); env_report"
+
+stage build "$(min 150 $(( $(left) - 250 )))" "$OUT/build.log" "$PY" setup.py build_ext --inplace
+
+stage tests "$(min 130 $(( $(left) - 200 )))" "$OUT/pytest.log" "$PY" -m pytest -q -x \
+  tests/test_sampler.py tests/test_block_manager.py tests/test_scheduler.py tests/kernels \
+  tests/engine/test_tiny_llama_logits.py -p no:cacheprovider
+
+ENGINE_LIMIT=$(min 250 $(( $(left) - 8 )))
+SMOKE_FLAG=()
+[ "${GPU_CHECK_SMOKE:-0}" = 1 ] && SMOKE_FLAG=(--smoke)
+stage engine-check "$ENGINE_LIMIT" "$OUT/engine_check.log" "$PY" bench/gpu_engine_check.py --out "$OUT" \
+  --budget-s $(( ENGINE_LIMIT > 40 ? ENGINE_LIMIT - 20 : 20 )) "${SMOKE_FLAG[@]}"
+
+{
+  echo
+  echo "## gpu_check summary ($(elapsed)s in all, budget ${TOTAL}s)"
+  echo
+  echo "| stage | status | seconds |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  if [ -f "$OUT/engine_check.md" ]; then cat "$OUT/engine_check.md"; fi
+} | tee "$OUT/summary.md"
+exit "$FAILED"
