@@ -29,6 +29,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def run_engine(dtype_name: str, batch: int, output_len: int, threads: int, queue: mp.Queue) -> None:
     import torch
 
@@ -54,8 +59,11 @@ def run_engine(dtype_name: str, batch: int, output_len: int, threads: int, queue
         allocated += sum(len(s.block_table) for s in running) * engine.block_manager.block_size
         held += sum(s.num_computed_tokens for s in running)
     elapsed = time.perf_counter() - start
-    weights_mb = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters()) / 2**20
-    queue.put({"tokens": tokens, "seconds": elapsed, "peak_rss_mb": peak_rss_mb(), "weights_mb": weights_mb,
+    model = engine.runner.model
+    packed = [m.packed.data for m in model.modules() if getattr(m, "packed", None) is not None]
+    weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *packed]) / 2**20
+    queue.put({"tokens": tokens, "seconds": elapsed, "peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb(),
+               "weights_mb": weights_mb,
                "kv_budget_mb": kv_bytes / 2**20, "kv_waste": 1 - held / allocated if allocated else 0.0})
 
 
@@ -109,13 +117,13 @@ def main() -> None:
                      "ratio": ours["tokens_per_s"] / peer["tokens_per_s"]})
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus; "
           f"dtype {args.dtype}; {args.output_len} output tokens per sequence\n")
-    print("| sequences | engine tok/s | transformers tok/s | ratio | engine peak RSS MB (weights + KV budget) "
-          "| transformers peak RSS MB | KV slots allocated but empty |")
+    print("| sequences | engine tok/s | transformers tok/s | ratio | engine RSS MB at end / peak "
+          "(weights + KV budget) | transformers peak RSS MB | KV slots allocated but empty |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         e, t = r["engine"], r["transformers"]
         print(f"| {r['batch']} | {e['tokens_per_s']:.1f} | {t['tokens_per_s']:.1f} | {r['ratio']:.2f}x "
-              f"| {e['peak_rss_mb']:.0f} ({e['weights_mb']:.0f} + {e['kv_budget_mb']:.0f}) "
+              f"| {e['rss_mb']:.0f} / {e['peak_rss_mb']:.0f} ({e['weights_mb']:.0f} + {e['kv_budget_mb']:.0f}) "
               f"| {t['peak_rss_mb']:.0f} | {100 * e['kv_waste']:.2f}% |")
     if args.json:
         with open(args.json, "w") as f:

@@ -16,6 +16,8 @@ namespace py = pybind11;
 
 // The bf16 linear layer's bindings (csrc/cpu/linear_bindings.cpp).
 void register_linear_ops(pybind11::module_& m);
+// RMSNorm with residual and rotary embedding (csrc/cpu/norm_rope_bindings.cpp).
+void register_norm_rope_ops(pybind11::module_& m);
 using llmaas::DType;
 
 namespace {
@@ -74,4 +76,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", &llmaas::cpu_isa, "The attention kernel variant in use.");
   m.def("set_cpu_isa", &llmaas::set_cpu_isa, py::arg("isa"), "Forces an attention kernel variant (tests, benchmarks).");
   register_linear_ops(m);
+  register_norm_rope_ops(m);
 }

@@ -1,7 +1,7 @@
 """Static configuration: the model's hyper-parameters and the engine's limits."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,7 +32,9 @@ class ModelConfig:
 class EngineConfig:
     """Limits of one engine instance."""
 
-    block_size: int = 16
+    # Tokens per KV block. None: 8 on CPU (at most 7 idle slots per sequence, under 4% of a typical
+    # chat sequence's cache), 16 on GPUs, whose kernels want wider tiles.
+    block_size: int | None = None
     kv_cache_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
@@ -41,4 +43,7 @@ class EngineConfig:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     num_threads: int | None = None
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.block_size is None:
+            self.block_size = 8 if torch.device(self.device).type == "cpu" else 16

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from engine.kernels import linear as linear_kernel
-from engine.kernels import reference, torch_paged
+from engine.kernels import norm_rope, reference, torch_paged
 
 try:
     from engine import _C
@@ -250,3 +250,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: linear_kernel.P
     assert weight is not None
     y = torch.nn.functional.linear(x, weight)
     return y if out_dtype is None else y.to(out_dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual) * weight, x + residual), rounded as the torch formula rounds."""
+    if x.device.type == "cpu" and x.dtype in _CPP_DTYPES and norm_rope.supported():
+        return norm_rope.fused_add_rms_norm(x, residual, weight, eps)
+    return reference.add_rms_norm(x, residual, weight, eps)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rotary embedding of q (T, heads, D) and k (T, kv_heads, D); cos, sin (T, 1, D).
+    The C++ op rotates q and k in place (they are views of this step's qkv buffer)."""
+    if q.device.type == "cpu" and q.dtype in _CPP_DTYPES and norm_rope.supported():
+        norm_rope.rotary_(q, k, cos, sin)
+        return q, k
+    return reference.rotary(q, k, cos, sin)

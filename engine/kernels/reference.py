@@ -1,4 +1,4 @@
-"""Pure-torch reference implementations of the attention kernels.
+"""Pure-torch reference implementations of the kernels (attention, norm, rotary).
 
 They define the semantics that every backend must match (the tests compare
 against them) and serve as the fallback backend wherever no faster kernel
@@ -73,3 +73,24 @@ def paged_attention(
         )
         out[start:end] = attended.transpose(0, 1)
     return out
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds residual to x first when given; returns (normed, new residual). Computed in fp32 as
+    Hugging Face's LlamaRMSNorm does, so float32 runs match it bit for bit."""
+    if residual is not None:
+        x = x + residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype), x
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rotary embedding, q: (T, heads, D), k: (T, kv_heads, D), cos/sin: (T, 1, D)."""
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

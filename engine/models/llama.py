@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.config import ModelConfig
-from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding, apply_rotary
+from engine.kernels import ops
+from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (T, 1, head_dim)
 
@@ -31,7 +32,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, k, *rope)
+        q, k = ops.rotary(q, k, *rope)
         out = self.attn(q, k, v)  # (T, num_heads, head_dim)
         return self.o_proj(out.reshape(-1, self.q_size))
 

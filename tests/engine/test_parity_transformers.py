@@ -97,12 +97,12 @@ def test_prefix_cache_off(prompts: list[list[int]], expected: list[list[int]]) -
 def test_small_chunks_and_preemption(llm: LLM, prompts: list[list[int]], expected: list[list[int]]) -> None:
     """A KV budget that holds barely more than the longest request, and a token budget that
     splits prompts into many chunks: requests are preempted and recomputed, with the same tokens."""
-    block_size = 16
+    block_size = llm.engine.config.block_size
     per_block = llm.engine.runner.bytes_per_block()
     longest = max(len(p) for p in prompts) + MAX_TOKENS
     num_blocks = -(-longest // block_size) + 2
     small = LLM("smollm2:135m", dtype=torch.float32, kv_cache_bytes=num_blocks * per_block,
-                max_num_batched_tokens=64, block_size=block_size)
+                max_num_batched_tokens=64)
     assert token_ids(small.generate(prompts, GREEDY)) == expected
     assert small.engine.scheduler.num_preemptions > 0
     assert small.engine.block_manager.num_free_blocks == num_blocks
