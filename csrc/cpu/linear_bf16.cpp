@@ -33,7 +33,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -44,6 +43,7 @@
 #endif
 
 #include "bf16.h"
+#include "isa_select.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -222,13 +222,7 @@ const IsaVariant kVariants[] = {
     variant<BaselineFma>("baseline", [] { return true; }),
 };
 
-const IsaVariant* best_variant() {
-  for (const IsaVariant& v : kVariants)
-    if (v.supported()) return &v;
-  return nullptr;  // unreachable: the baseline is always supported
-}
-
-std::atomic<const IsaVariant*> g_variant{best_variant()};
+IsaSelector g_isa(kVariants);
 
 }  // namespace
 
@@ -252,7 +246,7 @@ void linear_bf16(const LinearArgs& a) {
   if (a.m < 0 || a.n <= 0 || a.k <= 0 || (a.m > 1 && a.x_row_stride < a.k) || (a.m > 1 && a.y_row_stride < a.n))
     throw std::invalid_argument("linear_bf16: invalid sizes");
   if (a.m == 0) return;
-  const IsaVariant* variant = g_variant.load(std::memory_order_relaxed);
+  const IsaVariant* variant = g_isa.current();
   const int64_t pairs = (a.k + 1) / 2, tiles = (a.n + kTile - 1) / kTile;
   // ceil(m / max_rows) blocks; the first `extra` get one row more than the others.
   const int64_t blocks = (a.m + variant->max_rows - 1) / variant->max_rows;
@@ -272,24 +266,10 @@ void linear_bf16(const LinearArgs& a) {
     }
 }
 
-std::vector<std::string> supported_linear_isas() {
-  std::vector<std::string> names;
-  for (const IsaVariant& v : kVariants)
-    if (v.supported()) names.emplace_back(v.name);
-  return names;
-}
+std::vector<std::string> supported_linear_isas() { return g_isa.supported_names(); }
 
-std::string linear_isa() { return g_variant.load()->name; }
+std::string linear_isa() { return g_isa.current()->name; }
 
-void set_linear_isa(const std::string& isa) {
-  for (const IsaVariant& v : kVariants) {
-    if (isa == v.name) {
-      if (!v.supported()) throw std::invalid_argument("this CPU does not support " + isa);
-      g_variant.store(&v);
-      return;
-    }
-  }
-  throw std::invalid_argument("unknown ISA variant: " + isa);
-}
+void set_linear_isa(const std::string& isa) { g_isa.select(isa); }
 
 }  // namespace llmaas

@@ -22,13 +22,13 @@
 //   at run time; the variant is picked at load time, because the build must not
 //   assume the machine it runs on.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "attend_item.h"
+#include "isa_select.h"
 #include "kernels.h"
 
 namespace llmaas {
@@ -103,13 +103,7 @@ const IsaVariant kVariants[] = {
     {"baseline", [] { return true; }, LLMAAS_KERNELS(attend_baseline)},
 };
 
-const IsaVariant* best_variant() {
-  for (const IsaVariant& v : kVariants)
-    if (v.supported()) return &v;
-  return nullptr;  // unreachable: the baseline is always supported
-}
-
-std::atomic<const IsaVariant*> g_variant{best_variant()};
+IsaSelector g_isa(kVariants);
 
 // Checks what the kernel is about to dereference, and cuts the query rows into
 // work items (without the kv head, which the parallel loop adds).
@@ -148,7 +142,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   const int64_t tile =
       std::clamp(a.num_tokens * a.num_kv_heads / (kItemsPerThread * threads), int64_t{1}, kMaxQueryTile);
   const std::vector<WorkItem> items = plan_work(a, tile);
-  const IsaVariant* variant = g_variant.load(std::memory_order_relaxed);
+  const IsaVariant* variant = g_isa.current();
   const int dim_index = a.head_dim == kHeadDims[0] ? 0 : a.head_dim == kHeadDims[1] ? 1 : 2;
   const AttendFn attend = variant->kernels[a.dtype == DType::kFloat32 ? 0 : 1][dim_index];
   const int64_t kv_heads = a.num_kv_heads;
@@ -164,24 +158,10 @@ void paged_attention(const PagedAttentionArgs& a) {
   }
 }
 
-std::vector<std::string> supported_cpu_isas() {
-  std::vector<std::string> names;
-  for (const IsaVariant& v : kVariants)
-    if (v.supported()) names.emplace_back(v.name);
-  return names;
-}
+std::vector<std::string> supported_cpu_isas() { return g_isa.supported_names(); }
 
-std::string cpu_isa() { return g_variant.load()->name; }
+std::string cpu_isa() { return g_isa.current()->name; }
 
-void set_cpu_isa(const std::string& isa) {
-  for (const IsaVariant& v : kVariants) {
-    if (isa == v.name) {
-      if (!v.supported()) throw std::invalid_argument("this CPU does not support " + isa);
-      g_variant.store(&v);
-      return;
-    }
-  }
-  throw std::invalid_argument("unknown ISA variant: " + isa);
-}
+void set_cpu_isa(const std::string& isa) { g_isa.select(isa); }
 
 }  // namespace llmaas
