@@ -73,9 +73,9 @@ class ModelRunner:
                 sample_rows.append(query_start_loc[-1] - 1)
                 sample_seqs.append(seq)
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = torch.zeros(len(batch.seqs), max_blocks, dtype=torch.int32)
-        for row, seq in enumerate(batch.seqs):
-            block_tables[row, :len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        # Rows padded with block 0: the kernels read no further than each context length.
+        block_tables = torch.tensor([seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in batch.seqs],
+                                    dtype=torch.int32)
         dev = self.device
         metadata = AttentionMetadata(
             slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=dev),
