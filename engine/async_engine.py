@@ -12,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from engine.errors import EngineDeadError
+from engine.errors import EngineDeadError, InvalidRequestError
 from engine.llm_engine import EngineLoad, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -46,6 +46,8 @@ class AsyncLLMEngine:
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
         request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt, params, priority))
@@ -54,6 +56,7 @@ class AsyncLLMEngine:
             while not finished:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    finished = True  # refused or dead: nothing to abort
                     raise item
                 finished = item.finished
                 yield item

@@ -166,6 +166,14 @@ def test_async_generate_streams_and_abort_on_close(llm: LLM) -> None:
         with pytest.raises(InvalidRequestError):
             async for _ in engine.generate([], SamplingParams()):
                 pass
+        # A duplicate id is refused without disturbing the request that holds it.
+        first = engine.generate([7, 8, 9], SamplingParams(temperature=0, max_tokens=6), request_id="dup")
+        await first.__anext__()
+        with pytest.raises(InvalidRequestError, match="already running"):
+            await engine.generate([1, 2], SamplingParams(), request_id="dup").__anext__()
+        async for out in first:
+            last = out
+        assert last.finished and last.usage.completion_tokens == 6
         return text, final.usage.completion_tokens
 
     try:

@@ -1,0 +1,118 @@
+"""Request/response types and the router that maps (method, path) to a handler."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+# Built once: msgspec encoders are reusable and cheap to call, costly to create.
+_JSON = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query_string: str
+    # Lowercased names; repeated headers are joined with ", " (RFC 9110 §5.3).
+    headers: dict[str, str]
+    body: bytes
+    client: tuple[str, int] | None
+    path_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    """Body sent with chunked transfer encoding; the iterator is aclose()d if the client leaves."""
+
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = "text/event-stream"
+
+
+Handler = Callable[[Request], Awaitable["Response | StreamingResponse"]]
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+) -> Response:
+    """An OpenAI-style JSON error body."""
+    body = _JSON.encode(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    )
+    return Response(status=status, body=body)
+
+
+class RouteError(Exception):
+    """No route for a request; carries the ready error response (404 or 405)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Router:
+    """Exact paths plus `{param}` segments; exact routes win over parametrised ones."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._patterns: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        segments = tuple(path.strip("/").split("/"))
+        if any(s.startswith("{") and s.endswith("}") for s in segments):
+            for pattern, methods in self._patterns:
+                if pattern == segments:
+                    break
+            else:
+                methods = {}
+                self._patterns.append((segments, methods))
+        else:
+            methods = self._exact.setdefault(path, {})
+        methods[method.upper()] = handler
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """Return the handler and path parameters, or raise RouteError (404/405)."""
+        methods = self._exact.get(path)
+        params: dict[str, str] = {}
+        if methods is None:
+            methods, params = self._match_pattern(path)
+        if methods is None:
+            raise RouteError(error_response(404, f"Not found: {path}", "not_found"))
+        handler = methods.get(method)
+        if handler is None:
+            response = error_response(405, f"Method {method} not allowed", "method_not_allowed")
+            response.headers.append(("allow", ", ".join(sorted(methods))))
+            raise RouteError(response)
+        return handler, params
+
+    def _match_pattern(self, path: str) -> tuple[dict[str, Handler] | None, dict[str, str]]:
+        segments = path.strip("/").split("/")
+        for pattern, methods in self._patterns:
+            if len(pattern) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            for want, got in zip(pattern, segments):
+                if want.startswith("{") and want.endswith("}"):
+                    if not got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                return methods, params
+        return None, {}
