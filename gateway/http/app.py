@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import msgspec
 
@@ -55,6 +56,30 @@ def error_response(
         {"error": {"message": message, "type": type_, "param": None, "code": code}}
     )
     return Response(status=status, body=body)
+
+
+def encode_head(
+    status: int,
+    headers: list[tuple[str, str]],
+    content_type: str,
+    keep_alive: bool,
+    length: int | None,
+) -> bytes:
+    """The status line and headers; `length` None means a chunked body."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}"]
+    lines.append("transfer-encoding: chunked" if length is None else f"content-length: {length}")
+    if not keep_alive:
+        lines.append("connection: close")
+    for name, value in headers:
+        # A CR or LF from a handler would let it split the response (header injection).
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid response header {name!r}")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class RouteError(Exception):

@@ -1,0 +1,409 @@
+"""One HTTP/1.1 connection: parsing with httptools, in-order answers, limits, flow control.
+
+State is grouped by lifetime: connection (transport, parser, timers, write gate), request being
+parsed (`_Incoming`), and the queue of parsed requests waiting for their answer. Pipelined
+requests are answered strictly in order by one worker task per busy connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import unquote
+
+import httptools
+
+from gateway.http.app import (
+    Request,
+    Response,
+    RouteError,
+    Router,
+    StreamingResponse,
+    encode_head,
+    error_response,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # In-flight requests across all connections; beyond it requests get an early 503.
+    max_concurrency: int = 1024
+    # Parsed-but-unanswered requests per connection; beyond either bound reading pauses.
+    max_pipelined: int = 16
+    read_high_water: int = 1024 * 1024
+    write_high_water: int = 256 * 1024
+
+
+class ServerState:
+    """Shared by all connections of one server: config, router, counters, lifecycle."""
+
+    def __init__(self, router: Router, limits: ServerLimits) -> None:
+        self.router = router
+        self.limits = limits
+        self.connections: set[HttpConnection] = set()
+        self.in_flight = 0
+        self.shutting_down = False
+        self.all_closed = asyncio.Event()
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing; the response is sent, then the close."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass(slots=True)
+class _Incoming:
+    url: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    header_bytes: int = 0
+    keep_alive: bool = True
+
+
+# A queued item: a parsed request, or an error to send before closing; its keep-alive; its size.
+_Queued = tuple["Request | Response", bool, int]
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._limits = state.limits
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._closed = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        # Request being parsed.
+        self._incoming: _Incoming | None = None
+        self._headers_done = False
+        self._raw_header_bytes = 0
+        self._began_this_feed = False
+        # No more requests will be parsed (error, upgrade): close once the queue drains.
+        self._stop_parsing = False
+        # Parsed requests awaiting their answer, and the task answering them.
+        self._queue: deque[_Queued] = deque()
+        self._queued_bytes = 0
+        self._reading_paused = False
+        self._worker: asyncio.Task[None] | None = None
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        transport.set_write_buffer_limits(high=self._limits.write_high_water)
+        self._state.connections.add(self)
+        if self._state.shutting_down:
+            transport.close()
+            return
+        self._maybe_arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._state.connections.discard(self)
+        if self._state.shutting_down and not self._state.connections:
+            self._state.all_closed.set()
+        self._cancel_timers()
+        self._writable.set()
+        self._queue.clear()
+        # Cancelling the worker is how a disconnect aborts a running handler or stream.
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def eof_received(self) -> bool:
+        # A half-close means the client is gone in practice (as in uvicorn): closing aborts
+        # any running generation instead of streaming tokens nobody will read.
+        return False
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self._stop_parsing:
+            return
+        self._cancel_idle()
+        self._began_this_feed = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_parsing = True  # no protocol upgrades; answer what was parsed, then close
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Reject):
+                raise
+            self._reject(exc.__context__.response)
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(error_response(400, f"Malformed HTTP request: {exc}", "bad_request"))
+            return
+        if self._incoming is not None and not self._headers_done:
+            # httptools buffers a partial header internally; count whole chunks fed while the
+            # headers stay incomplete so that buffer cannot grow past the limit by one chunk.
+            if not self._began_this_feed:
+                self._raw_header_bytes += len(data)
+            if max(self._raw_header_bytes, self._incoming.header_bytes) > self._limits.max_header_bytes:
+                self._reject(_too_large_headers())
+                return
+        self._maybe_arm_idle()
+
+    # -- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._incoming = _Incoming()
+        self._headers_done = False
+        self._raw_header_bytes = 0
+        self._began_this_feed = True
+        self._cancel_idle()
+        self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        assert self._incoming is not None
+        self._incoming.url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._incoming is not None
+        self._incoming.headers.append((name, value))
+        self._count_header_bytes(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        assert self._incoming is not None and self._transport is not None
+        self._cancel_header_timer()
+        self._headers_done = True
+        self._incoming.keep_alive = self._parser.should_keep_alive()
+        expects_continue = False
+        for name, value in self._incoming.headers:
+            lname = name.lower()
+            if lname == b"content-length" and int(value) > self._limits.max_body_bytes:
+                raise _Reject(_too_large_body(self._limits.max_body_bytes))
+            if lname == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        # An interim 100 is only safe when no earlier response could interleave with it.
+        if expects_continue and self._worker is None and not self._queue:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        assert self._incoming is not None
+        if len(self._incoming.body) + len(body) > self._limits.max_body_bytes:
+            raise _Reject(_too_large_body(self._limits.max_body_bytes))
+        self._incoming.body += body
+
+    def on_message_complete(self) -> None:
+        assert self._incoming is not None
+        incoming, self._incoming = self._incoming, None
+        url = httptools.parse_url(bytes(incoming.url))
+        headers: dict[str, str] = {}
+        for name, value in incoming.headers:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        request = Request(
+            method=self._parser.get_method().decode("ascii"),
+            path=unquote((url.path or b"").decode("latin-1")),
+            query_string=(url.query or b"").decode("latin-1"),
+            headers=headers,
+            body=bytes(incoming.body),
+            client=self._client,
+        )
+        self._enqueue((request, incoming.keep_alive, len(incoming.body) + incoming.header_bytes))
+
+    # -- answering ------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark (or closed)."""
+        if not self._closed:
+            await self._writable.wait()
+
+    def begin_shutdown(self) -> None:
+        """Close now if idle; a busy connection closes after its current response."""
+        if self._worker is None and not self._queue and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _enqueue(self, item: _Queued) -> None:
+        assert self._transport is not None
+        self._queue.append(item)
+        self._queued_bytes += item[2]
+        limits = self._limits
+        if not self._reading_paused and (
+            len(self._queue) > limits.max_pipelined or self._queued_bytes > limits.read_high_water
+        ):
+            self._reading_paused = True
+            self._transport.pause_reading()
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._answer_queue())
+
+    def _maybe_resume_reading(self) -> None:
+        limits = self._limits
+        if (
+            self._reading_paused
+            and not self._closed
+            and not self._stop_parsing
+            and len(self._queue) <= limits.max_pipelined // 2
+            and self._queued_bytes <= limits.read_high_water // 2
+        ):
+            assert self._transport is not None
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _reject(self, response: Response) -> None:
+        self._cancel_header_timer()
+        self._stop_parsing = True
+        self._incoming = None
+        self._enqueue((response, False, 0))
+
+    async def _answer_queue(self) -> None:
+        assert self._transport is not None
+        try:
+            while self._queue and not self._closed:
+                item, keep_alive, size = self._queue.popleft()
+                self._queued_bytes -= size
+                self._maybe_resume_reading()
+                if isinstance(item, Response):
+                    self._write_response(item, keep_alive=False)
+                    keep_alive = False
+                else:
+                    keep_alive = await self._answer(item, keep_alive)
+                if not keep_alive or self._state.shutting_down:
+                    self._transport.close()
+                    return
+            if self._stop_parsing:
+                self._transport.close()
+        except Exception:
+            # A bug on our side (e.g. a bad response header): the stream state is unknown.
+            log.exception("failed to answer a request")
+            self._transport.close()
+        finally:
+            self._worker = None
+            self._maybe_arm_idle()
+
+    async def _answer(self, request: Request, keep_alive: bool) -> bool:
+        """Run the handler and write its response; returns whether the connection stays open."""
+        state = self._state
+        if state.in_flight >= self._limits.max_concurrency:
+            overloaded = error_response(
+                503, "Server is overloaded, retry later", "server_overloaded", type_="server_error"
+            )
+            return self._write_response(overloaded, keep_alive)
+        try:
+            handler, request.path_params = state.router.resolve(request.method, request.path)
+        except RouteError as exc:
+            return self._write_response(exc.response, keep_alive)
+        state.in_flight += 1
+        try:
+            try:
+                response = await handler(request)
+            except Exception:
+                log.exception("handler failed: %s %s", request.method, request.path)
+                response = error_response(500, "Internal server error", "internal_error", type_="server_error")
+            if isinstance(response, StreamingResponse):
+                return await self._stream(response, keep_alive)
+            return self._write_response(response, keep_alive)
+        finally:
+            state.in_flight -= 1
+
+    def _write_response(self, response: Response, keep_alive: bool) -> bool:
+        assert self._transport is not None
+        keep_alive = keep_alive and not self._state.shutting_down
+        head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
+        self._transport.write(head + response.body)
+        return keep_alive
+
+    async def _stream(self, response: StreamingResponse, keep_alive: bool) -> bool:
+        assert self._transport is not None
+        keep_alive = keep_alive and not self._state.shutting_down
+        chunks = response.chunks
+        self._transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None))
+        try:
+            async for chunk in chunks:
+                if self._closed:
+                    return False
+                if chunk:  # an empty chunk would end the chunked body early
+                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    await self.drain()
+            if self._closed:
+                return False
+            self._transport.write(b"0\r\n\r\n")
+            return keep_alive
+        except Exception:
+            # Headers are out; closing without the terminating chunk tells the client it is cut.
+            log.exception("stream failed mid-response")
+            return False
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _count_header_bytes(self, n: int) -> None:
+        assert self._incoming is not None
+        self._incoming.header_bytes += n
+        if self._incoming.header_bytes > self._limits.max_header_bytes:
+            raise _Reject(_too_large_headers())
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._closed or self._headers_done:
+            return
+        if self._reading_paused:  # we stopped reading, the client is not to blame
+            self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+            return
+        self._reject(error_response(408, "Request headers not received in time", "request_timeout"))
+
+    def _maybe_arm_idle(self) -> None:
+        if self._closed or self._worker is not None or self._queue or self._incoming is not None:
+            return
+        self._cancel_idle()
+        self._idle_timer = self._loop.call_later(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._transport is not None and self._worker is None and not self._queue and self._incoming is None:
+            self._transport.close()
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_idle()
+        self._cancel_header_timer()
+
+
+def _too_large_headers() -> Response:
+    return error_response(431, "Request headers too large", "headers_too_large")
+
+
+def _too_large_body(limit: int) -> Response:
+    return error_response(413, f"Request body exceeds {limit} bytes", "body_too_large")
+

@@ -1,0 +1,109 @@
+"""Listening socket, TLS, graceful shutdown, and a `run` helper that prefers uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import sys
+
+from gateway.http.app import Router
+from gateway.http.protocol import HttpConnection, ServerLimits, ServerState
+
+try:
+    import uvloop
+except ImportError:  # Windows, or a minimal install: the stdlib loop works too, only slower
+    uvloop = None
+
+
+class Server:
+    def __init__(self, server: asyncio.AbstractServer, state: ServerState) -> None:
+        self._server = server
+        self._state = state
+
+    @property
+    def port(self) -> int:
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def in_flight(self) -> int:
+        return self._state.in_flight
+
+    async def shutdown(self, deadline_s: float) -> None:
+        """Stop accepting, close idle connections, let in-flight work finish until the deadline."""
+        state = self._state
+        self._server.close()
+        state.shutting_down = True
+        for conn in list(state.connections):
+            conn.begin_shutdown()
+        if not await _wait_closed(state, deadline_s):
+            for conn in list(state.connections):
+                conn.abort()
+            # abort() reports connection_lost on the next loop iterations.
+            await _wait_closed(state, 1.0)
+        await self._server.wait_closed()
+
+
+async def _wait_closed(state: ServerState, timeout_s: float) -> bool:
+    if not state.connections:
+        return True
+    try:
+        await asyncio.wait_for(state.all_closed.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+async def serve(
+    router: Router,
+    host: str,
+    port: int,
+    limits: ServerLimits | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> Server:
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("TLS needs both certfile and keyfile")
+    context = tls_context(certfile, keyfile) if certfile and keyfile else None
+    state = ServerState(router, limits or ServerLimits())
+    server = await asyncio.get_running_loop().create_server(
+        lambda: HttpConnection(state), host, port, ssl=context, reuse_address=True
+    )
+    return Server(server, state)
+
+
+def run(
+    router: Router,
+    host: str,
+    port: int,
+    limits: ServerLimits | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    shutdown_deadline_s: float = 30.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully; uses uvloop when installed."""
+
+    async def main() -> None:
+        server = await serve(router, host, port, limits, certfile, keyfile)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.shutdown(shutdown_deadline_s)
+
+    if uvloop is None:
+        asyncio.run(main())
+    elif sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.run(main())
