@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 PROMPT ?= What is the capital of France?
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 
-.PHONY: install test generate bench
+.PHONY: install test serve generate bench
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt constraints-cpu.txt $(NATIVE_SOURCES)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+serve: install
+	$(VENV)/bin/llmaas serve
 
 generate: install
 	$(VENV)/bin/llmaas generate "$(PROMPT)"

@@ -5,12 +5,14 @@ import argparse
 import sys
 
 from gateway.cli_generate import add_generate_parser
+from gateway.cli_serve import add_serve_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmaas", description="Sovereign LLM as a Service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(commands)
+    add_serve_parsers(commands)
     return parser
 
 

@@ -1,0 +1,137 @@
+"""POST /v1/completions: raw prompts (text or token ids), one engine request per prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from engine.errors import InvalidRequestError
+from engine.outputs import RequestOutput, TokenLogprob, Usage
+from engine.tokenizer import Tokenizer
+from gateway.http import Request, Response, StreamingResponse
+from gateway.openai.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, UsageInfo
+from gateway.openai.serving import (
+    SYSTEM_FINGERPRINT,
+    ApiError,
+    ServingContext,
+    decode_body,
+    finish_reason,
+    json_response,
+    sampling_params,
+    sse,
+    sse_done,
+    start,
+    token_text,
+    usage_info,
+)
+
+_DECODER = msgspec.json.Decoder(CompletionRequest)
+# OpenAI's legacy default: completions stop after 16 tokens unless told otherwise.
+_DEFAULT_MAX_TOKENS = 16
+
+
+async def create_completion(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    started: list[AsyncIterator[RequestOutput]] = []
+    try:
+        req = decode_body(request, _DECODER)
+        ctx.check_model(req.model)
+        prompts = _prompts(req.prompt)
+        if req.stream and len(prompts) > 1:
+            raise ApiError(400, "streaming more than one prompt is not supported yet", param="prompt")
+        max_tokens = _DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+        params = sampling_params(req, max_tokens, req.logprobs)
+        for i, prompt in enumerate(prompts):
+            generate = ctx.engine.generate(prompt, params, request_id=f"{request_id}-{i}")
+            started.append(await start(generate))
+    except (InvalidRequestError, ApiError) as exc:
+        for outputs in started:  # a later prompt was refused: abort the ones already running
+            await outputs.aclose()  # type: ignore[attr-defined]
+        return ApiError.from_invalid(exc).response() if isinstance(exc, InvalidRequestError) else exc.response()
+    created = int(time.time())
+    if req.stream:
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started[0]))
+    results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs) for outputs in started))
+    choices = [choice for prompt_choices, _ in results for choice in prompt_choices]
+    for index, choice in enumerate(choices):  # choices of prompt p are numbered p * n + i
+        choice.index = index
+    return json_response(Completion(id=request_id, created=created, model=req.model, choices=choices,
+                                    usage=usage_info([usage for _, usage in results]),
+                                    system_fingerprint=SYSTEM_FINGERPRINT))
+
+
+def _prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [prompt]  # type: ignore[list-item]
+    if prompt and (all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt)):
+        return prompt  # type: ignore[return-value]
+    raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids, or a list of "
+                        "token id lists", param="prompt")
+
+
+class _Logprobs:
+    """Builds the legacy logprobs lists for one choice; text_offset counts from the choice's start."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self._tok = tok
+        self.offset = 0
+
+    def convert(self, logprobs: list[TokenLogprob]) -> CompletionLogprobs:
+        out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        for lp in logprobs:
+            text = token_text(self._tok, lp.token_id)[0]
+            out.tokens.append(text)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({token_text(self._tok, t)[0]: value for t, value in lp.top})
+            out.text_offset.append(self.offset)
+            self.offset += len(text)
+        return out
+
+
+async def _collect(tok: Tokenizer, req: CompletionRequest,
+                   outputs: AsyncIterator[RequestOutput]) -> tuple[list[CompletionChoice], Usage]:
+    texts: list[list[str]] = [[] for _ in range(req.n)]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
+    reasons: list[str | None] = [None] * req.n
+    usage = None
+    async for output in outputs:
+        for delta in output.deltas:
+            texts[delta.index].append(delta.text)
+            logprobs[delta.index].extend(delta.logprobs or ())
+            reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+        usage = output.usage or usage
+    assert usage is not None, "the engine's last output carries usage"
+    choices = [
+        CompletionChoice(index=i, text="".join(texts[i]),
+                         logprobs=_Logprobs(tok).convert(logprobs[i]) if req.logprobs is not None else None,
+                         finish_reason=finish_reason(reasons[i]))
+        for i in range(req.n)
+    ]
+    return choices, usage
+
+
+async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, created: int,
+                  outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+    def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
+        return sse(Completion(id=request_id, created=created, model=req.model, choices=choices,
+                              system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
+
+    converters = [_Logprobs(tok) for _ in range(req.n)]
+    try:
+        async for output in outputs:
+            for delta in output.deltas:
+                if delta.text or delta.logprobs or delta.finish_reason is not None:
+                    lps = converters[delta.index].convert(delta.logprobs or []) if req.logprobs is not None else None
+                    yield chunk([CompletionChoice(delta.index, delta.text, lps, finish_reason(delta.finish_reason))])
+            if output.usage is not None and req.stream_options and req.stream_options.include_usage:
+                yield chunk([], usage_info([output.usage]))
+        yield sse_done()
+    finally:
+        # Runs when the server closes us because the client left: aborts the engine request.
+        await outputs.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,149 @@
+"""What every OpenAI handler shares: the served engine, request decoding, error bodies, SSE framing."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+
+from engine.async_engine import AsyncLLMEngine
+from engine.errors import InvalidRequestError
+from engine.outputs import RequestOutput, Usage
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
+from gateway.http import Request, Response
+from gateway.openai.protocol import (
+    CompletionTokensDetails,
+    ErrorBody,
+    ErrorInfo,
+    PromptTokensDetails,
+    UsageInfo,
+    SamplingFields,
+)
+
+SYSTEM_FINGERPRINT = "llmaas-0.1.0"
+
+# Built once: msgspec encoders and decoders are cheap to call, costly to create.
+ENCODER = msgspec.json.Encoder()
+_DONE = b"data: [DONE]\n\n"
+# msgspec's validation messages end with "- at `$.field...`"; the first key is OpenAI's `param`.
+_FIELD = re.compile(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ServingContext:
+    """One engine served under one or more model names (the first is the canonical one)."""
+
+    engine: AsyncLLMEngine
+    model_names: list[str]
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    def check_model(self, model: str) -> None:
+        if model not in self.model_names:
+            raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+class ApiError(Exception):
+    """A request we refuse; handlers turn it into an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def response(self) -> Response:
+        info = ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        return Response(status=self.status, body=ENCODER.encode(ErrorBody(info)))
+
+    @classmethod
+    def from_invalid(cls, exc: InvalidRequestError) -> ApiError:
+        return cls(400, str(exc), param=exc.param)
+
+
+def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
+    try:
+        return decoder.decode(request.body)
+    except msgspec.ValidationError as exc:
+        match = _FIELD.search(str(exc))
+        raise ApiError(400, str(exc), param=match.group(1) if match else None) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"Invalid JSON body: {exc}") from None
+
+
+def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """Maps the wire fields to SamplingParams, whose validation errors name the field."""
+    return SamplingParams(
+        n=req.n,
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        seed=req.seed,
+        stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+    )
+
+
+def usage_info(usages: list[Usage]) -> UsageInfo:
+    """Sums the usage of one or more engine requests (a completions call may send several prompts)."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(sum(u.cached_tokens for u in usages)),
+                     completion_tokens_details=CompletionTokensDetails(0))
+
+
+def finish_reason(reason: str | None) -> str | None:
+    # The engine's "abort" only reaches a client whose stream we cut; OpenAI has no such value.
+    return "stop" if reason == "abort" else reason
+
+
+def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
+    """A token as text and as UTF-8 bytes; a token that is part of a multi-byte character decodes
+    to U+FFFD, since the tokenizer gives us no raw bytes."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return text, list(text.encode("utf-8"))
+
+
+def sse(event: msgspec.Struct) -> bytes:
+    return b"data: " + ENCODER.encode(event) + b"\n\n"
+
+
+def sse_done() -> bytes:
+    return _DONE
+
+
+def json_response(body: msgspec.Struct) -> Response:
+    return Response(body=ENCODER.encode(body))
+
+
+async def start(outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    """Awaits the first output so that the engine's refusals (a prompt too long, ...) surface before
+    any response byte is sent; returns an iterator over all outputs that aborts the request if closed
+    early."""
+    first = await anext(outputs)
+
+    async def chained() -> AsyncIterator[RequestOutput]:
+        try:
+            yield first
+            async for output in outputs:
+                yield output
+        finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
+
+    return chained()

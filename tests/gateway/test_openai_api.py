@@ -1,0 +1,239 @@
+"""The OpenAI-compatible API end to end: the official client against the engine server on the real model."""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import openai
+import pytest
+import torch
+
+from engine.async_engine import AsyncLLMEngine
+from engine.config import EngineConfig
+from gateway.engine_server import build_router, load_engine
+from gateway.http import Server, serve
+
+MODEL = "smollm2:135m"
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@dataclass
+class Running:
+    engine: AsyncLLMEngine
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    engine = load_engine(MODEL, EngineConfig(dtype=torch.float32, kv_cache_bytes=64 * 1024 * 1024))
+    router = build_router(engine)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    servers: list[Server] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        servers.append(loop.run_until_complete(serve(router, "127.0.0.1", 0)))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, name="test-server", daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield Running(engine, servers[0].port)
+    asyncio.run_coroutine_threadsafe(servers[0].shutdown(5.0), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(running: Running) -> openai.OpenAI:
+    return openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0)
+
+
+def raw_post(running: Running, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def all_blocks_free(engine: AsyncLLMEngine) -> bool:
+    load = engine.load()
+    return load.num_free_blocks == load.num_blocks and load.num_running == 0 and load.num_waiting == 0
+
+
+def test_chat_answers_and_reports_usage(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=20)
+    assert result.object == "chat.completion" and result.model == MODEL
+    assert "Paris" in result.choices[0].message.content
+    assert result.choices[0].message.role == "assistant"
+    assert result.choices[0].finish_reason in ("stop", "length")
+    usage = result.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 20
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details.cached_tokens >= 0
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_streamed_chat_matches_the_whole_answer(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=12)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=12,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.usage is None for c in chunks)
+
+
+def test_stream_ends_with_usage_chunk_then_done(running: Running) -> None:
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 5, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    status, raw = raw_post(running, "/v1/chat/completions", body)
+    assert status == 200
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    first = json.loads(events[0].removeprefix("data: "))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    last = json.loads(events[-3].removeprefix("data: "))
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
+
+
+def test_completions_with_a_prompt_string(running: Running) -> None:
+    async def main() -> openai.types.Completion:
+        async with openai.AsyncOpenAI(base_url=running.base_url, api_key="unused", max_retries=0) as client:
+            return await client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6,
+                                                   temperature=0)
+
+    result = asyncio.run(main())
+    assert result.object == "text_completion"
+    assert len(result.choices) == 1 and result.choices[0].text
+    assert result.choices[0].finish_reason == "length" and result.usage.completion_tokens == 6
+
+
+def test_async_streamed_completions(running: Running) -> None:
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=running.base_url, api_key="unused", max_retries=0) as client:
+            stream = await client.completions.create(model=MODEL, prompt=[1, 504, 3575], max_tokens=5,
+                                                     temperature=0, stream=True)
+            return [choice.text async for chunk in stream for choice in chunk.choices]
+
+    assert "".join(asyncio.run(main()))
+
+
+def test_n_choices(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model=MODEL, messages=CAPITAL, n=2, temperature=1.0, seed=3,
+                                            max_tokens=8)
+    assert [c.index for c in result.choices] == [0, 1]
+    assert all(c.finish_reason in ("stop", "length") for c in result.choices)
+    assert result.usage.completion_tokens <= 16
+    batch = client.completions.create(model=MODEL, prompt=["Hello", "Goodbye"], n=2, max_tokens=3, seed=1)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+
+
+def test_stop_string_ends_the_answer(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=20,
+                                            stop=[" is"])
+    choice = result.choices[0]
+    assert choice.finish_reason == "stop" and " is" not in choice.message.content
+
+
+def test_seed_reproduces_sampling(client: openai.OpenAI) -> None:
+    def sample() -> str:
+        result = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=1.0, seed=1234,
+                                                max_tokens=10)
+        return result.choices[0].message.content
+
+    assert sample() == sample()
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=5,
+                                            logprobs=True, top_logprobs=3)
+    content = result.choices[0].logprobs.content
+    assert len(content) == result.usage.completion_tokens
+    assert "".join(t.token for t in content) == result.choices[0].message.content
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.bytes == list(entry.token.encode())
+        # Greedy: the chosen token is the most likely one.
+        assert entry.top_logprobs[0].token == entry.token
+
+
+def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
+    result = client.completions.create(model=MODEL, prompt="Paris is", max_tokens=4, temperature=0, logprobs=2)
+    lp = result.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_health(running: Running) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-9", messages=CAPITAL)
+    assert "gpt-9" in info.value.message and info.value.code == "model_not_found"
+
+
+def test_invalid_value_is_400_naming_the_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=-1)
+    assert "temperature" in info.value.message and info.value.param == "temperature"
+
+
+def test_wrong_type_is_400_naming_the_field(running: Running) -> None:
+    status, body = raw_post(running, "/v1/chat/completions",
+                            json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": "many"}).encode())
+    assert status == 400 and json.loads(body)["error"]["param"] == "max_tokens"
+
+
+def test_malformed_json_is_400(running: Running) -> None:
+    status, body = raw_post(running, "/v1/completions", b'{"model": "smollm2:135m", "prompt": ')
+    error = json.loads(body)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error" and "JSON" in error["message"]
+
+
+def test_client_leaving_mid_stream_frees_its_blocks(running: Running) -> None:
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 1000, "ignore_eos": True,
+                       "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%b" % (len(body), body))
+    received = b""
+    while received.count(b"data: ") < 4:  # the role delta and a few tokens
+        received += sock.recv(65536)
+    assert not all_blocks_free(running.engine)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while not all_blocks_free(running.engine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all_blocks_free(running.engine)
