@@ -1,0 +1,30 @@
+"""The serving load generator against the real server, started in-process on an ephemeral port."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.serve_load import BenchConfig, bench, markdown_table
+from tests.gateway.test_openai_api import MODEL, Running, running  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def test_load_generator_measures_every_request(running: Running) -> None:  # noqa: F811
+    config = BenchConfig(base_url=running.base_url, model=MODEL, concurrency=(2,), num_requests=4,
+                         output_len=8, input_len=16, warmup=1, timeout=60)
+    [level] = asyncio.run(bench(config))
+    assert level.concurrency == 2
+    assert len(level.records) == 4  # the warm-up is not counted
+    for record in level.records:
+        assert record.error is None
+        assert record.output_tokens == 8
+        assert 0 < record.ttft <= record.e2e
+        assert record.tpot is not None and record.tpot > 0
+        assert all(itl >= 0 for itl in record.itls)
+    s = level.summary
+    assert (s.completed, s.errors) == (4, {})
+    assert s.output_throughput == pytest.approx(s.request_throughput * 8)
+    assert s.mean_input_tokens > 16  # the prompt plus the chat template
+    assert "| 2 | 4 | 0 |" in markdown_table([level])
