@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from engine.errors import EngineDeadError, InvalidRequestError
@@ -26,14 +26,24 @@ class _Stream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: LLMEngine | Callable[[], LLMEngine]) -> None:
+        """engine: a built LLMEngine, or a function that builds one. Prefer the function: it then
+        runs on the step-loop thread, which keeps that thread the only one that ever starts OpenMP
+        teams. libgomp stops spinning between parallel regions once more threads sit in teams than
+        there are CPUs, and every kernel call then pays a futex wake-up (a second team, left by
+        loading on another thread, made decode steps 40% slower on 2 cores)."""
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._ids = itertools.count()
         self._dead: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="llmaas-engine", daemon=True)
+        build = (lambda: engine) if isinstance(engine, LLMEngine) else engine
+        built: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(build, built), name="llmaas-engine", daemon=True)
         self._thread.start()
+        result = built.get()
+        if isinstance(result, BaseException):
+            raise result
+        self.engine: LLMEngine = result
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -75,7 +85,13 @@ class AsyncLLMEngine:
         self._commands.put(("stop",))
         self._thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run(self, build: Callable[[], LLMEngine], built: queue.SimpleQueue) -> None:
+        try:
+            self.engine = build()
+        except BaseException as exc:  # a model that fails to load: the constructor raises it
+            built.put(exc)
+            return
+        built.put(self.engine)
         try:
             while True:
                 block = not self.engine.has_unfinished_requests()

@@ -10,7 +10,8 @@ from gateway.openai import ServingContext, add_openai_routes
 
 
 def load_engine(model: str, config: EngineConfig) -> AsyncLLMEngine:
-    return AsyncLLMEngine(LLMEngine(model, config))
+    """Loads the model on the engine's own step-loop thread (see AsyncLLMEngine)."""
+    return AsyncLLMEngine(lambda: LLMEngine(model, config))
 
 
 def build_router(engine: AsyncLLMEngine, model_names: list[str] | None = None) -> Router:

@@ -186,3 +186,18 @@ def test_async_generate_streams_and_abort_on_close(llm: LLM) -> None:
         assert all_blocks_free(llm)
     finally:
         engine.shutdown()
+
+
+def test_async_engine_builds_on_its_thread_and_reports_load_errors(tmp_path) -> None:
+    with pytest.raises(ModelLoadError):
+        AsyncLLMEngine(lambda: LLM(str(tmp_path / "missing.gguf")).engine)
+    engine = AsyncLLMEngine(lambda: LLM("smollm2:135m", dtype=torch.float32, kv_cache_bytes=16 * 1024 * 1024).engine)
+    try:
+        async def main() -> int:
+            async for out in engine.generate([1, 2, 3], SamplingParams(temperature=0, max_tokens=3)):
+                last = out
+            return last.usage.completion_tokens
+
+        assert asyncio.run(main()) == 3
+    finally:
+        engine.shutdown()
