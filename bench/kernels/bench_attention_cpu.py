@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from bench.kernels.timing import round_median
 from engine.kernels import ops, reference
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
@@ -71,16 +70,7 @@ def median_ms(fn: Callable[[], object], rounds: int, min_time_s: float = 0.3) ->
     machine's other tenants, which can delay a whole round.
     """
     fn()
-    best = math.inf
-    for _ in range(rounds):
-        times: list[float] = []
-        deadline = time.perf_counter() + min_time_s
-        while len(times) < 5 or time.perf_counter() < deadline:
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        best = min(best, statistics.median(times))
-    return best * 1e3
+    return min(round_median(fn, min_time_s) for _ in range(rounds)) * 1e3
 
 
 def kv_bytes(case: Case, dtype: torch.dtype) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from bench.kernels.timing import round_median
 from engine.kernels import linear
 
 SHAPES = {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
@@ -36,16 +37,6 @@ LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 30
 IMPLS = ("kernel", "torch bf16", "torch fp32")
 COLD_BYTES = 64 << 20  # twice a 32 MiB L3
-
-
-def round_median(fn: Callable[[], object], min_time_s: float) -> float:
-    times: list[float] = []
-    deadline = time.perf_counter() + min_time_s
-    while len(times) < 5 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, min_time_s: float) -> dict[str, float]:
