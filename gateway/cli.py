@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gateway.cli_gateway import add_gateway_parser
 from gateway.cli_generate import add_generate_parser
 from gateway.cli_serve import add_serve_parsers
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(commands)
     add_serve_parsers(commands)
+    add_gateway_parser(commands)
     return parser
 
 

@@ -1,11 +1,20 @@
-"""`llmaas engine` (one model behind the OpenAI API) and `llmaas serve` (the built-in model, for now)."""
+"""`llmaas engine` (one model behind the OpenAI API) and `llmaas serve` (a gateway and the built-in
+model's engine in one process)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.cli_generate import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from gateway.gateway_server import Gateway
+    from gateway.http import Router
+
+# The in-process engine's name in `llmaas serve`'s fleet; no socket is behind it.
+LOCAL_ENGINE_URL = "http://in-process-engine"
 
 
 def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
@@ -15,10 +24,11 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     _add_common(engine, host="127.0.0.1")
     engine.set_defaults(run=run_engine)
 
-    serve = commands.add_parser("serve", help=f"serve the built-in model ({DEFAULT_MODEL}) on the OpenAI API")
+    serve = commands.add_parser("serve", help=f"a gateway and an engine with the built-in model ({DEFAULT_MODEL})")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
     _add_common(serve, host="127.0.0.1")
-    serve.set_defaults(run=run_engine, model=DEFAULT_MODEL)
+    serve.set_defaults(run=run_serve)
 
 
 def _add_common(p: argparse.ArgumentParser, host: str) -> None:
@@ -30,6 +40,14 @@ def _add_common(p: argparse.ArgumentParser, host: str) -> None:
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    return _serve_engine(args, with_gateway=False)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    return _serve_engine(args, with_gateway=True)
+
+
+def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     # Imported here so that `llmaas --help` does not pay for torch.
     import torch
 
@@ -48,11 +66,24 @@ def run_engine(args: argparse.Namespace) -> int:
         return 2
     try:
         router = build_router(engine, [args.model])
+        startup = shutdown = None
+        if with_gateway:
+            gateway = _local_gateway(args.model, router)
+            router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
         print(f"llmaas: serving {args.model} at http://{args.host}:{args.port}/v1", flush=True)
-        run(router, args.host, args.port)
+        run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown)
     except OSError as exc:  # the port is taken, or the host is not ours
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2
     finally:
         engine.shutdown()
     return 0
+
+
+def _local_gateway(model: str, engine_router: Router) -> Gateway:
+    from gateway.fleet.backend import LocalBackend
+    from gateway.fleet.config import GatewayConfig, ModelEntry
+    from gateway.gateway_server import Gateway
+
+    config = GatewayConfig(models=[ModelEntry(name=model, hosts=[LOCAL_ENGINE_URL])])
+    return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url))

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 
 from gateway.http.app import Router
 from gateway.http.protocol import HttpConnection, ServerLimits, ServerState
@@ -87,10 +88,16 @@ def run(
     certfile: str | None = None,
     keyfile: str | None = None,
     shutdown_deadline_s: float = 30.0,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully; uses uvloop when installed."""
+    """Serve until SIGINT/SIGTERM, then shut down gracefully; uses uvloop when installed.
+    on_startup runs in the server's loop before it listens (background tasks start there);
+    on_shutdown after the last connection closed."""
 
     async def main() -> None:
+        if on_startup is not None:
+            await on_startup()
         server = await serve(router, host, port, limits, certfile, keyfile)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -98,6 +105,8 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.shutdown(shutdown_deadline_s)
+        if on_shutdown is not None:
+            await on_shutdown()
 
     if uvloop is None:
         asyncio.run(main())

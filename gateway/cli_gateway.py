@@ -1,0 +1,37 @@
+"""`llmaas gateway --config FILE`: the front door of a fleet of engine hosts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("gateway", help="serve the OpenAI API in front of the engine hosts of a config file")
+    p.add_argument("--config", required=True, help="TOML file: [server], [routing], [[models]] with their hosts")
+    p.add_argument("--host", help="listen address (overrides [server] host)")
+    p.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    p.set_defaults(run=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from gateway.fleet.config import ConfigError, load_config
+    from gateway.gateway_server import Gateway
+    from gateway.http import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"llmaas: error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    gateway = Gateway(config)
+    try:
+        print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1", flush=True)
+        run(gateway.router(), host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
+            on_startup=gateway.start, on_shutdown=gateway.stop)
+    except (OSError, ValueError) as exc:
+        print(f"llmaas: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,100 @@
+"""The gateway's config file (TOML): where it listens, the models and the engine hosts serving them."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import msgspec
+
+
+class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class RoutingSection(msgspec.Struct, forbid_unknown_fields=True):
+    # Distinct hosts tried for one request before it fails with 503.
+    max_attempts: int = 3
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 2.0
+    # Consecutive request failures that take a host out until a health probe succeeds.
+    failure_threshold: int = 2
+    connect_timeout_s: float = 5.0
+    # From sending a request to the engine's first byte (queueing and prefill included).
+    first_byte_timeout_s: float = 600.0
+    # A prompt prefix at least this long (characters) pins requests to one host...
+    affinity_min_chars: int = 512
+    # ...unless that host's load exceeds the least loaded host's by this factor plus this many tokens.
+    affinity_slack_ratio: float = 1.5
+    affinity_slack_tokens: int = 4096
+    # Output tokens assumed for a request that sets no max_tokens.
+    default_max_tokens: int = 512
+
+
+class HostEntry(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    # "llmaas": an `llmaas engine` (load reports at /internal/load); "openai": any OpenAI-compatible server.
+    kind: str = "llmaas"
+
+
+class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    hosts: list[str | HostEntry]
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True):
+    models: list[ModelEntry]
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_config(text: str) -> GatewayConfig:
+    try:
+        config = msgspec.toml.decode(text, type=GatewayConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"invalid gateway config: {exc}") from None
+    _check(config)
+    return config
+
+
+def load_config(path: str) -> GatewayConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_config(f.read())
+    except OSError as exc:
+        raise ConfigError(f"cannot read gateway config {path}: {exc.strerror}") from None
+
+
+def host_entries(model: ModelEntry) -> list[HostEntry]:
+    return [HostEntry(url=h) if isinstance(h, str) else h for h in model.hosts]
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """(host, port) of an `http://host:port` engine address."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"engine host {url!r}: expected http://HOST:PORT")
+    return parts.hostname, parts.port or 80
+
+
+def _check(config: GatewayConfig) -> None:
+    if not config.models:
+        raise ConfigError("invalid gateway config: no [[models]]")
+    names = [m.name for m in config.models]
+    if len(set(names)) != len(names):
+        raise ConfigError("invalid gateway config: a model is listed twice")
+    for model in config.models:
+        if not model.hosts:
+            raise ConfigError(f"invalid gateway config: model {model.name!r} has no hosts")
+        for host in host_entries(model):
+            split_url(host.url)
+            if host.kind not in ("llmaas", "openai"):
+                raise ConfigError(f"host {host.url!r}: kind must be llmaas or openai")
+    if config.routing.max_attempts < 1 or config.routing.failure_threshold < 1:
+        raise ConfigError("invalid gateway config: max_attempts and failure_threshold must be >= 1")

@@ -1,0 +1,60 @@
+"""One client request on its way through the gateway, and the stages that act on it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from gateway.fleet.wire import RoutingFields, Usage
+from gateway.http import Request
+
+
+@dataclass(slots=True)
+class Exchange:
+    request: Request
+    request_id: str
+    path: str  # "/v1/chat/completions" or "/v1/completions"
+    fields: RoutingFields
+    body: bytes  # what goes to the engine
+    prompt_text: str  # the prompt's text, for the token estimate and the prefix key
+    estimated_tokens: int  # prompt estimate + the most output tokens it may produce
+    include_usage: bool  # the client asked for a usage chunk
+    affinity_key: bytes | None = None
+    # Headers every response carries (rate-limit counters, deprecation notices...).
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    # Set as the exchange ends: status sent to the client (499: the client left), exact usage.
+    status: int = 0
+    usage: Usage | None = None
+    host: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    # Each stage keeps what it needs between admit and finish here, under its own name.
+    state: dict[str, Any] = field(default_factory=dict)
+    _payload: Any = None
+
+    @property
+    def model(self) -> str:
+        return self.fields.model
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.fields.stream)
+
+    def payload(self) -> Any:
+        """The whole body as JSON values, decoded on first use (security reads the messages)."""
+        if self._payload is None:
+            self._payload = msgspec.json.decode(self.request.body)
+        return self._payload
+
+
+class Stage(Protocol):
+    """A step of the request path (auth, limits, security, catalog...). `admit` runs in order
+    before routing and refuses by raising GatewayError; `finish` runs once for every stage whose
+    admit returned, when the exchange ends (status and usage set), whatever the outcome."""
+
+    async def admit(self, exchange: Exchange) -> None: ...
+
+    def finish(self, exchange: Exchange) -> None: ...

@@ -1,0 +1,35 @@
+"""Health probes: each host's load report, taken out on failure and probed back in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from gateway.fleet.host import HostState, LoadReport
+
+_REPORT = msgspec.json.Decoder(LoadReport)
+
+
+async def probe(host: HostState, timeout_s: float) -> None:
+    """One probe: /internal/load for our engines, /health for other OpenAI servers."""
+    path = "/internal/load" if host.kind == "llmaas" else "/health"
+    response = None
+    try:
+        response = await asyncio.wait_for(host.backend.request("GET", path), timeout_s)
+        body = await asyncio.wait_for(response.read(), timeout_s)
+        if response.status != 200:
+            host.record_probe(None, f"{path} answered {response.status}")
+            return
+        host.record_probe(_REPORT.decode(body) if host.kind == "llmaas" else None, None)
+    except Exception as exc:  # whatever went wrong, the host is not fit to serve
+        host.record_probe(None, f"{path} failed: {exc!r}")
+    finally:
+        if response is not None:
+            response.close()
+
+
+async def probe_forever(hosts: list[HostState], interval_s: float, timeout_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.gather(*(probe(h, timeout_s) for h in hosts))

@@ -1,0 +1,215 @@
+"""The gateway's request path: read the routing fields, run the stages, pick a host, forward,
+retry on another host before the first byte, relay the answer, account for it.
+
+Non-streaming answers are read whole before anything is sent, so any failure is retried. A stream
+is committed to a host once its first event arrived; a failure after that ends the client's stream
+with an error event (never a silent truncation). The engine is always asked for a usage chunk, so
+the stages get exact token counts; it is passed on only to clients that asked for it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from gateway.fleet.backend import BackendResponse
+from gateway.fleet.balancer import pick_host, prefix_key
+from gateway.fleet.errors import GatewayError, unavailable
+from gateway.fleet.exchange import Exchange, Stage
+from gateway.fleet.fleet import Fleet
+from gateway.fleet.host import HostState
+from gateway.fleet.http_client import UpstreamError
+from gateway.fleet.sse import event_data, sse_events
+from gateway.fleet.wire import RoutingFields, Usage, UsageFields
+from gateway.http import Request, Response, StreamingResponse
+
+_ROUTING = msgspec.json.Decoder(RoutingFields)
+_USAGE = msgspec.json.Decoder(UsageFields)
+_ENCODER = msgspec.json.Encoder()
+# An engine that is overloaded or going down answers these before doing any work: try another.
+_RETRY_STATUSES = frozenset((502, 503, 504))
+_FORCE_USAGE = b',"stream_options":{"include_usage":true}}'
+
+
+class Proxy:
+    def __init__(self, fleet: Fleet, stages: list[Stage] | None = None) -> None:
+        self.fleet = fleet
+        self.stages = stages or []
+
+    async def handle(self, request: Request) -> Response | StreamingResponse:
+        try:
+            exchange = self._exchange(request)
+        except GatewayError as exc:
+            return exc.response()
+        admitted: list[Stage] = []
+        try:
+            for stage in self.stages:
+                await stage.admit(exchange)
+                admitted.append(stage)
+            return await self._forward(exchange, admitted)
+        except GatewayError as exc:
+            exchange.status = exc.status
+            _finish(exchange, admitted)
+            response = exc.response()
+            response.headers.extend(exchange.response_headers)
+            return response
+        except BaseException:
+            exchange.status = exchange.status or 499  # cancelled: the client left
+            _finish(exchange, admitted)
+            raise
+
+    def _exchange(self, request: Request) -> Exchange:
+        try:
+            fields = _ROUTING.decode(request.body)
+        except msgspec.ValidationError as exc:
+            raise GatewayError(400, str(exc), param=_param(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise GatewayError(400, f"Invalid JSON body: {exc}") from None
+        self.fleet.hosts_for(fields.model)  # 404 before any stage spends effort
+        routing = self.fleet.routing
+        text = _prompt_text(fields)
+        max_tokens = fields.max_completion_tokens or fields.max_tokens or routing.default_max_tokens
+        num_prompts = len(fields.prompt) if isinstance(fields.prompt, list) and fields.prompt and \
+            not isinstance(fields.prompt[0], int) else 1
+        estimate = (len(text) // 4 + 8) * num_prompts + max_tokens * max(fields.n or 1, 1) * num_prompts
+        include_usage = bool(fields.stream_options and fields.stream_options.include_usage)
+        body = request.body
+        if fields.stream and not include_usage:
+            body = body.rstrip()[:-1] + _FORCE_USAGE  # the last key wins in JSON decoders
+        return Exchange(request=request, request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+                        path=request.path, fields=fields, body=body, prompt_text=text, estimated_tokens=estimate,
+                        include_usage=include_usage, affinity_key=prefix_key(text[:routing.affinity_min_chars],
+                                                                              routing.affinity_min_chars))
+
+    async def _forward(self, exchange: Exchange, admitted: list[Stage]) -> Response | StreamingResponse:
+        routing = self.fleet.routing
+        hosts = self.fleet.hosts_for(exchange.model)
+        tried: set[str] = set()
+        last_error = "no healthy host"
+        for _ in range(routing.max_attempts):
+            host = pick_host(hosts, exchange.affinity_key, routing.affinity_slack_ratio,
+                             routing.affinity_slack_tokens, tried)
+            if host is None:
+                break
+            tried.add(host.name)
+            try:
+                return await self._attempt(exchange, host, admitted)
+            except _Retry as retry:
+                last_error = str(retry)
+        raise unavailable(f"No engine could serve model `{exchange.model}` ({last_error}).")
+
+    async def _attempt(self, exchange: Exchange, host: HostState, admitted: list[Stage]) -> Response | StreamingResponse:
+        """One host's try. Raises _Retry when another host may still serve the request."""
+        cost = exchange.estimated_tokens
+        threshold = self.fleet.routing.failure_threshold
+        host.begin(cost)
+        upstream: BackendResponse | None = None
+        handed_over = False
+        try:
+            upstream = await host.backend.request("POST", exchange.path, exchange.body,
+                                                  [("x-request-id", exchange.request_id)])
+            if upstream.status in _RETRY_STATUSES:
+                body = await upstream.read()
+                raise _Retry(f"{host.name} answered {upstream.status}: {body[:200]!r}")
+            exchange.host = host.name
+            if not exchange.stream or upstream.status != 200:
+                body = await upstream.read()
+                host.record_success()
+                exchange.first_byte = time.monotonic()
+                exchange.status = upstream.status
+                if upstream.status == 200:
+                    exchange.usage = _usage(body)
+                _finish(exchange, admitted)
+                content_type = upstream.headers.get("content-type", "application/json")
+                return Response(status=upstream.status, body=body, content_type=content_type,
+                                headers=list(exchange.response_headers))
+            events = sse_events(upstream.chunks())
+            first = await anext(events, b"")
+            host.record_success()
+            exchange.first_byte = time.monotonic()
+            handed_over = True
+            return StreamingResponse(self._relay(exchange, host, upstream, events, first, admitted),
+                                     headers=list(exchange.response_headers))
+        except UpstreamError as exc:
+            host.record_failure(str(exc), threshold)
+            raise _Retry(str(exc)) from None
+        finally:
+            if not handed_over:
+                if upstream is not None:
+                    upstream.close()
+                host.end(cost)
+
+    async def _relay(self, exchange: Exchange, host: HostState, upstream: BackendResponse,
+                     events: AsyncIterator[bytes], first: bytes, admitted: list[Stage]) -> AsyncIterator[bytes]:
+        exchange.status = 499  # until the stream ends well
+        try:
+            event = first
+            while event:
+                data = event_data(event)
+                if data is not None and b'"usage":{' in data:
+                    exchange.usage = _usage(data) or exchange.usage
+                    if exchange.include_usage or b'"choices":[]' not in data:
+                        yield event
+                else:
+                    yield event
+                event = await anext(events, b"")
+            exchange.status = 200
+        except UpstreamError as exc:
+            host.record_failure(str(exc), self.fleet.routing.failure_threshold)
+            exchange.status = 502
+            error = GatewayError(502, "The engine failed while streaming; the response is incomplete.",
+                                 code="upstream_stream_error", type_="server_error")
+            yield b"data: " + _ENCODER.encode(error.body()) + b"\n\n"
+        finally:
+            upstream.close()
+            host.end(exchange.estimated_tokens)
+            _finish(exchange, admitted)
+
+
+class _Retry(Exception):
+    pass
+
+
+def _finish(exchange: Exchange, admitted: list[Stage]) -> None:
+    for stage in reversed(admitted):
+        stage.finish(exchange)
+    admitted.clear()
+
+
+def _usage(data: bytes) -> Usage | None:
+    try:
+        return _USAGE.decode(data).usage
+    except msgspec.DecodeError:  # not our business to police an engine's body: no usage known
+        return None
+
+
+def _prompt_text(fields: RoutingFields) -> str:
+    if fields.messages is not None:
+        parts: list[str] = []
+        for message in fields.messages:
+            if isinstance(message.content, str):
+                parts.append(message.content)
+            elif message.content:
+                parts.extend(p.text for p in message.content if p.text)
+        return "\x00".join(parts)
+    prompt = fields.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, list) and prompt:
+        # Token ids: a prefix key from their text form, four characters per token for the estimate.
+        ids = prompt if isinstance(prompt[0], int) else prompt[0]
+        return " ".join(map(str, ids))
+    return ""
+
+
+def _param(message: str) -> str | None:
+    start = message.find("`$.")
+    if start < 0:
+        return None
+    name = message[start + 3:].split("`")[0]
+    return name.split(".")[0].split("[")[0] or None

@@ -1,0 +1,103 @@
+"""An OpenAI-compatible engine double for gateway tests: instant, scripted, and observable.
+
+It answers chat and completions with its own name as the text (so a test sees which host served a
+request), streams `tokens` events `delay_s` apart, reports its load at /internal/load, and records
+what it saw: requests, connections, and streams the client left before their end.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from gateway.http import Request, Response, Router, Server, StreamingResponse, serve
+
+
+@dataclass
+class FakeEngine:
+    name: str
+    tokens: int = 3
+    delay_s: float = 0.0
+    status: int = 200  # answer every request with this status (503: overloaded)
+    load_status: int = 200  # the health probe's answer
+    fail_after: int | None = None  # cut each stream's connection after this many events
+    requests: list[dict] = field(default_factory=list)
+    aborted: int = 0
+    active: int = 0
+    server: Server | None = None
+    port: int = 0
+
+    def router(self) -> Router:
+        router = Router()
+        router.add("POST", "/v1/chat/completions", self.complete)
+        router.add("POST", "/v1/completions", self.complete)
+        router.add("GET", "/internal/load", self.load)
+        router.add("GET", "/health", self.load)
+        return router
+
+    async def start(self) -> int:
+        self.server = await serve(self.router(), "127.0.0.1", 0)
+        self.port = self.server.port
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        assert self.server is not None
+        return len(self.server._state.connections)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.shutdown(0.0)
+
+    async def load(self, request: Request) -> Response:
+        if self.load_status != 200:
+            return Response(status=self.load_status, body=b"{}")
+        report = {"num_running": self.active, "num_waiting": 0, "kv_cache_usage": 0.0, "num_free_blocks": 100,
+                  "num_blocks": 100, "block_size": 16, "num_pending_tokens": 0}
+        return Response(body=msgspec.json.encode(report))
+
+    async def complete(self, request: Request) -> Response | StreamingResponse:
+        body = msgspec.json.decode(request.body)
+        self.requests.append(body)
+        if self.status != 200:
+            return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
+        usage = {"prompt_tokens": 5, "completion_tokens": self.tokens, "total_tokens": 5 + self.tokens,
+                 "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 0}}
+        if not body.get("stream"):
+            await asyncio.sleep(self.delay_s * self.tokens)
+            message = {"role": "assistant", "content": self.name}
+            answer = {"id": "x", "object": "chat.completion", "model": body["model"],
+                      "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+            return Response(body=msgspec.json.encode(answer))
+        return StreamingResponse(self._stream(body, usage))
+
+    async def _stream(self, body: dict, usage: dict) -> AsyncIterator[bytes]:
+        def event(payload: object) -> bytes:
+            return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+        self.active += 1
+        finished = False
+        try:
+            for i in range(self.tokens):
+                if self.fail_after is not None and i == self.fail_after:
+                    assert self.server is not None
+                    for conn in list(self.server._state.connections):
+                        conn.abort()
+                    return
+                await asyncio.sleep(self.delay_s)
+                delta = {"content": self.name if i == 0 else "."}
+                yield event({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield event({"object": "chat.completion.chunk", "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            self.active -= 1
+            if not finished:
+                self.aborted += 1

@@ -1,0 +1,235 @@
+"""The gateway's request path over several engine hosts (instant doubles on loopback): spreading,
+prefix affinity, retries, health, a host dying mid-run, streams, usage, pooled connections."""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+
+from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection
+from gateway.gateway_server import Gateway
+from gateway.http import serve
+from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.raw_client import RawResponse, post, post_and_leave
+
+MODEL = "m"
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+@asynccontextmanager
+async def fleet(engines: list[FakeEngine], extra_urls: tuple[str, ...] = (), **routing: object
+                ) -> AsyncIterator[tuple[Gateway, Client]]:
+    for engine in engines:
+        await engine.start()
+    urls = [e.url for e in engines] + list(extra_urls)
+    config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)],
+                           routing=RoutingSection(**{"health_interval_s": 0.05, **routing}))  # type: ignore[arg-type]
+    gateway = Gateway(config)
+    await gateway.start()
+    server = await serve(gateway.router(), "127.0.0.1", 0)
+    try:
+        yield gateway, Client(server.port)
+    finally:
+        await server.shutdown(1.0)
+        await gateway.stop()
+        for engine in engines:
+            await engine.stop()
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def post(self, path: str, json: dict | None = None, content: bytes | None = None) -> RawResponse:
+        return await post(self.port, path, content if content is not None else json)  # type: ignore[arg-type]
+
+
+def chat(content: str = "hi", stream: bool = False, **extra: object) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": stream, **extra}
+
+
+async def stream_events(client: Client, body: dict) -> list[bytes]:
+    """The data of each event of a streamed answer."""
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200
+    return response.events()
+
+
+def served_by(events: list[bytes]) -> str:
+    return msgspec.json.decode(events[0])["choices"][0]["delta"]["content"]
+
+
+def test_answer_and_usage_pass_through() -> None:
+    async def test() -> None:
+        async with fleet([FakeEngine("a")]) as (_, client):
+            response = await client.post("/v1/chat/completions", json=chat())
+            assert response.status == 200
+            body = response.json()
+            assert body["choices"][0]["message"]["content"] == "a"
+            assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1
+    run(test)
+
+
+def test_usage_chunk_reaches_only_clients_that_ask() -> None:
+    async def test() -> None:
+        engine = FakeEngine("a")
+        async with fleet([engine]) as (_, client):
+            plain = await stream_events(client, chat(stream=True))
+            asked = await stream_events(client, chat(stream=True, stream_options={"include_usage": True}))
+        # The engine was asked for usage both times (the gateway accounts with it)...
+        assert all(r["stream_options"]["include_usage"] for r in engine.requests)
+        # ...and the client that did not ask never sees it.
+        assert not any(b'"usage"' in e for e in plain) and plain[-1] == b"[DONE]"
+        assert b'"usage":{' in asked[-2] and asked[-1] == b"[DONE]"
+    run(test)
+
+
+def test_concurrent_requests_spread_evenly_by_outstanding_tokens() -> None:
+    async def test() -> None:
+        engines = [FakeEngine(name, tokens=8, delay_s=0.02) for name in "abc"]
+        async with fleet(engines) as (_, client):
+            results = await asyncio.gather(*(stream_events(client, chat(f"q{i}", stream=True)) for i in range(30)))
+        assert Counter(served_by(events) for events in results) == {"a": 10, "b": 10, "c": 10}
+    run(test)
+
+
+def test_a_shared_long_prefix_sticks_to_one_host() -> None:
+    async def test() -> None:
+        engines = [FakeEngine(name) for name in "abc"]
+        system = "You are a meticulous assistant. " * 20  # > affinity_min_chars
+        async with fleet(engines, affinity_min_chars=256) as (_, client):
+            # Short prompts carry no key: they spread.
+            short = [(await client.post("/v1/chat/completions", json=chat(f"q{i}"))).json() for i in range(6)]
+            assert Counter(s["choices"][0]["message"]["content"] for s in short) == {"a": 2, "b": 2, "c": 2}
+            hosts = set()
+            for i in range(9):
+                body = {"model": MODEL, "messages": [{"role": "system", "content": system},
+                                                     {"role": "user", "content": f"question {i}"}]}
+                hosts.add((await client.post("/v1/chat/completions", json=body)).json()["choices"][0]["message"]["content"])
+            assert len(hosts) == 1
+    run(test)
+
+
+def test_unreachable_host_is_skipped_then_taken_out() -> None:
+    async def test() -> None:
+        # Port 9 on loopback: nothing listens, connections are refused at once.
+        async with fleet([FakeEngine("a")], extra_urls=("http://127.0.0.1:9",)) as (gateway, client):
+            for i in range(6):
+                response = await client.post("/v1/chat/completions", json=chat(f"q{i}"))
+                assert response.status == 200 and response.json()["choices"][0]["message"]["content"] == "a"
+            assert not gateway.fleet.hosts["http://127.0.0.1:9"].healthy
+    run(test)
+
+
+def test_an_overloaded_engine_is_retried_on_another() -> None:
+    async def test() -> None:
+        busy, ok = FakeEngine("busy", status=503), FakeEngine("ok")
+        async with fleet([busy, ok]) as (_, client):
+            for i in range(4):
+                response = await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i % 2 == 1))
+                assert response.status == 200 and b"ok" in response.content
+            assert busy.requests, "the busy host was tried"
+    run(test)
+
+
+def test_no_host_left_is_a_clear_503() -> None:
+    async def test() -> None:
+        async with fleet([FakeEngine("busy", status=503)]) as (_, client):
+            response = await client.post("/v1/chat/completions", json=chat())
+        assert response.status == 503
+        assert response.json()["error"]["code"] == "engine_unavailable"
+    run(test)
+
+
+def test_failure_mid_stream_ends_with_an_error_event() -> None:
+    async def test() -> None:
+        async with fleet([FakeEngine("a", tokens=5, fail_after=2)]) as (_, client):
+            events = await stream_events(client, chat(stream=True))
+        assert served_by(events) == "a" and b"[DONE]" not in events
+        assert msgspec.json.decode(events[-1])["error"]["code"] == "upstream_stream_error"
+    run(test)
+
+
+def test_a_host_killed_mid_run_loses_no_request() -> None:
+    async def test() -> None:
+        doomed, survivor = FakeEngine("doomed", tokens=20, delay_s=0.02), FakeEngine("survivor", tokens=20, delay_s=0.02)
+        async with fleet([doomed, survivor]) as (gateway, client):
+            running = [asyncio.create_task(stream_events(client, chat(f"q{i}", stream=True))) for i in range(10)]
+            await asyncio.sleep(0.15)
+            assert doomed.server is not None
+            for conn in list(doomed.server._state.connections):
+                conn.abort()
+            await doomed.stop()
+            first_wave = await asyncio.gather(*running)
+            after = [await stream_events(client, chat(f"r{i}", stream=True)) for i in range(6)]
+            assert not gateway.fleet.hosts[doomed.url].healthy
+        for events in first_wave:  # each one either finished or says it was cut
+            last = events[-1]
+            assert last == b"[DONE]" or msgspec.json.decode(last)["error"]["code"] == "upstream_stream_error"
+        assert sum(events[-1] != b"[DONE]" for events in first_wave) >= 1  # the doomed host's streams
+        assert all(served_by(events) == "survivor" and events[-1] == b"[DONE]" for events in after)
+    run(test)
+
+
+def test_client_leaving_mid_stream_aborts_the_engine_request() -> None:
+    async def test() -> None:
+        engine = FakeEngine("a", tokens=200, delay_s=0.01)
+        async with fleet([engine]) as (gateway, client):
+            assert await post_and_leave(client.port, "/v1/chat/completions", chat(stream=True))
+            for _ in range(200):
+                if engine.aborted:
+                    break
+                await asyncio.sleep(0.01)
+            assert engine.aborted == 1
+            assert gateway.fleet.hosts[engine.url].in_flight == 0
+            assert gateway.fleet.hosts[engine.url].outstanding_tokens == 0
+    run(test)
+
+
+def test_connections_to_an_engine_are_reused() -> None:
+    async def test() -> None:
+        engine = FakeEngine("a")
+        async with fleet([engine], health_interval_s=60.0) as (_, client):
+            for i in range(20):
+                await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i % 2 == 0))
+            assert engine.connections == 1
+    run(test)
+
+
+def test_a_host_failing_its_probe_leaves_and_comes_back() -> None:
+    async def test() -> None:
+        flaky, steady = FakeEngine("flaky"), FakeEngine("steady")
+        async with fleet([flaky, steady]) as (gateway, client):
+            flaky.load_status = 500
+            await asyncio.sleep(0.2)
+            assert not gateway.fleet.hosts[flaky.url].healthy
+            answers = {(await client.post("/v1/chat/completions", json=chat(f"q{i}"))).json()["choices"][0]["message"]["content"]
+                       for i in range(4)}
+            assert answers == {"steady"}
+            flaky.load_status = 200
+            await asyncio.sleep(0.2)
+            assert gateway.fleet.hosts[flaky.url].healthy
+    run(test)
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b'{"model": "nope", "messages": []}', 404, "model_not_found"),
+    (b'{"model": ', 400, None),
+    (b'{"model": 3, "messages": []}', 400, None),
+])
+def test_refusals_before_routing(body: bytes, status: int, code: str | None) -> None:
+    async def test() -> None:
+        engine = FakeEngine("a")
+        async with fleet([engine]) as (_, client):
+            response = await client.post("/v1/chat/completions", content=body)
+        assert response.status == status
+        assert response.json()["error"]["code"] == code
+        assert not engine.requests
+    run(test)

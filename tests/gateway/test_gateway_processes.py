@@ -1,0 +1,108 @@
+"""`llmaas gateway --config` in front of two `llmaas engine` processes on loopback, with the real
+model: the official client through the gateway, then one engine killed (SIGKILL) mid-run."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+MODEL = "smollm2:135m"
+QUESTION = [{"role": "user", "content": "Name three colours."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(port: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing healthy on port {port}")
+
+
+def llmaas(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[subprocess.Popen]]]:
+    engine_ports = [free_port(), free_port()]
+    engines = [llmaas("engine", "--model", MODEL, "--port", str(p), "--kv-cache-mb", "32", "--max-num-seqs", "8")
+               for p in engine_ports]
+    config = Path(tmp_path_factory.mktemp("gateway")) / "gateway.toml"
+    gateway_port = free_port()
+    hosts = ", ".join(f'"http://127.0.0.1:{p}"' for p in engine_ports)
+    config.write_text(f'[server]\nport = {gateway_port}\n[routing]\nhealth_interval_s = 0.2\n'
+                      f'[[models]]\nname = "{MODEL}"\nhosts = [{hosts}]\n')
+    procs = list(engines)
+    try:
+        for port in engine_ports:
+            wait_healthy(port)
+        procs.append(llmaas("gateway", "--config", str(config)))
+        wait_healthy(gateway_port)
+        yield gateway_port, engines
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_official_client_through_the_gateway(fleet: tuple[int, list[subprocess.Popen]]) -> None:
+    port, _ = fleet
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
+    assert answer.usage.completion_tokens == 8 and answer.choices[0].message.content
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=QUESTION)
+
+
+def test_an_engine_killed_mid_run_loses_no_request(fleet: tuple[int, list[subprocess.Popen]]) -> None:
+    port, engines = fleet
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def one(i: int) -> str:
+        try:
+            stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}],
+                                                    max_tokens=48, temperature=0, stream=True)
+            reasons = [c.choices[0].finish_reason for c in stream if c.choices]
+            return "done" if reasons[-1] == "length" or reasons[-1] == "stop" else "truncated"
+        except openai.APIError as exc:  # the clear end of a stream whose engine died
+            return f"error: {exc.message}"
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(8)]
+        time.sleep(1.0)
+        assert not all(f.done() for f in futures), "the kill must land mid-run"
+        engines[0].send_signal(signal.SIGKILL)
+        outcomes = [f.result(timeout=90) for f in futures]  # none hangs
+    assert "truncated" not in outcomes
+    assert all(o == "done" or "engine failed" in o for o in outcomes), outcomes
+    # The survivor takes every request from now on.
+    for i in range(3):
+        answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+        assert answer.choices[0].finish_reason == "length"
