@@ -82,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._header_name = b""
         self._headers_done: asyncio.Future[None] | None = None
         self._paused = False
+        self._keep_alive = False
         self.closed = False
 
     # -- transport callbacks -------------------------------------------------------------
@@ -122,6 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        # llhttp forgets the message's keep-alive once it completes: read it now.
+        self._keep_alive = self._parser.should_keep_alive()
         if self._headers_done is not None and not self._headers_done.done():
             self._headers_done.set_result(None)
 
@@ -146,16 +149,22 @@ class UpstreamConnection(asyncio.Protocol):
         head = [f"{method} {path} HTTP/1.1", f"host: {self._pool.address}", f"content-length: {len(body)}"]
         head.extend(f"{name}: {value}" for name, value in headers)
         self._transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        # A timer rather than asyncio.wait_for, which costs a task per request.
+        timer = asyncio.get_running_loop().call_later(first_byte_timeout_s, self._first_byte_timeout,
+                                                      self._headers_done, first_byte_timeout_s)
         try:
-            await asyncio.wait_for(asyncio.shield(self._headers_done), first_byte_timeout_s)
-        except asyncio.TimeoutError:
-            self.abort()
-            raise UpstreamError(f"{self._pool.address} sent no response within {first_byte_timeout_s:g} s",
-                                False) from None
-        except asyncio.CancelledError:
+            await self._headers_done
+        except BaseException:
             self.abort()
             raise
+        finally:
+            timer.cancel()
         return response
+
+    def _first_byte_timeout(self, headers_done: asyncio.Future[None], timeout_s: float) -> None:
+        if not headers_done.done():
+            headers_done.set_exception(
+                UpstreamError(f"{self._pool.address} sent no response within {timeout_s:g} s", False))
 
     def release(self, response: UpstreamResponse) -> None:
         if self._response is not response:
@@ -163,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._response = None
         self._headers_done = None
         self.resume_reading()
-        if response.complete and not self.closed and self._parser.should_keep_alive():
+        if response.complete and not self.closed and self._keep_alive:
             self._pool.put_back(self)
         else:
             self.abort()

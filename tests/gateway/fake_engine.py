@@ -24,6 +24,7 @@ class FakeEngine:
     load_status: int = 200  # the health probe's answer
     fail_after: int | None = None  # cut each stream's connection after this many events
     requests: list[dict] = field(default_factory=list)
+    clients: set[tuple[str, int] | None] = field(default_factory=set)
     aborted: int = 0
     active: int = 0
     server: Server | None = None
@@ -47,15 +48,16 @@ class FakeEngine:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def connections(self) -> int:
-        assert self.server is not None
-        return len(self.server._state.connections)
+    def accepted(self) -> int:
+        """Connections that carried requests (told apart by their client port)."""
+        return len(self.clients)
 
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.shutdown(0.0)
 
     async def load(self, request: Request) -> Response:
+        self.clients.add(request.client)
         if self.load_status != 200:
             return Response(status=self.load_status, body=b"{}")
         report = {"num_running": self.active, "num_waiting": 0, "kv_cache_usage": 0.0, "num_free_blocks": 100,
@@ -65,6 +67,7 @@ class FakeEngine:
     async def complete(self, request: Request) -> Response | StreamingResponse:
         body = msgspec.json.decode(request.body)
         self.requests.append(body)
+        self.clients.add(request.client)
         if self.status != 200:
             return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
         usage = {"prompt_tokens": 5, "completion_tokens": self.tokens, "total_tokens": 5 + self.tokens,

@@ -199,7 +199,7 @@ def test_connections_to_an_engine_are_reused() -> None:
         async with fleet([engine], health_interval_s=60.0) as (_, client):
             for i in range(20):
                 await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i % 2 == 0))
-            assert engine.connections == 1
+            assert engine.accepted == 1
     run(test)
 
 
