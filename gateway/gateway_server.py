@@ -10,6 +10,7 @@ from gateway.fleet.config import GatewayConfig
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Stage
 from gateway.fleet.fleet import BackendFactory, Fleet
+from gateway.fleet.metrics import GatewayMetrics
 from gateway.fleet.proxy import Proxy
 from gateway.fleet.wire import ModelCard, ModelList
 from gateway.http import Request, Response, Router
@@ -22,7 +23,9 @@ class Gateway:
                  stages: list[Stage] | None = None) -> None:
         self.config = config
         self.fleet = Fleet(config, backend_for)
-        self.proxy = Proxy(self.fleet, stages)
+        self.metrics = GatewayMetrics(self.fleet)
+        # Metrics first: it sees every admitted request end, whichever later stage refuses it.
+        self.proxy = Proxy(self.fleet, [self.metrics, *(stages or [])])
         self.created = int(time.time())
 
     def router(self) -> Router:
@@ -32,6 +35,7 @@ class Gateway:
         router.add("GET", "/v1/models", self.list_models)
         router.add("GET", "/v1/models/{model}", self.get_model)
         router.add("GET", "/health", self.health)
+        router.add("GET", "/metrics", self.metrics.render)
         return router
 
     async def start(self) -> None:

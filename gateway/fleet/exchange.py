@@ -27,8 +27,10 @@ class Exchange:
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     # Set as the exchange ends: status sent to the client (499: the client left), exact usage.
     status: int = 0
+    error_code: str | None = None  # the OpenAI error code of a refusal or failure
     usage: Usage | None = None
     host: str | None = None
+    attempts: int = 0  # hosts tried
     started: float = field(default_factory=time.monotonic)
     first_byte: float | None = None
     # Each stage keeps what it needs between admit and finish here, under its own name.

@@ -55,7 +55,7 @@ class Proxy:
                 admitted.append(stage)
             return await self._forward(exchange, admitted)
         except GatewayError as exc:
-            exchange.status = exc.status
+            exchange.status, exchange.error_code = exc.status, exc.code
             _finish(exchange, admitted)
             response = exc.response()
             response.headers.extend(exchange.response_headers)
@@ -99,6 +99,7 @@ class Proxy:
             if host is None:
                 break
             tried.add(host.name)
+            exchange.attempts += 1
             try:
                 return await self._attempt(exchange, host, admitted)
             except _Retry as retry:
@@ -163,7 +164,7 @@ class Proxy:
             exchange.status = 200
         except UpstreamError as exc:
             host.record_failure(str(exc), self.fleet.routing.failure_threshold)
-            exchange.status = 502
+            exchange.status, exchange.error_code = 502, "upstream_stream_error"
             error = GatewayError(502, "The engine failed while streaming; the response is incomplete.",
                                  code="upstream_stream_error", type_="server_error")
             yield b"data: " + _ENCODER.encode(error.body()) + b"\n\n"

@@ -65,3 +65,12 @@ async def post_and_leave(port: int, path: str, body: dict) -> bytes:
     first = await reader.read(1)
     writer.transport.abort()
     return first
+
+
+async def get(port: int, path: str) -> RawResponse:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n".encode())
+        return parse_response(await reader.read())
+    finally:
+        writer.close()

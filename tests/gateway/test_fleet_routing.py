@@ -14,7 +14,7 @@ from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection
 from gateway.gateway_server import Gateway
 from gateway.http import serve
 from tests.gateway.fake_engine import FakeEngine
-from tests.gateway.raw_client import RawResponse, post, post_and_leave
+from tests.gateway.raw_client import RawResponse, get, post, post_and_leave
 
 MODEL = "m"
 
@@ -232,4 +232,24 @@ def test_refusals_before_routing(body: bytes, status: int, code: str | None) -> 
         assert response.status == status
         assert response.json()["error"]["code"] == code
         assert not engine.requests
+    run(test)
+
+
+def test_metrics_count_requests_tokens_retries_and_hosts() -> None:
+    async def test() -> None:
+        busy, ok = FakeEngine("busy", status=503), FakeEngine("ok", tokens=4)
+        async with fleet([busy, ok]) as (_, client):
+            for i in range(3):
+                assert (await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i == 2))).status == 200
+            text = (await get(client.port, "/metrics")).content.decode()
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line and not line.startswith("#")}
+        assert samples['llmaas_gateway_requests_total{code="",model="m",status="200"}'] == 3
+        assert samples['llmaas_gateway_tokens_total{kind="completion",model="m"}'] == 12
+        assert samples['llmaas_gateway_tokens_total{kind="cached_prompt",model="m"}'] == 3
+        # Each request tried the busy host first or second; those tried first count a retry.
+        assert samples['llmaas_gateway_retries_total{model="m"}'] == len(busy.requests)
+        assert samples['llmaas_gateway_request_duration_seconds_count{model="m"}'] == 3
+        assert samples[f'llmaas_gateway_host_up{{host="{ok.url}"}}'] == 1
+        assert samples[f'llmaas_gateway_host_in_flight{{host="{ok.url}"}}'] == 0
     run(test)

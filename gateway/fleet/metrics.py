@@ -1,0 +1,75 @@
+"""The gateway's /metrics: requests, tokens and latencies by model, and the hosts' health and load.
+
+A stage (first in the pipeline, so it sees every admitted request end, refusals included) counts
+each exchange as it finishes; host gauges are read from the fleet at scrape time. Each gateway owns
+its CollectorRegistry: no process-global state.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.fleet.exchange import Exchange
+from gateway.fleet.fleet import Fleet
+from gateway.http import Request, Response
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class GatewayMetrics:
+    def __init__(self, fleet: Fleet) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter("llmaas_gateway_requests", "Requests finished, by model, status and error code.",
+                                ["model", "status", "code"], registry=r)
+        self.tokens = Counter("llmaas_gateway_tokens", "Tokens of finished requests, by model and kind "
+                              "(prompt, cached_prompt, completion, reasoning).", ["model", "kind"], registry=r)
+        self.first_byte = Histogram("llmaas_gateway_time_to_first_byte_seconds", "Arrival to the engine's first "
+                                    "byte (a stream's first event), by model.", ["model"],
+                                    buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.e2e = Histogram("llmaas_gateway_request_duration_seconds", "Arrival to the end of the answer, by model.",
+                             ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.retries = Counter("llmaas_gateway_retries", "Requests sent again to another host, by model.",
+                               ["model"], registry=r)
+        r.register(_FleetCollector(fleet))
+
+    async def admit(self, exchange: Exchange) -> None:
+        return None
+
+    def finish(self, exchange: Exchange) -> None:
+        model = exchange.model
+        self.requests.labels(model, str(exchange.status), exchange.error_code or "").inc()
+        if exchange.attempts > 1:
+            self.retries.labels(model).inc(exchange.attempts - 1)
+        usage = exchange.usage
+        if usage is not None:
+            self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(model, "cached_prompt").inc(usage.cached_tokens)
+            self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+            self.tokens.labels(model, "reasoning").inc(usage.reasoning_tokens)
+        if exchange.first_byte is not None:
+            self.first_byte.labels(model).observe(exchange.first_byte - exchange.started)
+        self.e2e.labels(model).observe(time.monotonic() - exchange.started)
+
+    async def render(self, request: Request) -> Response:
+        return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+class _FleetCollector(Collector):
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("llmaas_gateway_host_up", "1 while a host is in rotation.", labels=["host"])
+        in_flight = GaugeMetricFamily("llmaas_gateway_host_in_flight", "Requests in flight to a host.", labels=["host"])
+        outstanding = GaugeMetricFamily("llmaas_gateway_host_outstanding_tokens",
+                                        "Estimated tokens of work in flight to a host.", labels=["host"])
+        for host in self._fleet.hosts.values():
+            up.add_metric([host.name], 1.0 if host.healthy else 0.0)
+            in_flight.add_metric([host.name], host.in_flight)
+            outstanding.add_metric([host.name], host.outstanding_tokens)
+        yield from (up, in_flight, outstanding)
