@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import msgspec
@@ -55,8 +56,10 @@ class Exchange:
 class Stage(Protocol):
     """A step of the request path (auth, limits, security, catalog...). `admit` runs in order
     before routing and refuses by raising GatewayError; `finish` runs once for every stage whose
-    admit returned, when the exchange ends (status and usage set), whatever the outcome."""
+    admit returned, when the exchange ends (status and usage set), whatever the outcome. What
+    `finish` returns, if anything, is awaited before the answer's last byte when the answer ends
+    well (a ledger row made durable before the client sees the end)."""
 
     async def admit(self, exchange: Exchange) -> None: ...
 
-    def finish(self, exchange: Exchange) -> None: ...
+    def finish(self, exchange: Exchange) -> Awaitable[None] | None: ...

@@ -9,10 +9,11 @@ the stages get exact token counts; it is passed on only to clients that asked fo
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import msgspec
 
@@ -127,7 +128,7 @@ class Proxy:
                 exchange.status = upstream.status
                 if upstream.status == 200:
                     exchange.usage = _usage(body)
-                _finish(exchange, admitted)
+                await _settle(exchange, admitted)
                 content_type = upstream.headers.get("content-type", "application/json")
                 return Response(status=upstream.status, body=body, content_type=content_type,
                                 headers=list(exchange.response_headers))
@@ -158,10 +159,15 @@ class Proxy:
                     exchange.usage = _usage(data) or exchange.usage
                     if exchange.include_usage or b'"choices":[]' not in data:
                         yield event
+                elif data == b"[DONE]":
+                    exchange.status = 200
+                    await _settle(exchange, admitted)  # accounted for before the client sees the end
+                    yield event
                 else:
                     yield event
                 event = await anext(events, b"")
-            exchange.status = 200
+            if exchange.status == 499:  # ended without [DONE]: a server that does not send it
+                exchange.status = 200
         except UpstreamError as exc:
             host.record_failure(str(exc), self.fleet.routing.failure_threshold)
             exchange.status, exchange.error_code = 502, "upstream_stream_error"
@@ -178,10 +184,18 @@ class _Retry(Exception):
     pass
 
 
-def _finish(exchange: Exchange, admitted: list[Stage]) -> None:
-    for stage in reversed(admitted):
-        stage.finish(exchange)
+def _finish(exchange: Exchange, admitted: list[Stage]) -> list[Awaitable[None]]:
+    """Ends every admitted stage, once; returns what they still have to complete."""
+    pending = [done for stage in reversed(admitted) if (done := stage.finish(exchange)) is not None]
     admitted.clear()
+    return pending
+
+
+async def _settle(exchange: Exchange, admitted: list[Stage]) -> None:
+    """Ends the stages and waits for what they write (the usage row) to be durable."""
+    pending = _finish(exchange, admitted)
+    if pending:
+        await asyncio.gather(*pending)
 
 
 def _usage(data: bytes) -> Usage | None:
