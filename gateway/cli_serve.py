@@ -21,6 +21,8 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     engine = commands.add_parser("engine", help="serve one model over the OpenAI-compatible API")
     engine.add_argument("--model", required=True, help="catalog name, .gguf file or Hugging Face folder")
     engine.add_argument("--port", type=int, required=True)
+    engine.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                        help="names the API serves the model under (default: --model as given)")
     _add_common(engine, host="127.0.0.1")
     engine.set_defaults(run=run_engine)
 
@@ -65,12 +67,13 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2
     try:
-        router = build_router(engine, [args.model])
+        names = getattr(args, "served_model_name", None) or [args.model]
+        router = build_router(engine, names)
         startup = shutdown = None
         if with_gateway:
-            gateway = _local_gateway(args.model, router)
+            gateway = _local_gateway(names[0], router)
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
-        print(f"llmaas: serving {args.model} at http://{args.host}:{args.port}/v1", flush=True)
+        print(f"llmaas: serving {', '.join(names)} at http://{args.host}:{args.port}/v1", flush=True)
         run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown)
     except OSError as exc:  # the port is taken, or the host is not ours
         print(f"llmaas: error: {exc}", file=sys.stderr)

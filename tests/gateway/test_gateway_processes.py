@@ -44,10 +44,11 @@ def llmaas(*args: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[subprocess.Popen]]]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[subprocess.Popen], list[int]]]:
     engine_ports = [free_port(), free_port()]
-    engines = [llmaas("engine", "--model", MODEL, "--port", str(p), "--kv-cache-mb", "32", "--max-num-seqs", "8")
-               for p in engine_ports]
+    common = ("--model", MODEL, "--kv-cache-mb", "32", "--max-num-seqs", "8")
+    engines = [llmaas("engine", *common, "--port", str(engine_ports[0]), "--served-model-name", MODEL, "alias"),
+               llmaas("engine", *common, "--port", str(engine_ports[1]))]
     config = Path(tmp_path_factory.mktemp("gateway")) / "gateway.toml"
     gateway_port = free_port()
     hosts = ", ".join(f'"http://127.0.0.1:{p}"' for p in engine_ports)
@@ -59,15 +60,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[
             wait_healthy(port)
         procs.append(llmaas("gateway", "--config", str(config)))
         wait_healthy(gateway_port)
-        yield gateway_port, engines
+        yield gateway_port, engines, engine_ports
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(10)
 
 
-def test_official_client_through_the_gateway(fleet: tuple[int, list[subprocess.Popen]]) -> None:
-    port, _ = fleet
+def test_official_client_through_the_gateway(fleet: tuple[int, list[subprocess.Popen], list[int]]) -> None:
+    port, _, engine_ports = fleet
+    alias = openai.OpenAI(base_url=f"http://127.0.0.1:{engine_ports[0]}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in alias.models.list().data] == [MODEL, "alias"]
+    assert alias.completions.create(model="alias", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list().data] == [MODEL]
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
@@ -81,8 +85,8 @@ def test_official_client_through_the_gateway(fleet: tuple[int, list[subprocess.P
         client.chat.completions.create(model="nope", messages=QUESTION)
 
 
-def test_an_engine_killed_mid_run_loses_no_request(fleet: tuple[int, list[subprocess.Popen]]) -> None:
-    port, engines = fleet
+def test_an_engine_killed_mid_run_loses_no_request(fleet: tuple[int, list[subprocess.Popen], list[int]]) -> None:
+    port, engines, _ = fleet
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
 
     def one(i: int) -> str:
