@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,19 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
+
+
+def build_cuda() -> bool:
+    """LLMAAS_BUILD_CUDA=1/0 forces the CUDA module (engine._C_cuda) on or off; unset, it is built
+    where nvcc and a GPU are both present, so CPU machines with a CUDA toolkit skip the slow part."""
+    forced = os.environ.get("LLMAAS_BUILD_CUDA", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise SystemExit(f"LLMAAS_BUILD_CUDA={forced!r}: expected 0 or 1")
+    if shutil.which("nvcc") is None or shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 class CMakeExtension(Extension):
@@ -31,6 +45,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={config}",
         ]
+        cmake_args.append(f"-DLLMAAS_WITH_CUDA={'ON' if build_cuda() else 'OFF'}")
         if os.environ.get("LLMAAS_CUDA_ARCHS"):
             cmake_args.append(f"-DLLMAAS_CUDA_ARCHS={os.environ['LLMAAS_CUDA_ARCHS']}")
         subprocess.run(["cmake", str(ROOT), *cmake_args], cwd=build_temp, check=True)

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The GPU machine check, in under 6 minutes on an H100:
-#   1. environment (nvidia-smi, versions)  2. build the C++ extension  3. CPU+GPU tests
-#   4. bench/gpu_engine_check.py: ceilings, fp32 parity with transformers, bf16 throughput, energy.
+# The GPU machine check, in under 8 minutes on an H100:
+#   1. environment (nvidia-smi, versions)  2. build the C++ extension with the CUDA kernels
+#   3. CPU+GPU tests (Triton and CUDA kernels on random odd shapes, CUDA graphs)
+#   4. bench/kernels/bench_kernels_gpu.py: each kernel's time against its floor (bytes / bandwidth)
+#   5. bench/gpu_engine_check.py: ceilings, fp32 parity with transformers, bf16 throughput, energy.
 #
 #   bash bench/gpu_check.sh OUTDIR
 #
-# Every stage runs under a time limit carved from the overall budget (GPU_CHECK_TOTAL_S, 345 s), and
+# Every stage runs under a time limit carved from the overall budget (GPU_CHECK_TOTAL_S, 470 s), and
 # a failed stage does not stop the next ones; the exit status is 1 if any failed. OUTDIR receives
-# env.txt, build.log, pytest.log, engine_check.{log,json,md} and summary.md (7 files).
-# GPU_CHECK_SMOKE=1 runs step 4 with --smoke (CPU), to try this script on a machine without a GPU.
+# env.txt, build.log, pytest.log, kernel_bench.log, kernels.{json,md}, engine_check.{log,json,md}
+# and summary.md (10 files).
+# GPU_CHECK_SMOKE=1 runs steps 4 and 5 with --smoke (CPU) and builds without CUDA, to try this
+# script on a machine without a GPU.
 set -u -o pipefail
 
 if [ $# -ne 1 ]; then
@@ -20,10 +24,17 @@ cd "$(dirname "$0")/.." || exit 2
 
 PY=${PYTHON:-python3}
 export PY
-TOTAL=${GPU_CHECK_TOTAL_S:-345}
+TOTAL=${GPU_CHECK_TOTAL_S:-470}
 START=$(date +%s)
 if [ -d /tmp/site ]; then  # where a carried wheel (gguf) may be installed
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+SMOKE=${GPU_CHECK_SMOKE:-0}
+if [ -d /usr/local/cuda/bin ]; then export PATH="$PATH:/usr/local/cuda/bin"; fi
+if [ "$SMOKE" = 1 ]; then
+  export LLMAAS_BUILD_CUDA=${LLMAAS_BUILD_CUDA:-0}
+else  # the CUDA kernels must build, and their tests must run rather than skip
+  export LLMAAS_BUILD_CUDA=1 LLMAAS_REQUIRE_CUDA_KERNELS=1
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -87,15 +98,18 @@ echo "gpu_check: repo $(pwd), out $OUT, budget ${TOTAL}s, started $(date -u +%FT
 
 stage environment 30 "$OUT/env.txt" bash -c "$(declare -f env_report); env_report"
 
-stage build "$(min 150 $(( $(left) - 250 )))" "$OUT/build.log" "$PY" setup.py build_ext --inplace
+stage build "$(min 150 $(( $(left) - 300 )))" "$OUT/build.log" "$PY" setup.py build_ext --inplace
 
-stage tests "$(min 130 $(( $(left) - 200 )))" "$OUT/pytest.log" "$PY" -m pytest -q -x \
+stage tests "$(min 170 $(( $(left) - 210 )))" "$OUT/pytest.log" "$PY" -m pytest -q -x \
   tests/test_sampler.py tests/test_block_manager.py tests/test_scheduler.py tests/kernels \
   tests/engine/test_tiny_llama_logits.py -p no:cacheprovider
 
-ENGINE_LIMIT=$(min 250 $(( $(left) - 8 )))
 SMOKE_FLAG=()
-[ "${GPU_CHECK_SMOKE:-0}" = 1 ] && SMOKE_FLAG=(--smoke)
+[ "$SMOKE" = 1 ] && SMOKE_FLAG=(--smoke)
+stage kernel-bench "$(min 75 $(( $(left) - 140 )))" "$OUT/kernel_bench.log" "$PY" bench/kernels/bench_kernels_gpu.py \
+  --out "$OUT" "${SMOKE_FLAG[@]}"
+
+ENGINE_LIMIT=$(min 250 $(( $(left) - 8 )))
 stage engine-check "$ENGINE_LIMIT" "$OUT/engine_check.log" "$PY" bench/gpu_engine_check.py --out "$OUT" \
   --budget-s $(( ENGINE_LIMIT > 40 ? ENGINE_LIMIT - 20 : 20 )) "${SMOKE_FLAG[@]}"
 
@@ -107,6 +121,7 @@ stage engine-check "$ENGINE_LIMIT" "$OUT/engine_check.log" "$PY" bench/gpu_engin
   echo "|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
+  if [ -f "$OUT/kernels.md" ]; then cat "$OUT/kernels.md"; echo; fi
   if [ -f "$OUT/engine_check.md" ]; then cat "$OUT/engine_check.md"; fi
 } | tee "$OUT/summary.md"
 exit "$FAILED"

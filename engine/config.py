@@ -43,6 +43,7 @@ class EngineConfig:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     num_threads: int | None = None
+    gpu_memory_utilization: float | None = None  # CUDA: KV cache sized to this share of GPU memory; None: kv_cache_bytes
 
     def __post_init__(self) -> None:
         if self.block_size is None:

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from engine.kernels import linear as linear_kernel
-from engine.kernels import norm_rope, reference, torch_paged
+from engine.kernels import gpu_ops, norm_rope, reference, torch_paged
 
 try:
     from engine import _C
@@ -30,7 +30,7 @@ except ImportError as error:  # not built: the torch backend takes over
 else:
     _C_IMPORT_ERROR = None
 
-Backend = Literal["torch", "cpp"]
+Backend = Literal["torch", "cpp", "triton", "cuda"]
 BACKEND_ENV = "LLMAAS_ATTENTION_BACKEND"
 LINEAR_BACKEND_ENV = "LLMAAS_LINEAR_BACKEND"
 _CPP_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
@@ -43,6 +43,10 @@ def cpp_available() -> bool:
 def _backend_for(tensor: torch.Tensor) -> Backend:
     """The backend for an op whose data lives in `tensor` (device, dtype)."""
     forced = os.environ.get(BACKEND_ENV)
+    if tensor.device.type == "cuda":  # Triton by default, CUDA C++ on request: engine/kernels/gpu_ops.py
+        if forced not in (None, "", "torch", "triton", "cuda"):
+            raise ValueError(f"{BACKEND_ENV}={forced!r}: expected torch, triton or cuda on CUDA tensors")
+        return gpu_ops.backend(forced)
     if forced == "torch":
         return "torch"
     if forced == "cpp":
@@ -74,8 +78,11 @@ def write_kv_cache(
     int64, slot = block_id * block_size + offset_in_block. Every slot is valid
     (no -1 sentinels).
     """
-    if _backend_for(k_cache) == "cpp":
+    backend = _backend_for(k_cache)
+    if backend == "cpp":
         _cpp_write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    elif k_cache.device.type == "cuda":
+        gpu_ops.write_kv_cache(backend, key, value, k_cache, v_cache, slot_mapping)
     else:
         reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
 
@@ -107,7 +114,11 @@ def paged_attention(
     size their launch without reading the device tensors; the CPU backends read
     the lengths directly and ignore them.
     """
-    if _backend_for(query) == "cpp":
+    backend = _backend_for(query)
+    if query.device.type == "cuda":
+        return gpu_ops.paged_attention(backend, query, k_cache, v_cache, block_tables, context_lens,
+                                       query_start_loc, scale, max_query_len, max_context_len)
+    if backend == "cpp":
         out = torch.empty(query.shape, dtype=query.dtype)
         _cpp_paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
         return out
@@ -257,6 +268,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     """(rms_norm(x + residual) * weight, x + residual), rounded as the torch formula rounds."""
     if x.device.type == "cpu" and x.dtype in _CPP_DTYPES and norm_rope.supported():
         return norm_rope.fused_add_rms_norm(x, residual, weight, eps)
+    if x.device.type == "cuda" and (fused := gpu_ops.add_rms_norm(x, residual, weight, eps)) is not None:
+        return fused
     return reference.add_rms_norm(x, residual, weight, eps)
 
 
@@ -266,4 +279,14 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     if q.device.type == "cpu" and q.dtype in _CPP_DTYPES and norm_rope.supported():
         norm_rope.rotary_(q, k, cos, sin)
         return q, k
+    if q.device.type == "cuda" and (rotated := gpu_ops.rotary(q, k, cos, sin)) is not None:
+        return rotated
     return reference.rotary(q, k, cos, sin)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[:, :I]) * x[:, I:] for the fused gate/up projection (T, 2I): one Triton pass on CUDA."""
+    if x.device.type == "cuda" and (fused := gpu_ops.silu_and_mul(x)) is not None:
+        return fused
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
