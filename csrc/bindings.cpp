@@ -18,6 +18,8 @@ namespace py = pybind11;
 void register_linear_ops(pybind11::module_& m);
 // RMSNorm with residual and rotary embedding (csrc/cpu/norm_rope_bindings.cpp).
 void register_norm_rope_ops(pybind11::module_& m);
+// The fused bf16 decoder stack and SiLU-and-multiply (csrc/cpu/decoder_stack_bindings.cpp).
+void register_decoder_ops(pybind11::module_& m);
 using llmaas::DType;
 
 namespace {
@@ -77,4 +79,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &llmaas::set_cpu_isa, py::arg("isa"), "Forces an attention kernel variant (tests, benchmarks).");
   register_linear_ops(m);
   register_norm_rope_ops(m);
+  register_decoder_ops(m);
 }

@@ -3,8 +3,9 @@
 Run from the repository root after building the extension:
     python -m bench.kernels.bench_attention_cpu [--dtype bfloat16] [--threads N]
 
-Shapes are SmolLM2's (9 query heads, 3 kv heads, head_dim 64) with 16-token
-blocks. Both backends run with --threads torch threads. "GB/s", for pure decode
+Shapes are SmolLM2's (9 query heads, 3 kv heads, head_dim 64) with the
+engine's CPU block size (8 tokens; --block-size to change). Both backends run
+with --threads torch threads. "GB/s", for pure decode
 batches, is the K/V bytes the batch must read (each sequence's context, K and V,
 once) divided by the time: the figure of merit of decode, which is memory-bound.
 Each call rereads the same K/V, so where it fits in the last-level cache this is
@@ -23,7 +24,8 @@ import torch
 from bench.kernels.timing import round_median
 from engine.kernels import ops, reference
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 9, 3, 64
+BLOCK_SIZE = 8  # the default of --block-size
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Case:
 
 
 CASES = (
+    Case("decode 32 x ctx 40..167 (chat, 128 out)", tuple((1, 40 + 4 * i) for i in range(32))),
     Case("decode 32 x ctx 256", ((1, 256),) * 32),
     Case("decode 8 x ctx 2048", ((1, 2048),) * 8),
     Case("prefill 512", ((512, 512),)),
@@ -40,12 +43,12 @@ CASES = (
 )
 
 
-def make_inputs(case: Case, dtype: torch.dtype) -> dict[str, torch.Tensor | float | int]:
+def make_inputs(case: Case, dtype: torch.dtype, block_size: int = BLOCK_SIZE) -> dict[str, torch.Tensor | float | int]:
     q_lens = [q for q, _ in case.seqs]
     ctx_lens = [c for _, c in case.seqs]
-    max_blocks = max(-(-c // BLOCK_SIZE) for c in ctx_lens)
+    max_blocks = max(-(-c // block_size) for c in ctx_lens)
     num_blocks = len(case.seqs) * max_blocks
-    k_cache = torch.randn(num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    k_cache = torch.randn(num_blocks, block_size, NUM_KV_HEADS, HEAD_DIM).to(dtype)
     v_cache = torch.randn_like(k_cache)
     block_tables = torch.randperm(num_blocks, dtype=torch.int32).view(len(case.seqs), max_blocks)
     # The engine hands attention a head slice of the fused qkv projection.
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE)
     args = parser.parse_args()
     if not ops.cpp_available():
         raise SystemExit("engine._C is not built: python setup.py build_ext --inplace")
@@ -91,13 +95,13 @@ def main() -> None:
     dtypes = (torch.float32, torch.bfloat16) if args.dtype == "both" else (getattr(torch, args.dtype),)
     torch.manual_seed(0)
     print(f"threads={args.threads}  isa={ops._C.cpu_isa()}  H={NUM_HEADS} Hkv={NUM_KV_HEADS} "
-          f"D={HEAD_DIM} block={BLOCK_SIZE}")
+          f"D={HEAD_DIM} block={args.block_size}")
     header = f"{'case':<42} {'dtype':<9} {'cpp ms':>8} {'torch ms':>9} {'speedup':>8} {'cpp GB/s':>9}"
     print(header)
     print("-" * len(header))
     for case in CASES:
         for dtype in dtypes:
-            inputs = make_inputs(case, dtype)
+            inputs = make_inputs(case, dtype, args.block_size)
             cpp_ms = median_ms(lambda: ops.paged_attention(**inputs), args.rounds)  # type: ignore[arg-type]
             torch_ms = median_ms(lambda: reference.paged_attention(**inputs), args.rounds)  # type: ignore[arg-type]
             decode = all(q_len == 1 for q_len, _ in case.seqs)

@@ -2,13 +2,13 @@
 //
 // A work item is (sequence, kv head g, tile of query tokens). attend_item stages
 // the tile's G = H / Hkv query heads of kv head g as tokens * G fp32 rows,
-// pre-scaled, then streams the sequence's K/V one cache block at a time: every
-// K/V row fetched from memory serves all those rows (GQA and query-tile reuse),
-// which is what decode, bound by memory bandwidth, needs.
+// pre-scaled, then streams the sequence's K/V a span of cache blocks at a time
+// (kSpanKeys): every K/V row fetched from memory serves all those rows (GQA and
+// query-tile reuse), which is what decode, bound by memory bandwidth, needs.
 // Softmax is online (flash attention): each row keeps a running max and sum, and
-// its accumulator is rescaled once per block rather than once per key. bf16
-// blocks are widened into fp32 scratch once per block, fp32 blocks are read in
-// place; everything accumulates in fp32.
+// its accumulator is rescaled once per span rather than once per key. bf16
+// blocks are widened into fp32 scratch, a span's blocks one after the other;
+// fp32 blocks are read in place, one at a time; everything accumulates in fp32.
 // Written once against a vector type V (vec.h) and instantiated per instruction
 // set by paged_attention.cpp; included there only.
 #pragma once
@@ -39,10 +39,20 @@ struct WorkItem {
   int32_t q_end;
 };
 
+// Keys staged and attended at once in bf16 (whole cache blocks, at least one): the online
+// softmax's per-pass work (max, rescale of the accumulators, a partly filled exp vector) is paid
+// once per span rather than once per block, which dominates decode over short contexts with
+// small blocks (8 keys). fp32 caches are read in place, one block at a time.
+constexpr int64_t kSpanKeys = 128;
+
+inline int64_t span_keys(bool staged, int64_t block_size) {
+  return staged ? std::max<int64_t>(1, kSpanKeys / block_size) * block_size : block_size;
+}
+
 struct Scratch {
-  Scratch(int64_t rows, int64_t group, int64_t head_dim, int64_t block_size)
+  Scratch(int64_t rows, int64_t group, int64_t head_dim, int64_t span)
       : q(rows * pad(head_dim)), acc(rows * pad(head_dim)), m(rows), l(rows), alpha(group),
-        s(group * pad(block_size)), k(block_size * pad(head_dim)), v(block_size * pad(head_dim)) {}
+        s(group * pad(span)), k(span * pad(head_dim)), v(span * pad(head_dim)) {}
   std::vector<float> q, acc, m, l, alpha, s, k, v;
 };
 
@@ -174,25 +184,29 @@ LLMAAS_INLINE void attend_item(const PagedAttentionArgs& a, const WorkItem& w, i
 
   const int32_t* table = a.block_tables + w.seq * a.max_blocks_per_seq;
   const int64_t last_pos = first_pos + w.q_end - 1;
-  for (int64_t k0 = 0; k0 <= last_pos; k0 += bs) {
-    const int64_t n = std::min(bs, last_pos + 1 - k0);
-    const int64_t offset = (table[k0 / bs] * bs * a.num_kv_heads + g) * D;
-    const T* kb = static_cast<const T*>(a.k_cache) + offset;
-    const T* vb = static_cast<const T*>(a.v_cache) + offset;
+  const bool in_place = std::is_same_v<T, float> && D == Dp;  // fp32 whole vectors: read the cache
+  const int64_t span = span_keys(!in_place, bs);
+  for (int64_t k0 = 0; k0 <= last_pos; k0 += span) {
+    const int64_t n = std::min(span, last_pos + 1 - k0);
     const float *k = sc.k.data(), *v = sc.v.data();
     int64_t kv_stride = Dp;
-    if constexpr (std::is_same_v<T, float>) {
-      if (D == Dp) k = kb, v = vb, kv_stride = kv_row;  // whole vectors: read in place
-    }
-    if (k == sc.k.data()) {
-      stage_rows(kb, kv_row, n, D, Dp, 1.0f, sc.k.data());
-      stage_rows(vb, kv_row, n, D, Dp, 1.0f, sc.v.data());
+    for (int64_t b0 = 0; b0 < n; b0 += bs) {  // the span's blocks, one after the other in scratch
+      const int64_t offset = (table[(k0 + b0) / bs] * bs * a.num_kv_heads + g) * D;
+      const T* kb = static_cast<const T*>(a.k_cache) + offset;
+      const T* vb = static_cast<const T*>(a.v_cache) + offset;
+      if (in_place) {
+        k = reinterpret_cast<const float*>(kb), v = reinterpret_cast<const float*>(vb), kv_stride = kv_row;
+      } else {
+        const int64_t rows_in_block = std::min(bs, n - b0);
+        stage_rows(kb, kv_row, rows_in_block, D, Dp, 1.0f, sc.k.data() + b0 * Dp);
+        stage_rows(vb, kv_row, rows_in_block, D, Dp, 1.0f, sc.v.data() + b0 * Dp);
+      }
     }
     for (int64_t t = 0; t < tokens; ++t) {
       const int64_t visible = std::min(n, first_pos + w.q_begin + t - k0 + 1);
       if (visible > 0)
         attend_block<V, kHeadDim / W>(q + t * G * Dp, k, v, G, kv_stride, visible, chunks, &sc.m[t * G],
-                                      &sc.l[t * G], sc.alpha.data(), acc + t * G * Dp, sc.s.data(), pad(bs));
+                                      &sc.l[t * G], sc.alpha.data(), acc + t * G * Dp, sc.s.data(), pad(span));
     }
   }
 

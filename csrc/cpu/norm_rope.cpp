@@ -42,6 +42,7 @@
 #include <cstdint>
 
 #include "bf16.h"
+#include "norm_rope.h"
 
 #define LLMAAS_NR_INLINE __attribute__((always_inline)) inline
 #define LLMAAS_NR_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
@@ -170,6 +171,8 @@ void run(RowsFn<Args> fn, const Args& a, int64_t items, int64_t item_elems, int 
 }
 
 bool cpu_has_avx512() {
+  // A static initializer may run before libgcc has filled in the CPU model: ask for it.
+  __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq");

@@ -8,19 +8,9 @@
 #include <cstdint>
 
 #include "cpu/kernels.h"
+#include "cpu/norm_rope.h"
 
 namespace py = pybind11;
-
-namespace llmaas {
-// Defined in csrc/cpu/norm_rope.cpp.
-void fused_add_rms_norm(const void* in, const void* residual, const void* weight, void* out, void* residual_out,
-                        bool bf16, int64_t rows, int64_t cols, int64_t in_stride, int64_t residual_stride,
-                        float eps, int num_threads);
-void rotary(void* q, void* k, const void* cos, const void* sin, bool bf16, int64_t num_tokens, int64_t num_heads,
-            int64_t num_kv_heads, int64_t head_dim, int64_t q_token_stride, int64_t q_head_stride,
-            int64_t k_token_stride, int64_t k_head_stride, int64_t cos_stride, int64_t sin_stride,
-            bool torch_rounding, int num_threads);
-}  // namespace llmaas
 
 namespace {
 

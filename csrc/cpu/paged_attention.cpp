@@ -152,7 +152,8 @@ void paged_attention(const PagedAttentionArgs& a) {
   for (const WorkItem& item : items) multiply_adds += item.cost * a.num_heads * a.head_dim;
 #pragma omp parallel num_threads(threads) if (work > 1 && multiply_adds >= kMinParallelWork)
   {
-    Scratch scratch(rows, a.num_heads / kv_heads, a.head_dim, a.block_size);
+    const bool in_place = a.dtype == DType::kFloat32 && a.head_dim % attention::kPad == 0;
+    Scratch scratch(rows, a.num_heads / kv_heads, a.head_dim, attention::span_keys(!in_place, a.block_size));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < work; ++i) attend(a, items[i / kv_heads], i % kv_heads, scratch);
   }

@@ -2,18 +2,25 @@
 
 Q/K/V and gate/up projections are fused into one matmul each at load time; attention goes through
 the paged-attention op. Tensor shapes: num_tokens (T) rows, flattened over the batch.
+
+A bf16 model on CPU whose linears are packed for the C++ kernel runs its whole stack in one call
+(engine/kernels/decoder_stack.py: same kernels, no per-op dispatch); LLMAAS_FUSED_DECODER=0 turns
+that off, and so does LLMAAS_ATTENTION_BACKEND=torch. Everything else takes the per-op path below.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from engine.config import ModelConfig
-from engine.kernels import ops
+from engine.forward_context import get_attention_metadata
+from engine.kernels import decoder_stack, ops
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (T, 1, head_dim)
+FUSED_ENV = "LLMAAS_FUSED_DECODER"
 
 
 class LlamaAttention(nn.Module):
@@ -45,8 +52,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -68,15 +74,25 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # An uninitialised weight: load_weights places the real one. (Embedding's own init would
+        # run torch's reference normal_, which imports torch._dynamo and with it Triton: ~80 MB.)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.rotary = RotaryEmbedding(config)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.requires_grad_(False)
+        # The fused stack (or None where it does not apply), decided for the caches in _stack_key.
+        self._stack: decoder_stack.DecoderStack | None = None
+        self._stack_key: list[torch.Tensor] | None = None
+        self._attn: list[PagedAttention] | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: (T,) -> hidden states (T, hidden_size)."""
+        stack = self._fused_stack()
+        if stack is not None:
+            return stack.forward(input_ids, positions, get_attention_metadata())
         x = self.embed_tokens(input_ids)
         rope = self.rotary.lookup(positions, x.dtype)
         residual = None
@@ -84,6 +100,36 @@ class LlamaForCausalLM(nn.Module):
             x, residual = layer(rope, x, residual)
         x, _ = self.norm(x, residual)
         return x
+
+    def _fused_stack(self) -> decoder_stack.DecoderStack | None:
+        """The C++ stack where it runs this model as it is now (weights packed, caches bound), else None.
+        Decided once per set of bound caches (the runner binds them after load), then looked up."""
+        if os.environ.get(FUSED_ENV) == "0" or os.environ.get(ops.BACKEND_ENV) == "torch":
+            return None
+        if self._attn is None:
+            self._attn = self.attention_layers()
+        key = self._stack_key
+        if key is not None and all(a is b for a, b in zip(key, _caches(self._attn))):
+            return self._stack
+        self._stack_key, self._stack = _caches(self._attn), self._build_stack()
+        return self._stack
+
+    def _build_stack(self) -> decoder_stack.DecoderStack | None:
+        k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
+        linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                        layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+        if (not decoder_stack.supported() or k0.dim() != 4 or k0.dtype != torch.bfloat16 or not k0.is_cpu
+                or self.embed_tokens.weight.dtype != torch.bfloat16 or any(m.packed is None for m in linears)):
+            return None
+        c = self.config
+        shape = decoder_stack.StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                                         c.intermediate_size, c.rms_norm_eps)
+        layers = [decoder_stack.LayerWeights(
+            layer.input_layernorm.weight, layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed,
+            layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj.packed, layer.mlp.down_proj.packed,
+            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache) for layer in self.layers]
+        return decoder_stack.DecoderStack(shape, self.embed_tokens.weight, self.norm.weight, self.rotary.cos,
+                                          self.rotary.sin, layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (S, hidden_size) at the positions to sample -> (S, vocab_size) float32 logits."""
@@ -127,6 +173,11 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.pack()
+        self._stack, self._stack_key = None, None  # it points at the previous weights
+
+
+def _caches(attn: list[PagedAttention]) -> list[torch.Tensor]:
+    return [t for a in attn for t in (a.k_cache, a.v_cache)]
 
 
 def set_weight(module: nn.Module, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:

@@ -16,7 +16,7 @@ BACKENDS = [
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 # (query tokens, context length including them) per sequence.
-DECODES = [(1, 37), (1, 1), (1, 16), (1, 100)]
+DECODES = [(1, 37), (1, 1), (1, 16), (1, 100), (1, 300)]  # 300: several staged spans
 FRESH_PREFILL = [(23, 23)]
 MIXED = [(1, 50), (7, 40), (1, 3), (33, 33), (5, 5), (16, 49)]  # chunks on top of cached context
 LONG_CHUNK = [(70, 131), (1, 64)]

@@ -1,0 +1,1 @@
+"""Kernel micro-benchmarks: each kernel against its reference or its hardware floor."""
