@@ -32,6 +32,9 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_blocks: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached_blocks: dict[int, int] = {}  # block hash -> block id
+        # Prefix-cache lookups, in tokens, for the hit rate (engine.stats reads them).
+        self.num_prefix_query_tokens = 0
+        self.num_prefix_hit_tokens = 0
 
     @property
     def num_blocks(self) -> int:
@@ -57,6 +60,8 @@ class BlockManager:
             if block_id is None or self.blocks[block_id].token_ids != tuple(seq.token_ids[i * bs:(i + 1) * bs]):
                 break
             hits.append(block_id)
+        self.num_prefix_query_tokens += seq.num_tokens
+        self.num_prefix_hit_tokens += len(hits) * bs
         return hits
 
     def allocate(self, seq: Sequence, num_new_tokens: int, prefix_hits: list[int] | None = None) -> bool:

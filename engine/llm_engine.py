@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.stats import EngineStats
 
 
 @dataclass(slots=True)
@@ -55,6 +57,7 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
+        self.stats = EngineStats()  # written by the step thread only; read via stats_snapshot()
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0) -> None:
         if request_id in self._requests:
@@ -88,6 +91,7 @@ class LLMEngine:
             if not seq.is_finished:
                 self.scheduler.finish(seq)
                 seq.finish_reason = "abort"
+                self.stats.record_finish("abort")
                 deltas.append(SequenceDelta(seq.index, [], "", "abort"))
         return RequestOutput(request_id, deltas, finished=True, usage=_usage(request))
 
@@ -99,13 +103,27 @@ class LLMEngine:
         return EngineLoad(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage(),
                           bm.num_free_blocks, bm.num_blocks)
 
+    def stats_snapshot(self) -> EngineStats:
+        """A copy of the counters, safe to read from any thread (see engine.stats)."""
+        snap = self.stats.copy()
+        bm = self.block_manager
+        snap.num_preemptions = self.scheduler.num_preemptions
+        snap.prefix_query_tokens, snap.prefix_hit_tokens = bm.num_prefix_query_tokens, bm.num_prefix_hit_tokens
+        snap.num_running, snap.num_waiting = len(self.scheduler.running), len(self.scheduler.waiting)
+        snap.kv_cache_usage = bm.usage()
+        return snap
+
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch:
             return []
         sampled_seqs, sampled = self.runner.execute(batch)
         self.scheduler.after_step(batch)
-        return self._postprocess(sampled_seqs, sampled) if sampled is not None else []
+        outputs = self._postprocess(sampled_seqs, sampled) if sampled is not None else []
+        self.stats.record_step(time.perf_counter() - started, len(batch.seqs), batch.total_tokens,
+                               len(sampled_seqs) if sampled is not None else 0)
+        return outputs
 
     def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[RequestOutput]:
         token_ids = sampled.token_ids.tolist()
@@ -113,10 +131,13 @@ class LLMEngine:
         outputs: dict[str, RequestOutput] = {}
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs):
             delta = self._append_token(seq, token_id, logprob)
+            if seq.num_tokens == seq.num_prompt_tokens + 1:  # its first token: the prompt is done
+                self.stats.prompt_tokens += seq.num_prompt_tokens - seq.num_cached_prompt_tokens
             request = self._requests[seq.request_id]
             out = outputs.setdefault(seq.request_id, RequestOutput(seq.request_id, []))
             out.deltas.append(delta)
             if delta.finish_reason is not None:
+                self.stats.record_finish(delta.finish_reason)
                 self.scheduler.finish(seq)
                 if all(s.is_finished for s in request.seqs):
                     out.finished = True

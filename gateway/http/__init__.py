@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.http.app import Request, Response, Router, StreamingResponse, error_response
-from gateway.http.protocol import ServerLimits
+from gateway.http.limits import ServerLimits
 from gateway.http.server import Server, run, serve
 
 __all__ = [

@@ -110,6 +110,13 @@ class Router:
             methods = self._exact.setdefault(path, {})
         methods[method.upper()] = handler
 
+    def routes(self) -> list[tuple[str, str]]:
+        """Every (method, path) served, parametrised paths as registered (`/v1/models/{model}`)."""
+        out = [(method, path) for path, methods in self._exact.items() for method in methods]
+        for segments, methods in self._patterns:
+            out.extend((method, "/" + "/".join(segments)) for method in methods)
+        return out
+
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """Return the handler and path parameters, or raise RouteError (404/405)."""
         methods = self._exact.get(path)

@@ -1,8 +1,9 @@
-"""One HTTP/1.1 connection: parsing with httptools, in-order answers, limits, flow control.
+"""One HTTP/1.1 connection: parsing with httptools, limits, timers, in-order answers, read flow control.
 
-State is grouped by lifetime: connection (transport, parser, timers, write gate), request being
-parsed (`_Incoming`), and the queue of parsed requests waiting for their answer. Pipelined
-requests are answered strictly in order by one worker task per busy connection.
+State is grouped by lifetime, as in uvicorn: the connection (transport, parser, timers, write gate),
+the request being parsed (`_Incoming`), the queue of parsed requests waiting for their answer, and
+the answer itself (`RequestCycle`, cycle.py). Pipelined requests are answered strictly in order by
+one worker task per busy connection.
 """
 
 from __future__ import annotations
@@ -16,43 +17,13 @@ from urllib.parse import unquote
 
 import httptools
 
-from gateway.http.app import (
-    Request,
-    Response,
-    RouteError,
-    Router,
-    StreamingResponse,
-    encode_head,
-    error_response,
-)
+from gateway.http.app import Request, Response, error_response
+from gateway.http.cycle import FlowControl, RequestCycle, write_response
+from gateway.http.limits import ServerLimits, ServerState
+
+__all__ = ["HttpConnection", "ServerLimits", "ServerState"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    max_header_bytes: int = 16 * 1024
-    max_body_bytes: int = 8 * 1024 * 1024
-    header_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 5.0
-    # In-flight requests across all connections; beyond it requests get an early 503.
-    max_concurrency: int = 1024
-    # Parsed-but-unanswered requests per connection; beyond either bound reading pauses.
-    max_pipelined: int = 16
-    read_high_water: int = 1024 * 1024
-    write_high_water: int = 256 * 1024
-
-
-class ServerState:
-    """Shared by all connections of one server: config, router, counters, lifecycle."""
-
-    def __init__(self, router: Router, limits: ServerLimits) -> None:
-        self.router = router
-        self.limits = limits
-        self.connections: set[HttpConnection] = set()
-        self.in_flight = 0
-        self.shutting_down = False
-        self.all_closed = asyncio.Event()
 
 
 class _Reject(Exception):
@@ -85,9 +56,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
         self._closed = False
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._flow = FlowControl()
+        # The request being parsed must arrive in time: its headers from its first byte, then its body.
+        self._request_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         # Request being parsed.
         self._incoming: _Incoming | None = None
@@ -123,7 +94,7 @@ class HttpConnection(asyncio.Protocol):
         if self._state.shutting_down and not self._state.connections:
             self._state.all_closed.set()
         self._cancel_timers()
-        self._writable.set()
+        self._flow.close()
         self._queue.clear()
         # Cancelling the worker is how a disconnect aborts a running handler or stream.
         if self._worker is not None:
@@ -135,10 +106,10 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         if self._stop_parsing:
@@ -175,7 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self._raw_header_bytes = 0
         self._began_this_feed = True
         self._cancel_idle()
-        self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+        self._request_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
 
     def on_url(self, url: bytes) -> None:
         assert self._incoming is not None
@@ -189,8 +160,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._incoming is not None and self._transport is not None
-        self._cancel_header_timer()
+        self._cancel_request_timer()
         self._headers_done = True
+        self._request_timer = self._loop.call_later(self._limits.body_timeout_s, self._on_body_timeout)
         self._incoming.keep_alive = self._parser.should_keep_alive()
         expects_continue = False
         for name, value in self._incoming.headers:
@@ -211,6 +183,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._incoming is not None
+        self._cancel_request_timer()
         incoming, self._incoming = self._incoming, None
         url = httptools.parse_url(bytes(incoming.url))
         headers: dict[str, str] = {}
@@ -231,8 +204,7 @@ class HttpConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark (or closed)."""
-        if not self._closed:
-            await self._writable.wait()
+        await self._flow.drain()
 
     def begin_shutdown(self) -> None:
         """Close now if idle; a busy connection closes after its current response."""
@@ -270,92 +242,36 @@ class HttpConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _reject(self, response: Response) -> None:
-        self._cancel_header_timer()
+        self._cancel_request_timer()
         self._stop_parsing = True
         self._incoming = None
         self._enqueue((response, False, 0))
 
     async def _answer_queue(self) -> None:
-        assert self._transport is not None
+        transport = self._transport
+        assert transport is not None
         try:
             while self._queue and not self._closed:
                 item, keep_alive, size = self._queue.popleft()
                 self._queued_bytes -= size
                 self._maybe_resume_reading()
                 if isinstance(item, Response):
-                    self._write_response(item, keep_alive=False)
+                    write_response(transport, self._state, item, keep_alive=False)
                     keep_alive = False
                 else:
-                    keep_alive = await self._answer(item, keep_alive)
+                    keep_alive = await RequestCycle(self._state, transport, self._flow, item, keep_alive).run()
                 if not keep_alive or self._state.shutting_down:
-                    self._transport.close()
+                    transport.close()
                     return
             if self._stop_parsing:
-                self._transport.close()
+                transport.close()
         except Exception:
             # A bug on our side (e.g. a bad response header): the stream state is unknown.
             log.exception("failed to answer a request")
-            self._transport.close()
+            transport.close()
         finally:
             self._worker = None
             self._maybe_arm_idle()
-
-    async def _answer(self, request: Request, keep_alive: bool) -> bool:
-        """Run the handler and write its response; returns whether the connection stays open."""
-        state = self._state
-        if state.in_flight >= self._limits.max_concurrency:
-            overloaded = error_response(
-                503, "Server is overloaded, retry later", "server_overloaded", type_="server_error"
-            )
-            return self._write_response(overloaded, keep_alive)
-        try:
-            handler, request.path_params = state.router.resolve(request.method, request.path)
-        except RouteError as exc:
-            return self._write_response(exc.response, keep_alive)
-        state.in_flight += 1
-        try:
-            try:
-                response = await handler(request)
-            except Exception:
-                log.exception("handler failed: %s %s", request.method, request.path)
-                response = error_response(500, "Internal server error", "internal_error", type_="server_error")
-            if isinstance(response, StreamingResponse):
-                return await self._stream(response, keep_alive)
-            return self._write_response(response, keep_alive)
-        finally:
-            state.in_flight -= 1
-
-    def _write_response(self, response: Response, keep_alive: bool) -> bool:
-        assert self._transport is not None
-        keep_alive = keep_alive and not self._state.shutting_down
-        head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
-        self._transport.write(head + response.body)
-        return keep_alive
-
-    async def _stream(self, response: StreamingResponse, keep_alive: bool) -> bool:
-        assert self._transport is not None
-        keep_alive = keep_alive and not self._state.shutting_down
-        chunks = response.chunks
-        self._transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None))
-        try:
-            async for chunk in chunks:
-                if self._closed:
-                    return False
-                if chunk:  # an empty chunk would end the chunked body early
-                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    await self.drain()
-            if self._closed:
-                return False
-            self._transport.write(b"0\r\n\r\n")
-            return keep_alive
-        except Exception:
-            # Headers are out; closing without the terminating chunk tells the client it is cut.
-            log.exception("stream failed mid-response")
-            return False
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -366,13 +282,22 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(_too_large_headers())
 
     def _on_header_timeout(self) -> None:
-        self._header_timer = None
+        self._request_timer = None
         if self._closed or self._headers_done:
             return
         if self._reading_paused:  # we stopped reading, the client is not to blame
-            self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+            self._request_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
             return
         self._reject(error_response(408, "Request headers not received in time", "request_timeout"))
+
+    def _on_body_timeout(self) -> None:
+        self._request_timer = None
+        if self._closed or self._incoming is None:
+            return
+        if self._reading_paused:
+            self._request_timer = self._loop.call_later(self._limits.body_timeout_s, self._on_body_timeout)
+            return
+        self._reject(error_response(408, "Request body not received in time", "request_timeout"))
 
     def _maybe_arm_idle(self) -> None:
         if self._closed or self._worker is not None or self._queue or self._incoming is not None:
@@ -390,14 +315,14 @@ class HttpConnection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _cancel_request_timer(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
 
     def _cancel_timers(self) -> None:
         self._cancel_idle()
-        self._cancel_header_timer()
+        self._cancel_request_timer()
 
 
 def _too_large_headers() -> Response:

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from gateway.http.app import Router
-from gateway.http.protocol import HttpConnection, ServerLimits, ServerState
+from gateway.http.limits import ServerLimits, ServerState
+from gateway.http.protocol import HttpConnection
 
 try:
     import uvloop

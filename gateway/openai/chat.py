@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from engine.chat_template import render_chat_template
 from engine.errors import InvalidRequestError
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.tokenizer import Tokenizer
@@ -25,6 +26,7 @@ from gateway.openai.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from gateway.openai.reasoning import ReasoningSplitter
 from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
     ApiError,
@@ -35,7 +37,6 @@ from gateway.openai.serving import (
     sampling_params,
     sse,
     sse_done,
-    start,
     token_text,
     usage_info,
 )
@@ -52,61 +53,108 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
             raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
-        tok = ctx.tokenizer
-        prompt_ids = tok.encode(tok.apply_chat_template(req.messages, add_generation_prompt=True),
-                                add_special_tokens=False)
-        outputs = await start(ctx.engine.generate(prompt_ids, params, request_id=request_id))
+        prompt = _render(ctx, req)
+        prompt_ids = ctx.tokenizer.encode(prompt, add_special_tokens=False)
+        outputs = await ctx.generate(prompt_ids, params, request_id, req.priority)
     except InvalidRequestError as exc:
         return ApiError.from_invalid(exc).response()
     except ApiError as exc:
         return exc.response()
     created = int(time.time())
+    markers = ctx.markers
+    splitters = ([ReasoningSplitter(markers, markers.starts_thinking(prompt)) for _ in range(req.n)]
+                 if markers is not None else None)
     if req.stream:
-        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs))
-    return json_response(await _collect(ctx.tokenizer, req, request_id, created, outputs))
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs, splitters))
+    return json_response(await _collect(ctx.tokenizer, req, request_id, created, outputs, splitters))
+
+
+def _render(ctx: ServingContext, req: ChatCompletionRequest) -> str:
+    tok = ctx.tokenizer
+    if ctx.chat_template is None:
+        return tok.apply_chat_template(req.messages, add_generation_prompt=True)
+    return render_chat_template(ctx.chat_template, req.messages, add_generation_prompt=True,
+                                special_tokens={"bos_token": tok.bos_token, "eos_token": tok.eos_token})
+
+
+def _reasoning_tokens(splitters: list[ReasoningSplitter] | None) -> int:
+    return sum(s.reasoning_tokens for s in splitters) if splitters else 0
 
 
 async def _collect(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, created: int,
-                   outputs: AsyncIterator[RequestOutput]) -> ChatCompletion:
+                   outputs: AsyncIterator[RequestOutput],
+                   splitters: list[ReasoningSplitter] | None) -> ChatCompletion:
     texts: list[list[str]] = [[] for _ in range(req.n)]
+    thoughts: list[list[str]] = [[] for _ in range(req.n)]
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
     reasons: list[str | None] = [None] * req.n
     usage = None
     async for output in outputs:
         for delta in output.deltas:
-            texts[delta.index].append(delta.text)
-            logprobs[delta.index].extend(delta.logprobs or ())
-            reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+            i = delta.index
+            if splitters is None:
+                texts[i].append(delta.text)
+            else:
+                thought, text = splitters[i].feed(delta.text, delta.token_ids)
+                thoughts[i].append(thought)
+                texts[i].append(text)
+                if delta.finish_reason is not None:
+                    thought, text = splitters[i].flush()
+                    thoughts[i].append(thought)
+                    texts[i].append(text)
+            logprobs[i].extend(delta.logprobs or ())
+            reasons[i] = delta.finish_reason or reasons[i]
         usage = output.usage or usage
     assert usage is not None, "the engine's last output carries usage"
     choices = [
-        ChatChoice(index=i, message=ChatMessage(role="assistant", content="".join(texts[i])),
+        ChatChoice(index=i, message=_message(texts[i], thoughts[i], splitters[i] if splitters else None),
                    logprobs=_logprobs(tok, logprobs[i]) if req.logprobs else None,
                    finish_reason=finish_reason(reasons[i]))
         for i in range(req.n)
     ]
     return ChatCompletion(id=request_id, created=created, model=req.model, choices=choices,
-                          usage=usage_info([usage]), system_fingerprint=SYSTEM_FINGERPRINT)
+                          usage=usage_info([usage], _reasoning_tokens(splitters)),
+                          system_fingerprint=SYSTEM_FINGERPRINT)
+
+
+def _message(texts: list[str], thoughts: list[str], splitter: ReasoningSplitter | None) -> ChatMessage:
+    content = "".join(texts)
+    if splitter is None or not splitter.saw_reasoning:
+        return ChatMessage(role="assistant", content=content)
+    return ChatMessage(role="assistant", content=content or None, reasoning_content="".join(thoughts))
 
 
 async def _stream(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, created: int,
-                  outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+                  outputs: AsyncIterator[RequestOutput],
+                  splitters: list[ReasoningSplitter] | None) -> AsyncIterator[bytes]:
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
         return sse(ChatCompletionChunk(id=request_id, created=created, model=req.model, choices=choices,
                                        system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
+
+    def text_delta(thought: str, text: str) -> ChatDelta:
+        return ChatDelta(content=text or None, reasoning_content=thought or None)
 
     try:
         yield chunk([ChatChunkChoice(i, ChatDelta(role="assistant", content="")) for i in range(req.n)])
         async for output in outputs:
             for delta in output.deltas:
-                if delta.text or delta.logprobs:
-                    lps = _logprobs(tok, delta.logprobs or []) if req.logprobs else None
-                    yield chunk([ChatChunkChoice(delta.index, ChatDelta(content=delta.text), lps)])
+                lps = _logprobs(tok, delta.logprobs) if req.logprobs and delta.logprobs else None
+                if splitters is None:
+                    if delta.text or lps:
+                        yield chunk([ChatChunkChoice(delta.index, ChatDelta(content=delta.text), lps)])
+                else:
+                    splitter = splitters[delta.index]
+                    thought, text = splitter.feed(delta.text, delta.token_ids)
+                    if delta.finish_reason is not None:
+                        more_thought, more_text = splitter.flush()
+                        thought, text = thought + more_thought, text + more_text
+                    if thought or text or lps:
+                        yield chunk([ChatChunkChoice(delta.index, text_delta(thought, text), lps)])
                 if delta.finish_reason is not None:
                     reason = finish_reason(delta.finish_reason)
                     yield chunk([ChatChunkChoice(delta.index, ChatDelta(), finish_reason=reason)])
             if output.usage is not None and req.stream_options and req.stream_options.include_usage:
-                yield chunk([], usage_info([output.usage]))
+                yield chunk([], usage_info([output.usage], _reasoning_tokens(splitters)))
         yield sse_done()
     finally:
         # Runs when the server closes us because the client left: aborts the engine request.

@@ -13,6 +13,7 @@ from engine.errors import InvalidRequestError
 from engine.outputs import RequestOutput, TokenLogprob, Usage
 from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response, StreamingResponse
+from gateway.openai.merge import merge_streams
 from gateway.openai.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, UsageInfo
 from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
@@ -24,7 +25,6 @@ from gateway.openai.serving import (
     sampling_params,
     sse,
     sse_done,
-    start,
     token_text,
     usage_info,
 )
@@ -41,20 +41,17 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
         prompts = _prompts(req.prompt)
-        if req.stream and len(prompts) > 1:
-            raise ApiError(400, "streaming more than one prompt is not supported yet", param="prompt")
         max_tokens = _DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
         params = sampling_params(req, max_tokens, req.logprobs)
         for i, prompt in enumerate(prompts):
-            generate = ctx.engine.generate(prompt, params, request_id=f"{request_id}-{i}")
-            started.append(await start(generate))
+            started.append(await ctx.generate(prompt, params, f"{request_id}-{i}", req.priority))
     except (InvalidRequestError, ApiError) as exc:
         for outputs in started:  # a later prompt was refused: abort the ones already running
             await outputs.aclose()  # type: ignore[attr-defined]
         return ApiError.from_invalid(exc).response() if isinstance(exc, InvalidRequestError) else exc.response()
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started[0]))
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started))
     results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs) for outputs in started))
     choices = [choice for prompt_choices, _ in results for choice in prompt_choices]
     for index, choice in enumerate(choices):  # choices of prompt p are numbered p * n + i
@@ -117,21 +114,27 @@ async def _collect(tok: Tokenizer, req: CompletionRequest,
 
 
 async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, created: int,
-                  outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+                  streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[bytes]:
+    """Chunks of all prompts as they come; choice j of prompt i is numbered i * n + j, as OpenAI does."""
     def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
         return sse(Completion(id=request_id, created=created, model=req.model, choices=choices,
                               system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
 
-    converters = [_Logprobs(tok) for _ in range(req.n)]
+    converters = [_Logprobs(tok) for _ in range(req.n * len(streams))]
+    usages: list[Usage] = []
+    merged = merge_streams(streams)
     try:
-        async for output in outputs:
+        async for prompt_index, output in merged:
             for delta in output.deltas:
                 if delta.text or delta.logprobs or delta.finish_reason is not None:
-                    lps = converters[delta.index].convert(delta.logprobs or []) if req.logprobs is not None else None
-                    yield chunk([CompletionChoice(delta.index, delta.text, lps, finish_reason(delta.finish_reason))])
-            if output.usage is not None and req.stream_options and req.stream_options.include_usage:
-                yield chunk([], usage_info([output.usage]))
+                    index = prompt_index * req.n + delta.index
+                    lps = converters[index].convert(delta.logprobs or []) if req.logprobs is not None else None
+                    yield chunk([CompletionChoice(index, delta.text, lps, finish_reason(delta.finish_reason))])
+            if output.usage is not None:
+                usages.append(output.usage)
+        if req.stream_options and req.stream_options.include_usage:
+            yield chunk([], usage_info(usages))
         yield sse_done()
     finally:
-        # Runs when the server closes us because the client left: aborts the engine request.
-        await outputs.aclose()  # type: ignore[attr-defined]
+        # Runs when the server closes us because the client left: aborts every prompt's request.
+        await merged.aclose()

@@ -36,6 +36,8 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
+    # Scheduling priority, lower first (vLLM's convention); the gateway sets it from the caller's tier.
+    priority: int = 0
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -88,9 +90,12 @@ class ChatLogprobs(msgspec.Struct):
     content: list[ChatTokenLogprob]
 
 
-class ChatMessage(msgspec.Struct):
+class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str
-    content: str
+    # None when a reasoning model spent all its tokens thinking.
+    content: str | None
+    # The text between the model's thinking markers (an extension, as in vLLM and DeepSeek's API).
+    reasoning_content: str | None = None
 
 
 class ChatChoice(msgspec.Struct):
@@ -114,6 +119,7 @@ class ChatDelta(msgspec.Struct, omit_defaults=True):
     # Omitted when unset: the first delta carries only the role, later ones only content.
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChunkChoice(msgspec.Struct):

@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -16,14 +16,16 @@ from engine.outputs import RequestOutput, Usage
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response
+from gateway.metrics import ServingMetrics
 from gateway.openai.protocol import (
     CompletionTokensDetails,
     ErrorBody,
     ErrorInfo,
     PromptTokensDetails,
-    UsageInfo,
     SamplingFields,
+    UsageInfo,
 )
+from gateway.openai.reasoning import ReasoningMarkers
 
 SYSTEM_FINGERPRINT = "llmaas-0.1.0"
 
@@ -38,15 +40,39 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class ServingContext:
-    """One engine served under one or more model names (the first is the canonical one)."""
+    """One engine served under one or more model names (the first is the canonical one).
+
+    chat_template replaces the model's own; reasoning_markers: "auto" splits `<think>` blocks when
+    the model knows those markers (see ReasoningMarkers.detect), None never splits.
+    """
 
     engine: AsyncLLMEngine
     model_names: list[str]
     created: int = field(default_factory=lambda: int(time.time()))
+    chat_template: str | None = None
+    reasoning_markers: ReasoningMarkers | Literal["auto"] | None = "auto"
+    metrics: ServingMetrics | None = None
+
+    def __post_init__(self) -> None:
+        if self.reasoning_markers == "auto":
+            self.reasoning_markers = ReasoningMarkers.detect(self.engine.tokenizer, self.chat_template)
+        if self.metrics is None:
+            self.metrics = ServingMetrics(self.engine)
 
     @property
     def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
+
+    @property
+    def markers(self) -> ReasoningMarkers | None:
+        return self.reasoning_markers if isinstance(self.reasoning_markers, ReasoningMarkers) else None
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Starts a request (see `start`), timed for /metrics."""
+        arrival = time.perf_counter()
+        outputs = await start(self.engine.generate(prompt, params, request_id=request_id, priority=priority))
+        return outputs if self.metrics is None else self.metrics.track(outputs, arrival)
 
     def check_model(self, model: str) -> None:
         if model not in self.model_names:
@@ -99,13 +125,13 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
     )
 
 
-def usage_info(usages: list[Usage]) -> UsageInfo:
+def usage_info(usages: list[Usage], reasoning_tokens: int = 0) -> UsageInfo:
     """Sums the usage of one or more engine requests (a completions call may send several prompts)."""
     prompt = sum(u.prompt_tokens for u in usages)
     completion = sum(u.completion_tokens for u in usages)
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                      prompt_tokens_details=PromptTokensDetails(sum(u.cached_tokens for u in usages)),
-                     completion_tokens_details=CompletionTokensDetails(0))
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens))
 
 
 def finish_reason(reason: str | None) -> str | None:

@@ -15,6 +15,7 @@ LIMITS = ServerLimits(
     max_header_bytes=1024,
     max_body_bytes=4096,
     header_timeout_s=0.3,
+    body_timeout_s=0.4,
     keepalive_timeout_s=0.3,
     max_concurrency=2,
 )
@@ -234,6 +235,67 @@ def test_slow_headers_get_408() -> None:
         assert status == 408 and error_of(body)["code"] == "request_timeout"
         assert asyncio.get_running_loop().time() - start < LIMITS.header_timeout_s + 0.5
         await assert_closed(reader)
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_trickled_headers_time_out_too() -> None:
+    """Slowloris: a byte now and then does not extend the header deadline."""
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        start = asyncio.get_running_loop().time()
+
+        async def trickle() -> None:
+            for byte in b"GET /echo HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.02)
+
+        feeder = asyncio.create_task(trickle())
+        status, _, body, _ = await read_response(reader)
+        feeder.cancel()
+        assert status == 408 and error_of(body)["code"] == "request_timeout"
+        assert asyncio.get_running_loop().time() - start < LIMITS.header_timeout_s + 0.5
+        await assert_closed(reader)
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_slow_partial_bodies_time_out() -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        for chunked in (False, True):
+            reader, writer = await connect(server)
+            start = asyncio.get_running_loop().time()
+            if chunked:
+                writer.write(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\na\r\nhel")
+            else:
+                writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nab")
+            for _ in range(3):  # trickling more bytes does not extend the deadline
+                await asyncio.sleep(0.1)
+                writer.write(b"l" if chunked else b"c")
+            status, _, body, _ = await read_response(reader)
+            elapsed = asyncio.get_running_loop().time() - start
+            assert status == 408 and error_of(body)["code"] == "request_timeout"
+            assert LIMITS.body_timeout_s - 0.05 < elapsed < LIMITS.body_timeout_s + 0.5
+            await assert_closed(reader)
+            writer.close()
+
+    run_with_server(check)
+
+
+def test_body_arriving_in_time_is_answered() -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+        await asyncio.sleep(LIMITS.body_timeout_s / 2)
+        writer.write(b"cd")
+        status, _, body, _ = await read_response(reader)
+        assert status == 200 and msgspec.json.decode(body)["body"] == "abcd"
+        # The body timer is gone with the request: the connection stays usable after it.
+        await asyncio.sleep(LIMITS.body_timeout_s / 2 + 0.05)
+        writer.write(b"GET /echo HTTP/1.1\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
         writer.close()
 
     run_with_server(check)

@@ -1,0 +1,113 @@
+"""One request's answer: run its handler, write its response (whole or streamed), honour flow control.
+
+The connection (protocol.py) parses and queues requests; for each one, in order, it makes a
+RequestCycle, whose state lives exactly as long as that answer. Flow control is the connection's
+(one transport, one write buffer), shared with its cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.http.app import Request, Response, RouteError, StreamingResponse, encode_head, error_response
+from gateway.http.limits import ServerState
+
+log = logging.getLogger(__name__)
+
+
+class FlowControl:
+    """The transport's write gate: writers await drain() while its buffer is above the high-water mark."""
+
+    __slots__ = ("_writable", "closed")
+
+    def __init__(self) -> None:
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = False
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def close(self) -> None:
+        """The connection is gone: nobody may wait for a drain that will never come."""
+        self.closed = True
+        self._writable.set()
+
+    async def drain(self) -> None:
+        if not self.closed:
+            await self._writable.wait()
+
+
+def write_response(transport: asyncio.Transport, state: ServerState, response: Response, keep_alive: bool) -> bool:
+    """Writes a whole response; returns whether the connection stays open."""
+    keep_alive = keep_alive and not state.shutting_down
+    head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
+    transport.write(head + response.body)
+    return keep_alive
+
+
+class RequestCycle:
+    __slots__ = ("_state", "_transport", "_flow", "request", "keep_alive")
+
+    def __init__(self, state: ServerState, transport: asyncio.Transport, flow: FlowControl, request: Request,
+                 keep_alive: bool) -> None:
+        self._state = state
+        self._transport = transport
+        self._flow = flow
+        self.request = request
+        self.keep_alive = keep_alive
+
+    async def run(self) -> bool:
+        """Runs the handler and writes its response; returns whether the connection stays open."""
+        state, request = self._state, self.request
+        if state.in_flight >= state.limits.max_concurrency:
+            overloaded = error_response(
+                503, "Server is overloaded, retry later", "server_overloaded", type_="server_error"
+            )
+            return write_response(self._transport, state, overloaded, self.keep_alive)
+        try:
+            handler, request.path_params = state.router.resolve(request.method, request.path)
+        except RouteError as exc:
+            return write_response(self._transport, state, exc.response, self.keep_alive)
+        state.in_flight += 1
+        try:
+            try:
+                response = await handler(request)
+            except Exception:
+                log.exception("handler failed: %s %s", request.method, request.path)
+                response = error_response(500, "Internal server error", "internal_error", type_="server_error")
+            if isinstance(response, StreamingResponse):
+                return await self._stream(response)
+            return write_response(self._transport, state, response, self.keep_alive)
+        finally:
+            state.in_flight -= 1
+
+    async def _stream(self, response: StreamingResponse) -> bool:
+        transport, flow = self._transport, self._flow
+        keep_alive = self.keep_alive and not self._state.shutting_down
+        chunks = response.chunks
+        transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None))
+        try:
+            async for chunk in chunks:
+                if flow.closed:
+                    return False
+                if chunk:  # an empty chunk would end the chunked body early
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    # A slow reader blocks its stream here instead of growing our write buffer.
+                    await flow.drain()
+            if flow.closed:
+                return False
+            transport.write(b"0\r\n\r\n")
+            return keep_alive
+        except Exception:
+            # Headers are out; closing without the terminating chunk tells the client it is cut.
+            log.exception("stream failed mid-response")
+            return False
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -1,0 +1,40 @@
+"""Server-wide settings and state shared by every connection of one server."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.http.app import Router
+
+if TYPE_CHECKING:
+    from gateway.http.protocol import HttpConnection
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    # From the end of the headers to the end of the body: a client trickling its body is cut off.
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 5.0
+    # In-flight requests across all connections; beyond it requests get an early 503.
+    max_concurrency: int = 1024
+    # Parsed-but-unanswered requests per connection; beyond either bound reading pauses.
+    max_pipelined: int = 16
+    read_high_water: int = 1024 * 1024
+    write_high_water: int = 256 * 1024
+
+
+class ServerState:
+    """Shared by all connections of one server: config, router, counters, lifecycle."""
+
+    def __init__(self, router: Router, limits: ServerLimits) -> None:
+        self.router = router
+        self.limits = limits
+        self.connections: set[HttpConnection] = set()
+        self.in_flight = 0
+        self.shutting_down = False
+        self.all_closed = asyncio.Event()
