@@ -1,0 +1,189 @@
+"""Split a rule's regex into literal-led regexes the engine can skip through quickly.
+
+Python's `re` has no multi-literal search: a pattern that opens with `\\b(?:ignore|disregard|...)`
+is tried at nearly every position. But a pattern that opens with one literal ("ignore...") is
+searched for that literal first, at C speed. So each rule's expanded regex is rewritten as a union
+of alternatives, leading groups distributed (`\\b(?:a|b)X` -> `\\baX`, `\\bbX`), and every
+alternative that now opens with a literal becomes its own regex, run only when its literal occurs
+in the text (a word-set lookup for whole ASCII words, a substring test otherwise). The union
+matches exactly where the original regex matches; alternatives without a literal lead stay in one
+generic regex.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+MAX_ALTERNATIVES = 400  # past this a rule keeps its generic regex (compile time, memory)
+_LITERAL = re.compile(r"(?:[^\\\[\](){}|.*+?^$]|\\[^A-Za-z0-9])+")
+_WORD_END = re.compile(r"\\W|\\b|\\s")
+
+
+@dataclass(frozen=True, slots=True)
+class Anchored:
+    key: str  # an ASCII word looked up in the text's word set, or a substring
+    is_word: bool
+    regex: re.Pattern[str]
+    lead: str  # the literal every match starts with
+    also: frozenset[str] = frozenset()  # further whole words every match contains
+    wide: frozenset[str] = frozenset()  # the lead's non-ASCII characters (all must be present)
+
+
+def _selectivity(c: str) -> int:
+    cp = ord(c)
+    if 0x3400 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF:
+        return 3  # ideographs: thousands of them, each rare
+    if 0x30A0 <= cp <= 0x30FF:
+        return 2  # katakana: loanwords, rarer than hiragana
+    return 1 if cp >= 0x80 else 0
+
+
+@cache
+def key_char(s: str) -> str:
+    """The character of `s` least likely to be in an arbitrary text (an ideograph before kana):
+    gating on it alone keeps the set of characters taken from each text small."""
+    return max(s, key=_selectivity)
+
+
+def split_top(source: str) -> list[str]:
+    """The top-level alternatives of a regex source."""
+    parts: list[str] = []
+    depth = 0
+    in_class = False
+    start = 0
+    i = 0
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if source[i + 1:i + 2] == "]":
+                i += 2
+                continue
+            if source[i + 1:i + 3] == "^]":
+                i += 3
+                continue
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(source[start:i])
+            start = i + 1
+        i += 1
+    parts.append(source[start:])
+    return parts
+
+
+def _group_end(source: str, open_at: int) -> int:
+    """Index just past the ")" closing the group that opens at `open_at`, or -1."""
+    depth = 0
+    in_class = False
+    i = open_at
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def _distribute(alt: str, depth: int = 0) -> list[str]:
+    """Rewrite `\\b(?:a|b)rest` as [`\\barest`, `\\bbrest`], recursively, when the group is plain."""
+    prefix = "\\b" if alt.startswith("\\b") else ""
+    body = alt[len(prefix):]
+    if depth > 4 or not body.startswith("(?:"):
+        return [alt]
+    end = _group_end(body, 0)
+    if end < 0 or body[end:end + 1] in ("?", "*", "+", "{"):
+        return [alt]
+    inner, rest = body[3:end - 1], body[end:]
+    out: list[str] = []
+    for branch in split_top(inner):
+        out.extend(_distribute(prefix + branch + rest, depth + 1))
+    return out
+
+
+_SEPARATOR = re.compile(r"(?:\\W|\\s)(?:\+\+|\*\+|\+|\*)|\\b|\(\?<!\\w.\)")
+
+
+def _required_words(body: str) -> frozenset[str]:
+    """Whole ASCII words the regex must match, read off its opening run of literals and
+    separators ("you\\W++are\\W++(?:now|...)" -> {"you", "are"}): extra word-set checks that
+    skip most tries of a common lead such as "you"."""
+    words: set[str] = set()
+    pos = 0
+    bounded_before = True
+    while pos < len(body):
+        sep = _SEPARATOR.match(body, pos)
+        if sep is not None:
+            pos = sep.end()
+            bounded_before = True
+            continue
+        lit = _LITERAL.match(body, pos)
+        if lit is None:
+            break
+        pos = lit.end()
+        after = _SEPARATOR.match(body, pos)
+        quantified = body[pos:pos + 1] in ("?", "*", "+", "{")
+        if quantified or not bounded_before or after is None:
+            break
+        text = _unescape(lit.group())
+        if re.fullmatch(r"[a-z]+", text):
+            words.add(text)
+        bounded_before = True
+    return frozenset(words)
+
+
+def _unescape(literal: str) -> str:
+    return re.sub(r"\\(.)", r"\1", literal)
+
+
+def anchor(source: str) -> tuple[list[Anchored], str | None]:
+    """Literal-led regexes for `source` and the generic remainder (None when nothing is left)."""
+    alternatives = [d for alt in split_top(source) for d in _distribute(alt)]
+    if len(alternatives) > MAX_ALTERNATIVES:
+        return [], source
+    anchored: list[Anchored] = []
+    generic: list[str] = []
+    for alt in alternatives:
+        boundary = alt.startswith("\\b")
+        body = alt[2:] if boundary else alt
+        m = _LITERAL.match(body)
+        lead = _unescape(m.group()) if m else ""
+        # A literal directly followed by a quantifier is not fully required: drop its last char.
+        if m and body[m.end():m.end() + 1] in ("?", "*", "+", "{"):
+            lead = lead[:-1]
+        token = re.match(r"[a-z]+", lead)
+        if not lead:
+            generic.append(alt)
+            continue
+        if boundary and lead[0].isascii() and lead[0].isalnum():
+            # The \b before the literal, checked after its first character (a lookbehind) so the
+            # literal still leads the regex.
+            regex = re.compile(body[0] + r"(?<!\w" + re.escape(body[0]) + ")" + body[1:])
+        else:
+            regex = re.compile(alt)
+        whole_word = (token is not None and token.group() == lead
+                      and _WORD_END.match(body, m.end()) is not None)
+        key = token.group() if whole_word and token is not None else lead
+        wide = frozenset(c for c in lead if c >= "\x80")
+        anchored.append(Anchored(key, whole_word, regex, lead, _required_words(body), wide))
+    return anchored, ("|".join(generic) if generic else None)

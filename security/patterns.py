@@ -1,0 +1,197 @@
+"""Pattern layer: run the compiled rules over one folded text.
+
+The words of the text are collected once (one C-speed findall) so each rule's trigger prefilter is
+a set lookup. Each rule is split into literal-led regexes (anchor.py); a scan visits only those
+whose lead word or characters occur in the text, and tries each at the lead's few offsets.
+Matches per rule are capped, so a 100 KB input made of one phrase repeated costs a bounded number
+of Python objects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from security.anchor import Anchored
+from security.rules import Rule
+
+_WORD = re.compile(r"[a-z]+")
+MAX_MATCHES_PER_RULE = 4
+_NO_CHARS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    rule: Rule
+    start: int  # offsets in the folded text
+    end: int
+
+
+_OPENER = re.compile(r"(?:\W*+(?:please|now|so|just|ok|okay|then)\b)*+\W*+\Z")
+_SENTENCE_END = frozenset(".!?;:\n>)]\"'`*#-")
+
+
+def at_sentence_start(text: str, pos: int) -> bool:
+    """Whether `pos` opens a sentence: only spaces, punctuation and openers ("please", "now")
+    since the start of the text or a sentence end. Looks back 40 characters at most."""
+    low = max(0, pos - 40)
+    window = text[low:pos]
+    m = _OPENER.search(window)  # always matches, at worst empty at the end
+    start = m.start() if m is not None else len(window)
+    if any(c in _SENTENCE_END for c in window[start:]):
+        return True
+    return start == 0 and low == 0
+
+
+def tokens_of(folded: str) -> list[str]:
+    return _WORD.findall(folded)
+
+
+def words_of(folded: str) -> set[str]:
+    return set(_WORD.findall(folded))
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The anchored regexes of a rule tuple keyed by what gates them, so a scan visits only the
+    regexes whose lead word or lead character occurs in the text instead of all of them."""
+
+    by_word: dict[str, tuple[tuple[int, Anchored], ...]]
+    by_char: dict[str, tuple[tuple[int, Anchored], ...]]  # non-word leads, by first character
+    generic: tuple[int, ...]  # rules with a generic regex
+    # Every non-ASCII character any lead or trigger uses: the gates only ask about these, so a
+    # text's character set is taken over them alone (cheap on 100 KB of random code points).
+    relevant: re.Pattern[str]
+
+
+_INDEXES: dict[int, tuple[tuple[Rule, ...], _Index]] = {}
+
+
+def _index(rules: tuple[Rule, ...]) -> _Index:
+    cached = _INDEXES.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    by_word: dict[str, list[tuple[int, Anchored]]] = {}
+    by_char: dict[str, list[tuple[int, Anchored]]] = {}
+    for i, rule in enumerate(rules):
+        for sub in rule.anchored:
+            if sub.is_word:
+                by_word.setdefault(sub.key, []).append((i, sub))
+            else:
+                by_char.setdefault(sub.lead[0], []).append((i, sub))
+    wide = {c for r in rules for sub in r.anchored for c in sub.wide}
+    wide |= {c for r in rules for t in r.substrings + tuple(x for g in r.requires for x in g[1]) for c in t
+             if c >= "\x80"}
+    relevant = re.compile("[" + "".join(sorted(re.escape(c) for c in wide)) + "]" if wide else "(?!)")
+    index = _Index({k: tuple(v) for k, v in by_word.items()}, {k: tuple(v) for k, v in by_char.items()},
+                   tuple(i for i, r in enumerate(rules) if r.generic is not None), relevant)
+    _INDEXES[id(rules)] = (rules, index)
+    return index
+
+
+def _chars(folded: str, relevant: re.Pattern[str]) -> set[str]:
+    """The text's characters, or on long text only those CJK leads and triggers use.
+
+    Either way one string per counted character is allocated: `set(text)` is the cheaper call
+    on a few KB or on CJK text (where most characters are relevant anyway); on 100 KB of other
+    text, collecting only the relevant characters is. One C-speed `sub` measures which."""
+    if len(folded) <= 16384:
+        return set(folded)
+    if len(folded) - len(relevant.sub("", folded)) > len(folded) // 4:
+        return set(folded)
+    return set(relevant.findall(folded))
+
+
+def scan(folded: str, rules: tuple[Rule, ...], words: set[str] | None = None) -> list[Hit]:
+    """Every regex rule of `rules` that matches `folded`, with up to a few spans each."""
+    if words is None:
+        words = words_of(folded)
+    index = _index(rules)
+    chars = _NO_CHARS if folded.isascii() else _chars(folded, index.relevant)
+    leads = _Leads(folded)
+    hits: list[Hit] = []
+    found = [0] * len(rules)
+    active: dict[int, bool] = {}
+    seen: dict[str, bool] = {}
+
+    def run(i: int, sub: Anchored) -> None:
+        ok = active.get(i)
+        if ok is None:
+            ok = active[i] = rules[i].triggered(words, folded, chars, seen)
+        if ok and found[i] < MAX_MATCHES_PER_RULE:
+            found[i] += leads.collect(sub.regex, sub.lead, rules[i], hits, MAX_MATCHES_PER_RULE - found[i])
+
+    for word in words.intersection(index.by_word):
+        for i, sub in index.by_word[word]:
+            if sub.also <= words:
+                run(i, sub)
+    for ch, subs in index.by_char.items():
+        if ch in chars or (ch < "\x80" and ch in folded):
+            for i, sub in subs:
+                if sub.wide <= chars:
+                    run(i, sub)
+    for i in index.generic:
+        rule = rules[i]
+        if found[i] < MAX_MATCHES_PER_RULE and rule.triggered(words, folded, chars, seen):
+            _finditer(rule.generic, folded, rule, hits, MAX_MATCHES_PER_RULE - found[i])  # type: ignore[arg-type]
+    return hits
+
+
+class _Leads:
+    """Where each literal lead occurs in one text, found once with str.find (C fast search).
+
+    A regex that opens with a literal is then tried only at those few positions (`match`), which
+    beats a `finditer` scan of the whole text; a lead that occurs more than MAX_POSITIONS times
+    (a flood) falls back to `finditer`, whose loop stays in C.
+    """
+
+    MAX_POSITIONS = 32
+    __slots__ = ("text", "_cache")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._cache: dict[str, list[int] | None] = {}
+
+    def positions(self, lead: str) -> list[int] | None:
+        """Offsets of `lead` in the text, or None past MAX_POSITIONS (a flood)."""
+        if lead in self._cache:
+            return self._cache[lead]
+        found: list[int] = []
+        find = self.text.find
+        i = find(lead)
+        while i >= 0 and len(found) <= self.MAX_POSITIONS:
+            found.append(i)
+            i = find(lead, i + 1)
+        result = found if len(found) <= self.MAX_POSITIONS else None
+        self._cache[lead] = result
+        return result
+
+    def collect(self, regex: re.Pattern[str], lead: str, rule: Rule, hits: list[Hit], limit: int) -> int:
+        where = self.positions(lead)
+        if where is None:
+            return _finditer(regex, self.text, rule, hits, limit)
+        n = 0
+        end = -1
+        for pos in where:
+            if pos < end:
+                continue  # inside the previous match, as finditer would skip it
+            m = regex.match(self.text, pos)
+            if m is not None and (not rule.sentence_start or at_sentence_start(self.text, m.start())):
+                hits.append(Hit(rule, m.start(), m.end()))
+                end = m.end()
+                n += 1
+                if n == limit:
+                    break
+        return n
+
+
+def _finditer(regex: re.Pattern[str], text: str, rule: Rule, hits: list[Hit], limit: int) -> int:
+    n = 0
+    for m in regex.finditer(text):
+        if rule.sentence_start and not at_sentence_start(text, m.start()):
+            continue
+        hits.append(Hit(rule, m.start(), m.end()))
+        n += 1
+        if n == limit:
+            break
+    return n
