@@ -1,0 +1,166 @@
+"""Admin API routes, authenticated by a separate admin token (`Authorization: Bearer <admin token>`,
+from LLMAAS_ADMIN_TOKEN or the caller); tenant tokens never open them.
+
+    POST   /admin/v1/tokens               {"tenant", "tier", "models": [...], "expires_in": "90d", "name"}
+    GET    /admin/v1/tokens?tenant=T
+    DELETE /admin/v1/tokens/{id}          revoke
+    POST   /admin/v1/tokens/{id}/rotate   {"grace": "7d"}
+    GET    /admin/v1/usage?tenant=T&since=2026-01-01&until=...&by=model|day|tenant&format=json|csv|table
+    GET    /admin/v1/audit/verify
+    GET    /admin/v1/audit/export         JSON lines
+    POST   /admin/v1/audit/purge          drop prompt text past its retention
+
+The store calls run in a worker thread, so the event loop never waits on a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from gateway.cli_tokens import iso_time, parse_duration, parse_since
+from gateway.http import Request, Response, Router, error_response
+from gateway.tenancy import Tenancy
+from gateway.tenancy.audit import export_jsonl, verify
+from gateway.tenancy.ledger import render, summarize
+from gateway.tenancy.store import TokenRecord
+
+ADMIN_TOKEN_ENV = "LLMAAS_ADMIN_TOKEN"
+_ENC = msgspec.json.Encoder()
+
+
+class CreateToken(msgspec.Struct, forbid_unknown_fields=True):
+    tenant: str
+    tier: str
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    expires_in: str | None = None
+    name: str = ""
+
+
+class RotateToken(msgspec.Struct, forbid_unknown_fields=True):
+    grace: str | None = None
+
+
+_CREATE = msgspec.json.Decoder(CreateToken)
+_ROTATE = msgspec.json.Decoder(RotateToken)
+AdminHandler = Callable[[Tenancy, Request], Awaitable[Response]]
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(status=status, body=_ENC.encode(body))
+
+
+def _token_view(r: TokenRecord) -> dict[str, object]:
+    return {"id": r.id, "tenant": r.tenant, "tier": r.tier, "models": r.models, "name": r.name,
+            "created_at": iso_time(r.created_at), "expires_at": iso_time(r.expires_at) if r.expires_at else None,
+            "revoked_at": iso_time(r.revoked_at) if r.revoked_at else None, "rotated_to": r.rotated_to,
+            "rotated_from": r.rotated_from}
+
+
+def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None:
+    if len(admin_token) < 16:
+        raise ValueError("the admin token needs at least 16 characters")
+    # Compare digests: same length whatever the presented value, and the token is not kept in clear.
+    expected = hashlib.sha256(admin_token.encode()).digest()
+
+    def guarded(handler: AdminHandler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def wrapper(request: Request) -> Response:
+            header = request.headers.get("authorization", "")
+            presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), expected):
+                return error_response(401, "A valid admin token is required.", "invalid_admin_token")
+            try:
+                return await handler(tenancy, request)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                return error_response(400, f"Invalid body: {exc}")
+            except ValueError as exc:  # an unknown tier, a bad pattern, a bad duration
+                return error_response(400, str(exc))
+            except KeyError as exc:
+                return error_response(404, str(exc.args[0]), "not_found")
+        return wrapper
+
+    router.add("POST", "/admin/v1/tokens", guarded(create_token))
+    router.add("GET", "/admin/v1/tokens", guarded(list_tokens))
+    router.add("DELETE", "/admin/v1/tokens/{token_id}", guarded(revoke_token))
+    router.add("POST", "/admin/v1/tokens/{token_id}/rotate", guarded(rotate_token))
+    router.add("GET", "/admin/v1/usage", guarded(usage))
+    router.add("GET", "/admin/v1/audit/verify", guarded(audit_verify))
+    router.add("GET", "/admin/v1/audit/export", guarded(audit_export))
+    router.add("POST", "/admin/v1/audit/purge", guarded(audit_purge))
+
+
+def _query(request: Request) -> dict[str, str]:
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
+
+
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except Exception:  # argparse's error type: a user error here too
+        raise ValueError(f"not a duration: {text!r} (try 90d, 12h, 30m)") from None
+
+
+async def create_token(t: Tenancy, request: Request) -> Response:
+    body = _CREATE.decode(request.body or b"{}")
+    t.config.tier(body.tier)
+    expires = _duration(body.expires_in)
+    secret, record = await asyncio.to_thread(t.tokens.create, body.tenant, body.tier, body.models, expires, body.name)
+    return _json({**_token_view(record), "secret": secret}, status=201)
+
+
+async def list_tokens(t: Tenancy, request: Request) -> Response:
+    records = await asyncio.to_thread(t.store.list_tokens, _query(request).get("tenant"))
+    return _json({"object": "list", "data": [_token_view(r) for r in records]})
+
+
+async def revoke_token(t: Tenancy, request: Request) -> Response:
+    record = await asyncio.to_thread(t.tokens.revoke, request.path_params["token_id"])
+    return _json(_token_view(record))
+
+
+async def rotate_token(t: Tenancy, request: Request) -> Response:
+    body = _ROTATE.decode(request.body or b"{}")
+    secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], _duration(body.grace))
+    return _json({**_token_view(new), "secret": secret, "replaces": _token_view(old)}, status=201)
+
+
+async def usage(t: Tenancy, request: Request) -> Response:
+    q = _query(request)
+    try:
+        since = parse_since(q.get("since", "30d"))
+        until = parse_since(q["until"]) if "until" in q else None
+    except Exception:
+        raise ValueError("since/until: an ISO date or a duration back (30d)") from None
+    by, fmt = q.get("by"), q.get("format", "json")
+    if by not in (None, "model", "day", "tenant") or fmt not in ("json", "csv", "table"):
+        raise ValueError("by: model|day|tenant; format: json|csv|table")
+    rows = await asyncio.to_thread(t.store.usage, q.get("tenant"), since, until)
+    text = render(summarize(rows, by), fmt, by)
+    return Response(body=text.encode(), content_type={"json": "application/json", "csv": "text/csv"}.get(fmt, "text/plain"))
+
+
+async def audit_verify(t: Tenancy, request: Request) -> Response:
+    def run() -> tuple[list, tuple[int, str]]:  # type: ignore[type-arg]
+        head = t.store.audit_head()
+        return verify(t.store.audit_records(), head), head
+
+    problems, head = await asyncio.to_thread(run)
+    return _json({"intact": not problems, "problems": problems, "head": {"seq": head[0], "hash": head[1]}})
+
+
+async def audit_export(t: Tenancy, request: Request) -> Response:
+    body = await asyncio.to_thread(lambda: b"".join(export_jsonl(t.store.audit_records())))
+    return Response(body=body, content_type="application/x-ndjson")
+
+
+async def audit_purge(t: Tenancy, request: Request) -> Response:
+    return _json({"purged": await asyncio.to_thread(t.audit.purge)})

@@ -1,0 +1,221 @@
+"""`llmaas tokens create|list|revoke|rotate`, `llmaas usage` and `llmaas audit verify|export`.
+
+They work on the same store as the gateway (`--db`, or LLMAAS_DB, or ~/.local/share/llmaas/llmaas.db),
+so they may run while it serves: a new token works at once, a revocation within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from datetime import datetime, timezone
+
+import msgspec
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90d`, `12h`, `30m`, `45s`, `2w` in seconds."""
+    match = DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90d, 12h, 30m)")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def parse_since(text: str) -> float:
+    """An ISO date or time (UTC unless it says otherwise), or a duration back from now (`30d`)."""
+    if DURATION.match(text.strip()):
+        return time.time() - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date or duration: {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def iso_time(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="the store (default: $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db)")
+    common.add_argument("--tiers", help="tier config file (default: $LLMAAS_TIERS or the built-in tiers)")
+
+    tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
+    create = tokens.add_parser("create", parents=[common], help="make a token and print its secret once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--tier", required=True)
+    create.add_argument("--models", default="*", help="comma-separated globs, e.g. 'granite*,qwen3:*'")
+    create.add_argument("--expires", type=parse_duration, help="lifetime, e.g. 90d")
+    create.add_argument("--name", default="", help="a label to recognise it by")
+    create.add_argument("--json", action="store_true", help="print the record and secret as JSON")
+    create.set_defaults(run=run_create)
+    lst = tokens.add_parser("list", parents=[common], help="list tokens (never their secrets)")
+    lst.add_argument("--tenant")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(run=run_list)
+    revoke = tokens.add_parser("revoke", parents=[common], help="revoke a token now")
+    revoke.add_argument("token_id")
+    revoke.set_defaults(run=run_revoke)
+    rotate = tokens.add_parser("rotate", parents=[common], help="issue a successor; the old secret lasts the grace")
+    rotate.add_argument("token_id")
+    rotate.add_argument("--grace", type=parse_duration, help="how long the old secret stays valid (default: policy)")
+    rotate.set_defaults(run=run_rotate)
+
+    usage = commands.add_parser("usage", parents=[common], help="usage and cost from the ledger")
+    usage.add_argument("--tenant")
+    usage.add_argument("--since", type=parse_since, required=True, help="ISO date or a duration back (30d)")
+    usage.add_argument("--until", type=parse_since)
+    usage.add_argument("--by", choices=["model", "day", "tenant"])
+    usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    usage.set_defaults(run=run_usage)
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
+    verify = audit.add_parser("verify", parents=[common], help="check the hash chain; exit 1 on tampering")
+    verify.set_defaults(run=run_verify)
+    export = audit.add_parser("export", parents=[common], help="JSON lines, for compliance reports")
+    export.add_argument("--output", "-o", help="file to write (default: stdout)")
+    export.set_defaults(run=run_export)
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    # Imported here: `llmaas --help` should not pay for the store.
+    import os
+
+    from gateway.tenancy import SqliteStore, SystemClock, default_db_path, load_config
+    from gateway.tenancy.tokens import TokenService
+
+    store = SqliteStore(args.db or default_db_path())
+    config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
+    return store, config, TokenService(store, SystemClock(), config.token_policy)
+
+
+def _fail(message: str) -> int:
+    print(f"llmaas: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from gateway.tenancy.permissions import parse_patterns
+
+    store, config, tokens = _open(args)
+    try:
+        config.tier(args.tier)
+        secret, record = tokens.create(args.tenant, args.tier, parse_patterns(args.models), args.expires, args.name)
+    except ValueError as exc:
+        return _fail(str(exc))
+    finally:
+        store.close()
+    if args.json:
+        print(msgspec.json.encode({"id": record.id, "secret": secret, "tenant": record.tenant, "tier": record.tier,
+                                   "models": record.models, "expires_at": iso_time(record.expires_at)}).decode())
+    else:
+        print(f"token {record.id} for tenant {record.tenant} (tier {record.tier}, models {','.join(record.models)}, "
+              f"expires {iso_time(record.expires_at)})", file=sys.stderr)
+        print("this secret is shown once; store it now:", file=sys.stderr)
+        print(secret)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store, _, _ = _open(args)
+    try:
+        records = store.list_tokens(args.tenant)
+    finally:
+        store.close()
+    now = time.time()
+    rows = []
+    for r in records:
+        state = ("revoked" if r.revoked_at is not None else "expired" if r.expires_at is not None and now >= r.expires_at
+                 else "rotated" if r.rotated_to else "active")
+        rows.append({"id": r.id, "tenant": r.tenant, "tier": r.tier, "models": ",".join(r.models), "state": state,
+                     "created": iso_time(r.created_at), "expires": iso_time(r.expires_at), "successor": r.rotated_to or "-",
+                     "name": r.name})
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+        return 0
+    cols = ["id", "tenant", "tier", "models", "state", "created", "expires", "successor", "name"]
+    table = [cols, *[[str(row[c]) for c in cols] for row in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    store, _, tokens = _open(args)
+    try:
+        record = tokens.revoke(args.token_id)
+    except KeyError as exc:
+        return _fail(str(exc.args[0]))
+    finally:
+        store.close()
+    print(f"revoked {record.id} (tenant {record.tenant})", file=sys.stderr)
+    return 0
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    store, _, tokens = _open(args)
+    try:
+        secret, new, old = tokens.rotate(args.token_id, args.grace)
+    except (KeyError, ValueError) as exc:
+        return _fail(str(exc.args[0]))
+    finally:
+        store.close()
+    print(f"token {new.id} replaces {old.id}, which stays valid until {iso_time(old.expires_at)}", file=sys.stderr)
+    print("this secret is shown once; store it now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    from gateway.tenancy.ledger import render, summarize
+
+    store, _, _ = _open(args)
+    try:
+        rows = store.usage(args.tenant, args.since, args.until)
+    finally:
+        store.close()
+    sys.stdout.write(render(summarize(rows, args.by), args.format, args.by))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from gateway.tenancy.audit import verify
+
+    store, _, _ = _open(args)
+    try:
+        head = store.audit_head()
+        problems = verify(store.audit_records(), head)
+    finally:
+        store.close()
+    for p in problems:
+        print(f"record {p.seq}: {p.kind}: {p.message}")
+    print(f"head: record {head[0]}, hash {head[1] or '-'}", file=sys.stderr)
+    if problems:
+        print(f"audit trail: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("audit trail: intact", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from gateway.tenancy.audit import export_jsonl
+
+    store, _, _ = _open(args)
+    try:
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer
+        try:
+            for line in export_jsonl(store.audit_records()):
+                out.write(line)
+        finally:
+            if args.output:
+                out.close()
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,135 @@
+"""The tamper-evident audit trail: one record per access, allowed or refused, each chaining the
+hash of the one before.
+
+hash = sha256(canonical JSON of every field but `prompt` and `hash`, `prev_hash` included). The
+prompt ciphertext is covered through its digest, so purging it after the retention period keeps
+the chain valid. `verify` walks the records in stored order and reports, by seq:
+- edited: a record whose fields no longer give its hash (or whose prompt no longer gives its digest),
+  or one whose hash was recomputed after an edit (the next record's prev_hash no longer matches);
+- deleted: a gap in the sequence numbers, or a missing tail (the head kept beside the chain is
+  ahead of the last record);
+- reordered: a sequence number that goes backwards.
+A chain rewritten wholesale from the first edit on, head included, is consistent again: that is
+why `verify` prints the head (seq and hash), for operators to note outside the database.
+
+One gateway process writes one chain (the seq and prev_hash are assigned under a lock, in the
+order the writes are queued); a fleet would give each gateway its own chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+
+import msgspec
+
+from gateway.tenancy.clock import Clock
+from gateway.tenancy.encryption import PromptCipher
+from gateway.tenancy.store import AuditRecord, Store, UsageRow
+
+_ENCODER = msgspec.json.Encoder()
+
+
+class Problem(msgspec.Struct):
+    seq: int
+    kind: str  # edited, deleted, reordered
+    message: str
+
+
+def record_hash(r: AuditRecord) -> str:
+    fields = (r.seq, r.time, r.tenant, r.token_id, r.client, r.model, r.status, r.reason, r.input_tokens,
+              r.output_tokens, r.verdict, r.request_id, r.prompt_digest, r.prev_hash)
+    return hashlib.sha256(_ENCODER.encode(fields)).hexdigest()
+
+
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for n in sorted(seqs):
+        if out and out[-1][1] == n - 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out
+
+
+def verify(records: Iterable[AuditRecord], head: tuple[int, str]) -> list[Problem]:
+    problems: list[Problem] = []
+    hashes: dict[int, str] = {0: ""}  # seq -> hash of the records seen so far
+    expected, top = 1, 0
+    for r in records:
+        if record_hash(r) != r.hash:
+            problems.append(Problem(r.seq, "edited", f"record {r.seq} does not match its hash"))
+        if r.prompt is not None and hashlib.sha256(r.prompt).hexdigest() != r.prompt_digest:
+            problems.append(Problem(r.seq, "edited", f"record {r.seq}: the stored prompt does not match its digest"))
+        if r.seq < expected:
+            problems.append(Problem(r.seq, "reordered", f"record {r.seq} comes after record {expected - 1}"))
+        # The link to the record before it in the chain, wherever that one is stored.
+        before = hashes.get(r.seq - 1)
+        if before is not None and r.prev_hash != before:
+            problems.append(Problem(r.seq - 1, "edited",
+                                    f"record {r.seq - 1} was changed and rehashed (record {r.seq} no longer chains to it)"))
+        hashes[r.seq] = r.hash
+        expected, top = max(expected, r.seq + 1), max(top, r.seq)
+    head_seq, head_hash = head
+    missing = [n for n in range(1, max(top, head_seq) + 1) if n not in hashes]
+    for first, last in _ranges(missing):
+        span = f"{first}" if first == last else f"{first}..{last}"
+        where = "at the end" if last > top else f"before record {last + 1}"
+        problems.append(Problem(first, "deleted", f"record(s) {span} missing {where}"))
+    if head_seq and head_seq == top and hashes.get(top) != head_hash:
+        problems.append(Problem(top, "edited", f"record {top} differs from the recorded head"))
+    return sorted(problems, key=lambda p: p.seq)
+
+
+class AuditTrail:
+    def __init__(self, store: Store, clock: Clock, cipher: PromptCipher | None = None,
+                 retention_s: float | None = None) -> None:
+        self._store, self._clock = store, clock
+        # Prompt text is kept only when both a key and a retention period are configured.
+        self._cipher = cipher if retention_s else None
+        self.retention_s = retention_s
+        self._lock = threading.Lock()
+        self._seq, self._hash = store.audit_head()
+
+    def append(self, *, status: int, reason: str, tenant: str | None = None, token_id: str | None = None,
+               client: str | None = None, model: str | None = None, input_tokens: int = 0, output_tokens: int = 0,
+               verdict: str | None = None, request_id: str = "", prompt: str | None = None,
+               usage: UsageRow | None = None) -> Future[None]:
+        """Chains one record and queues it with the request's usage row (one transaction)."""
+        blob = digest = None
+        if prompt is not None and self._cipher is not None:
+            blob = self._cipher.encrypt(prompt, request_id)
+            digest = hashlib.sha256(blob).hexdigest()
+        now = self._clock.time()
+        with self._lock:
+            record = AuditRecord(seq=self._seq + 1, time=now, tenant=tenant, token_id=token_id, client=client,
+                                 model=model, status=status, reason=reason, input_tokens=input_tokens,
+                                 output_tokens=output_tokens, verdict=verdict, request_id=request_id,
+                                 prompt=blob, prompt_digest=digest, prev_hash=self._hash)
+            record.hash = record_hash(record)
+            # Queued inside the lock, so the writer commits records in chain order.
+            future = self._store.record(usage, record)
+            self._seq, self._hash = record.seq, record.hash
+        return future
+
+    def prompt_text(self, record: AuditRecord) -> str | None:
+        if record.prompt is None or self._cipher is None:
+            return None
+        return self._cipher.decrypt(record.prompt, record.request_id)
+
+    def purge(self) -> int:
+        """Drops prompt text older than the retention period; returns how many were dropped."""
+        if not self.retention_s:
+            return 0
+        return self._store.purge_prompts(self._clock.time() - self.retention_s).result()
+
+    def verify(self) -> list[Problem]:
+        return verify(self._store.audit_records(), self._store.audit_head())
+
+
+def export_jsonl(records: Iterable[AuditRecord]) -> Iterable[bytes]:
+    """One JSON object per line, without prompt ciphertext (its digest stays, for the chain)."""
+    for r in records:
+        yield _ENCODER.encode(msgspec.structs.replace(r, prompt=None)) + b"\n"

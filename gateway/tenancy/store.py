@@ -1,0 +1,86 @@
+"""The one store interface for tokens, usage and audit records.
+
+SQLite (`sqlite_store.py`) is the embedded default; a fleet of gateways would implement the same
+protocol on PostgreSQL. Writes return a `concurrent.futures.Future` that resolves once the write is
+committed: a caller that must not lose a row (the usage row of a finished request) waits on it
+(`await asyncio.wrap_future(f)`) before it sends the response's last byte; callers that need not
+wait simply drop it. Reads are synchronous and fast (indexed lookups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Protocol
+
+import msgspec
+
+
+class TokenRecord(msgspec.Struct, kw_only=True):
+    id: str                       # public part of the secret, used to look the record up
+    tenant: str
+    tier: str
+    secret_hash: bytes            # HMAC-SHA256(pepper, secret); the secret itself is never stored
+    models: list[str]             # glob patterns of the models this token may use
+    name: str = ""
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    rotated_to: str | None = None    # successor's id once rotated
+    rotated_from: str | None = None
+
+
+class UsageRow(msgspec.Struct, kw_only=True):
+    request_id: str
+    time: float
+    tenant: str
+    token_id: str
+    model: str
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int            # all completion tokens, reasoning included (as OpenAI counts them)
+    reasoning_tokens: int
+    cost_eur: float
+    status: int
+    latency_ms: float
+
+
+class AuditRecord(msgspec.Struct, kw_only=True):
+    seq: int
+    time: float
+    tenant: str | None
+    token_id: str | None
+    client: str | None
+    model: str | None
+    status: int
+    reason: str                   # ok, auth, permission, limit, budget, security, lifecycle, ...
+    input_tokens: int = 0
+    output_tokens: int = 0
+    verdict: str | None = None    # the prompt-security verdict, when one was given
+    request_id: str = ""
+    prompt: bytes | None = None   # AES-256-GCM ciphertext, only under a retention policy
+    prompt_digest: str | None = None  # sha256 of the ciphertext: the chain survives a purge
+    prev_hash: str = ""
+    hash: str = ""
+
+
+class Store(Protocol):
+    # tokens
+    def put_token(self, token: TokenRecord) -> Future[None]: ...
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+    def list_tokens(self, tenant: str | None = None) -> list[TokenRecord]: ...
+
+    # usage and audit: one atomic write per finished or refused request
+    def record(self, usage: UsageRow | None, audit: AuditRecord | None) -> Future[None]: ...
+    def usage(self, tenant: str | None, since: float, until: float | None = None) -> list[UsageRow]: ...
+    def cost_since(self, tenant: str, since: float) -> float: ...
+    def audit_records(self) -> Iterable[AuditRecord]: ...
+    def audit_head(self) -> tuple[int, str]: ...
+    def purge_prompts(self, before: float) -> Future[int]: ...
+
+    # settings shared by the gateway and the CLI (the token pepper, for one)
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta_once(self, key: str, value: str) -> str: ...
+
+    def flush(self) -> None: ...
+    def close(self) -> None: ...

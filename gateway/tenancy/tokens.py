@@ -1,0 +1,210 @@
+"""API tokens: creation, lookup, constant-time verification, rotation with grace, expiry, revocation.
+
+A secret reads `llmaas-<id>_<key>`: `id` is 12 random base32 characters (60 bits, public: it names
+the token in lists, the ledger and the audit trail, and finds its record in O(1)); `key` is 32
+random bytes (256 bits) in base64url. The store keeps only HMAC-SHA256(pepper, key): a stolen
+database yields no usable secret, and without the pepper not even a way to test guesses offline.
+The pepper comes from LLMAAS_TOKEN_PEPPER or, failing that, is made once and kept in the store
+(so the CLI and the gateway agree). Verification compares digests with hmac.compare_digest.
+
+Rotation makes a successor with the same tenant, tier and models and caps the old token's expiry
+at now + grace, so clients can move over without downtime.
+
+Automatic rotation (the policy in the tier config's [tokens] table): the first request made with a
+token older than `max_age_days` rotates it. That one response carries the new secret in the
+`x-llmaas-new-api-key` header, with `x-llmaas-api-key-expires` (the old secret's last valid
+moment, RFC 3339). Until then, every response to the old token carries
+`x-llmaas-api-key-rotated: <successor id>` and the same expiry, so a client that missed the header
+knows to ask its operator (`llmaas tokens list --tenant T` shows the successor) before the grace
+ends. The secret is never stored, so it cannot be shown twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+
+from gateway.tenancy.clock import Clock
+from gateway.tenancy.errors import AuthenticationError
+from gateway.tenancy.permissions import ModelPatterns
+from gateway.tenancy.store import Store, TokenRecord
+from gateway.tenancy.tiers import TokenPolicy
+
+PREFIX = "llmaas-"
+PEPPER_ENV = "LLMAAS_TOKEN_PEPPER"
+_ID_LEN = 12
+_KEY_BYTES = 32
+
+
+def new_secret() -> tuple[str, str, str]:
+    """Returns (full secret, id, key)."""
+    token_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()[:_ID_LEN]
+    key = secrets.token_urlsafe(_KEY_BYTES)
+    return f"{PREFIX}{token_id}_{key}", token_id, key
+
+
+MIN_FOREIGN_LEN = 16
+
+
+def split_secret(secret: str) -> tuple[str, str] | None:
+    """(id, key) of one of our secrets; None for anything else."""
+    if not secret.startswith(PREFIX):
+        return None
+    token_id, sep, key = secret[len(PREFIX):].partition("_")
+    if not sep or len(token_id) != _ID_LEN or not key:
+        return None
+    return token_id, key
+
+
+def load_pepper(store: Store) -> bytes:
+    env = os.environ.get(PEPPER_ENV)
+    if env:
+        return env.encode()
+    value = store.get_meta("token_pepper") or store.set_meta_once("token_pepper", secrets.token_hex(32))
+    return bytes.fromhex(value)
+
+
+@dataclass(slots=True)
+class CachedToken:
+    record: TokenRecord
+    patterns: ModelPatterns
+    loaded_at: float
+
+
+class TokenService:
+    """Owns token records; `verify` is the hot path (a dict lookup, one HMAC, one compare)."""
+
+    def __init__(self, store: Store, clock: Clock, policy: TokenPolicy, pepper: bytes | None = None,
+                 refresh_s: float = 1.0) -> None:
+        self._store, self._clock, self.policy = store, clock, policy
+        self._pepper = pepper if pepper is not None else load_pepper(store)
+        # Records are cached; a cached one is re-read after refresh_s so that a revocation made by
+        # another process (the CLI, another gateway) takes effect within that delay.
+        self._refresh_s = refresh_s
+        self._cache: dict[str, CachedToken] = {}
+        self._rotate_lock = threading.RLock()  # rotate_if_due holds it around rotate
+
+    def hash_key(self, key: str) -> bytes:
+        return hmac.digest(self._pepper, key.encode(), "sha256")  # one-shot: the C fast path
+
+    def parse(self, secret: str) -> tuple[str, str] | None:
+        """(id, key) of a presented secret. A foreign secret (LLMAAS_API_KEY set by hand, not made
+        by us) has no id in it: its id is derived with the pepper, so ids never leak a hash of it."""
+        parts = split_secret(secret)
+        if parts is None and len(secret) >= MIN_FOREIGN_LEN and not secret.startswith(PREFIX):
+            derived = hmac.new(self._pepper, b"id:" + secret.encode(), hashlib.sha256).hexdigest()
+            return "x" + derived[:_ID_LEN - 1], secret
+        return parts
+
+    def register(self, secret: str, tenant: str, tier: str, models: list[str] | None = None,
+                 name: str = "") -> TokenRecord:
+        """Stores (the hash of) a secret chosen outside, e.g. LLMAAS_API_KEY; idempotent."""
+        parts = self.parse(secret)
+        if parts is None:
+            raise ValueError(f"an API key needs at least {MIN_FOREIGN_LEN} characters")
+        token_id, key = parts
+        existing = self._store.get_token(token_id)
+        if existing is not None and existing.revoked_at is None:
+            return existing
+        record = TokenRecord(id=token_id, tenant=tenant, tier=tier, secret_hash=self.hash_key(key),
+                             models=models or ["*"], name=name, created_at=self._clock.time())
+        self._store.put_token(record).result()
+        self._cache.pop(token_id, None)
+        return record
+
+    # -- operations -------------------------------------------------------------------------------
+    def create(self, tenant: str, tier: str, models: list[str] | None = None, expires_in_s: float | None = None,
+               name: str = "", rotated_from: str | None = None) -> tuple[str, TokenRecord]:
+        """Makes a token; returns (secret, record). The secret is shown once and never stored."""
+        patterns = models or ["*"]
+        ModelPatterns(patterns)  # refuses a malformed pattern now
+        secret, token_id, key = new_secret()
+        now = self._clock.time()
+        record = TokenRecord(id=token_id, tenant=tenant, tier=tier, secret_hash=self.hash_key(key), models=patterns,
+                             name=name, created_at=now, expires_at=None if expires_in_s is None else now + expires_in_s,
+                             rotated_from=rotated_from)
+        self._store.put_token(record).result()
+        return secret, record
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        record = self._require(token_id)
+        if record.revoked_at is None:
+            record.revoked_at = self._clock.time()
+            self._store.put_token(record).result()
+        self._cache.pop(token_id, None)
+        return record
+
+    def rotate(self, token_id: str, grace_s: float | None = None) -> tuple[str, TokenRecord, TokenRecord]:
+        """Issues a successor; the old secret stays valid for the grace period. Returns
+        (new secret, new record, old record)."""
+        with self._rotate_lock:
+            old = self._require(token_id)
+            if old.revoked_at is not None:
+                raise ValueError(f"token {token_id} is revoked")
+            now = self._clock.time()
+            grace = self.policy.grace_s if grace_s is None else grace_s
+            remaining = None if old.expires_at is None else max(0.0, old.expires_at - old.created_at)
+            secret, new = self.create(old.tenant, old.tier, old.models, remaining, old.name, rotated_from=old.id)
+            old.rotated_to = new.id
+            old.expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
+            self._store.put_token(old).result()
+            self._cache.pop(token_id, None)
+            return secret, new, old
+
+    def _require(self, token_id: str) -> TokenRecord:
+        record = self._store.get_token(token_id)
+        if record is None:
+            raise KeyError(f"no token {token_id!r}")
+        return record
+
+    # -- the hot path -----------------------------------------------------------------------------
+    def lookup(self, token_id: str) -> CachedToken | None:
+        now = self._clock.time()
+        cached = self._cache.get(token_id)
+        if cached is None or now - cached.loaded_at > self._refresh_s:
+            record = self._store.get_token(token_id)
+            if record is None:
+                self._cache.pop(token_id, None)
+                return None
+            cached = CachedToken(record, ModelPatterns(record.models), now)
+            self._cache[token_id] = cached
+        return cached
+
+    def verify(self, secret: str) -> CachedToken:
+        """The token of a presented secret, or AuthenticationError (one message for every failure
+        but expiry and revocation, so a prober learns nothing about which ids exist)."""
+        parts = self.parse(secret)
+        if parts is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        token_id, key = parts
+        cached = self.lookup(token_id)
+        # Hash and compare even for an unknown id, so both paths cost the same.
+        digest = self.hash_key(key)
+        expected = cached.record.secret_hash if cached is not None else b"\0" * 32
+        if not hmac.compare_digest(digest, expected) or cached is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        record = cached.record
+        now = self._clock.time()
+        if record.revoked_at is not None and record.revoked_at <= now:
+            raise AuthenticationError("This API key has been revoked.")
+        if record.expires_at is not None and now >= record.expires_at:
+            raise AuthenticationError("This API key has expired.")
+        return cached
+
+    def due_for_rotation(self, record: TokenRecord) -> bool:
+        max_age = self.policy.max_age_s
+        return max_age > 0 and record.rotated_to is None and self._clock.time() - record.created_at >= max_age
+
+    def rotate_if_due(self, record: TokenRecord) -> tuple[str, TokenRecord, TokenRecord] | None:
+        """The automatic rotation: at most one successor even when requests race past max age
+        (the losers see the rotation as already done)."""
+        with self._rotate_lock:
+            current = self._store.get_token(record.id)
+            if current is None or not self.due_for_rotation(current):
+                return None
+            return self.rotate(record.id)

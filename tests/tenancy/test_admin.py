@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.admin import add_admin_routes
+from gateway.http import Request, Response, Router
+from gateway.tenancy import AuthenticationError, Counts, Tenancy
+
+ADMIN = "admin-secret-0123456789"
+
+
+@pytest.fixture
+def router(tenancy: Tenancy) -> Router:
+    r = Router()
+    add_admin_routes(r, tenancy, ADMIN)
+    return r
+
+
+def call(router: Router, method: str, target: str, body: object = None, token: str = ADMIN) -> Response:
+    path, _, query = target.partition("?")
+    handler, params = router.resolve(method, path)
+    request = Request(method=method, path=path, query_string=query,
+                      headers={"authorization": f"Bearer {token}"} if token else {},
+                      body=json.dumps(body).encode() if body is not None else b"", client=("127.0.0.1", 1),
+                      path_params=params)
+    response = asyncio.run(handler(request))
+    assert isinstance(response, Response)
+    return response
+
+
+def test_admin_token_required(router: Router, tenancy: Tenancy) -> None:
+    assert call(router, "GET", "/admin/v1/tokens", token="").status == 401
+    assert call(router, "GET", "/admin/v1/tokens", token=ADMIN + "x").status == 401
+    secret, _ = tenancy.tokens.create("acme", "small")
+    assert call(router, "GET", "/admin/v1/tokens", token=secret).status == 401  # a tenant token is no admin
+    with pytest.raises(ValueError):
+        add_admin_routes(Router(), tenancy, "short")
+
+
+def test_token_lifecycle_over_http(router: Router, tenancy: Tenancy) -> None:
+    r = call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small", "models": ["qwen3:*"],
+                                                   "expires_in": "30d"})
+    assert r.status == 201
+    created = json.loads(r.body)
+    assert tenancy.authenticate(f"Bearer {created['secret']}").token_id == created["id"]
+    listed = json.loads(call(router, "GET", "/admin/v1/tokens?tenant=acme").body)["data"]
+    assert [t["id"] for t in listed] == [created["id"]] and "secret" not in listed[0]
+    rotated = json.loads(call(router, "POST", f"/admin/v1/tokens/{created['id']}/rotate", {"grace": "1h"}).body)
+    assert rotated["replaces"]["rotated_to"] == rotated["id"]
+    assert tenancy.authenticate(f"Bearer {rotated['secret']}").token_id == rotated["id"]
+    assert call(router, "DELETE", f"/admin/v1/tokens/{rotated['id']}").status == 200
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(f"Bearer {rotated['secret']}")
+
+
+def test_bad_requests(router: Router) -> None:
+    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "gold"}).status == 400
+    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "acme"}).status == 400
+    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "a", "tier": "small", "expires_in": "x"}).status == 400
+    assert call(router, "DELETE", "/admin/v1/tokens/nope").status == 404
+    assert call(router, "GET", "/admin/v1/usage?by=week").status == 400
+
+
+def test_usage_and_audit_over_http(router: Router, tenancy: Tenancy) -> None:
+    secret, _ = tenancy.tokens.create("acme", "big")
+    p = tenancy.authenticate(f"Bearer {secret}")
+    for model in ("qwen3:8b", "qwen3:8b", "granite3.3:8b"):
+        a = tenancy.admit(p, model, prompt_tokens=4, max_tokens=4)
+        tenancy.finish(a, Counts(4, 0, 3, 1)).result()
+    r = call(router, "GET", "/admin/v1/usage?tenant=acme&since=2026-01-01&by=model")
+    totals = {t["key"]: t["requests"] for t in json.loads(r.body)}
+    assert totals == {"granite3.3:8b": 1, "qwen3:8b": 2}
+    csv_body = call(router, "GET", "/admin/v1/usage?tenant=acme&since=2026-01-01&format=csv").body.decode()
+    assert csv_body.splitlines()[1].startswith("total,3,12,")
+    verdict = json.loads(call(router, "GET", "/admin/v1/audit/verify").body)
+    assert verdict["intact"] and verdict["head"]["seq"] == 3
+    lines = call(router, "GET", "/admin/v1/audit/export").body.splitlines()
+    assert [json.loads(x)["model"] for x in lines] == ["qwen3:8b", "qwen3:8b", "granite3.3:8b"]
+    assert json.loads(call(router, "POST", "/admin/v1/audit/purge").body) == {"purged": 0}
+
+
+def test_over_a_real_server(tenancy: Tenancy) -> None:
+    from gateway.http import serve
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        router = Router()
+        add_admin_routes(router, tenancy, ADMIN)
+        server = await serve(router, "127.0.0.1", 0)
+        out = []
+        try:
+            body = json.dumps({"tenant": "acme", "tier": "small"}).encode()
+            for head in (f"POST /admin/v1/tokens HTTP/1.1\r\nauthorization: Bearer {ADMIN}\r\n"
+                         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n",
+                         "GET /admin/v1/tokens?tenant=acme HTTP/1.1\r\n",
+                         f"GET /admin/v1/tokens?tenant=acme HTTP/1.1\r\nauthorization: Bearer {ADMIN}\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                payload = body if head.startswith("POST") else b""
+                writer.write((head + "host: x\r\nconnection: close\r\n\r\n").encode() + payload)
+                raw = await reader.read()
+                writer.close()
+                status = int(raw.split(b" ", 2)[1])
+                out.append((status, raw.partition(b"\r\n\r\n")[2]))
+        finally:
+            await server.shutdown(1.0)
+        return out
+
+    (created, c_body), (unauth, _), (listed, l_body) = asyncio.run(scenario())
+    assert (created, unauth, listed) == (201, 401, 200)
+    assert json.loads(l_body)["data"][0]["id"] == json.loads(c_body)["id"]

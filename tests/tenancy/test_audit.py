@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from gateway.tenancy import FakeClock, SqliteStore
+from gateway.tenancy.audit import AuditTrail, export_jsonl
+from gateway.tenancy.encryption import PromptCipher, load_key, new_key
+
+
+def fill(store: SqliteStore, clock: FakeClock, n: int = 6, trail: AuditTrail | None = None) -> AuditTrail:
+    trail = trail or AuditTrail(store, clock)
+    for i in range(n):
+        clock.advance(1)
+        trail.append(status=200 if i % 2 else 429, reason="ok" if i % 2 else "limit", tenant="acme",
+                     token_id="tok", client="10.0.0.1", model="qwen3:8b", input_tokens=i, output_tokens=2 * i,
+                     request_id=f"req-{i}")
+    store.flush()
+    return trail
+
+
+def tamper(store: SqliteStore, sql: str, *params: object) -> None:
+    conn = sqlite3.connect(store.path)
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+def kinds(trail: AuditTrail) -> list[tuple[int, str]]:
+    return [(p.seq, p.kind) for p in trail.verify()]
+
+
+def test_intact_chain_verifies_and_survives_restart(store: SqliteStore, clock: FakeClock) -> None:
+    fill(store, clock)
+    trail = fill(store, clock, 3, AuditTrail(store, clock))  # a new process goes on from the head
+    assert trail.verify() == []
+    assert [r.seq for r in store.audit_records()] == list(range(1, 10))
+
+
+def test_edited_field_is_caught(store: SqliteStore, clock: FakeClock) -> None:
+    trail = fill(store, clock)
+    tamper(store, "UPDATE audit SET output_tokens = 0 WHERE seq = 3")
+    assert kinds(trail) == [(3, "edited")]
+
+
+def test_edited_and_rehashed_is_caught_at_the_next_link(store: SqliteStore, clock: FakeClock) -> None:
+    from gateway.tenancy.audit import record_hash
+    trail = fill(store, clock)
+    rec = [r for r in store.audit_records() if r.seq == 3][0]
+    rec.status = 200
+    tamper(store, "UPDATE audit SET status = 200, hash = ? WHERE seq = 3", record_hash(rec))
+    assert kinds(trail) == [(3, "edited")]
+
+
+def test_deleted_record_is_caught(store: SqliteStore, clock: FakeClock) -> None:
+    trail = fill(store, clock)
+    tamper(store, "DELETE FROM audit WHERE seq = 4")
+    problems = trail.verify()
+    assert [(p.seq, p.kind) for p in problems] == [(4, "deleted")]
+    assert "4" in problems[0].message
+
+
+def test_deleted_tail_is_caught(store: SqliteStore, clock: FakeClock) -> None:
+    trail = fill(store, clock)
+    tamper(store, "DELETE FROM audit WHERE seq >= 5")
+    assert kinds(trail) == [(5, "deleted")]
+
+
+def test_reordered_records_are_caught(store: SqliteStore, clock: FakeClock) -> None:
+    trail = fill(store, clock)
+    # Move record 2 after record 4: delete it and insert it again with its own content.
+    conn = sqlite3.connect(store.path)
+    cols = [c[1] for c in conn.execute("PRAGMA table_info(audit)") if c[1] != "id"]
+    row = conn.execute(f"SELECT {', '.join(cols)} FROM audit WHERE seq = 2").fetchone()
+    conn.execute("DELETE FROM audit WHERE seq = 2")
+    conn.execute("UPDATE audit SET id = id + 100 WHERE seq >= 5")
+    conn.execute(f"INSERT INTO audit (id, {', '.join(cols)}) VALUES (50, {', '.join('?' * len(cols))})", row)
+    conn.commit()
+    conn.close()
+    assert [r.seq for r in store.audit_records()] == [1, 3, 4, 2, 5, 6]
+    assert kinds(trail) == [(2, "reordered")]
+
+
+def test_encrypted_prompt_round_trip_and_purge(store: SqliteStore, clock: FakeClock) -> None:
+    key = load_key(new_key())
+    assert key is not None and len(key) == 32
+    trail = AuditTrail(store, clock, PromptCipher(key), retention_s=3600)
+    trail.append(status=200, reason="ok", request_id="r1", prompt="secret plans for the heist")
+    store.flush()
+    (rec,) = store.audit_records()
+    assert rec.prompt is not None and b"heist" not in rec.prompt
+    assert trail.prompt_text(rec) == "secret plans for the heist"
+    with pytest.raises(InvalidTag):  # bound to its request id
+        PromptCipher(key).decrypt(rec.prompt, "r2")
+    clock.advance(1800)
+    assert trail.purge() == 0
+    clock.advance(1801)
+    assert trail.purge() == 1
+    (rec,) = store.audit_records()
+    assert rec.prompt is None and rec.prompt_digest is not None
+    assert trail.verify() == []  # the chain covers the digest, not the purged text
+
+
+def test_prompt_not_kept_without_retention_policy(store: SqliteStore, clock: FakeClock) -> None:
+    trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=None)
+    trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
+    store.flush()
+    (rec,) = store.audit_records()
+    assert rec.prompt is None and rec.prompt_digest is None
+
+
+def test_tampered_prompt_blob_is_caught(store: SqliteStore, clock: FakeClock) -> None:
+    trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=3600)
+    trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
+    store.flush()
+    tamper(store, "UPDATE audit SET prompt = ? WHERE seq = 1", b"\0" * 40)
+    assert kinds(trail) == [(1, "edited")]
+
+
+def test_export_has_no_ciphertext(store: SqliteStore, clock: FakeClock) -> None:
+    trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=3600)
+    trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
+    store.flush()
+    (line,) = list(export_jsonl(store.audit_records()))
+    assert b'"prompt":null' in line and b'"prompt_digest":"' in line

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.cli_tokens import add_tokens_parsers, parse_duration
+from gateway.tenancy import AuthenticationError, Catalog, SqliteStore, SystemClock, Tenancy, load_config
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llmaas")
+    add_tokens_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "cli.db")
+
+
+def gateway(db: str) -> Tenancy:
+    clock = SystemClock()
+    return Tenancy(SqliteStore(db), load_config(), Catalog.load(clock), clock)
+
+
+def test_create_use_list_rotate_revoke(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard",
+                "--models", "granite*,qwen3:*", "--expires", "90d"]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("llmaas-")
+    served = gateway(db)
+    try:
+        p = served.authenticate(f"Bearer {secret}")
+        assert (p.tenant, p.tier.name) == ("acme", "standard")
+        assert served.visible_models(p) and all(m.startswith(("granite", "qwen3:")) for m in served.visible_models(p))
+
+        assert cli(["tokens", "list", "--db", db, "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert (row["id"], row["state"], row["models"]) == (p.token_id, "active", "granite*,qwen3:*")
+        assert secret not in json.dumps(row)
+
+        assert cli(["tokens", "rotate", "--db", db, p.token_id, "--grace", "1h"]) == 0
+        new_secret = capsys.readouterr().out.strip()
+        assert served.authenticate(f"Bearer {new_secret}").tenant == "acme"
+
+        assert cli(["tokens", "revoke", "--db", db, p.token_id]) == 0
+        served.tokens._cache.clear()  # as if the refresh interval passed
+        with pytest.raises(AuthenticationError, match="revoked"):
+            served.authenticate(f"Bearer {secret}")
+    finally:
+        served.close()
+
+
+def test_errors_exit_2(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "gold"]) == 2
+    assert "unknown tier" in capsys.readouterr().err
+    assert cli(["tokens", "revoke", "--db", db, "nope"]) == 2
+    with pytest.raises(SystemExit):
+        cli(["tokens", "create", "--db", db, "--tenant", "a", "--tier", "free", "--expires", "soon"])
+
+
+def test_usage_and_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.tenancy import Counts
+
+    served = gateway(db)
+    try:
+        secret, _ = served.tokens.create("acme", "standard")
+        p = served.authenticate(f"Bearer {secret}")
+        for _ in range(3):
+            a = served.admit(p, "smollm2:135m", prompt_tokens=10, max_tokens=5)
+            served.finish(a, Counts(10, 2, 5, 0)).result()
+    finally:
+        served.close()
+    assert cli(["usage", "--db", db, "--tenant", "acme", "--since", "1d", "--by", "model", "--format", "json"]) == 0
+    (total,) = json.loads(capsys.readouterr().out)
+    assert (total["key"], total["requests"], total["input_tokens"], total["output_tokens"]) == ("smollm2:135m", 3, 30, 15)
+    assert cli(["audit", "verify", "--db", db]) == 0
+    assert "intact" in capsys.readouterr().err
+    assert cli(["audit", "export", "--db", db]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE audit SET status = 500 WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    assert cli(["audit", "verify", "--db", db]) == 1
+    assert "record 2: edited" in capsys.readouterr().out
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("90d") == 90 * 86400 and parse_duration("30m") == 1800 and parse_duration("2w") == 14 * 86400

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import hmac
+
+import pytest
+
+from gateway.tenancy import AuthenticationError, FakeClock, PermissionDenied, Tenancy
+from gateway.tenancy import tokens as tokens_module
+from gateway.tenancy.tokens import PREFIX, split_secret
+
+DAY = 86400.0
+
+
+def bearer(secret: str) -> str:
+    return f"Bearer {secret}"
+
+
+def test_create_stores_only_a_hash_and_secret_has_256_bits(tenancy: Tenancy) -> None:
+    secret, record = tenancy.tokens.create("acme", "small")
+    assert secret.startswith(PREFIX)
+    token_id, key = split_secret(secret)  # type: ignore[misc]
+    assert token_id == record.id
+    assert len(key) >= 43  # 32 bytes in base64url
+    stored = tenancy.store.get_token(record.id)
+    assert stored is not None and key.encode() not in stored.secret_hash and stored.secret_hash != key.encode()
+    rows = tenancy.store._read("SELECT * FROM tokens")
+    assert all(key not in str(col) for row in rows for col in row)
+    assert tenancy.tokens.create("acme", "small")[0] != secret
+
+
+def test_use_returns_principal(tenancy: Tenancy) -> None:
+    secret, record = tenancy.tokens.create("acme", "small", ["qwen3:*"])
+    p = tenancy.authenticate(bearer(secret))
+    assert (p.tenant, p.token_id, p.tier.name) == ("acme", record.id, "small")
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer llmaas-nope", "Bearer " + PREFIX + "a" * 12 + "_x"])
+def test_bad_credentials_are_401(tenancy: Tenancy, header: str | None) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        tenancy.authenticate(header, request_id="r", client="10.0.0.1")
+    assert info.value.status == 401 and info.value.code == "invalid_api_key"
+    tenancy.store.flush()
+    last = list(tenancy.store.audit_records())[-1]
+    assert last.reason == "auth" and last.status == 401 and last.client == "10.0.0.1"
+
+
+def test_wrong_key_for_known_id_is_401(tenancy: Tenancy) -> None:
+    secret, _ = tenancy.tokens.create("acme", "small")
+    tampered = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(bearer(tampered))
+
+
+def test_compare_is_timing_safe(tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(tokens_module.hmac, "compare_digest", spy)
+    secret, record = tenancy.tokens.create("acme", "small")
+    tenancy.authenticate(bearer(secret))
+    assert calls and calls[-1][1] == record.secret_hash
+    # An unknown id is compared too (against a dummy), so it costs the same as a wrong key.
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(bearer(PREFIX + "b" * 12 + "_" + "k" * 43))
+    assert len(calls) == 2
+
+
+def test_expiry(tenancy: Tenancy, clock: FakeClock) -> None:
+    secret, _ = tenancy.tokens.create("acme", "small", expires_in_s=90 * DAY)
+    clock.advance(90 * DAY - 1)
+    tenancy.authenticate(bearer(secret))
+    clock.advance(1)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tenancy.authenticate(bearer(secret))
+
+
+def test_revoke_takes_effect_in_this_process_at_once(tenancy: Tenancy) -> None:
+    secret, record = tenancy.tokens.create("acme", "small")
+    tenancy.authenticate(bearer(secret))
+    tenancy.tokens.revoke(record.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tenancy.authenticate(bearer(secret))
+
+
+def test_revoke_by_another_process_is_seen_after_refresh(tenancy: Tenancy, clock: FakeClock) -> None:
+    secret, record = tenancy.tokens.create("acme", "small")
+    tenancy.authenticate(bearer(secret))  # cached now
+    other = tenancy.store.get_token(record.id)
+    assert other is not None
+    other.revoked_at = clock.time()
+    tenancy.store.put_token(other).result()  # as the CLI would, behind the cache's back
+    clock.advance(2.0)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tenancy.authenticate(bearer(secret))
+
+
+def test_rotate_keeps_old_secret_for_grace_only(tenancy: Tenancy, clock: FakeClock) -> None:
+    old_secret, old = tenancy.tokens.create("acme", "small", ["qwen3:*"])
+    new_secret, new, old_after = tenancy.tokens.rotate(old.id, grace_s=3600)
+    assert new.models == ["qwen3:*"] and new.tenant == "acme" and new.rotated_from == old.id
+    assert old_after.rotated_to == new.id
+    p = tenancy.authenticate(bearer(old_secret))
+    assert dict(p.rotation_headers)["x-llmaas-api-key-rotated"] == new.id
+    assert tenancy.authenticate(bearer(new_secret)).token_id == new.id
+    clock.advance(3600)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tenancy.authenticate(bearer(old_secret))
+    assert tenancy.authenticate(bearer(new_secret)).token_id == new.id
+
+
+def test_auto_rotation_after_max_age_hands_over_new_secret_once(tenancy: Tenancy, clock: FakeClock) -> None:
+    secret, record = tenancy.tokens.create("acme", "small")
+    clock.advance(90 * DAY)
+    p = tenancy.authenticate(bearer(secret))
+    headers = dict(p.rotation_headers)
+    new_secret = headers["x-llmaas-new-api-key"]
+    assert new_secret.startswith(PREFIX) and "x-llmaas-api-key-expires" in headers
+    # The next request with the old secret is told about the rotation, without the secret.
+    again = dict(tenancy.authenticate(bearer(secret)).rotation_headers)
+    assert "x-llmaas-new-api-key" not in again and again["x-llmaas-api-key-rotated"] != record.id
+    assert tenancy.authenticate(bearer(new_secret)).rotation_headers == []
+    clock.advance(7 * DAY)
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(bearer(secret))
+    tenancy.authenticate(bearer(new_secret))
+
+
+def test_wrong_model_is_403(tenancy: Tenancy) -> None:
+    secret, _ = tenancy.tokens.create("acme", "small", ["granite*", "qwen3:*"])
+    p = tenancy.authenticate(bearer(secret))
+    tenancy.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1)
+    with pytest.raises(PermissionDenied) as info:
+        tenancy.admit(p, "mistral-small3.2:24b", prompt_tokens=1, max_tokens=1, request_id="r9")
+    assert info.value.status == 403
+    assert dict(info.value.headers)["x-ratelimit-remaining-requests"] == "4"  # nothing taken by the refusal
+    visible = tenancy.visible_models(p)
+    assert "qwen3:8b" in visible and "granite3.3:8b" in visible and "mistral-small3.2:24b" not in visible
+    tenancy.store.flush()
+    last = list(tenancy.store.audit_records())[-1]
+    assert (last.reason, last.status, last.request_id) == ("permission", 403, "r9")
+
+
+def test_foreign_key_from_environment(tenancy: Tenancy) -> None:
+    record = tenancy.tokens.register("my-own-local-key-123", "local", "local")
+    assert tenancy.tokens.register("my-own-local-key-123", "local", "local").id == record.id
+    assert tenancy.authenticate(bearer("my-own-local-key-123")).tenant == "local"
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(bearer("my-own-local-key-124"))
+    with pytest.raises(ValueError):
+        tenancy.tokens.register("short", "local", "local")
+
+
+def test_concurrent_auto_rotation_makes_one_successor(tenancy: Tenancy, clock: FakeClock) -> None:
+    import threading
+
+    secret, record = tenancy.tokens.create("acme", "small")
+    clock.advance(91 * DAY)
+    barrier = threading.Barrier(8)
+    new_keys: list[str] = []
+
+    def call() -> None:
+        barrier.wait()
+        headers = dict(tenancy.authenticate(bearer(secret)).rotation_headers)
+        if "x-llmaas-new-api-key" in headers:
+            new_keys.append(headers["x-llmaas-new-api-key"])
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(new_keys) == 1
+    assert len(tenancy.store.list_tokens("acme")) == 2
+
+
+def test_local_token_for_serve(tenancy: Tenancy) -> None:
+    first, first_id = tenancy.local_token()
+    assert first is not None and tenancy.authenticate(bearer(first)).tenant == "local"
+    second, _ = tenancy.local_token()  # a restart: a new secret, the old one revoked
+    assert second is not None and second != first
+    with pytest.raises(AuthenticationError):
+        tenancy.authenticate(bearer(first))
+    chosen, _ = tenancy.local_token("from-the-environment-123")
+    assert chosen is None and tenancy.authenticate(bearer("from-the-environment-123")).tier.name == "local"
