@@ -12,6 +12,9 @@ The HTTP client is a minimal HTTP/1.1 one on asyncio streams (keep-alive, chunke
 uvloop where installed: it must not be the bottleneck when it shares a small machine with the server
 it measures (at 32 in flight it used about 1% of a core), and it needs no dependency beyond msgspec.
 The table reports its CPU share (client CPU seconds per wall second) so that a run can show it.
+
+This script is the quick form; `llmaas bench serve` (bench/serve_suite.py) drives the same client
+with Poisson arrivals, length distributions, repeats, goodput, energy, JSON, Markdown and plots.
 """
 from __future__ import annotations
 
@@ -209,18 +212,21 @@ class Target:
     port: int
     path: str  # the chat completions path
     tls: bool
+    api_key: str | None = None  # sent as a bearer token
 
     @classmethod
-    def from_base_url(cls, base_url: str) -> Target:
+    def from_base_url(cls, base_url: str, api_key: str | None = None) -> Target:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
         tls = url.scheme == "https"
-        return cls(url.hostname, url.port or (443 if tls else 80), url.path.rstrip("/") + "/chat/completions", tls)
+        return cls(url.hostname, url.port or (443 if tls else 80), url.path.rstrip("/") + "/chat/completions", tls,
+                   api_key)
 
     def request(self, body: bytes) -> bytes:
+        auth = f"authorization: Bearer {self.api_key}\r\n" if self.api_key else ""
         head = (f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-                f"content-type: application/json\r\naccept: text/event-stream\r\n"
+                f"content-type: application/json\r\naccept: text/event-stream\r\n{auth}"
                 f"content-length: {len(body)}\r\n\r\n")
         return head.encode("latin-1") + body
 
@@ -237,21 +243,33 @@ class Connection:
         """Never raises for a failed request: the record carries the error's kind instead."""
         start = time.perf_counter()
         try:
-            return await asyncio.wait_for(self._exchange(request, start), self._timeout)
+            record = await asyncio.wait_for(self._exchange(request, start), self._timeout)
         except ResponseError as exc:
-            return self._failed(exc.kind)
+            record = self._failed(exc.kind)
         except asyncio.TimeoutError:
-            return self._failed("timeout")
+            record = self._failed("timeout")
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            return self._failed("connection")
+            record = self._failed("connection")
+        record.start = start
+        return record
 
     async def _exchange(self, request: bytes, start: float) -> RequestRecord:
+        reused = self._streams is not None
         if self._streams is None:
             ctx = ssl.create_default_context() if self._target.tls else None
             self._streams = await asyncio.open_connection(self._target.host, self._target.port, ssl=ctx)
         reader, writer = self._streams
         writer.write(request)
-        status, headers = await read_head(reader)
+        try:
+            status, headers = await read_head(reader)
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            # The server had closed this kept-alive connection without saying so (llama-server
+            # does): not a byte of an answer came, so the request was never served. Every HTTP
+            # client sends it again, once, on a fresh connection.
+            self.close()
+            return await self._exchange(request, start)
         if status != 200:
             raise ResponseError(f"http_{status}")
         record = await read_stream(reader, headers, start)
@@ -299,6 +317,7 @@ class BenchConfig:
     input_len: int = 64
     warmup: int = 2
     timeout: float = 600.0  # per request
+    api_key: str | None = None  # sent as a bearer token
 
 
 @dataclass(frozen=True)
@@ -325,7 +344,7 @@ async def run_level(config: BenchConfig, target: Target, concurrency: int) -> Le
 
 async def bench(config: BenchConfig) -> list[LevelResult]:
     """The load generator's main coroutine: every level in turn."""
-    target = Target.from_base_url(config.base_url)
+    target = Target.from_base_url(config.base_url, config.api_key)
     return [await run_level(config, target, c) for c in config.concurrency]
 
 
@@ -354,7 +373,7 @@ def markdown_table(results: Sequence[LevelResult]) -> str:
 
 def to_json(config: BenchConfig, results: Sequence[LevelResult]) -> dict:
     return {
-        "config": asdict(config),
+        "config": {**asdict(config), "api_key": "set" if config.api_key else None},
         "levels": [{"concurrency": r.concurrency, "client_cpu": r.client_cpu, "summary": asdict(r.summary)}
                    for r in results],
     }
@@ -370,13 +389,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, str | No
     p.add_argument("--input-len", type=int, default=64, help="prompt length, in tokens (about)")
     p.add_argument("--warmup", type=int, default=2, help="uncounted requests before each level")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--api-key", default=None, help="sent as a bearer token")
     p.add_argument("--json", help="also write the summaries to this file")
     args = p.parse_args(argv)
     levels = tuple(int(c) for c in args.concurrency.split(","))
     if any(c < 1 for c in levels) or args.num_requests < 1 or args.output_len < 1 or args.input_len < 1:
         p.error("concurrency, --num-requests, --output-len and --input-len must be positive")
     config = BenchConfig(args.base_url, args.model, levels, args.num_requests, args.output_len,
-                         args.input_len, args.warmup, args.timeout)
+                         args.input_len, args.warmup, args.timeout, args.api_key)
     return config, args.json
 
 

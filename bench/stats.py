@@ -22,6 +22,16 @@ class RequestRecord:
     output_tokens: int = 0  # usage.completion_tokens: a chunk may hold several tokens
     prompt_tokens: int = 0  # usage.prompt_tokens, to check the prompts' length
     error: str | None = None  # the kind of failure, None on success
+    start: float = 0.0  # perf_counter when the request was sent: places its tokens in an energy window
+
+    def content_times(self) -> list[float]:
+        """perf_counter readings of each content chunk (the first at start + ttft)."""
+        if self.error is not None or self.output_tokens == 0:
+            return []
+        times = [self.start + self.ttft]
+        for gap in self.itls:
+            times.append(times[-1] + gap)
+        return times
 
     @property
     def tpot(self) -> float | None:
@@ -37,6 +47,7 @@ class Distribution:
     p90: float
     p99: float
     mean: float
+    max: float
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,28 @@ class Summary:
     itl: Distribution | None
     tpot: Distribution | None
     e2e: Distribution | None
+    goodput: float | None = None  # requests/s that met every latency objective; None without objectives
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A latency objective (seconds); a request is good when it meets every bound that is set."""
+
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.ttft, self.tpot, self.e2e))
+
+    def met_by(self, record: RequestRecord) -> bool:
+        if record.error is not None:
+            return False
+        tpot = record.tpot
+        return ((self.ttft is None or record.ttft <= self.ttft)
+                and (self.tpot is None or tpot is None or tpot <= self.tpot)
+                and (self.e2e is None or record.e2e <= self.e2e))
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -76,11 +109,12 @@ def distribution(values: Sequence[float]) -> Distribution | None:
     if not values:
         return None
     p50, p90, p99 = (percentile(values, p) for p in PERCENTILES)
-    return Distribution(p50=p50, p90=p90, p99=p99, mean=sum(values) / len(values))
+    return Distribution(p50=p50, p90=p90, p99=p99, mean=sum(values) / len(values), max=max(values))
 
 
-def summarize(records: Sequence[RequestRecord], duration: float) -> Summary:
-    """`duration` is the wall time of the whole level, from the first request sent to the last answer."""
+def summarize(records: Sequence[RequestRecord], duration: float, objective: Objective | None = None) -> Summary:
+    """`duration` is the wall time of the whole level, from the first request sent to the last answer;
+    goodput is computed only under an objective that sets at least one bound."""
     if duration <= 0:
         raise ValueError(f"duration must be positive, got {duration}")
     ok = [r for r in records if r.error is None]
@@ -97,4 +131,6 @@ def summarize(records: Sequence[RequestRecord], duration: float) -> Summary:
         itl=distribution([itl for r in ok for itl in r.itls]),
         tpot=distribution(tpots),
         e2e=distribution([r.e2e for r in ok]),
+        goodput=(sum(objective.met_by(r) for r in ok) / duration
+                 if objective is not None and objective.is_set else None),
     )

@@ -127,3 +127,55 @@ def test_sse_parser_joins_lines_and_skips_comments() -> None:
     assert parser.feed(b": keep-alive\r\n\r\ndata: a\r") == []
     assert parser.feed(b"\ndata:b\n") == []
     assert parser.feed(b"\nevent: x\ndata: [DONE]\n\n") == [b"a\nb", b"[DONE]"]
+
+
+def test_distribution_max_and_goodput_under_an_objective() -> None:
+    from bench.stats import Objective
+
+    records = [
+        RequestRecord(ttft=0.1, e2e=1.0, output_tokens=10),  # tpot 0.1
+        RequestRecord(ttft=0.6, e2e=1.5, output_tokens=10),  # TTFT over 0.5
+        RequestRecord(ttft=0.2, e2e=3.8, output_tokens=10),  # tpot 0.4
+        RequestRecord(error="timeout"),  # never good
+    ]
+    s = summarize(records, duration=2.0)
+    assert s.goodput is None  # no objective, no goodput
+    assert s.ttft is not None and s.ttft.max == 0.6 and s.e2e is not None and s.e2e.max == 3.8
+    assert summarize(records, 2.0, Objective(ttft=0.5)).goodput == pytest.approx(1.0)  # 2 good / 2 s
+    assert summarize(records, 2.0, Objective(ttft=0.5, tpot=0.2)).goodput == pytest.approx(0.5)
+    assert summarize(records, 2.0, Objective(e2e=10.0)).goodput == pytest.approx(1.5)
+    assert summarize(records, 2.0, Objective()).goodput is None
+
+
+def test_content_times_rebuild_each_chunk_from_the_start() -> None:
+    record = RequestRecord(start=10.0, ttft=0.5, itls=[0.25, 0.25], output_tokens=3)
+    assert record.content_times() == [10.5, 10.75, 11.0]
+    assert RequestRecord(start=1.0, error="timeout").content_times() == []
+
+
+def test_client_resends_once_when_a_kept_alive_connection_was_closed() -> None:
+    from bench.serve_load import Connection, Target
+
+    answer = RESPONSE  # a whole streamed answer, without "connection: close"
+    accepted = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()  # closes after one answer, as a server whose keep-alive ran out
+
+    async def run() -> list:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = Connection(Target("127.0.0.1", port, "/v1/chat/completions", False), timeout=5)
+        request = Target("127.0.0.1", port, "/v1/chat/completions", False).request(b"{}")
+        records = [await conn.send(request) for _ in range(3)]
+        conn.close()
+        server.close()
+        return records
+
+    records = asyncio.run(run())
+    assert [r.error for r in records] == [None, None, None]
+    assert len(accepted) == 3  # each resend went on a new connection

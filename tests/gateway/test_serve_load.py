@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def test_load_generator_measures_every_request(running: Running) -> None:  # noqa: F811
     config = BenchConfig(base_url=running.base_url, model=MODEL, concurrency=(2,), num_requests=4,
-                         output_len=8, input_len=16, warmup=1, timeout=60)
+                         output_len=8, input_len=16, warmup=1, timeout=60,
+                         api_key=running.api_key)
     [level] = asyncio.run(bench(config))
     assert level.concurrency == 2
     assert len(level.records) == 4  # the warm-up is not counted
@@ -28,3 +29,17 @@ def test_load_generator_measures_every_request(running: Running) -> None:  # noq
     assert s.output_throughput == pytest.approx(s.request_throughput * 8)
     assert s.mean_input_tokens > 16  # the prompt plus the chat template
     assert "| 2 | 4 | 0 |" in markdown_table([level])
+
+
+def test_bench_suite_against_our_server(running: Running) -> None:  # noqa: F811
+    from bench.serve_suite import ServeSettings, run_serve
+    from bench.workload import parse_length
+
+    settings = ServeSettings(running.base_url, MODEL, ({"concurrency": 2},), parse_length("uniform:8-16", "input"),
+                             parse_length("6", "output"), num_requests=3, warmup=1, timeout=60,
+                             api_key=running.api_key)
+    [level] = asyncio.run(run_serve(settings, {"gpu": "absent", "cpu": "absent"}, {}, show_progress=False))
+    [rep] = level["repeats"]
+    assert rep["summary"]["completed"] == 3 and rep["summary"]["errors"] == {}
+    assert rep["metrics"]["output_tok_s"] == pytest.approx(rep["metrics"]["req_s"] * 6)
+    assert rep["energy"]["cpu"] == {"measured": False, "reason": "absent"}

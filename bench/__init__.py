@@ -1,0 +1,1 @@
+"""Benchmarks: each measures the project from outside, through its public interfaces."""
