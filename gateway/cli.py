@@ -5,8 +5,10 @@ import argparse
 import sys
 
 from gateway.cli_gateway import add_gateway_parser
+from gateway.cli_bench import add_bench_parsers
 from gateway.cli_generate import add_generate_parser
 from gateway.cli_serve import add_serve_parsers
+from gateway.cli_tokens import add_tokens_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(commands)
     add_serve_parsers(commands)
+    add_bench_parsers(commands)
     add_gateway_parser(commands)
+    add_tokens_parsers(commands)
     return parser
 
 

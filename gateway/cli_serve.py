@@ -4,6 +4,7 @@ model's engine in one process)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.gateway_server import Gateway
     from gateway.http import Router
 
+API_KEY_ENV = "LLMAAS_API_KEY"
 # The in-process engine's name in `llmaas serve`'s fleet; no socket is behind it.
 LOCAL_ENGINE_URL = "http://in-process-engine"
 
@@ -29,6 +31,8 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help=f"a gateway and an engine with the built-in model ({DEFAULT_MODEL})")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
+    serve.add_argument("--no-auth", action="store_true",
+                       help="accept requests without an API key (local experiments only)")
     _add_common(serve, host="127.0.0.1")
     serve.set_defaults(run=run_serve)
 
@@ -37,8 +41,15 @@ def _add_common(p: argparse.ArgumentParser, host: str) -> None:
     p.add_argument("--host", default=host)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                    help="bfloat16 runs the C++ bf16 kernels (several times faster on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded together")
+    p.add_argument("--max-num-batched-tokens", type=int, default=512, help="token budget of one engine step")
+    p.add_argument("--max-model-len", type=int, help="longest prompt + output (default: the model's context)")
     p.add_argument("--kv-cache-mb", type=int, default=256, help="memory for the KV cache, in MiB")
+    p.add_argument("--gpu-memory-utilization", type=float,
+                   help="CUDA: size the KV cache to this share of GPU memory instead of --kv-cache-mb")
+    p.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
+    p.add_argument("--threads", type=int, help="CPU threads for the kernels (default: torch's)")
 
 
 def run_engine(args: argparse.Namespace) -> int:
@@ -59,9 +70,12 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     from gateway.engine_server import build_router, load_engine
     from gateway.http import run
 
-    config = EngineConfig(dtype=getattr(torch, args.dtype), max_num_seqs=args.max_num_seqs,
-                          kv_cache_bytes=args.kv_cache_mb * 1024 * 1024)
     try:
+        config = EngineConfig(dtype=getattr(torch, args.dtype), device=args.device, max_num_seqs=args.max_num_seqs,
+                              max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                              kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
+                              gpu_memory_utilization=args.gpu_memory_utilization,
+                              enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
         engine = load_engine(args.model, config)
     except (EngineError, ModelLoadError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)
@@ -71,8 +85,9 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         router = build_router(engine, names)
         startup = shutdown = None
         if with_gateway:
-            gateway = _local_gateway(names[0], router)
+            gateway = _local_gateway(names[0], router, require_auth=not args.no_auth)
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
+            _announce_key(gateway, args.no_auth)
         print(f"llmaas: serving {', '.join(names)} at http://{args.host}:{args.port}/v1", flush=True)
         run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown)
     except OSError as exc:  # the port is taken, or the host is not ours
@@ -83,10 +98,24 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     return 0
 
 
-def _local_gateway(model: str, engine_router: Router) -> Gateway:
+def _local_gateway(model: str, engine_router: Router, require_auth: bool) -> Gateway:
     from gateway.fleet.backend import LocalBackend
-    from gateway.fleet.config import GatewayConfig, ModelEntry
+    from gateway.fleet.config import GatewayConfig, ModelEntry, TenancySection
     from gateway.gateway_server import Gateway
 
-    config = GatewayConfig(models=[ModelEntry(name=model, hosts=[LOCAL_ENGINE_URL])])
+    config = GatewayConfig(models=[ModelEntry(name=model, hosts=[LOCAL_ENGINE_URL])],
+                           tenancy=TenancySection(require_auth=require_auth))
     return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url))
+
+
+def _announce_key(gateway: Gateway, no_auth: bool) -> None:
+    """One token for the local user: LLMAAS_API_KEY when set, else a fresh one printed once."""
+    if no_auth:
+        print("llmaas: --no-auth: requests need no API key", flush=True)
+        return
+    assert gateway.tenancy is not None
+    secret, _ = gateway.tenancy.local_token(os.environ.get(API_KEY_ENV))
+    if secret is None:
+        print(f"llmaas: API key: the value of {API_KEY_ENV}", flush=True)
+    else:
+        print(f"llmaas: API key (shown once; set {API_KEY_ENV} to choose your own): {secret}", flush=True)

@@ -1,11 +1,17 @@
-"""`llmaas gateway`: the OpenAI API in front of a fleet of engine hosts, through the stage pipeline."""
+"""`llmaas gateway`: the OpenAI API in front of a fleet of engine hosts, through the stage pipeline
+(metrics -> tenancy: auth, permissions, lifecycle, limits -> prompt security -> router)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgspec
 
+import security
+
+from gateway.alerts import AlertEvaluator, Recorder, Sources
+from gateway.console import add_console_routes
 from gateway.fleet.config import GatewayConfig
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Stage
@@ -14,21 +20,48 @@ from gateway.fleet.metrics import GatewayMetrics
 from gateway.fleet.proxy import Proxy
 from gateway.fleet.wire import ModelCard, ModelList
 from gateway.http import Request, Response, Router
+from gateway.openai.openapi import openapi_endpoint
+from gateway.stages.security_stage import SecurityStage
+from gateway.stages.tenancy_stage import TenancyStage
+from gateway.tenancy import Tenancy
 
 _ENCODER = msgspec.json.Encoder()
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, backend_for: BackendFactory | None = None,
-                 stages: list[Stage] | None = None) -> None:
+                 tenancy: Tenancy | None = None) -> None:
+        """tenancy: an open Tenancy to use (tests, `llmaas serve`); by default one is opened from
+        the config's [tenancy] section when it is enabled."""
         self.config = config
         self.fleet = Fleet(config, backend_for)
         self.metrics = GatewayMetrics(self.fleet)
-        # Metrics first: it sees every admitted request end, whichever later stage refuses it.
-        self.proxy = Proxy(self.fleet, [self.metrics, *(stages or [])])
         self.created = int(time.time())
+        self.tenancy_stage: TenancyStage | None = None
+        if config.tenancy.enabled:
+            t = config.tenancy
+            tenancy = tenancy or Tenancy.open(t.db, t.tiers, t.catalog)
+            for name, hosts in self.fleet.by_model.items():
+                tenancy.catalog.set_hosts(name, [h.name for h in hosts])
+            self.tenancy_stage = TenancyStage(tenancy, t.require_auth)
+        self.recorder = Recorder(self.tenancy.clock if self.tenancy is not None else None)
+        # Metrics and the recorder first: they see every admitted request end, whichever later
+        # stage refuses it (the recorder reads the tenant that the tenancy stage finds).
+        stages: list[Stage] = [self.metrics, self.recorder]
+        if self.tenancy_stage is not None:
+            stages.append(self.tenancy_stage)
+        if config.security.enabled:
+            stages.append(SecurityStage(default_policy=config.security.policy,
+                                        tenant_policies=config.security.tenants))
+        self.proxy = Proxy(self.fleet, stages)
+        self.alerts = (AlertEvaluator(config.alerts, Sources(self.recorder, self.fleet, self.tenancy),
+                                      self.recorder.clock) if config.alerts.enabled else None)
 
-    def router(self) -> Router:
+    @property
+    def tenancy(self) -> Tenancy | None:
+        return self.tenancy_stage.tenancy if self.tenancy_stage is not None else None
+
+    def router(self, admin_token: str | None = None) -> Router:
         router = Router()
         router.add("POST", "/v1/chat/completions", self.proxy.handle)
         router.add("POST", "/v1/completions", self.proxy.handle)
@@ -36,25 +69,61 @@ class Gateway:
         router.add("GET", "/v1/models/{model}", self.get_model)
         router.add("GET", "/health", self.health)
         router.add("GET", "/metrics", self.metrics.render)
+        router.add("GET", "/openapi.json", openapi_endpoint(router))
+        admin_token = admin_token or os.environ.get("LLMAAS_ADMIN_TOKEN")
+        if self.tenancy is not None and admin_token:
+            from gateway.admin import add_admin_routes
+
+            add_admin_routes(router, self.tenancy, admin_token)
+        add_console_routes(router, recorder=self.recorder, tenancy=self.tenancy, alerts=self.alerts,
+                           admin_token=admin_token, models=lambda: self.fleet.model_names)
         return router
 
     async def start(self) -> None:
+        if self.config.security.enabled:
+            security.warm()  # compiles the rules now (about a second), not on the first request
         await self.fleet.start()
+        if self.alerts is not None:
+            self.alerts.start()
 
     async def stop(self) -> None:
+        if self.alerts is not None:
+            await self.alerts.stop()
         await self.fleet.stop()
+        if self.tenancy is not None:
+            self.tenancy.close()
+
+    def _visible(self, request: Request) -> list[str]:
+        """The models this caller may see: the catalog's that its token allows, or the fleet's."""
+        if self.tenancy_stage is None:
+            return self.fleet.model_names
+        principal = self.tenancy_stage.principal(request.headers.get("authorization"))
+        return self.tenancy_stage.tenancy.visible_models(principal)
+
+    def _card(self, name: str) -> dict[str, object]:
+        card: dict[str, object] = {"id": name, "object": "model", "created": self.created, "owned_by": "llmaas"}
+        if self.tenancy is not None:
+            card.update(self.tenancy.catalog.card_fields(name))
+        return card
 
     async def list_models(self, request: Request) -> Response:
-        cards = [ModelCard(id=name, created=self.created) for name in self.fleet.model_names]
-        return Response(body=_ENCODER.encode(ModelList(data=cards)))
+        try:
+            names = self._visible(request)
+        except GatewayError as exc:
+            return exc.response()
+        if self.tenancy is None:
+            cards = [ModelCard(id=name, created=self.created) for name in names]
+            return Response(body=_ENCODER.encode(ModelList(data=cards)))
+        return Response(body=_ENCODER.encode({"object": "list", "data": [self._card(n) for n in names]}))
 
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
         try:
-            self.fleet.hosts_for(name)
+            if name not in self._visible(request):
+                raise GatewayError(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
         except GatewayError as exc:
             return exc.response()
-        return Response(body=_ENCODER.encode(ModelCard(id=name, created=self.created)))
+        return Response(body=_ENCODER.encode(self._card(name)))
 
     async def health(self, request: Request) -> Response:
         """200 while every model has a healthy host; 503 naming the models that have none."""

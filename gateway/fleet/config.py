@@ -6,6 +6,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.alerts.config import AlertsSection
+from security import Policy
+
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
@@ -18,7 +21,7 @@ class RoutingSection(msgspec.Struct, forbid_unknown_fields=True):
     # Distinct hosts tried for one request before it fails with 503.
     max_attempts: int = 3
     health_interval_s: float = 2.0
-    health_timeout_s: float = 2.0
+    health_timeout_s: float = 5.0
     # Consecutive request failures that take a host out until a health probe succeeds.
     failure_threshold: int = 2
     connect_timeout_s: float = 5.0
@@ -44,10 +47,28 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     hosts: list[str | HostEntry]
 
 
+class TenancySection(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = True
+    # False only for local experiments (`llmaas serve --no-auth`): every caller is the local tenant.
+    require_auth: bool = True
+    db: str | None = None  # SQLite file; default $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db
+    tiers: str | None = None  # tiers and prices TOML; default $LLMAAS_TIERS or the shipped tiers
+    catalog: str | None = None  # model catalog TOML; default the shipped catalog
+
+
+class SecuritySection(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = True
+    policy: Policy = msgspec.field(default_factory=Policy)  # each layer: on, flag_only or off
+    tenants: dict[str, Policy] = msgspec.field(default_factory=dict)  # per-tenant overrides
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True):
     models: list[ModelEntry]
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
+    tenancy: TenancySection = msgspec.field(default_factory=TenancySection)
+    security: SecuritySection = msgspec.field(default_factory=SecuritySection)
+    alerts: AlertsSection = msgspec.field(default_factory=AlertsSection)
 
 
 class ConfigError(ValueError):

@@ -21,9 +21,13 @@ class Exchange:
     fields: RoutingFields
     body: bytes  # what goes to the engine
     prompt_text: str  # the prompt's text, for the token estimate and the prefix key
+    estimated_prompt_tokens: int
     estimated_tokens: int  # prompt estimate + the most output tokens it may produce
+    num_prompts: int  # a completions request may carry several
     include_usage: bool  # the client asked for a usage chunk
     affinity_key: bytes | None = None
+    # Body fields the stages set for the engine (priority, a tier's max_tokens): they override the client's.
+    overrides: dict[str, Any] = field(default_factory=dict)
     # Headers every response carries (rate-limit counters, deprecation notices...).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     # Set as the exchange ends: status sent to the client (499: the client left), exact usage.
@@ -32,6 +36,7 @@ class Exchange:
     usage: Usage | None = None
     host: str | None = None
     attempts: int = 0  # hosts tried
+    streamed_tokens: int = 0  # content events relayed (a token each from our engines)
     started: float = field(default_factory=time.monotonic)
     first_byte: float | None = None
     # Each stage keeps what it needs between admit and finish here, under its own name.

@@ -11,7 +11,7 @@ from gateway.fleet.host import HostState, LoadReport
 _REPORT = msgspec.json.Decoder(LoadReport)
 
 
-async def probe(host: HostState, timeout_s: float) -> None:
+async def probe(host: HostState, timeout_s: float, slow_threshold: int = 2) -> None:
     """One probe: /internal/load for our engines, /health for other OpenAI servers."""
     path = "/internal/load" if host.kind == "llmaas" else "/health"
     response = None
@@ -22,7 +22,9 @@ async def probe(host: HostState, timeout_s: float) -> None:
             host.record_probe(None, f"{path} answered {response.status}")
             return
         host.record_probe(_REPORT.decode(body) if host.kind == "llmaas" else None, None)
-    except Exception as exc:  # whatever went wrong, the host is not fit to serve
+    except asyncio.TimeoutError:
+        host.record_probe(None, f"{path} took over {timeout_s:g} s", slow_threshold)
+    except Exception as exc:  # refused, reset, garbled: the host is not fit to serve
         host.record_probe(None, f"{path} failed: {exc!r}")
     finally:
         if response is not None:

@@ -67,10 +67,12 @@ class HostState:
         if self.consecutive_failures >= threshold:
             self.healthy = False
 
-    def record_probe(self, report: LoadReport | None, error: str | None) -> None:
+    def record_probe(self, report: LoadReport | None, error: str | None, threshold: int = 1) -> None:
+        """A probe's outcome. A refused or failed probe takes the host out at once; a slow one
+        (threshold > 1) only once it repeats, so that a host busy enough to answer late is not
+        dropped from a fleet that needs it."""
         if error is not None:
-            self.healthy = False
-            self.last_error = error
+            self.record_failure(error, threshold)
             return
         self.healthy = True
         self.consecutive_failures = 0

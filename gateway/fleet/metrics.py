@@ -24,8 +24,10 @@ class GatewayMetrics:
     def __init__(self, fleet: Fleet) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter("llmaas_gateway_requests", "Requests finished, by model, status and error code.",
-                                ["model", "status", "code"], registry=r)
+        self.requests = Counter("llmaas_gateway_requests", "Requests finished, by model, the caller's tier, "
+                                "status and error code.", ["model", "tier", "status", "code"], registry=r)
+        self.cost = Counter("llmaas_gateway_cost_eur", "Cost billed for finished requests, by model and tier.",
+                            ["model", "tier"], registry=r)
         self.tokens = Counter("llmaas_gateway_tokens", "Tokens of finished requests, by model and kind "
                               "(prompt, cached_prompt, completion, reasoning).", ["model", "kind"], registry=r)
         self.first_byte = Histogram("llmaas_gateway_time_to_first_byte_seconds", "Arrival to the engine's first "
@@ -35,14 +37,28 @@ class GatewayMetrics:
                              ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
         self.retries = Counter("llmaas_gateway_retries", "Requests sent again to another host, by model.",
                                ["model"], registry=r)
+        self.security = Counter("llmaas_gateway_security_verdicts", "Prompt security verdicts by action, and the "
+                                "rules behind flags and blocks.", ["action", "rule"], registry=r)
         r.register(_FleetCollector(fleet))
+        self._fleet = fleet
 
     async def admit(self, exchange: Exchange) -> None:
         return None
 
     def finish(self, exchange: Exchange) -> None:
-        model = exchange.model
-        self.requests.labels(model, str(exchange.status), exchange.error_code or "").inc()
+        # A label per served model only: names from requests are unbounded (and untrusted).
+        model = exchange.model if exchange.model in self._fleet.by_model else "other"
+        action = exchange.state.get("verdict")
+        if action is not None:
+            rules = exchange.state.get("security_rules") or ("",)
+            for rule in rules:
+                self.security.labels(action, rule).inc()
+        principal = exchange.state.get("principal")
+        tier = principal.tier.name if principal is not None else ""
+        self.requests.labels(model, tier, str(exchange.status), exchange.error_code or "").inc()
+        cost = exchange.state.get("cost_eur")
+        if cost:
+            self.cost.labels(model, tier).inc(cost)
         if exchange.attempts > 1:
             self.retries.labels(model).inc(exchange.attempts - 1)
         usage = exchange.usage

@@ -54,6 +54,10 @@ class Proxy:
             for stage in self.stages:
                 await stage.admit(exchange)
                 admitted.append(stage)
+            if exchange.overrides:
+                # Appended keys win over the client's: JSON decoders keep a repeated key's last value.
+                extra = _ENCODER.encode(exchange.overrides)
+                exchange.body = exchange.body.rstrip()[:-1] + b"," + extra[1:]
             return await self._forward(exchange, admitted)
         except GatewayError as exc:
             exchange.status, exchange.error_code = exc.status, exc.code
@@ -73,20 +77,21 @@ class Proxy:
             raise GatewayError(400, str(exc), param=_param(str(exc))) from None
         except msgspec.DecodeError as exc:
             raise GatewayError(400, f"Invalid JSON body: {exc}") from None
-        self.fleet.hosts_for(fields.model)  # 404 before any stage spends effort
         routing = self.fleet.routing
         text = _prompt_text(fields)
         max_tokens = fields.max_completion_tokens or fields.max_tokens or routing.default_max_tokens
         num_prompts = len(fields.prompt) if isinstance(fields.prompt, list) and fields.prompt and \
             not isinstance(fields.prompt[0], int) else 1
-        estimate = (len(text) // 4 + 8) * num_prompts + max_tokens * max(fields.n or 1, 1) * num_prompts
+        prompt_estimate = (len(text) // 4 + 8) * num_prompts
+        estimate = prompt_estimate + max_tokens * max(fields.n or 1, 1) * num_prompts
         include_usage = bool(fields.stream_options and fields.stream_options.include_usage)
         body = request.body
         if fields.stream and not include_usage:
             body = body.rstrip()[:-1] + _FORCE_USAGE  # the last key wins in JSON decoders
         return Exchange(request=request, request_id=request.headers.get("x-request-id") or f"{_ID_PREFIX}-{next(_ID_COUNTER)}",
-                        path=request.path, fields=fields, body=body, prompt_text=text, estimated_tokens=estimate,
-                        include_usage=include_usage, affinity_key=prefix_key(text[:routing.affinity_min_chars],
+                        path=request.path, fields=fields, body=body, prompt_text=text,
+                        estimated_prompt_tokens=prompt_estimate, estimated_tokens=estimate,
+                        num_prompts=num_prompts, include_usage=include_usage, affinity_key=prefix_key(text[:routing.affinity_min_chars],
                                                                               routing.affinity_min_chars))
 
     async def _forward(self, exchange: Exchange, admitted: list[Stage]) -> Response | StreamingResponse:
@@ -159,6 +164,9 @@ class Proxy:
                     exchange.usage = _usage(data) or exchange.usage
                     if exchange.include_usage or b'"choices":[]' not in data:
                         yield event
+                elif data is not None and b'"content":"' in data and b'"content":""' not in data:
+                    exchange.streamed_tokens += 1
+                    yield event
                 elif data == b"[DONE]":
                     exchange.status = 200
                     await _settle(exchange, admitted)  # accounted for before the client sees the end

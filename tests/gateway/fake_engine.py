@@ -22,6 +22,7 @@ class FakeEngine:
     delay_s: float = 0.0
     status: int = 200  # answer every request with this status (503: overloaded)
     load_status: int = 200  # the health probe's answer
+    load_delay_s: float = 0.0  # how long the health probe's answer takes
     fail_after: int | None = None  # cut each stream's connection after this many events
     requests: list[dict] = field(default_factory=list)
     clients: set[tuple[str, int] | None] = field(default_factory=set)
@@ -58,6 +59,7 @@ class FakeEngine:
 
     async def load(self, request: Request) -> Response:
         self.clients.add(request.client)
+        await asyncio.sleep(self.load_delay_s)
         if self.load_status != 200:
             return Response(status=self.load_status, body=b"{}")
         report = {"num_running": self.active, "num_waiting": 0, "kv_cache_usage": 0.0, "num_free_blocks": 100,

@@ -21,8 +21,10 @@ class RawResponse:
         return [e[6:] for e in self.content.split(b"\n\n") if e.startswith(b"data: ")]
 
 
-def encode_request(method: str, path: str, body: bytes) -> bytes:
+def encode_request(method: str, path: str, body: bytes, api_key: str | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\n"
+    if api_key:
+        head += f"authorization: Bearer {api_key}\r\n"
     return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -48,11 +50,11 @@ def dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-async def post(port: int, path: str, body: dict | bytes) -> RawResponse:
+async def post(port: int, path: str, body: dict | bytes, api_key: str | None = None) -> RawResponse:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(encode_request("POST", path, data))
+        writer.write(encode_request("POST", path, data, api_key))
         return parse_response(await reader.read())
     finally:
         writer.close()

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import msgspec
 import pytest
 
-from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection
+from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection, SecuritySection, TenancySection
+from gateway.fleet.health import probe
 from gateway.gateway_server import Gateway
 from gateway.http import serve
 from tests.gateway.fake_engine import FakeEngine
@@ -29,8 +30,10 @@ async def fleet(engines: list[FakeEngine], extra_urls: tuple[str, ...] = (), **r
     for engine in engines:
         await engine.start()
     urls = [e.url for e in engines] + list(extra_urls)
+    # Routing alone: the tenant stages have their own tests.
     config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)],
-                           routing=RoutingSection(**{"health_interval_s": 0.05, **routing}))  # type: ignore[arg-type]
+                           routing=RoutingSection(**{"health_interval_s": 0.05, **routing}),  # type: ignore[arg-type]
+                           tenancy=TenancySection(enabled=False), security=SecuritySection(enabled=False))
     gateway = Gateway(config)
     await gateway.start()
     server = await serve(gateway.router(), "127.0.0.1", 0)
@@ -219,6 +222,22 @@ def test_a_host_failing_its_probe_leaves_and_comes_back() -> None:
     run(test)
 
 
+def test_one_slow_probe_is_forgiven_a_repeated_one_is_not() -> None:
+    async def test() -> None:
+        slow = FakeEngine("slow")
+        async with fleet([slow], health_interval_s=3600, health_timeout_s=0.05) as (gateway, _):
+            host = gateway.fleet.hosts[slow.url]
+            slow.load_delay_s = 0.2
+            await probe(host, 0.05)
+            assert host.healthy
+            await probe(host, 0.05)
+            assert not host.healthy
+            slow.load_delay_s = 0.0
+            await probe(host, 0.05)
+            assert host.healthy
+    run(test)
+
+
 @pytest.mark.parametrize("body, status, code", [
     (b'{"model": "nope", "messages": []}', 404, "model_not_found"),
     (b'{"model": ', 400, None),
@@ -244,7 +263,7 @@ def test_metrics_count_requests_tokens_retries_and_hosts() -> None:
             text = (await get(client.port, "/metrics")).content.decode()
         samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                    for line in text.splitlines() if line and not line.startswith("#")}
-        assert samples['llmaas_gateway_requests_total{code="",model="m",status="200"}'] == 3
+        assert samples['llmaas_gateway_requests_total{code="",model="m",status="200",tier=""}'] == 3
         assert samples['llmaas_gateway_tokens_total{kind="completion",model="m"}'] == 12
         assert samples['llmaas_gateway_tokens_total{kind="cached_prompt",model="m"}'] == 3
         # Each request tried the busy host first or second; those tried first count a retry.

@@ -3,9 +3,10 @@ model: the official client through the gateway, then one engine killed (SIGKILL)
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +17,12 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.ports import free_port
+
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(port: int, timeout_s: float = 120) -> None:
@@ -52,7 +51,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[
     config = Path(tmp_path_factory.mktemp("gateway")) / "gateway.toml"
     gateway_port = free_port()
     hosts = ", ".join(f'"http://127.0.0.1:{p}"' for p in engine_ports)
+    # Routing and failover are under test here; tests/gateway/test_serve_cli.py covers the tenant stages.
     config.write_text(f'[server]\nport = {gateway_port}\n[routing]\nhealth_interval_s = 0.2\n'
+                      '[tenancy]\nenabled = false\n[security]\nenabled = false\n'
                       f'[[models]]\nname = "{MODEL}"\nhosts = [{hosts}]\n')
     procs = list(engines)
     try:
@@ -83,6 +84,30 @@ def test_official_client_through_the_gateway(fleet: tuple[int, list[subprocess.P
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=QUESTION)
+
+
+def engine_load(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/load", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_a_client_leaving_mid_stream_frees_the_engines_blocks(fleet: tuple[int, list[subprocess.Popen], list[int]]
+                                                               ) -> None:
+    port, _, engine_ports = fleet
+    body = json.dumps({"model": MODEL, "messages": QUESTION, "max_tokens": 400, "stream": True, "ignore_eos": True})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read1(1)
+    assert any(engine_load(p)["num_running"] for p in engine_ports)
+    conn.close()  # gone mid-stream: the gateway closes its engine connection, the engine aborts
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        loads = [engine_load(p) for p in engine_ports]
+        if all(l["num_running"] == 0 and l["num_free_blocks"] == l["num_blocks"] for l in loads):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"blocks still held: {loads}")
 
 
 def test_an_engine_killed_mid_run_loses_no_request(fleet: tuple[int, list[subprocess.Popen], list[int]]) -> None:

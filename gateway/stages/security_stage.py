@@ -1,0 +1,50 @@
+"""Prompt security on every message a user, tool or document contributes; blocks are 400s with a
+stable code that tells an attacker nothing to tune against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import security
+from gateway.fleet.errors import GatewayError
+from gateway.fleet.exchange import Exchange
+
+
+class SecurityStage:
+    def __init__(self, history: security.History | None = None, default_policy: security.Policy | None = None,
+                 tenant_policies: Mapping[str, security.Policy] | None = None) -> None:
+        self.history = history if history is not None else security.History()
+        self.default_policy = default_policy or security.Policy()
+        self.tenant_policies = dict(tenant_policies or {})
+
+    def policy(self, tenant: str | None) -> security.Policy:
+        return self.tenant_policies.get(tenant or "", self.default_policy)
+
+    async def admit(self, exchange: Exchange) -> None:
+        principal = exchange.state.get("principal")
+        tenant = principal.tenant if principal is not None else None
+        policy = self.policy(tenant)
+        payload = exchange.payload()
+        messages = payload.get("messages") if isinstance(payload, dict) else None
+        if isinstance(messages, list):
+            verdict = security.check([m for m in messages if isinstance(m, dict)], tenant=tenant, policy=policy,
+                                     history=self.history)
+        else:
+            verdict = security.check_text(_prompt_texts(payload), tenant=tenant, policy=policy, history=self.history)
+        exchange.state["verdict"] = verdict.action
+        exchange.state["security_rules"] = verdict.rules
+        if verdict.blocked:
+            exchange.state["blocked"] = True
+            raise GatewayError(400, security.BLOCK_MESSAGE, code=security.BLOCK_CODE)
+
+    def finish(self, exchange: Exchange) -> None:
+        return None
+
+
+def _prompt_texts(payload: object) -> str:
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        return "\n".join(p for p in prompt if isinstance(p, str))
+    return ""

@@ -1,0 +1,73 @@
+"""Authentication, permissions, model lifecycle and limits at admission; usage, cost and audit at
+the end. A thin adapter: the rules live in gateway.tenancy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from gateway.fleet.errors import GatewayError
+from gateway.fleet.exchange import Exchange
+from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError, cost_eur
+
+STATE_KEY = "tenancy"
+
+
+def gateway_error(exc: TenancyError) -> GatewayError:
+    return GatewayError(exc.status, exc.message, code=exc.code, param=exc.param, type_=exc.type,
+                        headers=list(exc.headers))
+
+
+class TenancyStage:
+    def __init__(self, tenancy: Tenancy, require_auth: bool = True) -> None:
+        self.tenancy = tenancy
+        self.require_auth = require_auth
+
+    def principal(self, authorization: str | None, request_id: str = "", client: str | None = None) -> Principal:
+        """The caller (401 without a valid token, unless auth is off)."""
+        if not self.require_auth:
+            return self.tenancy.local_principal()
+        try:
+            return self.tenancy.authenticate(authorization, request_id=request_id, client=client)
+        except TenancyError as exc:
+            raise gateway_error(exc) from None
+
+    async def admit(self, exchange: Exchange) -> None:
+        request = exchange.request
+        client = request.client[0] if request.client else None
+        principal = self.principal(request.headers.get("authorization"), exchange.request_id, client)
+        exchange.state["principal"] = principal
+        fields = exchange.fields
+        asked = fields.max_completion_tokens or fields.max_tokens
+        try:
+            admission = self.tenancy.admit(principal, exchange.model, prompt_tokens=exchange.estimated_prompt_tokens,
+                                           max_tokens=asked, n=max(fields.n or 1, 1) * exchange.num_prompts,
+                                           request_id=exchange.request_id, client=client)
+        except TenancyError as exc:
+            raise gateway_error(exc) from None
+        exchange.state[STATE_KEY] = admission
+        exchange.response_headers.extend(admission.headers())
+        # The engine gets the tier's priority (its scheduler runs lower values first; tiers rank
+        # higher values first), and the tier's cap when the client set no max.
+        exchange.overrides["priority"] = -admission.priority
+        if asked is None:
+            exchange.overrides["max_tokens"] = admission.max_tokens
+
+    def finish(self, exchange: Exchange) -> Awaitable[None] | None:
+        admission: Admission | None = exchange.state.get(STATE_KEY)
+        if admission is None:
+            return None
+        verdict = exchange.state.get("verdict")
+        if exchange.state.get("blocked"):
+            return asyncio.wrap_future(self.tenancy.refuse(admission, status=exchange.status, reason="security",
+                                                           verdict=verdict))
+        usage = exchange.usage
+        if usage is not None:
+            counts = Counts(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
+        else:  # cut short before the engine's usage: what reached the client, prompt estimated
+            counts = Counts(exchange.estimated_prompt_tokens if exchange.first_byte else 0, 0,
+                            exchange.streamed_tokens, 0)
+        reason = "aborted" if exchange.status == 499 else None
+        exchange.state["cost_eur"] = cost_eur(counts, admission.prices)  # for the metrics stage, which ends after
+        future = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason)
+        return asyncio.wrap_future(future)
