@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -114,23 +115,31 @@ def test_an_engine_killed_mid_run_loses_no_request(fleet: tuple[int, list[subpro
     port, engines, _ = fleet
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
 
+    streaming = threading.Semaphore(0)
+
     def one(i: int) -> str:
         try:
             stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}],
-                                                    max_tokens=48, temperature=0, stream=True)
-            reasons = [c.choices[0].finish_reason for c in stream if c.choices]
-            return "done" if reasons[-1] == "length" or reasons[-1] == "stop" else "truncated"
+                                                    max_tokens=300, temperature=0, stream=True,
+                                                    extra_body={"ignore_eos": True})
+            reasons = []
+            for n, chunk in enumerate(stream):
+                if n == 1:
+                    streaming.release()
+                reasons.extend(c.finish_reason for c in chunk.choices)
+            return "done" if reasons[-1] == "length" else "truncated"
         except openai.APIError as exc:  # the clear end of a stream whose engine died
             return f"error: {exc.message}"
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(one, i) for i in range(8)]
-        time.sleep(1.0)
-        assert not all(f.done() for f in futures), "the kill must land mid-run"
+        for _ in futures:  # every stream is under way: the kill lands mid-run
+            assert streaming.acquire(timeout=60)
         engines[0].send_signal(signal.SIGKILL)
         outcomes = [f.result(timeout=90) for f in futures]  # none hangs
     assert "truncated" not in outcomes
     assert all(o == "done" or "engine failed" in o for o in outcomes), outcomes
+    assert any(o != "done" for o in outcomes), "the killed engine's streams end with an error event"
     # The survivor takes every request from now on.
     for i in range(3):
         answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
