@@ -7,8 +7,9 @@ Measures, in one process and one run:
 - `end to end`: wall and CPU time for N requests including the writer thread's batched commits
   (synchronous=NORMAL unless LLMAAS_DB_SYNC says otherwise), i.e. the whole CPU cost the stages
   put on the machine, per request;
-- `durable latency`: the time from `finish` until its row is committed, when waited on one by one
-  (the wait happens off the event loop: the gateway awaits the future);
+- `durable latency`: the time from `finish` until its row is durable, when waited on one by one:
+  with the ledger journal (a file store) that is the journal's `os.write`, done before `finish`
+  returns, so ~0; without one (":memory:", or another process owns the journal) the SQLite commit;
 - `pipeline`: the gateway's real request path (`Proxy.handle`, in process, in front of the instant
   backend of bench/instant_backend.py on loopback), with the tenancy stage on and off, in
   interleaved rounds of the same run, at each --concurrency (1: sequential, each request pays its

@@ -34,7 +34,7 @@ _GATES: dict[str, str] = {}
 
 
 def _present(rule_words: frozenset[str], subs: tuple[str, ...], words: set[str], text: str,
-             chars: frozenset[str] | set[str], seen: dict[str, bool] | None) -> bool:
+             chars: frozenset[str] | set[str], seen: dict[str, bool] | None, hay: str | None = None) -> bool:
     if not rule_words and not subs:
         return True
     if not rule_words.isdisjoint(words):
@@ -45,13 +45,16 @@ def _present(rule_words: frozenset[str], subs: tuple[str, ...], words: set[str],
             gate = _GATES[s] = "" if s.isascii() else key_char(s) + s[0]
         if gate and (gate[0] not in chars or gate[1] not in chars):
             continue  # a character the substring needs is absent: no search
+        # hay: on a long text, only its runs of the characters non-ASCII triggers are made of
+        # (patterns.py); such a trigger occurs in the text if and only if it occurs in them.
+        where = hay if gate and hay is not None else text
         if seen is None:
-            if s in text:
+            if s in where:
                 return True
             continue
         found = seen.get(s)
         if found is None:
-            found = seen[s] = s in text  # rules share triggers: search each once per text
+            found = seen[s] = s in where  # rules share triggers: search each once per text
         if found:
             return True
     return False
@@ -84,11 +87,11 @@ class Rule:
     sentence_start: bool = False
 
     def triggered(self, words: set[str], text: str, chars: frozenset[str] | set[str],
-                  seen: dict[str, bool] | None = None) -> bool:
+                  seen: dict[str, bool] | None = None, hay: str | None = None) -> bool:
         """Whether a trigger is present; `chars` is the set of non-ASCII characters of the text
         (empty for ASCII text), which rules out most substring searches at once."""
-        return _present(self.words, self.substrings, words, text, chars, seen) and all(
-            _present(w, subs, words, text, chars, seen) for w, subs in self.requires)
+        return _present(self.words, self.substrings, words, text, chars, seen, hay) and all(
+            _present(w, subs, words, text, chars, seen, hay) for w, subs in self.requires)
 
 
 @dataclass(frozen=True)

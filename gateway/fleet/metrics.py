@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -41,6 +42,15 @@ class GatewayMetrics:
                                 "rules behind flags and blocks.", ["action", "rule"], registry=r)
         r.register(_FleetCollector(fleet))
         self._fleet = fleet
+        # prometheus-client's labels() costs microseconds a call; the label sets in use are few.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def admit(self, exchange: Exchange) -> None:
         return None
@@ -52,24 +62,24 @@ class GatewayMetrics:
         if action is not None:
             rules = exchange.state.get("security_rules") or ("",)
             for rule in rules:
-                self.security.labels(action, rule).inc()
+                self._child(self.security, action, rule).inc()
         principal = exchange.state.get("principal")
         tier = principal.tier.name if principal is not None else ""
-        self.requests.labels(model, tier, str(exchange.status), exchange.error_code or "").inc()
+        self._child(self.requests, model, tier, str(exchange.status), exchange.error_code or "").inc()
         cost = exchange.state.get("cost_eur")
         if cost:
-            self.cost.labels(model, tier).inc(cost)
+            self._child(self.cost, model, tier).inc(cost)
         if exchange.attempts > 1:
-            self.retries.labels(model).inc(exchange.attempts - 1)
+            self._child(self.retries, model).inc(exchange.attempts - 1)
         usage = exchange.usage
         if usage is not None:
-            self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(model, "cached_prompt").inc(usage.cached_tokens)
-            self.tokens.labels(model, "completion").inc(usage.completion_tokens)
-            self.tokens.labels(model, "reasoning").inc(usage.reasoning_tokens)
+            self._child(self.tokens, model, "prompt").inc(usage.prompt_tokens)
+            self._child(self.tokens, model, "cached_prompt").inc(usage.cached_tokens)
+            self._child(self.tokens, model, "completion").inc(usage.completion_tokens)
+            self._child(self.tokens, model, "reasoning").inc(usage.reasoning_tokens)
         if exchange.first_byte is not None:
-            self.first_byte.labels(model).observe(exchange.first_byte - exchange.started)
-        self.e2e.labels(model).observe(time.monotonic() - exchange.started)
+            self._child(self.first_byte, model).observe(exchange.first_byte - exchange.started)
+        self._child(self.e2e, model).observe(time.monotonic() - exchange.started)
 
     async def render(self, request: Request) -> Response:
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from concurrent.futures import Future
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
@@ -59,8 +60,8 @@ class TenancyStage:
             return None
         verdict = exchange.state.get("verdict")
         if exchange.state.get("blocked"):
-            return asyncio.wrap_future(self.tenancy.refuse(admission, status=exchange.status, reason="security",
-                                                           verdict=verdict))
+            return _awaitable(self.tenancy.refuse(admission, status=exchange.status, reason="security",
+                                                  verdict=verdict))
         usage = exchange.usage
         if usage is not None:
             counts = Counts(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
@@ -69,5 +70,13 @@ class TenancyStage:
                             exchange.streamed_tokens, 0)
         reason = "aborted" if exchange.status == 499 else None
         exchange.state["cost_eur"] = cost_eur(counts, admission.prices)  # for the metrics stage, which ends after
-        future = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason)
-        return asyncio.wrap_future(future)
+        return _awaitable(self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason))
+
+
+def _awaitable(future: Future[None]) -> Awaitable[None] | None:
+    """None when the row is durable already (journaled: the usual case), so the request path does
+    not pay asyncio.wrap_future's thread-safe wake-up of the loop (a self-pipe write) per request."""
+    if future.done():
+        future.result()  # a failed journal write fails the request, as a failed commit did
+        return None
+    return asyncio.wrap_future(future)

@@ -1,0 +1,145 @@
+"""The ledger journal: rows answered at their os.write survive a kill -9 before any commit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from gateway.tenancy import Catalog, Counts, FakeClock, SqliteStore, Tenancy
+from gateway.tenancy.journal import SUFFIX, Journal, frame, parse
+from gateway.tenancy.store import AuditRecord
+from gateway.tenancy.tiers import parse_config
+from tests.tenancy.conftest import SMALL
+
+# Commits never come (an hour's flush interval): every row is only in the journal when it dies.
+KILLED = textwrap.dedent("""
+    import os, signal, sys
+    from gateway.tenancy import Catalog, Counts, FakeClock, SqliteStore, Tenancy
+    from gateway.tenancy.tiers import parse_config
+    from tests.tenancy.conftest import SMALL
+
+    clock = FakeClock(1768435200.0)
+    catalog = Catalog.load(clock)
+    catalog.set_hosts("qwen3:8b", ["gpu-1"])
+    tenancy = Tenancy(SqliteStore(sys.argv[1], flush_interval_s=3600), parse_config(SMALL), catalog, clock)
+    secret, _ = tenancy.tokens.create("acme", "big")
+    for i in range(int(sys.argv[2])):
+        p = tenancy.authenticate("Bearer " + secret, request_id=f"r{i}")
+        a = tenancy.admit(p, "qwen3:8b", prompt_tokens=7, max_tokens=5, request_id=f"r{i}")
+        tenancy.finish(a, Counts(7, 0, 5, 0)).result()
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def journal_size(db: Path) -> int:
+    return sum(os.path.getsize(f"{db}{SUFFIX}-{n}") for n in (0, 1))
+
+
+def open_tenancy(db: Path) -> Tenancy:
+    clock = FakeClock(1768435200.0)
+    catalog = Catalog.load(clock)
+    catalog.set_hosts("qwen3:8b", ["gpu-1"])
+    return Tenancy(SqliteStore(db), parse_config(SMALL), catalog, clock)
+
+
+def kill_after(db: Path, n: int) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(db), str(n)], env=env, timeout=60)
+    assert proc.returncode == -9
+
+
+def test_rows_only_in_the_journal_are_replayed_with_an_exact_chain(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    kill_after(db, 20)
+    assert journal_size(db) > 0  # nothing was committed: all of it is in the journal
+    tenancy = open_tenancy(db)
+    try:
+        assert [r.request_id for r in tenancy.store.usage("acme", 0)] == [f"r{i}" for i in range(20)]
+        assert [r.seq for r in tenancy.store.audit_records()] == list(range(1, 21))
+        assert tenancy.audit.verify() == []
+        assert tenancy.store.audit_head()[0] == 20
+        assert journal_size(db) == 0  # truncated once replayed
+        # The chain goes on from the replayed head.
+        p = tenancy.local_principal()
+        a = tenancy.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1, request_id="after")
+        tenancy.finish(a, Counts(1, 0, 1, 0)).result()
+    finally:
+        tenancy.close()
+    kill_after(db, 5)  # a second crash, on top of committed rows
+    tenancy = open_tenancy(db)
+    try:
+        assert len(tenancy.store.usage("acme", 0)) == 25
+        assert tenancy.audit.verify() == []
+    finally:
+        tenancy.close()
+
+
+def test_entries_already_committed_are_not_inserted_twice(tmp_path: Path) -> None:
+    db = tmp_path / "twice.db"
+    tenancy = open_tenancy(db)
+    p = tenancy.local_principal()
+    a = tenancy.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1, request_id="x")
+    tenancy.finish(a, Counts(1, 0, 1, 0)).result()
+    tenancy.store.flush()
+    record = list(tenancy.store.audit_records())[-1]
+    usage = tenancy.store.usage(None, 0)[-1]
+    tenancy.close()
+    # As if killed between the commit and the truncation.
+    with open(f"{db}{SUFFIX}-1", "ab") as f:
+        f.write(frame(usage, record))
+    tenancy = open_tenancy(db)
+    try:
+        assert [r.request_id for r in tenancy.store.usage(None, 0)] == ["x"]
+        assert tenancy.audit.verify() == []
+    finally:
+        tenancy.close()
+
+
+def test_a_torn_or_corrupt_tail_ends_the_replay() -> None:
+    records = [AuditRecord(seq=i, time=1.0, tenant="t", token_id=None, client=None, model=None, status=200,
+                           reason="ok", hash=f"h{i}") for i in (1, 2)]
+    good = frame(None, records[0]) + frame(None, records[1])
+    assert [a.seq for _, a in parse(good)] == [1, 2]
+    assert [a.seq for _, a in parse(good[:-3])] == [1]  # torn
+    flipped = bytearray(good)
+    flipped[-1] ^= 0xFF
+    assert [a.seq for _, a in parse(bytes(flipped))] == [1]  # checksum
+
+
+def test_a_second_process_on_the_database_writes_directly(tmp_path: Path) -> None:
+    db = tmp_path / "two.db"
+    gateway = open_tenancy(db)
+    cli = open_tenancy(db)  # the journal is the gateway's: the CLI neither replays it nor writes to it
+    try:
+        assert gateway.store._journal is not None and cli.store._journal is None
+        p = cli.local_principal()
+        a = cli.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1, request_id="cli")
+        cli.finish(a, Counts(1, 0, 1, 0)).result()  # committed at once
+        assert [r.request_id for r in gateway.store.usage(None, 0)] == ["cli"]
+    finally:
+        cli.close()
+        gateway.close()
+
+
+
+def test_a_committed_batch_is_truncated_while_writes_go_on(tmp_path: Path) -> None:
+    """Under constant load the journal is never empty: the writer takes a batch, later writes go to
+    the other file, and the batch's file is truncated once committed."""
+    records = [AuditRecord(seq=i, time=1.0, tenant="t", token_id=None, client=None, model=None, status=200,
+                           reason="ok", hash=f"h{i}") for i in (1, 2, 3)]
+    journal = Journal(str(tmp_path / "j"))
+    try:
+        journal.write(frame(None, records[0]))
+        taken = journal.switch()  # the writer takes seq 1
+        journal.write(frame(None, records[1]))  # written while seq 1 commits
+        journal.truncate(taken)  # seq 1 committed
+        journal.write(frame(None, records[2]))
+        assert [a.seq for _, a in journal.read()] == [2, 3]
+        taken = journal.switch()
+        journal.truncate(taken)
+        assert journal.read() == []
+    finally:
+        journal.close()
