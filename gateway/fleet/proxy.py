@@ -4,7 +4,11 @@ retry on another host before the first byte, relay the answer, account for it.
 Non-streaming answers are read whole before anything is sent, so any failure is retried. A stream
 is committed to a host once its first event arrived; a failure after that ends the client's stream
 with an error event (never a silent truncation). The engine is always asked for a usage chunk, so
-the stages get exact token counts; it is passed on only to clients that asked for it.
+the stages get exact token counts; it is passed on only to clients that asked for it. It is also
+asked for usage comments (`: usage {...}` events, see gateway.openai.usage_comments): the counts so
+far, kept in `exchange.usage` and never relayed, so a stream cut short (the client left: 499, the
+engine died: 502) is billed what the engine produced up to there. A server that sends none (another
+OpenAI-compatible backend) leaves the usage unknown and the stages estimate it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from gateway.fleet.exchange import Exchange, Stage
 from gateway.fleet.fleet import Fleet
 from gateway.fleet.host import HostState
 from gateway.fleet.http_client import UpstreamError
-from gateway.fleet.sse import event_data, sse_events
-from gateway.fleet.wire import RoutingFields, Usage, UsageFields
+from gateway.fleet.sse import event_data, sse_events, usage_comment
+from gateway.fleet.wire import CompletionTokensDetails, PromptTokensDetails, RoutingFields, Usage, UsageFields
 from gateway.http import Request, Response, StreamingResponse
 
 _ROUTING = msgspec.json.Decoder(RoutingFields)
 _USAGE = msgspec.json.Decoder(UsageFields)
+_STREAM_HEADERS = (("x-llmaas-usage", "comments"),)  # what gateway.openai.usage_comments answers to
 _ENCODER = msgspec.json.Encoder()
 # An engine that is overloaded or going down answers these before doing any work: try another.
 _RETRY_STATUSES = frozenset((502, 503, 504))
@@ -37,6 +42,19 @@ _FORCE_USAGE = b',"stream_options":{"include_usage":true}}'
 # Request ids: unique per process start, cheaper than a uuid4 each.
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count()
+
+
+class UsageComment(msgspec.Struct):
+    """The body of a `: usage` comment: the stream's cumulative counts so far. The wire contract of
+    gateway.openai.usage_comments, restated: the fleet speaks HTTP to any engine, not its code."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+_USAGE_COMMENT = msgspec.json.Decoder(UsageComment)
 
 
 class Proxy:
@@ -120,8 +138,10 @@ class Proxy:
         upstream: BackendResponse | None = None
         handed_over = False
         try:
-            upstream = await host.backend.request("POST", exchange.path, exchange.body,
-                                                  [("x-request-id", exchange.request_id)])
+            headers = [("x-request-id", exchange.request_id)]
+            if exchange.stream:
+                headers.extend(_STREAM_HEADERS)
+            upstream = await host.backend.request("POST", exchange.path, exchange.body, headers)
             if upstream.status in _RETRY_STATUSES:
                 body = await upstream.read()
                 raise _Retry(f"{host.name} answered {upstream.status}: {body[:200]!r}")
@@ -159,6 +179,12 @@ class Proxy:
         try:
             event = first
             while event:
+                if event[:1] == b":":  # a comment: ours carry usage, none reach the client
+                    comment = usage_comment(event)
+                    if comment is not None:
+                        exchange.usage = _comment_usage(comment) or exchange.usage
+                    event = await anext(events, b"")
+                    continue
                 data = event_data(event)
                 if data is not None and b'"usage":{' in data:
                     exchange.usage = _usage(data) or exchange.usage
@@ -211,6 +237,17 @@ def _usage(data: bytes) -> Usage | None:
         return _USAGE.decode(data).usage
     except msgspec.DecodeError:  # not our business to police an engine's body: no usage known
         return None
+
+
+def _comment_usage(data: bytes) -> Usage | None:
+    try:
+        c = _USAGE_COMMENT.decode(data)
+    except msgspec.DecodeError:  # a malformed comment is ignored, as SSE clients ignore all comments
+        return None
+    return Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                 total_tokens=c.prompt_tokens + c.completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(c.cached_tokens),
+                 completion_tokens_details=CompletionTokensDetails(c.reasoning_tokens))
 
 
 def _prompt_text(fields: RoutingFields) -> str:

@@ -34,3 +34,13 @@ def event_data(event: bytes) -> bytes | None:
     if event.startswith(b"data:"):
         return event[5:].strip()
     return None
+
+
+_USAGE_COMMENT = b": usage "
+
+
+def usage_comment(event: bytes) -> bytes | None:
+    """The JSON of a `: usage {...}` comment event (an engine's usage so far), else None."""
+    if event.startswith(_USAGE_COMMENT):
+        return event[len(_USAGE_COMMENT):].strip()
+    return None

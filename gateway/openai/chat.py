@@ -40,6 +40,7 @@ from gateway.openai.serving import (
     token_text,
     usage_info,
 )
+from gateway.openai.usage_comments import UsageTally, wants_usage_comments
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)
 
@@ -65,7 +66,8 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
     splitters = ([ReasoningSplitter(markers, markers.starts_thinking(prompt)) for _ in range(req.n)]
                  if markers is not None else None)
     if req.stream:
-        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs, splitters))
+        tally = UsageTally([len(prompt_ids)]) if wants_usage_comments(request) else None
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs, splitters, tally))
     return json_response(await _collect(ctx.tokenizer, req, request_id, created, outputs, splitters))
 
 
@@ -125,8 +127,10 @@ def _message(texts: list[str], thoughts: list[str], splitter: ReasoningSplitter 
 
 
 async def _stream(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, created: int,
-                  outputs: AsyncIterator[RequestOutput],
-                  splitters: list[ReasoningSplitter] | None) -> AsyncIterator[bytes]:
+                  outputs: AsyncIterator[RequestOutput], splitters: list[ReasoningSplitter] | None,
+                  tally: UsageTally | None) -> AsyncIterator[bytes]:
+    """The chunks of each engine step; with a tally, each step's usage comment goes first (see
+    gateway.openai.usage_comments)."""
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
         return sse(ChatCompletionChunk(id=request_id, created=created, model=req.model, choices=choices,
                                        system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
@@ -135,13 +139,16 @@ async def _stream(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, c
         return ChatDelta(content=text or None, reasoning_content=thought or None)
 
     try:
+        if tally is not None:
+            yield tally.comment()
         yield chunk([ChatChunkChoice(i, ChatDelta(role="assistant", content="")) for i in range(req.n)])
         async for output in outputs:
+            events: list[bytes] = []
             for delta in output.deltas:
                 lps = _logprobs(tok, delta.logprobs) if req.logprobs and delta.logprobs else None
                 if splitters is None:
                     if delta.text or lps:
-                        yield chunk([ChatChunkChoice(delta.index, ChatDelta(content=delta.text), lps)])
+                        events.append(chunk([ChatChunkChoice(delta.index, ChatDelta(content=delta.text), lps)]))
                 else:
                     splitter = splitters[delta.index]
                     thought, text = splitter.feed(delta.text, delta.token_ids)
@@ -149,10 +156,16 @@ async def _stream(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, c
                         more_thought, more_text = splitter.flush()
                         thought, text = thought + more_thought, text + more_text
                     if thought or text or lps:
-                        yield chunk([ChatChunkChoice(delta.index, text_delta(thought, text), lps)])
+                        events.append(chunk([ChatChunkChoice(delta.index, text_delta(thought, text), lps)]))
                 if delta.finish_reason is not None:
                     reason = finish_reason(delta.finish_reason)
-                    yield chunk([ChatChunkChoice(delta.index, ChatDelta(), finish_reason=reason)])
+                    events.append(chunk([ChatChunkChoice(delta.index, ChatDelta(), finish_reason=reason)]))
+            if tally is not None:
+                tally.add(0, output)
+                if comment := tally.comment(_reasoning_tokens(splitters)):
+                    yield comment
+            for event in events:
+                yield event
             if output.usage is not None and req.stream_options and req.stream_options.include_usage:
                 yield chunk([], usage_info([output.usage], _reasoning_tokens(splitters)))
         yield sse_done()

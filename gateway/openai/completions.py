@@ -28,6 +28,7 @@ from gateway.openai.serving import (
     token_text,
     usage_info,
 )
+from gateway.openai.usage_comments import UsageTally, wants_usage_comments
 
 _DECODER = msgspec.json.Decoder(CompletionRequest)
 # OpenAI's legacy default: completions stop after 16 tokens unless told otherwise.
@@ -41,6 +42,9 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
         prompts = _prompts(req.prompt)
+        comments = bool(req.stream) and wants_usage_comments(request)
+        if comments:  # the engine's own encoding, done here so the comments count prompts from the start
+            prompts = [ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
         max_tokens = _DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
         params = sampling_params(req, max_tokens, req.logprobs)
         for i, prompt in enumerate(prompts):
@@ -51,7 +55,8 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
         return ApiError.from_invalid(exc).response() if isinstance(exc, InvalidRequestError) else exc.response()
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started))
+        tally = UsageTally([len(p) for p in prompts]) if comments else None
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started, tally))
     results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs) for outputs in started))
     choices = [choice for prompt_choices, _ in results for choice in prompt_choices]
     for index, choice in enumerate(choices):  # choices of prompt p are numbered p * n + i
@@ -114,8 +119,9 @@ async def _collect(tok: Tokenizer, req: CompletionRequest,
 
 
 async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, created: int,
-                  streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[bytes]:
-    """Chunks of all prompts as they come; choice j of prompt i is numbered i * n + j, as OpenAI does."""
+                  streams: list[AsyncIterator[RequestOutput]], tally: UsageTally | None) -> AsyncIterator[bytes]:
+    """Chunks of all prompts as they come; choice j of prompt i is numbered i * n + j, as OpenAI does.
+    With a tally, each step's usage comment goes before its chunks (see gateway.openai.usage_comments)."""
     def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
         return sse(Completion(id=request_id, created=created, model=req.model, choices=choices,
                               system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
@@ -124,7 +130,13 @@ async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, creat
     usages: list[Usage] = []
     merged = merge_streams(streams)
     try:
+        if tally is not None:
+            yield tally.comment()
         async for prompt_index, output in merged:
+            if tally is not None:
+                tally.add(prompt_index, output)
+                if comment := tally.comment():
+                    yield comment
             for delta in output.deltas:
                 if delta.text or delta.logprobs or delta.finish_reason is not None:
                     index = prompt_index * req.n + delta.index

@@ -2,7 +2,9 @@
 
 It answers chat and completions with its own name as the text (so a test sees which host served a
 request), streams `tokens` events `delay_s` apart, reports its load at /internal/load, and records
-what it saw: requests, connections, and streams the client left before their end.
+what it saw: requests, connections, and streams the client left before their end. Asked for usage
+comments (`x-llmaas-usage: comments`, as the gateway asks), it sends `: usage` comments as our
+engine does, before each content event, unless `usage_comments` is off (another OpenAI server).
 """
 from __future__ import annotations
 
@@ -24,9 +26,13 @@ class FakeEngine:
     load_status: int = 200  # the health probe's answer
     load_delay_s: float = 0.0  # how long the health probe's answer takes
     fail_after: int | None = None  # cut each stream's connection after this many events
+    usage_comments: bool = True  # answer the gateway's request for usage comments
+    prompt_tokens: int = 5
+    cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
     clients: set[tuple[str, int] | None] = field(default_factory=set)
     aborted: int = 0
+    produced: int = 0  # content events (tokens) yielded, over all streams
     active: int = 0
     server: Server | None = None
     port: int = 0
@@ -72,19 +78,27 @@ class FakeEngine:
         self.clients.add(request.client)
         if self.status != 200:
             return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
-        usage = {"prompt_tokens": 5, "completion_tokens": self.tokens, "total_tokens": 5 + self.tokens,
-                 "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 0}}
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.tokens,
+                 "total_tokens": self.prompt_tokens + self.tokens,
+                 "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
         if not body.get("stream"):
             await asyncio.sleep(self.delay_s * self.tokens)
             message = {"role": "assistant", "content": self.name}
             answer = {"id": "x", "object": "chat.completion", "model": body["model"],
                       "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
             return Response(body=msgspec.json.encode(answer))
-        return StreamingResponse(self._stream(body, usage))
+        comments = self.usage_comments and request.headers.get("x-llmaas-usage") == "comments"
+        return StreamingResponse(self._stream(body, usage, comments))
 
-    async def _stream(self, body: dict, usage: dict) -> AsyncIterator[bytes]:
+    async def _stream(self, body: dict, usage: dict, comments: bool) -> AsyncIterator[bytes]:
         def event(payload: object) -> bytes:
             return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+        def comment(completion: int) -> bytes:
+            counts = {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+                      "completion_tokens": completion, "reasoning_tokens": 0}
+            return b": usage " + msgspec.json.encode(counts) + b"\n\n"
 
         self.active += 1
         finished = False
@@ -96,7 +110,10 @@ class FakeEngine:
                         conn.abort()
                     return
                 await asyncio.sleep(self.delay_s)
+                if comments:
+                    yield comment(i + 1)
                 delta = {"content": self.name if i == 0 else "."}
+                self.produced += 1
                 yield event({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield event({"object": "chat.completion.chunk", "choices": [], "usage": usage})

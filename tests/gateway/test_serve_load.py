@@ -6,12 +6,12 @@ import asyncio
 import pytest
 
 from bench.serve_load import BenchConfig, bench, markdown_table
-from tests.gateway.test_openai_api import MODEL, Running, running  # noqa: F401 (a fixture)
+from tests.gateway.serve_stack import MODEL, Running
 
 pytestmark = pytest.mark.slow
 
 
-def test_load_generator_measures_every_request(running: Running) -> None:  # noqa: F811
+def test_load_generator_measures_every_request(running: Running) -> None:
     config = BenchConfig(base_url=running.base_url, model=MODEL, concurrency=(2,), num_requests=4,
                          output_len=8, input_len=16, warmup=1, timeout=60,
                          api_key=running.api_key)
@@ -31,7 +31,7 @@ def test_load_generator_measures_every_request(running: Running) -> None:  # noq
     assert "| 2 | 4 | 0 |" in markdown_table([level])
 
 
-def test_bench_suite_against_our_server(running: Running) -> None:  # noqa: F811
+def test_bench_suite_against_our_server(running: Running) -> None:
     from bench.serve_suite import ServeSettings, run_serve
     from bench.workload import parse_length
 

@@ -1,0 +1,156 @@
+"""Ledger rows equal the engine's counts (whole, streamed, n > 1, several prompts, a client leaving),
+and the engine's cumulative usage comments, on the real model."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from gateway.http import Router
+from gateway.openai import ServingContext, add_openai_routes
+
+from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, raw_post
+
+
+def generated(running: Running) -> int:
+    """Tokens the engine has sampled since it started (its own counter, not the API's usage)."""
+    return running.engine.engine.stats_snapshot().generation_tokens
+
+
+def ledger_rows(running: Running) -> list:
+    assert running.tenancy is not None
+    return running.tenancy.store.usage("test", 0)
+
+
+def ledger_counts(row: object) -> tuple[int, int, int, int]:
+    return row.input_tokens, row.cached_input_tokens, row.output_tokens, row.reasoning_tokens  # type: ignore[attr-defined]
+
+
+def usage_counts(usage: dict) -> tuple[int, int, int, int]:
+    return (usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"], usage["completion_tokens"],
+            usage["completion_tokens_details"]["reasoning_tokens"])
+
+
+def sse_data(body: bytes) -> list[bytes]:
+    return [e[6:] for e in body.split(b"\n\n") if e.startswith(b"data: ")]
+
+
+def billed(running: Running, path: str, body: dict) -> tuple[object, bytes, int]:
+    """Sends one request through the gateway: (its ledger row, the raw answer, tokens the engine sampled)."""
+    before, sampled = len(ledger_rows(running)), generated(running)
+    status, answer = raw_post(running, path, json.dumps(body).encode())
+    assert status == 200, answer
+    rows = ledger_rows(running)  # durable before the answer's last byte
+    assert len(rows) == before + 1 and rows[-1].status == 200
+    return rows[-1], answer, generated(running) - sampled
+
+
+def test_ledger_holds_the_engines_counts_whole_and_streamed(running: Running) -> None:
+    base = {"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 4}
+    row, answer, sampled = billed(running, "/v1/chat/completions", base)
+    assert ledger_counts(row) == usage_counts(json.loads(answer)["usage"]) and row.output_tokens == sampled
+    prompt_tokens = row.input_tokens
+    # Streamed, no usage asked: none reaches the client, neither comment nor chunk; billed exactly.
+    row, answer, sampled = billed(running, "/v1/chat/completions", {**base, "stream": True})
+    assert b": usage" not in answer and b'"usage":{' not in answer
+    assert (row.input_tokens, row.output_tokens) == (prompt_tokens, sampled) and sampled > 0
+    # Usage asked: exactly OpenAI's one usage chunk, last before [DONE], equal to the ledger row.
+    row, answer, sampled = billed(running, "/v1/chat/completions",
+                                  {**base, "stream": True, "stream_options": {"include_usage": True}})
+    events = sse_data(answer)
+    usages = [json.loads(e)["usage"] for e in events if b'"usage":{' in e]
+    assert b": usage" not in answer and len(usages) == 1 and events[-1] == b"[DONE]"
+    assert json.loads(events[-2])["choices"] == [] and set(usages[0]) == {
+        "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"}
+    assert ledger_counts(row) == usage_counts(usages[0]) and row.output_tokens == sampled
+
+
+def test_ledger_counts_every_choice_and_every_prompt(running: Running) -> None:
+    row, answer, sampled = billed(running, "/v1/chat/completions",
+                                  {"model": MODEL, "messages": CAPITAL, "n": 3, "max_tokens": 3, "ignore_eos": True,
+                                   "stream": True, "stream_options": {"include_usage": True}})
+    usage = json.loads(sse_data(answer)[-2])["usage"]
+    assert ledger_counts(row) == usage_counts(usage) and row.output_tokens == sampled == 9
+    prompts = ["The capital of France is", "One, two,", "Once upon a time"]
+    row, answer, sampled = billed(running, "/v1/completions",
+                                  {"model": MODEL, "prompt": prompts, "n": 2, "max_tokens": 2, "ignore_eos": True,
+                                   "stream": True})
+    assert b": usage" not in answer and b'"usage":{' not in answer
+    assert row.output_tokens == sampled == 12
+    # The engine encodes a text prompt with the tokenizer's defaults.
+    assert row.input_tokens == sum(len(running.engine.tokenizer.encode(p)) for p in prompts)
+
+
+def test_a_client_leaving_mid_stream_pays_what_the_engine_produced(running: Running) -> None:
+    prompt_tokens = client_usage(running)["prompt_tokens"]
+    before, sampled = len(ledger_rows(running)), generated(running)
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 500, "ignore_eos": True,
+                       "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                 b"authorization: Bearer %b\r\ncontent-length: %d\r\n\r\n%b"
+                 % (running.api_key.encode(), len(body), body))
+    received = b""
+    while received.count(b'"content":"') < 6:  # the role delta and a few tokens
+        received += sock.recv(65536)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while (len(ledger_rows(running)) == before or not all_blocks_free(running.engine)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    row = ledger_rows(running)[-1]
+    assert len(ledger_rows(running)) == before + 1 and row.status == 499 and b": usage" not in received
+    # The engine's own prompt count, not the gateway's estimate; every token the client received is
+    # billed, and no more than the engine sampled (the step in flight when the abort landed is not).
+    assert row.input_tokens == prompt_tokens
+    assert received.count(b'"content":"') - 1 <= row.output_tokens <= generated(running) - sampled < 500
+
+
+def client_usage(running: Running) -> dict:
+    status, answer = raw_post(running, "/v1/chat/completions", json.dumps(
+        {"model": MODEL, "messages": CAPITAL, "max_tokens": 1}).encode())
+    assert status == 200
+    return json.loads(answer)["usage"]
+
+
+@pytest.fixture(scope="module")
+def engine_front(running: Running) -> Running:
+    """The engine's own OpenAI routes, no gateway: what the gateway reads."""
+    router = Router()
+    add_openai_routes(router, ServingContext(running.engine, [MODEL]))
+    return running.start(router)
+
+
+def comments(answer: bytes) -> list[dict]:
+    return [json.loads(e[len(b": usage "):]) for e in answer.split(b"\n\n") if e.startswith(b": usage ")]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": CAPITAL, "n": 2}),
+    ("/v1/completions", {"prompt": ["The capital of France is", "One, two,"], "n": 2}),
+])
+def test_the_engine_sends_cumulative_usage_comments_when_asked(engine_front: Running, path: str, body: dict) -> None:
+    body = {"model": MODEL, "max_tokens": 3, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}, **body}
+    status, plain = raw_post(engine_front, path, json.dumps({**body, "max_tokens": 1}).encode())
+    assert status == 200 and b": usage" not in plain  # only for who asks
+    status, answer = raw_post(engine_front, path, json.dumps(body).encode(), {"x-llmaas-usage": "comments"})
+    seen = comments(answer)
+    usage = json.loads(sse_data(answer)[-2])["usage"]
+    # The prompt is counted before any token; completion tokens only grow; the last equals the usage.
+    assert seen[0]["prompt_tokens"] == usage["prompt_tokens"] > 0 and seen[0]["completion_tokens"] == 0
+    assert [c["completion_tokens"] for c in seen] == sorted(c["completion_tokens"] for c in seen)
+    assert seen[-1] == {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+                        "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+                        "reasoning_tokens": usage["completion_tokens_details"]["reasoning_tokens"]}
+    num_prompts = len(body.get("prompt", [""]))
+    assert usage["completion_tokens"] == 3 * 2 * num_prompts
+    # Each content chunk is covered by a comment sent before it.
+    delivered = 0
+    for event in answer.split(b"\n\n"):
+        if event.startswith(b": usage "):
+            covered = json.loads(event[len(b": usage "):])["completion_tokens"]
+        elif b'"content":"' in event and b'"content":""' not in event or b'"text":"' in event:
+            delivered += 1
+            assert delivered <= covered
