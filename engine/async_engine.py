@@ -1,7 +1,9 @@
 """An asyncio front for LLMEngine: the step loop runs on its own thread, never on the event loop.
 
 Requests and aborts reach the engine thread through a command queue; each request's outputs come
-back to the asyncio loop that asked for them through call_soon_threadsafe into its own queue.
+back to the asyncio loop that asked for them through call_soon_threadsafe into its own queue: one
+call per loop per step, carrying that step's outputs for all of the loop's requests (each call
+writes the loop's wake-up pipe, so a call per output cost a syscall and a loop wake-up each).
 """
 from __future__ import annotations
 
@@ -98,8 +100,7 @@ class AsyncLLMEngine:
                 if not self._drain_commands(block):
                     return
                 if self.engine.has_unfinished_requests():
-                    for output in self.engine.step():
-                        self._deliver(output.request_id, output)
+                    self._deliver_step(self.engine.step())
         except BaseException as exc:  # the loop must tell every waiter why it stopped
             self._dead = exc
             for request_id in list(self._streams):
@@ -128,7 +129,24 @@ class AsyncLLMEngine:
                 if output is not None:
                     self._deliver(command[1], output)
 
+    def _deliver_step(self, outputs: list[RequestOutput]) -> None:
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                batches.setdefault(stream.loop, []).append((stream.queue, output))
+        for loop, batch in batches.items():
+            if len(batch) == 1:
+                loop.call_soon_threadsafe(batch[0][0].put_nowait, batch[0][1])
+            else:
+                loop.call_soon_threadsafe(_put_all, batch)
+
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for stream_queue, output in batch:
+        stream_queue.put_nowait(output)

@@ -188,6 +188,29 @@ def test_async_generate_streams_and_abort_on_close(llm: LLM) -> None:
         engine.shutdown()
 
 
+def test_async_concurrent_streams_get_their_own_outputs(llm: LLM) -> None:
+    # Outputs of one step travel to the loop together (async_engine._deliver_step): each stream must
+    # still get exactly its own tokens, the same as when it runs alone.
+    prompts = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12]]
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    alone = [out.outputs[0].token_ids for out in llm.generate(prompts, params)]
+    engine = AsyncLLMEngine(llm.engine)
+
+    async def collect(prompt: list[int]) -> list[int]:
+        tokens: list[int] = []
+        async for out in engine.generate(prompt, params):
+            tokens += [t for d in out.deltas for t in d.token_ids]
+        return tokens
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(*(collect(p) for p in prompts)))
+
+    try:
+        assert asyncio.run(main()) == alone
+    finally:
+        engine.shutdown()
+
+
 def test_async_engine_builds_on_its_thread_and_reports_load_errors(tmp_path) -> None:
     with pytest.raises(ModelLoadError):
         AsyncLLMEngine(lambda: LLM(str(tmp_path / "missing.gguf")).engine)
