@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,3 +89,14 @@ def raw_post(running: Running, path: str, body: bytes, headers: dict[str, str] |
 def all_blocks_free(engine: AsyncLLMEngine) -> bool:
     load = engine.load()
     return load.num_free_blocks == load.num_blocks and load.num_running == 0 and load.num_waiting == 0
+
+
+def open_stream(running: Running, max_tokens: int) -> socket.socket:
+    """Starts a streamed chat answer on a raw socket, for a test to read part of and then drop."""
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": max_tokens, "ignore_eos": True,
+                       "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                 b"authorization: Bearer %b\r\ncontent-length: %d\r\n\r\n%b"
+                 % (running.api_key.encode(), len(body), body))
+    return sock

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import socket
 import time
 
 import openai
 import pytest
 
 
-from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, raw_post
+from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, open_stream, raw_post
 
 
 def test_chat_answers_and_reports_usage(client: openai.OpenAI) -> None:
@@ -198,12 +197,7 @@ def test_malformed_json_is_400(running: Running) -> None:
 
 
 def test_client_leaving_mid_stream_frees_its_blocks(running: Running) -> None:
-    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 1000, "ignore_eos": True,
-                       "stream": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
-                 b"authorization: Bearer %b\r\ncontent-length: %d\r\n\r\n%b"
-                 % (running.api_key.encode(), len(body), body))
+    sock = open_stream(running, 1000)
     received = b""
     while received.count(b"data: ") < 4:  # the role delta and a few tokens
         received += sock.recv(65536)

@@ -3,7 +3,6 @@ and the engine's cumulative usage comments, on the real model."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from gateway.http import Router
 from gateway.openai import ServingContext, add_openai_routes
 
-from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, raw_post
+from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, open_stream, raw_post
 
 
 def generated(running: Running) -> int:
@@ -86,12 +85,7 @@ def test_ledger_counts_every_choice_and_every_prompt(running: Running) -> None:
 def test_a_client_leaving_mid_stream_pays_what_the_engine_produced(running: Running) -> None:
     prompt_tokens = client_usage(running)["prompt_tokens"]
     before, sampled = len(ledger_rows(running)), generated(running)
-    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 500, "ignore_eos": True,
-                       "stream": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
-                 b"authorization: Bearer %b\r\ncontent-length: %d\r\n\r\n%b"
-                 % (running.api_key.encode(), len(body), body))
+    sock = open_stream(running, 500)
     received = b""
     while received.count(b'"content":"') < 6:  # the role delta and a few tokens
         received += sock.recv(65536)
