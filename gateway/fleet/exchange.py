@@ -26,6 +26,8 @@ class Exchange:
     num_prompts: int  # a completions request may carry several
     include_usage: bool  # the client asked for a usage chunk
     affinity_key: bytes | None = None
+    # A notice for the client (a deprecated model's), added to the answer's JSON as `warning`.
+    warning: str | None = None
     # Body fields the stages set for the engine (priority, a tier's max_tokens): they override the client's.
     overrides: dict[str, Any] = field(default_factory=dict)
     # Headers every response carries (rate-limit counters, deprecation notices...).

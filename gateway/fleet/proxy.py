@@ -153,6 +153,8 @@ class Proxy:
                 exchange.status = upstream.status
                 if upstream.status == 200:
                     exchange.usage = _usage(body)
+                    if exchange.warning:
+                        body = _with_warning(body, exchange.warning)
                 await _settle(exchange, admitted)
                 content_type = upstream.headers.get("content-type", "application/json")
                 return Response(status=upstream.status, body=body, content_type=content_type,
@@ -176,6 +178,7 @@ class Proxy:
     async def _relay(self, exchange: Exchange, host: HostState, upstream: BackendResponse,
                      events: AsyncIterator[bytes], first: bytes, admitted: list[Stage]) -> AsyncIterator[bytes]:
         exchange.status = 499  # until the stream ends well
+        warning = exchange.warning  # goes into the first chunk
         try:
             event = first
             while event:
@@ -186,6 +189,9 @@ class Proxy:
                     event = await anext(events, b"")
                     continue
                 data = event_data(event)
+                if warning and data is not None and data[:1] == b"{":
+                    data = _with_warning(data, warning)
+                    event, warning = b"data: " + data + b"\n\n", None
                 if data is not None and b'"usage":{' in data:
                     exchange.usage = _usage(data) or exchange.usage
                     if exchange.include_usage or b'"choices":[]' not in data:
@@ -216,6 +222,14 @@ class Proxy:
 
 class _Retry(Exception):
     pass
+
+
+def _with_warning(body: bytes, warning: str) -> bytes:
+    """A JSON object with a top-level `warning` field added (a deprecated model's notice)."""
+    body = body.rstrip()
+    if body[-1:] != b"}":
+        return body
+    return body[:-1] + b',"warning":' + _ENCODER.encode(warning) + b"}"
 
 
 def _finish(exchange: Exchange, admitted: list[Stage]) -> list[Awaitable[None]]:

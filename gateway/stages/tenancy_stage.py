@@ -48,6 +48,7 @@ class TenancyStage:
             raise gateway_error(exc) from None
         exchange.state[STATE_KEY] = admission
         exchange.response_headers.extend(admission.headers())
+        exchange.warning = admission.warning
         # The engine gets the tier's priority (its scheduler runs lower values first; tiers rank
         # higher values first), and the tier's cap when the client set no max.
         exchange.overrides["priority"] = -admission.priority

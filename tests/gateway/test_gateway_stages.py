@@ -4,6 +4,7 @@ with their ledger rows and metrics, per-tenant security policies from the config
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def test_a_deprecated_model_answers_with_deprecation_and_sunset(tmp_path: Path) 
         assert current.status == deprecated.status == 200
         assert "deprecation" not in current.headers and "sunset" not in current.headers
         assert deprecated.headers["deprecation"].startswith("@") and "2026" in deprecated.headers["sunset"]
+        assert "warning" not in current.json() and "deprecated" in deprecated.json()["warning"]
+        streamed = await post(port, chat(DEPRECATED, stream=True), key)
+        first, *rest = [json.loads(e) for e in streamed.events() if e != b"[DONE]"]
+        assert "deprecated" in first["warning"] and not any("warning" in e for e in rest)
 
     run(tmp_path, test).close()
 
