@@ -51,8 +51,9 @@ class Gateway:
         if self.tenancy_stage is not None:
             stages.append(self.tenancy_stage)
         if config.security.enabled:
+            overrides = self.tenancy.security_policies if self.tenancy is not None else None
             stages.append(SecurityStage(default_policy=config.security.policy,
-                                        tenant_policies=config.security.tenants))
+                                        tenant_policies=config.security.tenants, overrides=overrides))
         self.proxy = Proxy(self.fleet, stages)
         self.alerts = (AlertEvaluator(config.alerts, Sources(self.recorder, self.fleet, self.tenancy),
                                       self.recorder.clock) if config.alerts.enabled else None)

@@ -9,6 +9,10 @@ from LLMAAS_ADMIN_TOKEN or the caller); tenant tokens never open them.
     GET    /admin/v1/audit/verify
     GET    /admin/v1/audit/export         JSON lines
     POST   /admin/v1/audit/purge          drop prompt text past its retention
+    GET|PUT|DELETE /admin/v1/tenants/{tenant}/security-policy, GET /admin/v1/security-policies
+                                          per-tenant prompt security (security_policies.py)
+
+A bad body is a 400 whose `param` names the field at fault.
 
 The store calls run in a worker thread, so the event loop never waits on a commit.
 """
@@ -19,11 +23,13 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from gateway.admin.security_policies import delete_policy, get_policy, list_policies, put_policy
 from gateway.cli_tokens import iso_time, parse_duration, parse_since
 from gateway.http import Request, Response, Router, error_response
 from gateway.tenancy import Tenancy
@@ -32,6 +38,8 @@ from gateway.tenancy.ledger import render, summarize
 from gateway.tenancy.store import TokenRecord
 
 ADMIN_TOKEN_ENV = "LLMAAS_ADMIN_TOKEN"
+_AT_FIELD = re.compile(r"at `\$\.(\w+)")
+_NAMED_FIELD = re.compile(r"field `([^`]+)`")
 _ENC = msgspec.json.Encoder()
 
 
@@ -79,7 +87,7 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
             try:
                 return await handler(tenancy, request)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                return error_response(400, f"Invalid body: {exc}")
+                return _invalid_body(exc)
             except ValueError as exc:  # an unknown tier, a bad pattern, a bad duration
                 return error_response(400, str(exc))
             except KeyError as exc:
@@ -94,6 +102,21 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("GET", "/admin/v1/audit/verify", guarded(audit_verify))
     router.add("GET", "/admin/v1/audit/export", guarded(audit_export))
     router.add("POST", "/admin/v1/audit/purge", guarded(audit_purge))
+    router.add("GET", "/admin/v1/security-policies", guarded(list_policies))
+    policy_path = "/admin/v1/tenants/{tenant}/security-policy"
+    router.add("GET", policy_path, guarded(get_policy))
+    router.add("PUT", policy_path, guarded(put_policy))
+    router.add("DELETE", policy_path, guarded(delete_policy))
+
+
+def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> Response:
+    """400 with the field at fault as `param` (msgspec names it: "... - at `$.patterns`", "unknown
+    field `x`", "missing required field `tier`"); None when the body as a whole is wrong."""
+    message = str(exc)
+    found = _AT_FIELD.search(message) or _NAMED_FIELD.search(message)
+    body = {"error": {"message": f"Invalid body: {message}", "type": "invalid_request_error",
+                      "param": found.group(1) if found else None, "code": None}}
+    return _json(body, status=400)
 
 
 def _query(request: Request) -> dict[str, str]:

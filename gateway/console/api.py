@@ -5,7 +5,9 @@
     GET /console/api/series?minutes=60           per model and minute: requests, errors, TTFT and
                                                  end-to-end p50/p99, output tokens per second
     GET /console/api/alerts                      {"active": [...], "history": [...]}, newest first
-    GET /console/api/history?model=&status=&since=&until=&limit=&tenant=   (tenant: admin only)
+    GET /console/api/history?model=&status=&since=&until=&limit=&before=&tenant=   (tenant: admin only)
+                                                 {"data": [...], "next"}: newest first; `next`, passed
+                                                 as `before`, gives the older page (null: no more)
     GET /console/api/models                      the catalog with lifecycle fields
 
 Tenants see their own ledger rows and series, and the alerts about themselves (a budget alert);
@@ -23,10 +25,11 @@ from gateway.alerts.evaluator import AlertEvaluator
 from gateway.alerts.events import AlertEvent
 from gateway.alerts.recorder import Recorder
 from gateway.console.auth import ConsoleAuth, ConsoleDenied, ConsoleForbidden, Viewer
-from gateway.console.history import HistoryFilter, history
-from gateway.console.query import BadQuery, integer, moment, params, status_matches
+from gateway.console.history import HistoryPage, history
+from gateway.console.query import BadQuery, cursor, integer, moment, params, status_matches
 from gateway.http import Request, Response, error_response
 from gateway.tenancy import Tenancy
+from gateway.tenancy.history import HistoryQuery
 from gateway.tenancy.ledger import summarize
 
 _ENC = msgspec.json.Encoder()
@@ -111,14 +114,13 @@ class ConsoleApi:
             tenant = q.get("tenant")
         elif q.get("tenant") not in (None, viewer.tenant):
             raise ConsoleForbidden("A tenant token reads its own history only.")
-        f = HistoryFilter(tenant=tenant, since=moment(q.get("since", "24h"), now),
-                          until=moment(q["until"], now) if "until" in q else None, model=q.get("model"),
-                          status=status_matches(q["status"]) if "status" in q else None,
-                          limit=integer(q, "limit", 100, 1, 1000))
+        query = HistoryQuery(tenant=tenant, since=moment(q.get("since", "24h"), now),
+                             until=moment(q["until"], now) if "until" in q else None, model=q.get("model"),
+                             status=status_matches(q["status"]) if "status" in q else None,
+                             limit=integer(q, "limit", 100, 1, 1000), before=cursor(q.get("before")))
         if self.tenancy is None:
-            return {"data": []}
-        tenancy = self.tenancy
-        return {"data": await asyncio.to_thread(history, tenancy, f)}
+            return HistoryPage([], None)
+        return await asyncio.to_thread(history, self.tenancy, query)
 
     async def models(self, viewer: Viewer, request: Request) -> object:
         t = self.tenancy

@@ -6,6 +6,8 @@ import re
 import urllib.parse
 from datetime import datetime, timezone
 
+from gateway.tenancy.history import parse_cursor
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -59,6 +61,16 @@ def status_matches(spec: str) -> tuple[int, int]:
     if re.fullmatch(r"\d{3}", spec):
         return int(spec), int(spec)
     raise BadQuery("status: a code (429), a class (5xx), ok or error")
+
+
+def cursor(text: str | None) -> tuple[float, int] | None:
+    """A history page's `before`: the `next` of the page before it."""
+    if text is None:
+        return None
+    try:
+        return parse_cursor(text)
+    except ValueError:
+        raise BadQuery("before: the `next` cursor of a previous page") from None
 
 
 def iso(ts: float) -> str:

@@ -41,6 +41,8 @@ class Exchange:
     streamed_tokens: int = 0  # content events relayed (a token each from our engines)
     started: float = field(default_factory=time.monotonic)
     first_byte: float | None = None
+    last_content: float | None = None  # when the latest content event was relayed
+    content_gaps: list[float] = field(default_factory=list)  # seconds between successive content events
     # Each stage keeps what it needs between admit and finish here, under its own name.
     state: dict[str, Any] = field(default_factory=dict)
     _payload: Any = None
@@ -52,6 +54,13 @@ class Exchange:
     @property
     def stream(self) -> bool:
         return bool(self.fields.stream)
+
+    def note_content(self, now: float) -> None:
+        """A content event relayed at `now` (time.monotonic())."""
+        self.streamed_tokens += 1
+        if self.last_content is not None:
+            self.content_gaps.append(now - self.last_content)
+        self.last_content = now
 
     def payload(self) -> Any:
         """The whole body as JSON values, decoded on first use (security reads the messages)."""

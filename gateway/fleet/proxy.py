@@ -1,14 +1,16 @@
 """The gateway's request path: read the routing fields, run the stages, pick a host, forward,
 retry on another host before the first byte, relay the answer, account for it.
 
-Non-streaming answers are read whole before anything is sent, so any failure is retried. A stream
-is committed to a host once its first event arrived; a failure after that ends the client's stream
-with an error event (never a silent truncation). The engine is always asked for a usage chunk, so
-the stages get exact token counts; it is passed on only to clients that asked for it. It is also
-asked for usage comments (`: usage {...}` events, see gateway.openai.usage_comments): the counts so
-far, kept in `exchange.usage` and never relayed, so a stream cut short (the client left: 499, the
-engine died: 502) is billed what the engine produced up to there. A server that sends none (another
-OpenAI-compatible backend) leaves the usage unknown and the stages estimate it.
+Non-streaming answers are read whole before anything is sent, so any failure is retried; the read
+runs in a task of its own, so a client that leaves before the answer (499) is billed the engine's
+exact usage once the answer arrives. A stream is committed to a host once its first event arrived;
+a failure after that ends the client's stream with an error event (never a silent truncation). The
+engine is always asked for a usage chunk, so the stages get exact token counts; it is passed on
+only to clients that asked for it. It is also asked for usage comments (`: usage {...}` events, see
+gateway.openai.usage_comments): the counts so far, kept in `exchange.usage` and never relayed, so a
+stream cut short (the client left: 499, the engine died: 502) is billed what the engine produced up
+to there. A server that sends none (another OpenAI-compatible backend) leaves the usage unknown and
+the stages estimate it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Proxy:
     def __init__(self, fleet: Fleet, stages: list[Stage] | None = None) -> None:
         self.fleet = fleet
         self.stages = stages or []
+        self._settling: set[asyncio.Future[None]] = set()  # ledger writes of requests whose client left
 
     async def handle(self, request: Request) -> Response | StreamingResponse:
         try:
@@ -139,26 +142,29 @@ class Proxy:
         handed_over = False
         try:
             headers = [("x-request-id", exchange.request_id)]
-            if exchange.stream:
-                headers.extend(_STREAM_HEADERS)
+            if not exchange.stream:
+                fetch = asyncio.ensure_future(_whole_answer(host, exchange.path, exchange.body, headers))
+                try:
+                    status, content_type, body = await asyncio.shield(fetch)
+                except asyncio.CancelledError:
+                    # The client left: the answer, once it comes, bills the engine's exact counts.
+                    handed_over = True
+                    self._bill_when_answered(exchange, host, fetch, admitted)
+                    raise
+                if status in _RETRY_STATUSES:
+                    raise _Retry(f"{host.name} answered {status}: {body[:200]!r}")
+                exchange.host = host.name
+                return await self._answer(exchange, host, status, content_type, body, admitted)
+            headers.extend(_STREAM_HEADERS)
             upstream = await host.backend.request("POST", exchange.path, exchange.body, headers)
             if upstream.status in _RETRY_STATUSES:
                 body = await upstream.read()
                 raise _Retry(f"{host.name} answered {upstream.status}: {body[:200]!r}")
             exchange.host = host.name
-            if not exchange.stream or upstream.status != 200:
-                body = await upstream.read()
-                host.record_success()
-                exchange.first_byte = time.monotonic()
-                exchange.status = upstream.status
-                if upstream.status == 200:
-                    exchange.usage = _usage(body)
-                    if exchange.warning:
-                        body = _with_warning(body, exchange.warning)
-                await _settle(exchange, admitted)
-                content_type = upstream.headers.get("content-type", "application/json")
-                return Response(status=upstream.status, body=body, content_type=content_type,
-                                headers=list(exchange.response_headers))
+            if upstream.status != 200:
+                return await self._answer(exchange, host, upstream.status,
+                                          upstream.headers.get("content-type", "application/json"),
+                                          await upstream.read(), admitted)
             events = sse_events(upstream.chunks())
             first = await anext(events, b"")
             host.record_success()
@@ -174,6 +180,43 @@ class Proxy:
                 if upstream is not None:
                     upstream.close()
                 host.end(cost)
+
+    async def _answer(self, exchange: Exchange, host: HostState, status: int, content_type: str, body: bytes,
+                      admitted: list[Stage]) -> Response:
+        """A whole answer: accounted for (durably) before it is sent."""
+        host.record_success()
+        exchange.first_byte = time.monotonic()
+        exchange.status = status
+        if status == 200:
+            exchange.usage = _usage(body)
+            if exchange.warning:
+                body = _with_warning(body, exchange.warning)
+        await _settle(exchange, admitted)
+        return Response(status=status, body=body, content_type=content_type, headers=list(exchange.response_headers))
+
+    def _bill_when_answered(self, exchange: Exchange, host: HostState, fetch: asyncio.Future[_Whole],
+                            admitted: list[Stage]) -> None:
+        """Takes the stages over from a request whose client left while its whole answer was on its
+        way: they end when the engine answers (its usage then known) or fails (usage estimated)."""
+        stages = admitted[:]
+        admitted.clear()  # the request path's own ending now has nothing left to end
+
+        def settle(done: asyncio.Future[_Whole]) -> None:
+            host.end(exchange.estimated_tokens)
+            exchange.status, exchange.host = 499, host.name
+            error = None if done.cancelled() else done.exception()
+            if isinstance(error, UpstreamError):
+                host.record_failure(str(error), self.fleet.routing.failure_threshold)
+            elif error is None and not done.cancelled():
+                status, _, body = done.result()
+                host.record_success()
+                exchange.usage = _usage(body) if status == 200 else None
+            for pending in _finish(exchange, stages):  # a commit still to wait on (no journal)
+                future = asyncio.ensure_future(pending)
+                self._settling.add(future)  # held until done: nobody else waits on it
+                future.add_done_callback(self._settling.discard)
+
+        fetch.add_done_callback(settle)
 
     async def _relay(self, exchange: Exchange, host: HostState, upstream: BackendResponse,
                      events: AsyncIterator[bytes], first: bytes, admitted: list[Stage]) -> AsyncIterator[bytes]:
@@ -197,7 +240,7 @@ class Proxy:
                     if exchange.include_usage or b'"choices":[]' not in data:
                         yield event
                 elif data is not None and b'"content":"' in data and b'"content":""' not in data:
-                    exchange.streamed_tokens += 1
+                    exchange.note_content(time.monotonic())
                     yield event
                 elif data == b"[DONE]":
                     exchange.status = 200
@@ -222,6 +265,19 @@ class Proxy:
 
 class _Retry(Exception):
     pass
+
+
+_Whole = tuple[int, str, bytes]  # a whole answer: status, content type, body
+
+
+async def _whole_answer(host: HostState, path: str, body: bytes, headers: list[tuple[str, str]]) -> _Whole:
+    """One request's whole answer from `host`: a task of its own, so that it runs to its end (and
+    its usage is known) even when the client leaves before."""
+    upstream = await host.backend.request("POST", path, body, headers)
+    try:
+        return upstream.status, upstream.headers.get("content-type", "application/json"), await upstream.read()
+    finally:
+        upstream.close()
 
 
 def _with_warning(body: bytes, warning: str) -> bytes:

@@ -4,20 +4,35 @@ stable code that tells an attacker nothing to tune against."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import security
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
 
 
+class PolicyOverrides(Protocol):
+    """Policies operators set at run time (gateway.tenancy.security_policies): None when unset."""
+
+    def get(self, tenant: str | None) -> security.Policy | None: ...
+
+
 class SecurityStage:
     def __init__(self, history: security.History | None = None, default_policy: security.Policy | None = None,
-                 tenant_policies: Mapping[str, security.Policy] | None = None) -> None:
+                 tenant_policies: Mapping[str, security.Policy] | None = None,
+                 overrides: PolicyOverrides | None = None) -> None:
         self.history = history if history is not None else security.History()
         self.default_policy = default_policy or security.Policy()
         self.tenant_policies = dict(tenant_policies or {})
+        self.overrides = overrides
 
     def policy(self, tenant: str | None) -> security.Policy:
+        """The operator's policy for the tenant (admin API), else the config's, else the default;
+        read on every request, so a change applies from the tenant's next request."""
+        if self.overrides is not None:
+            chosen = self.overrides.get(tenant)
+            if chosen is not None:
+                return chosen
         return self.tenant_policies.get(tenant or "", self.default_policy)
 
     async def admit(self, exchange: Exchange) -> None:

@@ -97,12 +97,14 @@ class AuditTrail:
                client: str | None = None, model: str | None = None, input_tokens: int = 0, output_tokens: int = 0,
                verdict: str | None = None, request_id: str = "", prompt: str | None = None,
                usage: UsageRow | None = None) -> Future[None]:
-        """Chains one record and queues it with the request's usage row (one transaction)."""
+        """Chains one record and queues it with the request's usage row (one transaction). The
+        record takes the usage row's time: one request, one timestamp, which is how the request
+        history (history.py) finds a record's ledger row."""
         blob = digest = None
         if prompt is not None and self._cipher is not None:
             blob = self._cipher.encrypt(prompt, request_id)
             digest = hashlib.sha256(blob).hexdigest()
-        now = self._clock.time()
+        now = usage.time if usage is not None else self._clock.time()
         with self._lock:
             record = AuditRecord(seq=self._seq + 1, time=now, tenant=tenant, token_id=token_id, client=client,
                                  model=model, status=status, reason=reason, input_tokens=input_tokens,

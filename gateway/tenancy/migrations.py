@@ -29,6 +29,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- policy an audit insert touches no index page at all.
         CREATE INDEX audit_prompt_time ON audit (time) WHERE prompt IS NOT NULL;
     """),
+    (2, """
+        -- Request history pages by time: a tenant's (the console's tenant view) and everyone's (the
+        -- admin's). Audit rows arrive in time order, so both indexes grow at their right edge.
+        CREATE INDEX audit_tenant_time ON audit (tenant, time);
+        CREATE INDEX audit_time ON audit (time);
+    """),
+    (3, """
+        -- Per-tenant prompt-security policies set through the admin API (security_policies.py);
+        -- modes: JSON, each layer's mode ({"patterns": "flag_only", ...}).
+        CREATE TABLE security_policies (tenant TEXT PRIMARY KEY, modes TEXT NOT NULL, updated_at REAL NOT NULL);
+    """),
 ]
 
 

@@ -17,6 +17,7 @@ from gateway.tenancy.errors import AuthenticationError, ModelNotFound, Permissio
 from gateway.tenancy.ledger import Counts, cost_eur, worst_case_cost
 from gateway.tenancy.permissions import ModelPatterns
 from gateway.tenancy.rate_limit import Grant, RateLimiter
+from gateway.tenancy.security_policies import SecurityPolicies
 from gateway.tenancy.sqlite_store import SqliteStore
 from gateway.tenancy.store import Store, UsageRow
 from gateway.tenancy.tiers import Prices, Tier, TierConfig, load_config
@@ -84,6 +85,7 @@ class Tenancy:
         self.limiter = RateLimiter(self.clock, store.cost_since)
         cipher = PromptCipher(audit_key) if audit_key else None
         self.audit = AuditTrail(store, self.clock, cipher, prompt_retention_s)
+        self.security_policies = SecurityPolicies(store, self.clock)  # the admin API's, over the config's
 
     @classmethod
     def open(cls, db_path: str | None = None, tiers_path: str | None = None, catalog_path: str | None = None,

@@ -1,4 +1,4 @@
-"""The one store interface for tokens, usage and audit records.
+"""The one store interface for tokens, usage and audit records, and security policies.
 
 SQLite (`sqlite_store.py`) is the embedded default; a fleet of gateways would implement the same
 protocol on PostgreSQL. Writes return a `concurrent.futures.Future` that resolves once the write is
@@ -14,6 +14,8 @@ from concurrent.futures import Future
 from typing import Protocol
 
 import msgspec
+
+from gateway.tenancy.history import HistoryEntry, HistoryQuery
 
 
 class TokenRecord(msgspec.Struct, kw_only=True):
@@ -64,6 +66,14 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     hash: str = ""
 
 
+class PolicyRecord(msgspec.Struct, kw_only=True):
+    """A tenant's prompt-security policy as an operator set it (security_policies.py)."""
+
+    tenant: str
+    modes: dict[str, str]         # each security layer's mode: on, flag_only or off
+    updated_at: float
+
+
 class Store(Protocol):
     # tokens
     def put_token(self, token: TokenRecord) -> Future[None]: ...
@@ -75,8 +85,14 @@ class Store(Protocol):
     def usage(self, tenant: str | None, since: float, until: float | None = None) -> list[UsageRow]: ...
     def cost_since(self, tenant: str, since: float) -> float: ...
     def audit_records(self) -> Iterable[AuditRecord]: ...
+    def history(self, query: HistoryQuery) -> list[HistoryEntry]: ...  # a page, by time (history.py)
     def audit_head(self) -> tuple[int, str]: ...
     def purge_prompts(self, before: float) -> Future[int]: ...
+
+    # per-tenant security policies set by operators
+    def put_policy(self, record: PolicyRecord) -> Future[None]: ...
+    def delete_policy(self, tenant: str) -> Future[bool]: ...
+    def policies(self) -> list[PolicyRecord]: ...
 
     # settings shared by the gateway and the CLI (the token pepper, for one)
     def get_meta(self, key: str) -> str | None: ...

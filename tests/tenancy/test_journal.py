@@ -114,7 +114,7 @@ def test_a_second_process_on_the_database_writes_directly(tmp_path: Path) -> Non
     gateway = open_tenancy(db)
     cli = open_tenancy(db)  # the journal is the gateway's: the CLI neither replays it nor writes to it
     try:
-        assert gateway.store._journal is not None and cli.store._journal is None
+        assert gateway.store.writer.journal is not None and cli.store.writer.journal is None
         p = cli.local_principal()
         a = cli.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1, request_id="cli")
         cli.finish(a, Counts(1, 0, 1, 0)).result()  # committed at once

@@ -39,7 +39,7 @@ def test_a_failing_write_does_not_sink_its_batch(store: SqliteStore) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-    futures = [store.put_token(token("a")), store._submit(bad), store.put_token(token("c"))]
+    futures = [store.put_token(token("a")), store.writer.submit(bad), store.put_token(token("c"))]
     assert futures[0].result() is None and futures[2].result() is None
     with pytest.raises(sqlite3.OperationalError):
         futures[1].result()
@@ -61,7 +61,7 @@ def test_closed_store_refuses_writes(tmp_path: Path) -> None:
 
 def test_sync_mode_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SqliteStore(tmp_path / "f.db", synchronous="full")
-    assert store._writer_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._read("PRAGMA synchronous")[0][0] == 2  # FULL
     store.close()
     monkeypatch.setenv("LLMAAS_DB_SYNC", "sometimes")
     with pytest.raises(ValueError):

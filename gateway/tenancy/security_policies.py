@@ -1,0 +1,66 @@
+"""Per-tenant prompt-security policies set by operators through the admin API.
+
+Each layer of prompt security (structure, patterns, behaviour) runs `on`, `flag_only` or `off`
+(security.Policy). The gateway config sets a default and per-tenant policies
+(`[security.tenants.NAME]`); a policy set here, through the admin API, wins over the config's
+for its tenant until it is deleted. Policies are persisted in the store and read from memory on
+each request, so a change takes effect on the tenant's next request. Only the admin API writes
+them: no request of a tenant reaches this object.
+
+One gateway process sees its own changes at once; another process on the same database (a second
+gateway) loads them when it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+import security
+from gateway.tenancy.clock import Clock
+from gateway.tenancy.store import PolicyRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+def _modes(policy: security.Policy) -> dict[str, str]:
+    return msgspec.structs.asdict(policy)
+
+
+class SecurityPolicies:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store, self._clock = store, clock
+        self._records: dict[str, PolicyRecord] = {}
+        self._policies: dict[str, security.Policy] = {}
+        for record in store.policies():
+            try:
+                policy = msgspec.convert(record.modes, security.Policy)
+            except msgspec.ValidationError as exc:  # a layer since renamed: the config's policy applies
+                log.error("security policy of tenant %r ignored: %s", record.tenant, exc)
+                continue
+            self._records[record.tenant], self._policies[record.tenant] = record, policy
+
+    def get(self, tenant: str | None) -> security.Policy | None:
+        """The operator's policy for `tenant`, None when none was set (the config's applies)."""
+        return self._policies.get(tenant or "")
+
+    def record(self, tenant: str) -> PolicyRecord | None:
+        return self._records.get(tenant)
+
+    def records(self) -> list[PolicyRecord]:
+        return [self._records[t] for t in sorted(self._records)]
+
+    def put(self, tenant: str, policy: security.Policy) -> PolicyRecord:
+        """Persists then applies (blocks until committed: call it off the event loop)."""
+        record = PolicyRecord(tenant=tenant, modes=_modes(policy), updated_at=self._clock.time())
+        self._store.put_policy(record).result()
+        self._records[tenant], self._policies[tenant] = record, policy
+        return record
+
+    def delete(self, tenant: str) -> bool:
+        """Back to the config's policy; False when there was none to delete."""
+        existed = self._store.delete_policy(tenant).result()
+        self._records.pop(tenant, None)
+        self._policies.pop(tenant, None)
+        return existed
