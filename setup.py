@@ -33,6 +33,8 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
+        if ext.name == CUDA_MODULE:  # CMake built it with engine._C (one configure, both targets)
+            return
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
@@ -53,4 +55,9 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--config", config, "-j", jobs], cwd=build_temp, check=True)
 
 
-setup(ext_modules=[CMakeExtension("engine._C")], cmdclass={"build_ext": CMakeBuild})
+CUDA_MODULE = "engine._C_cuda"
+# Both modules are declared so that setuptools copies each into the source tree (--inplace) or the
+# wheel; the CUDA one only where it is built.
+EXT_MODULES = [CMakeExtension("engine._C")] + ([CMakeExtension(CUDA_MODULE)] if build_cuda() else [])
+
+setup(ext_modules=EXT_MODULES, cmdclass={"build_ext": CMakeBuild})

@@ -1,13 +1,14 @@
 """Where the engine stands on a GPU: hardware ceilings, greedy parity with transformers (fp32), bf16
-throughput against transformers `generate` and the decode roofline, and energy per token.
+throughput of a Llama-3.1-8B-shaped random model at batch 1/16/64/256 with 1k context against
+transformers `generate` and the roofline, and energy per token (NVML).
 
     python3 bench/gpu_engine_check.py --out OUTDIR [--budget-s 230]   # on a CUDA machine
     python3 bench/gpu_engine_check.py --out /tmp/gpucheck --smoke      # CPU, tiny shapes, seconds
 
 Writes OUTDIR/engine_check.json (after every measurement, so a killed run leaves what it had) and
 OUTDIR/engine_check.md, and prints the Markdown tables last. Random weights everywhere; token ids
-are fed directly. Output lengths shrink (128 -> 64 -> 32) where a row would not fit the time budget;
-the table says so. Exit status: 0 all fine, 1 a stage raised, 2 parity below n/n.
+are fed directly; the engine makes its random weights on the GPU (load_format="dummy"). A row that
+would not fit the time budget is skipped, and the report says so. Exit status: 0 all fine, 1 a stage raised, 2 parity below n/n.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Check:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.report: dict = {"meta": {}, "ceilings": None, "correctness": None, "throughput": [],
-                             "energy": None, "errors": []}
+                             "energy": [], "skipped": [], "errors": []}
         self.tok = None
         self.tmp_root = args.tmp_dir or None
 
@@ -131,100 +132,166 @@ class Check:
         log(f"correctness: engine == HF batched {c['match_hf_batched']}/{len(prompts)}, "
             f"== HF one-by-one {c['match_hf_single']}/{len(prompts)}")
 
-    def throughput(self, name: str, shape: dict, deadline: float, energy_row: bool) -> None:
-        from engine import LLM, SamplingParams
+    def throughput(self, name: str, shape: dict, batches: tuple[int, ...], deadline: float,
+                   with_hf: bool = True) -> None:
+        """Our engine, then transformers, on the same random-weight shape, one after the other so that
+        each has the whole card. Per batch: a 1-token run (prefill) and an n-token run on fresh
+        prompts; decode time per step = (T_n - T_1) / (n - 1)."""
+        prompt_len, n = (16, 8) if self.smoke else (896, 128)  # "1k context": 896 + 128 = 1024
+        info = gm.shape_bytes(shape, torch.bfloat16)
+        gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
 
-        dev, dtype = self.device, torch.bfloat16
-        prompt_len, full_len = (16, 8) if self.smoke else (128, 128)
-        batches = (1, 2) if self.smoke else (1, 16, 64)
-        log(f"{name}: building the random model on {dev}")
-        model = gm.make_hf_model(shape, dev, dtype)
-        tmp = tempfile.TemporaryDirectory(prefix=f"llmaas-{name}-", dir=self.tmp_root)
-        llm = None
-        try:
-            gm.save_model_folder(model, self.tok, Path(tmp.name))
-            log(f"{name}: saved to {tmp.name}; loading it into the engine")
-            try:
-                # On the GPU the KV cache is sized by the runner's profiling pass (the transformers copy
-                # of the model shares the card, hence 0.6); 64 MiB in smoke runs.
-                memory = {"kv_cache_bytes": 64 * 2**20} if self.smoke else {"gpu_memory_utilization": 0.6}
-                llm = LLM(model=tmp.name, dtype=dtype, device=dev, **memory,
-                          max_num_seqs=max(batches), max_num_batched_tokens=max(2048, max(batches) * prompt_len))
-            except Exception as e:  # noqa: BLE001 - transformers' rows still run
-                self._row_error(f"{name}/engine-load", e)
-            tmp.cleanup()
-            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied counted once
-            bw = (self.report.get("ceilings") or {}).get("bandwidth_GBps")
-            vocab = shape["vocab_size"]
-            gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        def prompts(b: int) -> list[list[int]]:
+            return torch.randint(3, shape["vocab_size"], (b, prompt_len), generator=gen).tolist()
 
-            def prompts(b: int) -> list[list[int]]:
-                return torch.randint(3, vocab, (b, prompt_len), generator=gen).tolist()
+        engine_share = 0.45 if with_hf else 1.0  # of the time to the deadline; transformers gets the rest
+        llm = self._engine_for(name, shape, max(batches), prompt_len + n)
+        if llm is not None:
+            from engine import SamplingParams
 
-            def run_engine(ps: list[list[int]], n: int) -> int:
-                res = llm.generate(ps, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+            def run_engine(ps: list[list[int]], k: int) -> int:
+                res = llm.generate(ps, SamplingParams(temperature=0, max_tokens=k, ignore_eos=True))
                 return sum(len(r.outputs[0].token_ids) for r in res)
 
-            def run_hf(ps: list[list[int]], n: int) -> int:
-                return sum(len(o) for o in gm.hf_generate(model, ps, n, dev))
+            split = time.perf_counter() + (deadline - time.perf_counter()) * engine_share
+            self._runner_rows(name, "engine", run_engine, prompts, batches, prompt_len, n, info, split)
+            self.stage(f"step profile {name}", self._step_profile, name, llm, run_engine, prompts, n)
+            del llm, run_engine
+            free_memory(self.device)
+            log(f"{name}: engine freed, {gm.allocated_gib(self.device):.1f} GiB still allocated")
+        if not with_hf:
+            return
+        log(f"{name}: building the transformers model on {self.device}")
+        model = gm.make_hf_model(shape, self.device, torch.bfloat16)
 
-            shares = {1: 0.15, 16: 0.25, 64: 0.75, 2: 1.0}
-            for b in batches:
-                for kind, fn in (("engine", run_engine), ("transformers", run_hf)):
-                    if kind == "engine" and llm is None:
-                        continue
-                    try:
-                        warm_n = 8 if not self.smoke else 2
-                        warm_s, _ = gm.timed(lambda: fn(prompts(b), warm_n), dev)  # fresh prompts: no prefix-cache hits
-                        share = 1.0 if kind == "transformers" and b == max(batches) else shares.get(b, 0.5)
-                        allowed = max(0.0, deadline - time.perf_counter()) * share
-                        n, note = full_len, ""
-                        while n > full_len // 4 and warm_s * n / warm_n > allowed:
-                            n //= 2
-                        if n != full_len:
-                            note = f"output cut to {n} tokens (time budget)"
-                        ps = prompts(b)
-                        meter = self._energy_start() if energy_row and kind == "engine" and b == max(batches) else None
-                        secs, tokens = gm.timed(lambda: fn(ps, n), dev)
-                        if meter is not None:
-                            self._energy_end(meter, name, b, tokens, secs)
-                        row = {"model": name, "runner": kind, "batch": b, "prompt_len": prompt_len, "output_len": n,
-                               "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs,
-                               "warmup_seconds": warm_s, "weight_bytes": weight_bytes, "note": note}
-                        if bw:
-                            step_s = weight_bytes / (bw * 1e9)
-                            row |= {"roofline_tokens_per_s": b / step_s, "roofline_fraction": tokens / secs * step_s / b}
-                        if dev == "cuda":
-                            row["peak_gpu_GiB_since_shape_start"] = torch.cuda.max_memory_allocated() / 2**30
-                        self.report["throughput"].append(row)
-                        log(f"{name} {kind:12s} batch {b:3d}: {tokens} tokens in {secs:.2f}s = "
-                            f"{tokens / secs:.1f} tok/s {note}")
-                    except Exception as e:  # noqa: BLE001
-                        self._row_error(f"{name}/{kind}/batch{b}", e)
-                    self.save()
+        def run_hf(ps: list[list[int]], k: int) -> int:
+            return sum(len(o) for o in gm.hf_generate(model, ps, k, self.device))
+
+        try:
+            self._runner_rows(name, "transformers", run_hf, prompts, batches, prompt_len, n, info, deadline)
         finally:
-            del llm, model
-            tmp.cleanup()
+            del model, run_hf
+
+    def _step_profile(self, name: str, llm, run_engine, prompts, steps: int) -> None:
+        """Where a batch-1 decode step's time goes: graph replays per step, Python (cProfile, by own
+        time) and the device (torch.profiler: launches and top ops)."""
+        import cProfile
+        import io
+        import pstats
+
+        runner = llm.engine.runner
+        replays = [0]
+        replay = runner._replay_decode
+
+        def counted(batch):
+            replays[0] += 1
+            return replay(batch)
+
+        runner._replay_decode = counted
+        prof = cProfile.Profile()
+
+        def profiled() -> None:
+            prof.enable()
+            try:
+                run_engine(prompts(1), steps)
+            finally:
+                prof.disable()
+
+        try:
+            secs, _ = gm.timed(profiled, self.device)
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+            with profile(activities=acts) as tp:
+                run_engine(prompts(1), min(8, steps))
+            events = tp.key_averages()
+            launches = {e.key: e.count for e in events if e.key in ("cudaGraphLaunch", "cudaLaunchKernel",
+                                                                     "cuLaunchKernel", "cuLaunchKernelEx")}
+            table = events.table(sort_by="self_cpu_time_total", row_limit=15)
+        finally:
+            runner._replay_decode = replay
+        result = {"graph_sizes": runner.graphs.sizes if runner.graphs is not None else None,
+                  "graph_replays": replays[0], "steps": steps, "seconds": secs, "launches_8_tokens": launches,
+                  "cprofile": text.getvalue()[-6000:], "torch_profile": table[-6000:]}
+        self.report.setdefault("profiles", {})[name] = result
+        log(f"{name} step profile: {steps} tokens in {secs:.2f}s, graph replays {replays[0]}, "
+            f"graph sizes {result['graph_sizes'] and len(result['graph_sizes'])}, launches (8 tokens) {launches}")
+        print(result["cprofile"], flush=True)
+        print(result["torch_profile"], flush=True)
+
+    def _engine_for(self, name: str, shape: dict, max_batch: int, max_len: int):
+        from engine import LLM
+
+        with tempfile.TemporaryDirectory(prefix=f"llmaas-{name}-", dir=self.tmp_root) as tmp:
+            gm.save_config_folder(shape, self.tok, Path(tmp))
+            log(f"{name}: loading random weights into the engine (load_format=dummy)")
+            memory = {"kv_cache_bytes": 64 * 2**20} if self.smoke else {"gpu_memory_utilization": 0.9}
+            try:
+                return LLM(model=tmp, load_format="dummy", dtype=torch.bfloat16, device=self.device, **memory,
+                           max_num_seqs=max_batch, max_num_batched_tokens=16384, max_model_len=max_len)
+            except Exception as e:  # noqa: BLE001 - transformers' rows still run
+                self._row_error(f"{name}/engine-load", e)
+                return None
+
+    def _runner_rows(self, name: str, kind: str, fn, prompts, batches: tuple[int, ...], prompt_len: int, n: int,
+                     info: dict, deadline: float) -> None:
+        dev = self.device
+        try:
+            warm_s, _ = gm.timed(lambda: fn(prompts(2), 4), dev)
+            log(f"{name} {kind}: warm-up {warm_s:.1f}s")
+        except Exception as e:  # noqa: BLE001
+            self._row_error(f"{name}/{kind}/warm-up", e)
+            return
+        last: dict | None = None
+        for b in batches:
+            left = deadline - time.perf_counter()
+            if last is not None:  # prefill grows with the batch, decode steps slowly
+                need = 2 * last["prefill_seconds"] * b / last["batch"] + n * last["decode_step_seconds"] * 2
+                if need > left:
+                    log(f"{name} {kind} batch {b}: skipped (needs ~{need:.0f}s, {left:.0f}s left)")
+                    self.report["skipped"].append(f"{name}/{kind}/batch {b}: time budget")
+                    continue
+            try:
+                t1, _ = gm.timed(lambda: fn(prompts(b), 1), dev)
+                ps = prompts(b)
+                meter = self._energy_start() if b == max(batches) else None
+                tn, tokens = gm.timed(lambda: fn(ps, n), dev)
+                if meter is not None:
+                    self._energy_end(meter, name, kind, b, tokens, tn)
+                row = gm.throughput_row(name, kind, b, prompt_len, n, t1, tn, tokens, info, self.report.get("ceilings"))
+                if dev == "cuda":
+                    row["peak_gpu_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+                self.report["throughput"].append(row)
+                last = row
+                log(f"{name} {kind:12s} batch {b:3d}: prefill {row['prefill_tokens_per_s']:.0f} tok/s, decode "
+                    f"{row['decode_tokens_per_s']:.0f} tok/s ({row['decode_step_seconds'] * 1e3:.2f} ms/step, "
+                    f"{row.get('decode_roofline_fraction', 0):.0%} of roofline), end to end {row['tokens_per_s']:.0f} tok/s")
+            except Exception as e:  # noqa: BLE001
+                self._row_error(f"{name}/{kind}/batch{b}", e)
+                free_memory(dev)
+            self.save()
 
     # ---- energy -------------------------------------------------------------------------
     def _energy_start(self) -> tuple | None:
         if self.device != "cuda":
-            self.report["energy"] = {"skipped": "no NVML on CPU (smoke)"}
+            self.report["energy_skipped"] = "no NVML on CPU (smoke)"
             return None
         meter = gm.EnergyMeter()
         if not meter.available:
-            self.report["energy"] = {"skipped": f"NVML unavailable: {meter.error}"}
+            self.report["energy_skipped"] = f"NVML unavailable: {meter.error}"
             return None
         torch.cuda.synchronize()
         return meter, meter.read_mj()
 
-    def _energy_end(self, started: tuple, name: str, batch: int, tokens: int, secs: float) -> None:
+    def _energy_end(self, started: tuple, name: str, runner: str, batch: int, tokens: int, secs: float) -> None:
         meter, before = started
         joules = (meter.read_mj() - before) / 1e3
-        self.report["energy"] = {
-            "model": name, "batch": batch, "tokens": tokens, "seconds": secs, "joules": joules,
+        self.report["energy"].append({
+            "model": name, "runner": runner, "batch": batch, "tokens": tokens, "seconds": secs, "joules": joules,
             "avg_power_W": joules / secs, "kWh_per_M_tokens": joules / 3.6e6 / tokens * 1e6,
-            "reliable": secs >= 5.0, "note": "" if secs >= 5.0 else "window < 5 s: NVML counter too coarse"}
+            "reliable": secs >= 5.0, "note": "" if secs >= 5.0 else "window < 5 s: NVML counter too coarse"})
 
     def _row_error(self, where: str, e: Exception) -> None:
         log(f"{where}: FAILED {type(e).__name__}: {e}")
@@ -267,12 +334,14 @@ def main() -> int:
         check.stage("ceilings", check.ceilings)
         if check.tok is not None:
             check.stage("correctness", check.correctness)
-            shapes = ([("tiny-a", gm.SMOKE_A), ("tiny-b", gm.SMOKE_B)] if args.smoke
-                      else [("smollm2-135m", gm.SMOLLM2_135M), ("llama3.2-1b", gm.LLAMA32_1B)])
-            for i, (name, shape) in enumerate(shapes):
-                left = check.deadline - time.perf_counter()
-                deadline = time.perf_counter() + (left * 0.5 if i == 0 else left)  # the 1B shape costs more to set up
-                check.stage(f"throughput {name}", check.throughput, name, shape, deadline, i == len(shapes) - 1)
+            # (name, shape, batches, share of the time left, transformers too): the small shape first and
+            # engine only (its step is all overhead: the step profile is the point), then the issue's.
+            shapes = ([("tiny-a", gm.SMOKE_A, (1, 2), 0.3, False), ("tiny-b", gm.SMOKE_B, (1, 2), 1.0, True)]
+                      if args.smoke else [("smollm2-135m", gm.SMOLLM2_135M, (1, 64), 0.15, False),
+                                          ("llama3.1-8b", gm.LLAMA31_8B, (1, 16, 64, 256), 1.0, True)])
+            for name, shape, batches, share, with_hf in shapes:
+                deadline = time.perf_counter() + (check.deadline - time.perf_counter()) * share
+                check.stage(f"throughput {name}", check.throughput, name, shape, batches, deadline, with_hf)
     finally:
         check.save()
         md = gm.report_markdown(check.report)

@@ -25,6 +25,11 @@ LLAMA32_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16
                   rms_norm_eps=1e-5, tie_word_embeddings=True,
                   rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+LLAMA31_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 # Smoke-test shapes (CPU): vocabularies larger than the tokenizer's, as in the real shapes.
 SMOKE_A = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512, tie_word_embeddings=True)
@@ -66,8 +71,13 @@ def make_hf_model(shape: dict, device: str, dtype: torch.dtype, seed: int = 0, s
 
     config = LlamaConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, **shape)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype`: an 8B model in fp32 first would take 32 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     model = model.to(dtype).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -79,6 +89,17 @@ def make_hf_model(shape: dict, device: str, dtype: torch.dtype, seed: int = 0, s
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = BOS_ID
     return model
+
+
+def save_config_folder(shape: dict, tok, folder: Path) -> Path:
+    """A Hugging Face folder with config.json and the tokenizer but no weights: the engine's
+    load_format="dummy" makes random weights of these shapes on the device."""
+    from transformers import LlamaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    LlamaConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, architectures=["LlamaForCausalLM"], **shape).save_pretrained(folder)
+    write_tokenizer(tok, folder)
+    return folder
 
 
 def save_model_folder(model, tok, folder: Path) -> Path:
@@ -105,6 +126,44 @@ def hf_generate(model, prompts: list[list[int]], new_tokens: int, device: str) -
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=BOS_ID)
     return out[:, width:].tolist()
+
+
+def shape_bytes(shape: dict, dtype: torch.dtype) -> dict:
+    """Parameter count, weight bytes (a tied lm_head counted once) and KV-cache bytes per token."""
+    h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    head_dim = h // shape["num_attention_heads"]
+    kv = shape["num_key_value_heads"] * head_dim
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter + 2 * h
+    embed = shape["vocab_size"] * h
+    params = layers * per_layer + embed * (1 if shape.get("tie_word_embeddings") else 2) + h
+    size = dtype.itemsize
+    # lm_head is a matmul per token; the embedding is a gather (not in the per-token flops)
+    matmul_params = layers * (per_layer - 2 * h) + embed
+    return {"params": params, "weight_bytes": params * size, "kv_bytes_per_token": 2 * layers * kv * size,
+            "flops_per_token": 2 * matmul_params}
+
+
+def throughput_row(model: str, runner: str, batch: int, prompt_len: int, n: int, t1: float, tn: float,
+                   tokens: int, info: dict, ceilings: dict | None) -> dict:
+    """One runner at one batch: prefill from the 1-token run, decode from the difference of the two
+    runs, each against its floor (matmul flops / measured rate; bytes read per step / measured
+    bandwidth, weights once plus every sequence's KV cache at its mean decode length)."""
+    step = max(tn - t1, 1e-9) / max(n - 1, 1)
+    row = {"model": model, "runner": runner, "batch": batch, "prompt_len": prompt_len, "output_len": n,
+           "tokens": tokens, "seconds": tn, "tokens_per_s": tokens / tn, "prefill_seconds": t1,
+           "prefill_tokens_per_s": batch * prompt_len / t1, "decode_step_seconds": step,
+           "decode_tokens_per_s": batch / step, "weight_bytes": info["weight_bytes"]}
+    if ceilings:
+        step_bytes = info["weight_bytes"] + batch * (prompt_len + n / 2) * info["kv_bytes_per_token"]
+        floor_step = step_bytes / (ceilings["bandwidth_GBps"] * 1e9)
+        prefill_floor = batch * prompt_len * info["flops_per_token"] / (ceilings["matmul_TFLOPs"] * 1e12)
+        row |= {"decode_floor_step_seconds": floor_step, "decode_roofline_fraction": floor_step / step,
+                "prefill_floor_seconds": prefill_floor, "prefill_roofline_fraction": prefill_floor / t1}
+    return row
+
+
+def allocated_gib(device: str) -> float:
+    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
 
 
 def timed(fn, device: str) -> tuple[float, object]:
@@ -181,7 +240,7 @@ class EnergyMeter:
 
 def report_markdown(report: dict) -> str:
     """The Markdown tables of a gpu_engine_check report."""
-    m, c, cor, e = report["meta"], report["ceilings"], report["correctness"], report["energy"]
+    m, c, cor = report["meta"], report["ceilings"], report["correctness"]
     lines = [f"## GPU engine check ({m.get('gpu') or 'CPU smoke'}, torch {m.get('torch')}, "
              f"transformers {m.get('transformers')})", ""]
     if c:
@@ -193,34 +252,44 @@ def report_markdown(report: dict) -> str:
                   f"| {cor['new_tokens']} new tokens | {cor['match_hf_batched']}/{n} | {cor['match_hf_single']}/{n} |", ""]
     rows = report["throughput"]
     if rows:
-        lines += ["| model | batch | out | engine tok/s | HF tok/s | engine/HF | roofline tok/s | engine % roof | "
-                  "HF % roof | note |", "|---|---|---|---|---|---|---|---|---|---|"]
-        keys = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda k: ([r["model"] for r in rows].index(k[0]), k[1]))
-        for model, b in keys:
+        lines += _throughput_table(rows)
+    for e in report.get("energy") or []:
+        if e is report["energy"][0]:
+            lines += ["| energy (NVML, one n-token run) | tokens out | s | avg W | kWh / M output tokens | reliable |",
+                      "|---|---|---|---|---|---|"]
+        lines.append(f"| {e['model']} {e['runner']} batch {e['batch']} | {e['tokens']} | {e['seconds']:.1f} | "
+                     f"{e['avg_power_W']:.0f} | {e['kWh_per_M_tokens']:.4f} | {'yes' if e['reliable'] else 'no: ' + e['note']} |")
+    if report.get("energy"):
+        lines.append("")
+    if report.get("energy_skipped"):
+        lines += [f"Energy: skipped ({report['energy_skipped']})", ""]
+    lines += [f"- skipped {s}" for s in report.get("skipped", [])]
+    lines += [f"- FAILED {err['stage']}: {err['error']}" for err in report["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_table(rows: list[dict]) -> list[str]:
+    def f(r: dict | None, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r and key in r else "-"
+
+    lines = ["| model | batch | decode tok/s engine | HF | engine/HF | engine % decode roofline | HF % | "
+             "prefill tok/s engine | HF | engine % matmul peak | end-to-end engine/HF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        for b in sorted({r["batch"] for r in rows if r["model"] == model}):
             got = {r["runner"]: r for r in rows if r["model"] == model and r["batch"] == b}
             en, hf = got.get("engine"), got.get("transformers")
-            ref = en or hf
-
-            def f(r: dict | None, key: str, fmt: str) -> str:
-                return format(r[key], fmt) if r and key in r else "-"
-
-            ratio = f"{en['tokens_per_s'] / hf['tokens_per_s']:.2f}" if en and hf else "-"
-            outs = "/".join(sorted({str(r["output_len"]) for r in got.values()}))
-            note = "; ".join(f"{k}: {r['note']}" for k, r in got.items() if r["note"])
-            mb = ref["weight_bytes"] / 1e6
-            lines.append(f"| {model} ({mb:.0f} MB) | {b} | {outs} | {f(en, 'tokens_per_s', '.1f')} | {f(hf, 'tokens_per_s', '.1f')} | "
-                         f"{ratio} | {f(ref, 'roofline_tokens_per_s', '.0f')} | "
-                         f"{f(en, 'roofline_fraction', '.2%')} | {f(hf, 'roofline_fraction', '.2%')} | {note} |")
-        lines += ["", "roofline = batch / (weight bytes / measured copy bandwidth): weights read once per decode step; "
-                  f"KV-cache reads and prefill ignored. Prompt {rows[0]['prompt_len']} random token ids, greedy, ignore_eos; "
-                  "each row after a warm-up of the same batch size.", ""]
-    if e:
-        if "skipped" in e:
-            lines += [f"Energy: skipped ({e['skipped']})", ""]
-        else:
-            lines += ["| energy (engine) | tokens | s | avg W | kWh / M tokens | reliable |", "|---|---|---|---|---|---|",
-                      f"| {e['model']} batch {e['batch']} | {e['tokens']} | {e['seconds']:.1f} | {e['avg_power_W']:.0f} | "
-                      f"{e['kWh_per_M_tokens']:.3f} | {'yes' if e['reliable'] else 'no: ' + e['note']} |", ""]
-    for err in report["errors"]:
-        lines.append(f"- FAILED {err['stage']}: {err['error']}")
-    return "\n".join(lines) + "\n"
+            ratio = f"{en['decode_tokens_per_s'] / hf['decode_tokens_per_s']:.2f}" if en and hf else "-"
+            e2e = f"{en['tokens_per_s'] / hf['tokens_per_s']:.2f}" if en and hf else "-"
+            gb = (en or hf)["weight_bytes"] / 1e9
+            lines.append(f"| {model} ({gb:.1f} GB) | {b} | {f(en, 'decode_tokens_per_s', '.0f')} | "
+                         f"{f(hf, 'decode_tokens_per_s', '.0f')} | {ratio} | {f(en, 'decode_roofline_fraction', '.0%')} | "
+                         f"{f(hf, 'decode_roofline_fraction', '.0%')} | {f(en, 'prefill_tokens_per_s', '.0f')} | "
+                         f"{f(hf, 'prefill_tokens_per_s', '.0f')} | {f(en, 'prefill_roofline_fraction', '.0%')} | {e2e} |")
+    r0 = rows[0]
+    lines += ["", f"Prompts of {r0['prompt_len']} random token ids, {r0['output_len']} new tokens (greedy, ignore_eos), "
+              "fresh prompts per run. Prefill = the 1-token run; decode step = (T_n - T_1) / (n - 1). Decode roofline: "
+              "(weights + every sequence's KV cache at its mean length) / measured copy bandwidth per step; matmul "
+              "peak: 2 x matmul params x prompt tokens / measured bf16 rate.", ""]
+    return lines

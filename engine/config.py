@@ -44,6 +44,7 @@ class EngineConfig:
     device: str = "cpu"
     num_threads: int | None = None
     gpu_memory_utilization: float | None = None  # CUDA: KV cache sized to this share of GPU memory; None: kv_cache_bytes
+    load_format: str = "auto"  # "dummy": random weights of the model's shapes, made on the device (benchmarks)
 
     def __post_init__(self) -> None:
         if self.block_size is None:

@@ -10,6 +10,8 @@ import torch
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
+from engine.energy import EnergySource, StepEnergy, open_energy_source
+from engine.energy_sampler import SAMPLE_INTERVAL_S, SampledMeter
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.loader.load import load_model
 from engine.memory import release_free_heap
@@ -17,7 +19,7 @@ from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
 from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.stats import EngineStats
 
@@ -36,12 +38,14 @@ class _Request:
     request_id: str
     prompt_token_ids: list[int]
     seqs: list[Sequence] = field(default_factory=list)
+    energy_joules: float | None = None  # its share of the steps it was in; None when no meter
 
 
 class LLMEngine:
-    def __init__(self, model: str, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: str, config: EngineConfig | None = None, energy: EnergySource | None = None) -> None:
+        """energy: the meter to charge requests from; by default the device's (engine.energy)."""
         self.config = config or EngineConfig()
-        loaded = load_model(model, self.config.dtype)
+        loaded = load_model(model, self.config.dtype, self.config.load_format, self.config.device)
         self.model_name = model
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -58,6 +62,10 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self.stats = EngineStats()  # written by the step thread only; read via stats_snapshot()
+        self.energy_source = energy or _device_energy_source(self.runner.device)
+        self._energy = StepEnergy(self.energy_source.meter) if self.energy_source.meter is not None else None
+        if self._energy is not None:
+            self.stats.energy_joules = 0.0
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0) -> None:
         if request_id in self._requests:
@@ -65,7 +73,7 @@ class LLMEngine:
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(prompt_ids, params)
         limit = self.max_model_len if params.max_tokens is None else len(prompt_ids) + params.max_tokens
-        request = _Request(request_id, prompt_ids)
+        request = _Request(request_id, prompt_ids, energy_joules=0.0 if self._energy is not None else None)
         arrival = next(self._arrivals)
         for index in range(params.n):
             seq = Sequence(seq_id=next(self._seq_ids), request_id=request_id, index=index,
@@ -93,6 +101,7 @@ class LLMEngine:
                 seq.finish_reason = "abort"
                 self.stats.record_finish("abort")
                 deltas.append(SequenceDelta(seq.index, [], "", "abort"))
+        self._rest_meter_if_idle()
         return RequestOutput(request_id, deltas, finished=True, usage=_usage(request))
 
     def has_unfinished_requests(self) -> bool:
@@ -118,15 +127,35 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        if self._energy is not None:
+            self._energy.start_step()
         sampled_seqs, sampled = self.runner.execute(batch)
         self.scheduler.after_step(batch)
-        outputs = self._postprocess(sampled_seqs, sampled) if sampled is not None else []
+        token_ids = sampled.token_ids.tolist() if sampled is not None else []  # waits for the device
+        if self._energy is not None:
+            self._charge_energy(batch, self._energy.end_step())
+        outputs = self._postprocess(sampled_seqs, sampled, token_ids) if sampled is not None else []
+        self._rest_meter_if_idle()
         self.stats.record_step(time.perf_counter() - started, len(batch.seqs), batch.total_tokens,
                                len(sampled_seqs) if sampled is not None else 0)
         return outputs
 
-    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[RequestOutput]:
-        token_ids = sampled.token_ids.tolist()
+    def _charge_energy(self, batch: ScheduledBatch, joules: float) -> None:
+        """Splits a step's energy between its requests by the tokens each computed in it (prompt
+        chunk or decode token), before any of them finishes and reports its usage."""
+        assert self.stats.energy_joules is not None, "set to 0.0 with the meter"
+        self.stats.energy_joules += joules
+        per_token = joules / batch.total_tokens
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            request = self._requests[seq.request_id]
+            assert request.energy_joules is not None, "requests carry energy while a meter runs"
+            request.energy_joules += per_token * n
+
+    def _rest_meter_if_idle(self) -> None:
+        if self._energy is not None and not self.scheduler.has_unfinished():
+            self._energy.idle()
+
+    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput, token_ids: list[int]) -> list[RequestOutput]:
         logprobs = _logprob_rows(sampled, seqs)
         outputs: dict[str, RequestOutput] = {}
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs):
@@ -184,7 +213,17 @@ class LLMEngine:
 def _usage(request: _Request) -> Usage:
     first = request.seqs[0]
     return Usage(prompt_tokens=len(request.prompt_token_ids), cached_tokens=first.num_cached_prompt_tokens,
-                 completion_tokens=sum(s.num_output_tokens for s in request.seqs))
+                 completion_tokens=sum(s.num_output_tokens for s in request.seqs),
+                 energy_joules=request.energy_joules)
+
+
+def _device_energy_source(device: torch.device) -> EnergySource:
+    """The device's meter; NVML's behind a sampling thread, since one read costs a decode step."""
+    uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
+    source = open_energy_source(device.type, uuid)
+    if source.meter is not None and source.meter.kind == "nvml":
+        return EnergySource(SampledMeter(source.meter), f"{source.detail}, sampled every {SAMPLE_INTERVAL_S} s")
+    return source
 
 
 def _logprob_rows(sampled: SamplerOutput, seqs: list[Sequence]) -> list[TokenLogprob | None]:

@@ -16,6 +16,8 @@ class Usage:
     prompt_tokens: int
     cached_tokens: int  # prompt tokens served by the prefix cache
     completion_tokens: int
+    # Its share of the energy of the engine steps it was in, by tokens; None where no meter exists.
+    energy_joules: float | None = None
 
     @property
     def total_tokens(self) -> int:

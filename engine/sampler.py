@@ -46,14 +46,14 @@ class SamplingBatch:
         logprobs = [p.logprobs for p in ps if p.logprobs is not None]
 
         def col(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device)
+            return _to_device(torch.tensor(values, dtype=torch.float32), device)
 
         return cls(
-            temperature=temperature.to(device),
-            greedy=greedy.to(device),
+            temperature=_to_device(temperature, device),
+            greedy=_to_device(greedy, device),
             all_greedy=bool(greedy.all()),
-            top_k=torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps],
-                               device=device) if use_top_k else None,
+            top_k=_to_device(torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps]),
+                             device) if use_top_k else None,
             top_p=col([p.top_p for p in ps]) if use_top_p else None,
             min_p=col([p.min_p for p in ps]) if use_min_p else None,
             presence_penalty=col([p.presence_penalty for p in ps]) if use_pf else None,
@@ -128,6 +128,14 @@ def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: 
         # Keep the smallest prefix whose mass reaches top_p; the first token always survives.
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p.unsqueeze(1), _NEG_INF)
     return torch.full_like(logits, _NEG_INF).scatter_(1, order, sorted_logits)
+
+
+def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory without waiting: a pageable copy
+    would block the host until the GPU finished the step's forward pass."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device | str) -> torch.Tensor:

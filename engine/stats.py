@@ -58,6 +58,7 @@ class EngineStats:
     num_running: int = 0
     num_waiting: int = 0
     kv_cache_usage: float = 0.0
+    energy_joules: float | None = None  # metered energy of all steps; None where no meter exists
 
     def record_step(self, elapsed_s: float, batch_size: int, num_tokens: int, num_sampled: int) -> None:
         self.num_steps += 1
@@ -76,6 +77,7 @@ class EngineStats:
             step_tokens=self.step_tokens.copy(), num_preemptions=self.num_preemptions,
             prefix_query_tokens=self.prefix_query_tokens, prefix_hit_tokens=self.prefix_hit_tokens,
             num_running=self.num_running, num_waiting=self.num_waiting, kv_cache_usage=self.kv_cache_usage,
+            energy_joules=self.energy_joules,
         )
 
     @property

@@ -30,7 +30,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     try:
         print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1", flush=True)
         run(gateway.router(), host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
-            on_startup=gateway.start, on_shutdown=gateway.stop)
+            on_startup=gateway.start, on_shutdown=gateway.stop, connections=gateway.metrics.connections)
     except (OSError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2

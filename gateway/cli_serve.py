@@ -48,6 +48,8 @@ def _add_common(p: argparse.ArgumentParser, host: str) -> None:
     p.add_argument("--kv-cache-mb", type=int, default=256, help="memory for the KV cache, in MiB")
     p.add_argument("--gpu-memory-utilization", type=float,
                    help="CUDA: size the KV cache to this share of GPU memory instead of --kv-cache-mb")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                   help="dummy: random weights of the model's shapes, for speed tests (needs a Hugging Face folder)")
     p.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
     p.add_argument("--threads", type=int, help="CPU threads for the kernels (default: torch's)")
 
@@ -74,7 +76,7 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         config = EngineConfig(dtype=getattr(torch, args.dtype), device=args.device, max_num_seqs=args.max_num_seqs,
                               max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                               kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
-                              gpu_memory_utilization=args.gpu_memory_utilization,
+                              gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
                               enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
         engine = load_engine(args.model, config)
     except (EngineError, ModelLoadError, ValueError) as exc:
@@ -83,13 +85,14 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     try:
         names = getattr(args, "served_model_name", None) or [args.model]
         router = build_router(engine, names)
-        startup = shutdown = None
+        startup = shutdown = connections = None
         if with_gateway:
             gateway = _local_gateway(names[0], router, require_auth=not args.no_auth)
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
+            connections = gateway.metrics.connections
             _announce_key(gateway, args.no_auth)
         print(f"llmaas: serving {', '.join(names)} at http://{args.host}:{args.port}/v1", flush=True)
-        run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown)
+        run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown, connections=connections)
     except OSError as exc:  # the port is taken, or the host is not ours
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2

@@ -95,6 +95,10 @@ class EngineCollector(Collector):
                                   value=s.prompt_tokens)
         yield CounterMetricFamily("llmaas_generation_tokens", "Tokens generated.", value=s.generation_tokens)
         yield CounterMetricFamily("llmaas_engine_steps", "Engine steps run.", value=s.num_steps)
+        if s.energy_joules is not None:  # only where a meter measures it: no series beats a made-up one
+            yield CounterMetricFamily("llmaas_energy_joules", "Energy metered over the engine's steps (the GPU's on "
+                                      "CUDA, the CPU packages' on CPU), idle time between busy periods excluded.",
+                                      value=s.energy_joules)
         finished = CounterMetricFamily("llmaas_sequences_finished", "Sequences finished in the engine, by reason.",
                                        labels=["finished_reason"])
         for reason, count in sorted(s.finished.items()):

@@ -6,7 +6,7 @@ matmul rate where compute-bound), next to the torch version it replaces.
 
 Shapes are Llama-3.1-8B's (32 heads, 8 kv heads, head_dim 128, hidden 4096, intermediate 14336),
 bf16, and large enough (>= 100 MB moved) that the L2 cache does not flatter the numbers. Timing:
-CUDA events around 20 back-to-back calls, median of 5 rounds. Writes OUTDIR/kernels.json and
+CUDA events around a graph of 20 back-to-back calls (eager if not capturable), median of 5 rounds. Writes OUTDIR/kernels.json and
 OUTDIR/kernels.md (also printed). The goal row: decode attention at batch 64, context 4k, >= 80%.
 """
 from __future__ import annotations
@@ -36,24 +36,43 @@ from engine.kernels.triton.testing import make_paged_batch  # noqa: E402
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTER, BLOCK = 32, 8, 128, 4096, 14336, 16
 
 
-def time_call(fn: Callable[[], object], device: str, calls: int = 20, rounds: int = 5) -> float:
-    """Median seconds per call."""
+def time_call(fn: Callable[[], object], device: str, calls: int = 20, rounds: int = 5, graph: bool = False) -> float:
+    """Median seconds per call. With `graph` (our kernels) the calls are captured in one CUDA graph
+    and its replays timed, so the Python launch cost (tens of microseconds a Triton launch) stays
+    out, as it does in the engine's decode graphs; the torch references run eagerly (some sync)."""
     fn()
     if device != "cuda":
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
     torch.cuda.synchronize()
+    run = _graphed(fn, calls) if graph else lambda: [fn() for _ in range(calls)]
     times = []
     for _ in range(rounds):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
-        for _ in range(calls):
-            fn()
+        run()
         end.record()
         end.synchronize()
         times.append(begin.elapsed_time(end) / 1e3 / calls)
     return statistics.median(times)
+
+
+def _graphed(fn: Callable[[], object], calls: int) -> Callable[[], object]:
+    def eager() -> None:
+        for _ in range(calls):
+            fn()
+
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            eager()
+        torch.cuda.synchronize()
+        return graph.replay
+    except Exception as e:  # noqa: BLE001 - e.g. a host sync inside: time it eagerly
+        print(f"  (not capturable, timed eagerly: {type(e).__name__}: {e})", flush=True)
+        torch.cuda.synchronize()
+        return eager
 
 
 def ceilings(device: str, smoke: bool) -> tuple[float, float]:
@@ -99,6 +118,12 @@ def cases(device: str, smoke: bool) -> list[tuple[str, str, Callable[[], object]
     pa = (b.query, b.k_cache, b.v_cache, b.block_tables, b.context_lens, b.query_start_loc, b.scale, q_len)
     out.append(("prefill_attention triton", f"{seqs}x{q_len}", lambda: attention_prefill.prefill_attention(*pa),
                 moved, flops))
+    # Tile shapes for the next tuning step: (block_m, block_n, num_warps, num_stages).
+    for bm, bn, warps, stages in ([] if smoke else [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+                                                    (128, 32, 4, 2), (64, 128, 4, 2)]):
+        out.append((f"prefill_attention triton m{bm}n{bn}w{warps}s{stages}", f"{seqs}x{q_len}",
+                    lambda c=(bm, bn, warps, stages): attention_prefill.prefill_attention(
+                        *pa, block_m=c[0], block_n=c[1], num_warps=c[2], num_stages=c[3]), moved, flops))
     del b
     # Elementwise kernels.
     tokens = 65536 if not smoke else 5
@@ -146,7 +171,7 @@ def main() -> int:
     rows, failed = [], 0
     for name, shape, fn, moved, flops in cases(device, args.smoke):
         try:
-            seconds = time_call(fn, device)
+            seconds = time_call(fn, device, graph=not name.split()[-1].startswith("torch"))
         except Exception as e:  # noqa: BLE001 - one kernel's failure must not hide the others' numbers
             print(f"{name} {shape}: FAILED {type(e).__name__}: {e}", flush=True)
             failed = 1

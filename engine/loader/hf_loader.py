@@ -26,8 +26,8 @@ def load_hf_folder(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str
     folder = Path(path)
     if not folder.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
-    raw = _read_json(folder / "config.json")
-    config = config_from_hf(raw, path, _generation_eos(folder))
+    raw = read_json(folder / "config.json")
+    config = config_from_hf(raw, path, generation_eos(folder))
     weights = _read_safetensors(folder)
     for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
         del weights[name]  # a buffer older checkpoints saved; recomputed from the config
@@ -96,17 +96,17 @@ def _rope(raw: dict, path: str) -> tuple[float, dict | None]:
     return float(theta), params
 
 
-def _generation_eos(folder: Path) -> tuple[int, ...]:
+def generation_eos(folder: Path) -> tuple[int, ...]:
     file = folder / "generation_config.json"
     if not file.is_file():
         return ()
-    eos = _read_json(file).get("eos_token_id")
+    eos = read_json(file).get("eos_token_id")
     if eos is None:
         return ()
     return (eos,) if isinstance(eos, int) else tuple(eos)
 
 
-def _read_json(file: Path) -> dict:
+def read_json(file: Path) -> dict:
     try:
         value = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
@@ -121,7 +121,7 @@ def _read_json(file: Path) -> dict:
 def _shard_files(folder: Path) -> list[Path]:
     index = folder / _INDEX_FILE
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ModelLoadError(f"{index}: no weight_map")
         return [folder / name for name in sorted(set(weight_map.values()))]

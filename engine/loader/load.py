@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import ModelConfig
+from engine.loader.dummy import dummy_weights, load_dummy_config
+from engine.loader.errors import ModelLoadError
 from engine.loader.gguf_loader import load_gguf
 from engine.loader.hf_loader import load_hf_folder
 from engine.loader.registry import resolve_model
@@ -19,8 +21,21 @@ class LoadedModel:
     tokenizer: Tokenizer
 
 
-def load_model(name_or_path: str, dtype: torch.dtype) -> LoadedModel:
+LOAD_FORMATS = ("auto", "dummy")
+
+
+def load_model(name_or_path: str, dtype: torch.dtype, load_format: str = "auto",
+               device: torch.device | str = "cpu") -> LoadedModel:
+    """`load_format` "auto" reads the weights (on the CPU: the runner places them); "dummy" reads only
+    a Hugging Face folder's config and tokenizer and makes random weights on `device` (benchmarks)."""
+    if load_format not in LOAD_FORMATS:
+        raise ModelLoadError(f"load_format={load_format!r}: expected one of {', '.join(LOAD_FORMATS)}")
     resolved = resolve_model(name_or_path)
+    if load_format == "dummy":
+        if resolved.kind != "hf":
+            raise ModelLoadError(f"{resolved.path}: load_format='dummy' needs a Hugging Face folder (config.json)")
+        config = load_dummy_config(resolved.path)
+        return LoadedModel(config, dummy_weights(config, dtype, device), Tokenizer.from_hf_dir(resolved.path))
     if resolved.kind == "gguf":
         config, weights, metadata = load_gguf(resolved.path, dtype)
         return LoadedModel(config, weights, Tokenizer.from_gguf_metadata(metadata))

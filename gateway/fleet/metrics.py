@@ -1,4 +1,5 @@
-"""The gateway's /metrics: requests, tokens and latencies by model, and the hosts' health and load.
+"""The gateway's /metrics: requests, tokens and latencies by model, the hosts' health and load, and
+the client connections open on the gateway's HTTP servers.
 
 A stage (first in the pipeline, so it sees every admitted request end, refusals included) counts
 each exchange as it finishes; host gauges are read from the fleet at scrape time. Each gateway owns
@@ -10,15 +11,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.fleet.exchange import Exchange
 from gateway.fleet.fleet import Fleet
 from gateway.http import Request, Response
+from gateway.http.protocol import ConnectionCount
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class GatewayMetrics:
@@ -34,12 +37,19 @@ class GatewayMetrics:
         self.first_byte = Histogram("llmaas_gateway_time_to_first_byte_seconds", "Arrival to the engine's first "
                                     "byte (a stream's first event), by model.", ["model"],
                                     buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.inter_token = Histogram("llmaas_gateway_inter_token_latency_seconds", "Time between successive "
+                                     "content events of a stream, as relayed, by model.", ["model"],
+                                     buckets=_INTER_TOKEN_BUCKETS_S, registry=r)
         self.e2e = Histogram("llmaas_gateway_request_duration_seconds", "Arrival to the end of the answer, by model.",
                              ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
         self.retries = Counter("llmaas_gateway_retries", "Requests sent again to another host, by model.",
                                ["model"], registry=r)
         self.security = Counter("llmaas_gateway_security_verdicts", "Prompt security verdicts by action, and the "
                                 "rules behind flags and blocks.", ["action", "rule"], registry=r)
+        # Kept by the HTTP servers this gateway is served on (serve(..., connections=...)).
+        self.connections = ConnectionCount()
+        Gauge("llmaas_gateway_open_connections", "Client connections open on the gateway's HTTP servers.",
+              registry=r).set_function(lambda: self.connections.open)
         r.register(_FleetCollector(fleet))
         self._fleet = fleet
         # prometheus-client's labels() costs microseconds a call; the label sets in use are few.
@@ -79,6 +89,10 @@ class GatewayMetrics:
             self._child(self.tokens, model, "reasoning").inc(usage.reasoning_tokens)
         if exchange.first_byte is not None:
             self._child(self.first_byte, model).observe(exchange.first_byte - exchange.started)
+        if exchange.content_gaps:
+            inter_token = self._child(self.inter_token, model)
+            for gap in exchange.content_gaps:
+                inter_token.observe(gap)
         self._child(self.e2e, model).observe(time.monotonic() - exchange.started)
 
     async def render(self, request: Request) -> Response:

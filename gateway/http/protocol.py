@@ -47,9 +47,17 @@ class _Incoming:
 _Queued = tuple["Request | Response", bool, int]
 
 
+@dataclass(slots=True)
+class ConnectionCount:
+    """Connections open now on the servers given it: what a gateway's open-connections gauge reads."""
+
+    open: int = 0
+
+
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, count: ConnectionCount | None = None) -> None:
         self._state = state
+        self._count = count
         self._limits = state.limits
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -83,6 +91,8 @@ class HttpConnection(asyncio.Protocol):
         self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         transport.set_write_buffer_limits(high=self._limits.write_high_water)
         self._state.connections.add(self)
+        if self._count is not None:
+            self._count.open += 1
         if self._state.shutting_down:
             transport.close()
             return
@@ -91,6 +101,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._state.connections.discard(self)
+        if self._count is not None:
+            self._count.open -= 1
         if self._state.shutting_down and not self._state.connections:
             self._state.all_closed.set()
         self._cancel_timers()

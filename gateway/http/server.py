@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.http.app import Router
 from gateway.http.limits import ServerLimits, ServerState
-from gateway.http.protocol import HttpConnection
+from gateway.http.protocol import ConnectionCount, HttpConnection
 
 try:
     import uvloop
@@ -70,13 +70,15 @@ async def serve(
     limits: ServerLimits | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    connections: ConnectionCount | None = None,
 ) -> Server:
+    """connections: a count this server keeps of its open connections (a gateway's metrics read it)."""
     if (certfile is None) != (keyfile is None):
         raise ValueError("TLS needs both certfile and keyfile")
     context = tls_context(certfile, keyfile) if certfile and keyfile else None
     state = ServerState(router, limits or ServerLimits())
     server = await asyncio.get_running_loop().create_server(
-        lambda: HttpConnection(state), host, port, ssl=context, reuse_address=True
+        lambda: HttpConnection(state, connections), host, port, ssl=context, reuse_address=True
     )
     return Server(server, state)
 
@@ -91,6 +93,7 @@ def run(
     shutdown_deadline_s: float = 30.0,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    connections: ConnectionCount | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully; uses uvloop when installed.
     on_startup runs in the server's loop before it listens (background tasks start there);
@@ -99,7 +102,7 @@ def run(
     async def main() -> None:
         if on_startup is not None:
             await on_startup()
-        server = await serve(router, host, port, limits, certfile, keyfile)
+        server = await serve(router, host, port, limits, certfile, keyfile, connections)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -65,12 +65,15 @@ class CompletionTokensDetails(msgspec.Struct):
     reasoning_tokens: int = 0
 
 
-class UsageInfo(msgspec.Struct):
+class UsageInfo(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
     completion_tokens_details: CompletionTokensDetails
+    # Our extension: the engine's energy for the answer (its share of each step, by tokens). Only
+    # where a meter measured it; absent otherwise.
+    energy_joules: float | None = None
 
 
 class TopLogprob(msgspec.Struct):

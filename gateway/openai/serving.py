@@ -129,9 +129,11 @@ def usage_info(usages: list[Usage], reasoning_tokens: int = 0) -> UsageInfo:
     """Sums the usage of one or more engine requests (a completions call may send several prompts)."""
     prompt = sum(u.prompt_tokens for u in usages)
     completion = sum(u.completion_tokens for u in usages)
+    energies = [u.energy_joules for u in usages]
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                      prompt_tokens_details=PromptTokensDetails(sum(u.cached_tokens for u in usages)),
-                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens))
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens),
+                     energy_joules=None if None in energies else sum(e for e in energies if e is not None))
 
 
 def finish_reason(reason: str | None) -> str | None:

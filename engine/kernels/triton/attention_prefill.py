@@ -77,7 +77,7 @@ def _prefill_kernel(
 def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                       context_lens: torch.Tensor, query_start_loc: torch.Tensor, scale: float, max_query_len: int,
                       out: torch.Tensor | None = None, block_m: int | None = None,
-                      block_n: int | None = None) -> torch.Tensor:
+                      block_n: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Causal attention of a mixed batch over the paged cache (see the module comment)."""
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -98,6 +98,6 @@ def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2,
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
     )
     return out
