@@ -152,13 +152,33 @@ def _required_words(body: str) -> frozenset[str]:
     return frozenset(words)
 
 
+def _optional_split(alt: str) -> list[str]:
+    """Rewrite a lead whose last character is optional, `e-?mail`, as [`email`, `e-mail`], so
+    both keep a long literal lead (with "e" alone, every "e" of a text was a candidate).
+
+    Only when the optional character cannot start what follows it, so at most one of the two
+    matches at any position and the hits are those of the original regex."""
+    prefix = "\\b" if alt.startswith("\\b") else ""
+    body = alt[len(prefix):]
+    m = _LITERAL.match(body)
+    if m is None or body[m.end():m.end() + 1] != "?" or body[m.end() + 1:m.end() + 2] in ("?", "+"):
+        return [alt]
+    literal = m.group()
+    unit = 2 if len(literal) >= 2 and literal[-2] == "\\" and (len(literal) < 3 or literal[-3] != "\\") else 1
+    head, optional, rest = literal[:-unit], literal[-unit:], body[m.end() + 1:]
+    after = _LITERAL.match(rest)
+    if not head or after is None or _unescape(after.group())[:1] == _unescape(optional):
+        return [alt]
+    return [prefix + head + rest, prefix + literal + rest]
+
+
 def _unescape(literal: str) -> str:
     return re.sub(r"\\(.)", r"\1", literal)
 
 
 def anchor(source: str) -> tuple[list[Anchored], str | None]:
     """Literal-led regexes for `source` and the generic remainder (None when nothing is left)."""
-    alternatives = [d for alt in split_top(source) for d in _distribute(alt)]
+    alternatives = [o for alt in split_top(source) for d in _distribute(alt) for o in _optional_split(d)]
     if len(alternatives) > MAX_ALTERNATIVES:
         return [], source
     anchored: list[Anchored] = []

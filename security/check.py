@@ -3,7 +3,8 @@
 Texts scanned: contents of user, tool and function messages (string or text parts), and
 document-like parts in any role. System and assistant text is the operator's and the model's and is
 not scanned. Each text is folded once; the pattern rules, the structure signals and (with a tenant)
-the behaviour layer read that one folded copy.
+the behaviour layer read that one folded copy. A pattern hit inside a code comment is quoted
+material and counts at a fraction of its weight (quoted.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from security.history import History
 from security.normalize import Folded
 from security.patterns import Hit, scan, tokens_of
+from security.quoted import Comments, hit_weights
 from security.repetition import repeated_run
 from security.rules import RuleSet, default_rules
 from security.structure import json_signals, unicode_signals
@@ -92,9 +94,10 @@ def _scan_unit(unit: _Unit, tally: _Tally, rules: RuleSet) -> None:
     if policy.patterns != "off":
         text = unit.folded.text
         tokens = tokens_of(text)
-        for hit in scan(text, rules.pattern_rules, set(tokens)):
-            span = unit.folded.to_original(hit.start, hit.end)
-            tally.add(hit.rule.id, hit.rule.weight, "patterns", unit, span)
+        hits = scan(text, rules.pattern_rules, set(tokens))
+        weights = hit_weights(hits, Comments(text), float(rules.settings["quoted_weight"])) if hits else []
+        for hit, weight in zip(hits, weights):
+            tally.add(hit.rule.id, weight, "patterns", unit, unit.folded.to_original(hit.start, hit.end))
         run = repeated_run(text, int(rules.settings["repetition_word_run"]),
                            int(rules.settings["repetition_phrase_run"]), tokens)
         if run is not None:
@@ -102,7 +105,10 @@ def _scan_unit(unit: _Unit, tally: _Tally, rules: RuleSet) -> None:
             tally.add(rule.id, rule.weight, "patterns", unit, unit.folded.to_original(*run))
     if policy.structure != "off":
         original = unit.folded.original
-        for sig in unicode_signals(original, rules) + json_signals(original, rules):
+        signals = json_signals(original, rules)
+        if not unit.folded.plain:
+            signals = unicode_signals(original, rules) + signals
+        for sig in signals:
             tally.add(sig.rule_id, sig.weight, "structure", unit, (sig.start, sig.end))
 
 

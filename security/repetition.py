@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import itertools
 import operator
-import re
 
-# Latin words of folded text (accents are gone); the pattern layer tokenizes with the same regex.
-_WORD = re.compile(r"[a-z]+")
+from security.tokens import WORD, words_in
 
 
 def repeated_run(text: str, word_run: int, phrase_run: int,
                  tokens: list[str] | None = None) -> tuple[int, int] | None:
     """Span (in `text`) of the first word repeated `word_run` times in a row, or two-word phrase
     repeated `phrase_run` times; None when there is none. `tokens`: the words of `text` as
-    found by `_WORD` when the caller already has them (the pattern layer does)."""
+    found by tokens.words_in when the caller already has them (the pattern layer does)."""
     if tokens is None:
-        tokens = _WORD.findall(text)
+        tokens = words_in(text)
     if len(tokens) < min(word_run, 2 * phrase_run):
         return None
     same_next = bytes(map(operator.eq, tokens, itertools.islice(tokens, 1, None)))
@@ -33,6 +31,6 @@ def repeated_run(text: str, word_run: int, phrase_run: int,
         if first < 0:
             return None
         span = 2 * phrase_run
-    matches = itertools.islice(_WORD.finditer(text), first, first + span)
+    matches = itertools.islice(WORD.finditer(text), first, first + span)
     positions = [m.span() for m in matches]
     return positions[0][0], positions[-1][1]

@@ -19,45 +19,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from security.anchor import Anchored, anchor, key_char
+from security.anchor import Anchored, anchor
 from security.normalize import fold
+from security.triggers import Trigger
 
 RULES_DIR = Path(__file__).with_name("rules")
 _MACRO = re.compile(r"<<(\w+)>>")
 _ASCII_WORD = re.compile(r"[a-z]+\Z")
 _LAYERS = ("structure", "patterns", "behaviour")
-
-
-# Substring -> two of its characters that must occur in a text for it to (most selective first);
-# "" for ASCII substrings, which are always searched.
-_GATES: dict[str, str] = {}
-
-
-def _present(rule_words: frozenset[str], subs: tuple[str, ...], words: set[str], text: str,
-             chars: frozenset[str] | set[str], seen: dict[str, bool] | None, hay: str | None = None) -> bool:
-    if not rule_words and not subs:
-        return True
-    if not rule_words.isdisjoint(words):
-        return True
-    for s in subs:
-        gate = _GATES.get(s)
-        if gate is None:
-            gate = _GATES[s] = "" if s.isascii() else key_char(s) + s[0]
-        if gate and (gate[0] not in chars or gate[1] not in chars):
-            continue  # a character the substring needs is absent: no search
-        # hay: on a long text, only its runs of the characters non-ASCII triggers are made of
-        # (patterns.py); such a trigger occurs in the text if and only if it occurs in them.
-        where = hay if gate and hay is not None else text
-        if seen is None:
-            if s in where:
-                return True
-            continue
-        found = seen.get(s)
-        if found is None:
-            found = seen[s] = s in where  # rules share triggers: search each once per text
-        if found:
-            return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +37,7 @@ class Rule:
     lang: str
     weight: float
     regex: re.Pattern[str] | None
-    words: frozenset[str]  # ASCII trigger words
-    substrings: tuple[str, ...]  # other triggers (CJK)
+    trigger: Trigger  # a prefilter: the regex runs only when one of these is in the text
     positive: tuple[str, ...]
     negative: tuple[str, ...]
     description: str
@@ -82,16 +50,27 @@ class Rule:
     generic: re.Pattern[str] | None = None
     # Further prefilters that must all hold (e.g. an instruction noun for an override rule);
     # in the file, one list of words or a list of such lists.
-    requires: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = ()
+    requires: tuple[Trigger, ...] = ()
     # Only matches that open a sentence count (imperatives: "Ignore the instructions.").
     sentence_start: bool = False
 
     def triggered(self, words: set[str], text: str, chars: frozenset[str] | set[str],
                   seen: dict[str, bool] | None = None, hay: str | None = None) -> bool:
-        """Whether a trigger is present; `chars` is the set of non-ASCII characters of the text
-        (empty for ASCII text), which rules out most substring searches at once."""
-        return _present(self.words, self.substrings, words, text, chars, seen, hay) and all(
-            _present(w, subs, words, text, chars, seen, hay) for w, subs in self.requires)
+        """Whether a trigger is present and every `requires` group too; `chars` is the set of
+        non-ASCII characters of the text (empty for ASCII text), which rules out most substring
+        searches at once."""
+        seen = {} if seen is None else seen
+        if not self.trigger.present(words, text, chars, seen, hay):
+            return False
+        for group in self.requires:
+            if not group.present(words, text, chars, seen, hay):
+                return False
+        return True
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """Every phrase its triggers search for (not the words looked up in the word set)."""
+        return self.trigger.phrases + tuple(p for t in self.requires for p in t.phrases)
 
 
 @dataclass(frozen=True)
@@ -138,7 +117,7 @@ def _expand(source: str, lexicon: dict[str, list[str]]) -> str:
     return _MACRO.sub(sub, source)
 
 
-def _triggers(spec: list[str], lexicon: dict[str, list[str]]) -> tuple[frozenset[str], tuple[str, ...]]:
+def _triggers(spec: list[str], lexicon: dict[str, list[str]]) -> Trigger:
     words: set[str] = set()
     subs: set[str] = set()
     for item in spec:
@@ -153,10 +132,10 @@ def _triggers(spec: list[str], lexicon: dict[str, list[str]]) -> tuple[frozenset
                     subs.add(f)
             else:
                 subs.add(f)
-    return frozenset(words), tuple(sorted(subs))
+    return Trigger.of(frozenset(words), tuple(sorted(subs)))
 
 
-def _requires(spec: list, lexicon: dict[str, list[str]]) -> tuple[tuple[frozenset[str], tuple[str, ...]], ...]:
+def _requires(spec: list, lexicon: dict[str, list[str]]) -> tuple[Trigger, ...]:
     if not spec:
         return ()
     groups = spec if isinstance(spec[0], list) else [spec]
@@ -167,13 +146,12 @@ def _compile_rule(raw: dict, lexicon: dict[str, list[str]], layer: str) -> Rule:
     source = raw.get("pattern")
     regex = re.compile(_expand(source, lexicon)) if source else None
     anchored, generic = anchor(regex.pattern) if regex is not None else ([], None)
-    words, subs = _triggers(list(raw.get("triggers", [])), lexicon)
     rule_layer = raw.get("layer", layer)
     if rule_layer not in _LAYERS:
         raise ValueError(f"rule {raw['id']}: unknown layer {rule_layer}")
     return Rule(
         id=raw["id"], layer=rule_layer, category=raw["category"], lang=raw.get("lang", "any"),
-        weight=float(raw["weight"]), regex=regex, words=words, substrings=subs,
+        weight=float(raw["weight"]), regex=regex, trigger=_triggers(list(raw.get("triggers", [])), lexicon),
         positive=tuple(raw.get("positive", ())), negative=tuple(raw.get("negative", ())),
         description=raw.get("description", ""),
         weight_many=float(raw.get("weight_many", raw["weight"])), many=int(raw.get("many", 0)),

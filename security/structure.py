@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from security.normalize import load_confusables
+from security.normalize import has_astral, load_confusables
 from security.rules import RuleSet
 
 _LATIN = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"
@@ -55,7 +55,7 @@ def _counted(rules: RuleSet, rule_id: str, spans: list[tuple[int, int]]) -> list
 def unicode_signals(text: str, rules: RuleSet) -> list[Signal]:
     if text.isascii():
         return []
-    has_tags = _TAG.search(text) is not None
+    has_tags = has_astral(text) and _TAG.search(text) is not None
     if not has_tags and _SUSPICIOUS.search(text) is None:
         return []  # one bitmap scan clears ordinary French, Chinese and Japanese text
     out: list[Signal] = []
