@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 PROMPT ?= What is the capital of France?
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 
-.PHONY: install test serve generate bench
+.PHONY: install test serve generate bench microbench
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt constraints-cpu.txt $(NATIVE_SOURCES)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,3 +28,7 @@ generate: install
 
 bench: install
 	$(PY) bench/offline_throughput.py
+
+# pytest-benchmark timings of the hot paths (engine and gateway); never part of `make test`.
+microbench: install
+	$(PY) -m pytest bench/micro -q -p no:cacheprovider --benchmark-enable --benchmark-only --benchmark-columns=median,iqr,rounds

@@ -1,10 +1,11 @@
 """Batched sampling: penalties, temperature, top-k, top-p, min-p, per-request seeds, logprobs.
 
 Every transformation is one tensor operation over the (num_seqs, vocab) logits; Python loops run
-over sequences only to gather their settings, never over the vocabulary. Sampling uses the
-exponential-race form of the categorical draw (argmax of probs / Exp(1) noise), which lets a
-seeded sequence draw its noise from its own generator: the same seed and request give the same
-tokens whatever else shares the batch.
+over sequences only to gather their settings, never over the vocabulary. A row's draw inverts its
+cumulative distribution at one uniform variate, taken from the sequence's own generator when it is
+seeded: the same seed and request give the same tokens whatever else shares the batch, and a draw
+costs one pass over the vocabulary (an exponential variate per token, the race form, cost more
+than all the rest of a CPU step at batch 64: bench/micro).
 """
 from __future__ import annotations
 
@@ -105,29 +106,70 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     logits = logits / batch.temperature.unsqueeze(1)
+    order = None
     if batch.top_k is not None or batch.top_p is not None:
-        logits = _apply_top_k_top_p(logits, batch.top_k, batch.top_p)
+        logits, order = _apply_top_k_top_p(logits, batch.top_k, batch.top_p)
     probs = torch.softmax(logits, dim=-1)
     if batch.min_p is not None:
         threshold = batch.min_p.unsqueeze(1) * probs.max(dim=-1, keepdim=True).values
         probs = probs.masked_fill(probs < threshold, 0.0)
-    noise = torch.empty_like(probs).exponential_()
+    uniforms = torch.rand(probs.shape[0], device=probs.device)
     for row, generator in batch.generators:
-        noise[row].exponential_(generator=generator)
-    return (probs / noise).argmax(dim=-1)
+        uniforms[row] = torch.rand((), generator=generator, device=probs.device)
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1]
+    # Strictly below the total (u x total can round up to it), and right=True: the first token whose
+    # cumulative mass exceeds the value, which is never a zero-mass one.
+    values = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))
+    picked = torch.searchsorted(cdf, values.unsqueeze(1), right=True)
+    return (picked if order is None else order.gather(1, picked)).squeeze(1)
 
 
-def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+# Tokens examined before a full sort: a top-p cut almost always falls among the most likely few
+# hundred, and topk over them costs about one pass over the logits, a full vocabulary sort ~50.
+TOP_CANDIDATES = 256
+
+
+def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
+                       top_p: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drops (to -inf) every logit outside its row's top-k and outside the smallest prefix (by
+    probability) whose mass reaches top-p, mass taken within the top-k when both apply. Returns
+    (kept, order): the TOP_CANDIDATES likeliest logits of each row, descending, and their token
+    ids, when every row's kept tokens are among them (sampling then works on those alone); else
+    the whole (S, V) logits and None, after a full sort."""
+    vocab = logits.shape[-1]
+    cut_by_k = top_k < vocab if top_k is not None else torch.zeros(logits.shape[0], dtype=torch.bool,
+                                                                   device=logits.device)
+    full_lse = torch.logsumexp(logits, dim=-1) if top_p is not None else None
+    k0 = max([TOP_CANDIDATES] + ([int(top_k[cut_by_k].max())] if bool(cut_by_k.any()) else []))
+    if k0 < vocab:
+        values, order = logits.topk(k0, dim=-1)
+        kept, mass = _filter_sorted(values, top_k, top_p, cut_by_k, full_lse)
+        resolved = cut_by_k if mass is None else cut_by_k | ((top_p < 1.0) & (mass >= top_p))
+        if bool(resolved.all()):
+            return kept, order
     sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+    kept, _ = _filter_sorted(sorted_logits, top_k, top_p, cut_by_k, full_lse)
+    return torch.full_like(logits, _NEG_INF).scatter_(1, order, kept), None
+
+
+def _filter_sorted(values: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
+                   cut_by_k: torch.Tensor, full_lse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """values: (S, K) each row's K largest logits, descending (K may be the whole vocabulary).
+    Returns them with the dropped ones at -inf, and with top-p the probability mass of all K."""
     if top_k is not None:
-        ranks = torch.arange(logits.shape[-1], device=logits.device).unsqueeze(0)
-        sorted_logits = sorted_logits.masked_fill(ranks >= top_k.unsqueeze(1), _NEG_INF)
-    if top_p is not None:
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        # Keep the smallest prefix whose mass reaches top_p; the first token always survives.
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p.unsqueeze(1), _NEG_INF)
-    return torch.full_like(logits, _NEG_INF).scatter_(1, order, sorted_logits)
+        ranks = torch.arange(values.shape[-1], device=values.device).unsqueeze(0)
+        values = values.masked_fill(ranks >= top_k.unsqueeze(1), _NEG_INF)
+    if top_p is None:
+        return values, None
+    assert full_lse is not None
+    # Mass within the row's top-k where top-k cut it (its kept tokens are all among the K), else
+    # within the whole vocabulary.
+    lse = torch.where(cut_by_k, torch.logsumexp(values, dim=-1), full_lse)
+    probs = torch.exp(values - lse.unsqueeze(1))
+    cumulative = probs.cumsum(dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p; the first token always survives.
+    return values.masked_fill(cumulative - probs >= top_p.unsqueeze(1), _NEG_INF), cumulative[:, -1]
 
 
 def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -140,3 +140,27 @@ def test_invalid_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError) as err:
         SamplingParams(**{field: value})
     assert err.value.param == field
+
+
+@pytest.mark.parametrize("spread", [8.0, 0.5])  # peaked: the candidates suffice; flat: the full sort runs
+def test_top_k_top_p_candidates_keep_exactly_what_a_full_sort_keeps(spread: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import sampler
+
+    vocab, rows = 2000, 6
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(3)) * spread
+    top_k = torch.tensor([vocab, 40, vocab, 300, 5, vocab])  # vocab: disabled
+    top_p = torch.tensor([0.9, 0.95, 0.5, 1.0, 0.8, 0.99])
+
+    def full(k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+        kept, order = sampler._apply_top_k_top_p(logits, k, p)
+        return kept if order is None else torch.full_like(logits, float("-inf")).scatter_(1, order, kept)
+
+    fast = full(top_k, top_p)
+    only_p = full(None, top_p[[0, 2, 5]].repeat(2))
+    only_k = full(top_k.clamp(max=300), None)
+    monkeypatch.setattr(sampler, "TOP_CANDIDATES", vocab)  # forces the full sort
+    assert torch.equal(fast, full(top_k, top_p))
+    assert torch.equal(only_p, full(None, top_p[[0, 2, 5]].repeat(2)))
+    assert torch.equal(only_k, full(top_k.clamp(max=300), None))
+    kept = torch.isfinite(fast).sum(dim=-1)
+    assert kept[1] <= 40 and kept[3] == 300 and kept[4] <= 5 and bool((kept >= 1).all())
