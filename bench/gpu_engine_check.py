@@ -254,12 +254,16 @@ class Check:
                     self.report["skipped"].append(f"{name}/{kind}/batch {b}: time budget")
                     continue
             try:
-                t1, _ = gm.timed(lambda: fn(prompts(b), 1), dev)
-                ps = prompts(b)
-                meter = self._energy_start() if b == max(batches) else None
+                metered = b == max(batches)
+                ps1, ps = prompts(b), prompts(b)
+                meter = self._energy_start() if metered else None
+                t1, _ = gm.timed(lambda: fn(ps1, 1), dev)
+                joules_1 = self._energy_joules(meter)
+                meter = self._energy_start() if metered else None
                 tn, tokens = gm.timed(lambda: fn(ps, n), dev)
-                if meter is not None:
-                    self._energy_end(meter, name, kind, b, tokens, tn)
+                joules_n = self._energy_joules(meter)
+                if joules_1 is not None and joules_n is not None:
+                    self._energy_row(name, kind, b, n, tokens, t1, tn, joules_1, joules_n)
                 row = gm.throughput_row(name, kind, b, prompt_len, n, t1, tn, tokens, info, self.report.get("ceilings"))
                 if dev == "cuda":
                     row["peak_gpu_GiB"] = torch.cuda.max_memory_allocated() / 2**30
@@ -285,13 +289,30 @@ class Check:
         torch.cuda.synchronize()
         return meter, meter.read_mj()
 
-    def _energy_end(self, started: tuple, name: str, runner: str, batch: int, tokens: int, secs: float) -> None:
+    @staticmethod
+    def _energy_joules(started: tuple | None) -> float | None:
+        if started is None:
+            return None
+        torch.cuda.synchronize()
         meter, before = started
-        joules = (meter.read_mj() - before) / 1e3
+        return (meter.read_mj() - before) / 1e3
+
+    def _energy_row(self, name: str, runner: str, batch: int, n: int, tokens: int, t1: float, tn: float,
+                    joules_1: float, joules_n: float) -> None:
+        """The whole n-token run per output token, and its steady decode part: the n-token run less
+        the 1-token run (same prompts' shape), per token decoded after the first. Each reading is
+        good to about one counter update (~0.1 s x power), hence the decode part's uncertainty."""
+        decode_j, decode_s, decode_tokens = joules_n - joules_1, tn - t1, batch * (n - 1)
+        power = joules_n / tn
+        uncertainty_j = 2 * 0.1 * power
         self.report["energy"].append({
-            "model": name, "runner": runner, "batch": batch, "tokens": tokens, "seconds": secs, "joules": joules,
-            "avg_power_W": joules / secs, "kWh_per_M_tokens": joules / 3.6e6 / tokens * 1e6,
-            "reliable": secs >= 5.0, "note": "" if secs >= 5.0 else "window < 5 s: NVML counter too coarse"})
+            "model": name, "runner": runner, "batch": batch, "tokens": tokens, "seconds": tn, "joules": joules_n,
+            "avg_power_W": power, "kWh_per_M_tokens": joules_n / 3.6e6 / tokens * 1e6,
+            "decode_joules": decode_j, "decode_seconds": decode_s, "decode_tokens": decode_tokens,
+            "decode_kWh_per_M_tokens": decode_j / 3.6e6 / decode_tokens * 1e6,
+            "decode_uncertainty": uncertainty_j / max(decode_j, 1e-9),
+            "reliable": tn >= 5.0 and t1 >= 5.0,
+            "note": "" if tn >= 5.0 and t1 >= 5.0 else "a window < 5 s: NVML counter too coarse"})
 
     def _row_error(self, where: str, e: Exception) -> None:
         log(f"{where}: FAILED {type(e).__name__}: {e}")

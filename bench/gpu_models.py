@@ -255,10 +255,12 @@ def report_markdown(report: dict) -> str:
         lines += _throughput_table(rows)
     for e in report.get("energy") or []:
         if e is report["energy"][0]:
-            lines += ["| energy (NVML, one n-token run) | tokens out | s | avg W | kWh / M output tokens | reliable |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["| energy (NVML) | tokens out | s | avg W | kWh / M output tokens, whole run | decode only "
+                      "(n-token run less 1-token run) | reliable |", "|---|---|---|---|---|---|---|"]
         lines.append(f"| {e['model']} {e['runner']} batch {e['batch']} | {e['tokens']} | {e['seconds']:.1f} | "
-                     f"{e['avg_power_W']:.0f} | {e['kWh_per_M_tokens']:.4f} | {'yes' if e['reliable'] else 'no: ' + e['note']} |")
+                     f"{e['avg_power_W']:.0f} | {e['kWh_per_M_tokens']:.4f} | {e['decode_kWh_per_M_tokens']:.4f} "
+                     f"(+/- {e['decode_uncertainty']:.0%}, {e['decode_seconds']:.1f} s) | "
+                     f"{'yes' if e['reliable'] else 'no: ' + e['note']} |")
     if report.get("energy"):
         lines.append("")
     if report.get("energy_skipped"):
