@@ -93,7 +93,21 @@ def test_console_in_a_headless_browser(tenancy: Tenancy, clock: FakeClock) -> No
                 await page.click("#history-form button")
                 await expect(page.locator("#history-table")).to_have_attribute("data-rows", "1")
                 await expect(page.locator("#history-table tbody tr td").nth(5)).to_have_text("permission")
+                await expect(page.locator("#history-more")).to_be_hidden()
                 await page.screenshot(path=str(ARTIFACTS / "history-filtered.png"), full_page=True)
+                # Pages: 8 rows at a time, then the older ones under the same filters.
+                await page.select_option("#history-form select[name=status]", "")
+                await page.fill("#history-form input[name=model]", "")
+                await page.fill("#history-form input[name=limit]", "8")
+                await page.click("#history-form button")
+                await expect(page.locator("#history-table")).to_have_attribute("data-rows", "8")
+                for rows in ("16", "20"):
+                    await page.click("#history-more")
+                    await expect(page.locator("#history-table")).to_have_attribute("data-rows", rows)
+                await expect(page.locator("#history-more")).to_be_hidden()
+                ids = await page.locator("#history-table tbody tr td:nth-child(2)").all_text_contents()
+                assert len(set(ids)) == 20
+                await page.fill("#history-form input[name=limit]", "100")
 
                 # Live: new traffic and an alert show up without a reload (the page polls).
                 await expect(page.locator("#alerts-active")).to_have_attribute("data-count", "0")

@@ -129,10 +129,19 @@ async function loadAlerts() {
   $("#alerts-active").dataset.count = String(body.active.length);
 }
 
-async function loadHistory() {
-  const form = new FormData($("#history-form"));
+let historyQuery = null; // the filters of the rows shown, and the cursor of the next (older) page
+let historyNext = null;
+
+async function loadHistory(older = false) {
   const query = new URLSearchParams();
-  for (const [k, v] of form.entries()) if (String(v).trim() !== "") query.set(k, String(v).trim());
+  if (older) {
+    for (const [k, v] of historyQuery.entries()) query.set(k, v);
+    query.set("before", historyNext);
+  } else {
+    const form = new FormData($("#history-form"));
+    for (const [k, v] of form.entries()) if (String(v).trim() !== "") query.set(k, String(v).trim());
+    historyQuery = new URLSearchParams(query);
+  }
   $("#history-error").textContent = "";
   let body;
   try {
@@ -143,12 +152,23 @@ async function loadHistory() {
     return;
   }
   const admin = viewer && viewer.role === "admin";
-  fill($("#history-table tbody"), body.data.map((r) => [cell(fmtTime(r.time)), cell(r.request_id),
+  const rows = body.data.map((r) => [cell(fmtTime(r.time)), cell(r.request_id),
     cell(r.tenant, "admin-only"), cell(r.model), cell(r.status, r.status >= 400 ? "status-error" : ""), cell(r.reason),
     cell(fmtInt(r.input_tokens), "num"), cell(fmtInt(r.output_tokens), "num"), cell(fmtInt(r.reasoning_tokens), "num"),
-    cell(fmtEur(r.cost_eur), "num"), cell(r.latency_ms == null ? "" : r.latency_ms.toFixed(1), "num"), cell(r.verdict)]),
-  "No request matches.", admin ? 12 : 11);
-  $("#history-table").dataset.rows = String(body.data.length);
+    cell(fmtEur(r.cost_eur), "num"), cell(r.latency_ms == null ? "" : r.latency_ms.toFixed(1), "num"), cell(r.verdict)]);
+  const tbody = $("#history-table tbody");
+  if (older) {
+    for (const cells of rows) {
+      const tr = document.createElement("tr");
+      tr.append(...cells);
+      tbody.append(tr);
+    }
+  } else {
+    fill(tbody, rows, "No request matches.", admin ? 12 : 11);
+  }
+  historyNext = body.next || null;
+  $("#history-more").hidden = historyNext === null;
+  $("#history-table").dataset.rows = String(tbody.querySelectorAll("tr:not(.empty)").length);
 }
 
 async function loadModels() {
@@ -198,6 +218,8 @@ function logout(message) {
   viewer = null;
   // The next viewer starts clean: no filters, rows or graphs of the previous one.
   $("#history-form").reset();
+  $("#history-more").hidden = true;
+  historyQuery = historyNext = null;
   for (const sel of ["#usage-table tbody", "#usage-table tfoot", "#history-table tbody", "#alerts-active tbody",
     "#alerts-history tbody", "#models-table tbody"]) $(sel).replaceChildren();
   for (const id of Object.keys(charts)) {
@@ -228,6 +250,7 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     guard(loadHistory());
   });
+  $("#history-more").addEventListener("click", () => guard(loadHistory(true)));
   window.addEventListener("resize", () => {
     for (const id of Object.keys(charts)) {
       const el = $("#" + id);
