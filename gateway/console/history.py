@@ -20,22 +20,10 @@ from gateway.tenancy import Tenancy
 from gateway.tenancy.history import HistoryEntry, HistoryQuery, cursor_after
 
 
-class HistoryRow(msgspec.Struct, kw_only=True):
-    time: float
+class HistoryRow(HistoryEntry, kw_only=True):
+    """A history entry as the console's API sends it: with its time in ISO 8601 too."""
+
     iso_time: str
-    request_id: str
-    tenant: str | None
-    token_id: str | None
-    model: str | None
-    status: int
-    reason: str  # ok, error, aborted, auth, permission, limit, budget, security, lifecycle...
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_eur: float
-    latency_ms: float | None
-    verdict: str | None
 
 
 class HistoryPage(msgspec.Struct):
@@ -44,11 +32,7 @@ class HistoryPage(msgspec.Struct):
 
 
 def _row(e: HistoryEntry) -> HistoryRow:
-    return HistoryRow(time=e.time, iso_time=iso(e.time), request_id=e.request_id, tenant=e.tenant,
-                      token_id=e.token_id, model=e.model, status=e.status, reason=e.reason,
-                      input_tokens=e.input_tokens, cached_input_tokens=e.cached_input_tokens,
-                      output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens, cost_eur=e.cost_eur,
-                      latency_ms=e.latency_ms, verdict=e.verdict)
+    return HistoryRow(**msgspec.structs.asdict(e), iso_time=iso(e.time))
 
 
 def history(tenancy: Tenancy, query: HistoryQuery) -> HistoryPage:

@@ -269,15 +269,9 @@ class SqliteWriter:
             self._write_head()
             conn.execute("COMMIT")
         except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._head = self._committed_head
+            self._roll_back()
         except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._head = self._committed_head
-            for _, future in batch:
-                future.set_exception(exc)
+            self._fail(batch, exc)
             return
         else:
             self._committed_head = self._head
@@ -285,6 +279,16 @@ class SqliteWriter:
                 future.set_result(value)
             return
         self._commit_one_by_one(batch)
+
+    def _roll_back(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._head = self._committed_head
+
+    def _fail(self, batch: list[tuple[Op, Future[Any]]], exc: BaseException) -> None:
+        self._roll_back()
+        for _, future in batch:
+            future.set_exception(exc)
 
     def _commit_one_by_one(self, batch: list[tuple[Op, Future[Any]]]) -> None:
         conn = self._conn
@@ -303,11 +307,7 @@ class SqliteWriter:
             self._write_head()
             conn.execute("COMMIT")
         except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._head = self._committed_head
-            for _, future in batch:
-                future.set_exception(exc)
+            self._fail(batch, exc)
             return
         self._committed_head = self._head
         for future, value, error in results:

@@ -27,7 +27,9 @@ def chat(**extra: object) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], **extra}
 
 
-def run(tmp_path: Path, engine: FakeEngine, test: Callable[[int, str, Tenancy], Awaitable[None]]) -> None:
+def run(tmp_path: Path, engine: FakeEngine,
+        test: Callable[[int, str, Tenancy, Gateway], Awaitable[None]]) -> None:
+    """Runs `test(port, key, tenancy, gateway)` against a gateway with tenancy on, in front of `engine`."""
     clock = FakeClock(NOW)
     tenancy = Tenancy(SqliteStore(tmp_path / "t.db"), load_config(None), Catalog.load(clock), clock)
 
@@ -40,7 +42,7 @@ def run(tmp_path: Path, engine: FakeEngine, test: Callable[[int, str, Tenancy], 
         server = await serve(gateway.router(), "127.0.0.1", 0)
         key, _ = tenancy.tokens.create("t", "standard")
         try:
-            await test(server.port, key, tenancy)
+            await test(server.port, key, tenancy, gateway)
         finally:
             await server.shutdown(1.0)
             await gateway.fleet.stop()
@@ -81,7 +83,7 @@ async def post_and_leave_after(port: int, key: str, body: dict, content_events: 
 
 
 def test_a_complete_stream_is_billed_the_engines_usage_and_comments_stay_inside(tmp_path: Path) -> None:
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         response = await post(port, "/v1/chat/completions", chat(stream=True), key)
         assert response.status == 200
         assert b": usage" not in response.content and b"\n:" not in response.content
@@ -92,7 +94,7 @@ def test_a_complete_stream_is_billed_the_engines_usage_and_comments_stay_inside(
 
 
 def test_include_usage_gets_exactly_openais_usage_chunk(tmp_path: Path) -> None:
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         body = chat(stream=True, stream_options={"include_usage": True})
         response = await post(port, "/v1/chat/completions", body, key)
         assert b": usage" not in response.content
@@ -110,7 +112,7 @@ def test_include_usage_gets_exactly_openais_usage_chunk(tmp_path: Path) -> None:
 def test_a_client_leaving_mid_stream_pays_what_the_engine_reported(tmp_path: Path) -> None:
     engine = FakeEngine("a", tokens=200, delay_s=0.01)
 
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         seen = await post_and_leave_after(port, key, chat(stream=True), 3)
         assert b": usage" not in seen
         row = await ledger_row(tenancy)
@@ -128,7 +130,7 @@ def test_a_client_leaving_mid_stream_pays_what_the_engine_reported(tmp_path: Pat
 
 
 def test_an_engine_dying_mid_stream_is_billed_exactly_what_it_produced(tmp_path: Path) -> None:
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         response = await post(port, "/v1/chat/completions", chat(stream=True), key)
         assert b"upstream_stream_error" in response.content
         assert counts(await ledger_row(tenancy)) == (5, 1, 6, 0, 502)
@@ -138,7 +140,7 @@ def test_an_engine_dying_mid_stream_is_billed_exactly_what_it_produced(tmp_path:
 
 
 def test_a_server_without_comments_keeps_the_estimate(tmp_path: Path) -> None:
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         response = await post(port, "/v1/chat/completions", chat(stream=True), key)
         assert b"upstream_stream_error" in response.content
         # The prompt estimated from its text (len // 4 + 8), the content events relayed counted.
@@ -148,7 +150,7 @@ def test_a_server_without_comments_keeps_the_estimate(tmp_path: Path) -> None:
 
 
 def test_a_non_streamed_answer_is_billed_its_usage(tmp_path: Path) -> None:
-    async def test(port: int, key: str, tenancy: Tenancy) -> None:
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
         response: RawResponse = await post(port, "/v1/chat/completions", chat(), key)
         assert response.status == 200 and response.json()["usage"]["completion_tokens"] == 4
         assert counts(await ledger_row(tenancy)) == (5, 1, 4, 0, 200)

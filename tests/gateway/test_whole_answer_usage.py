@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from gateway.fleet.config import GatewayConfig, ModelEntry, SecuritySection
 from gateway.gateway_server import Gateway
-from gateway.http import Request, Response, serve
-from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
-from gateway.tenancy.tiers import load_config
+from gateway.http import Request, Response
+from gateway.tenancy import Tenancy
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.raw_client import encode_request
-from tests.gateway.test_stream_usage import MODEL, NOW, chat, counts, ledger_row
+from tests.gateway.test_stream_usage import chat, counts, ledger_row, run
 
 
 @dataclass
@@ -29,31 +26,6 @@ class SlowFailingEngine(FakeEngine):
         self.requests.append(msgspec.json.decode(request.body))
         await asyncio.sleep(0.2)
         return Response(status=500, body=b'{"error":{"message":"boom","type":"server_error"}}')
-
-
-def run(tmp_path: Path, engine: FakeEngine, test: Callable[[int, str, Tenancy, Gateway], Awaitable[None]]) -> None:
-    clock = FakeClock(NOW)
-    tenancy = Tenancy(SqliteStore(tmp_path / "t.db"), load_config(None), Catalog.load(clock), clock)
-
-    async def main() -> None:
-        await engine.start()
-        config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=[engine.url])],
-                               security=SecuritySection(enabled=False))
-        gateway = Gateway(config, tenancy=tenancy)
-        await gateway.start()
-        server = await serve(gateway.router(), "127.0.0.1", 0)
-        key, _ = tenancy.tokens.create("t", "standard")
-        try:
-            await test(server.port, key, tenancy, gateway)
-        finally:
-            await server.shutdown(1.0)
-            await gateway.fleet.stop()
-            await engine.stop()
-
-    try:
-        asyncio.run(asyncio.wait_for(main(), 30))
-    finally:
-        tenancy.close()
 
 
 async def post_and_leave_once_forwarded(port: int, key: str, engine: FakeEngine) -> None:
