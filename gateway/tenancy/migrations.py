@@ -32,8 +32,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     (2, """
         -- Request history pages by time: a tenant's (the console's tenant view) and everyone's (the
         -- admin's). Audit rows arrive in time order, so both indexes grow at their right edge.
-        CREATE INDEX audit_tenant_time ON audit (tenant, time);
-        CREATE INDEX audit_time ON audit (time);
+        CREATE INDEX IF NOT EXISTS audit_tenant_time ON audit (tenant, time);
+        CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
     """),
     (3, """
         -- Per-tenant prompt-security policies set through the admin API (security_policies.py);
