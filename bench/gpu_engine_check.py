@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import torch  # noqa: E402
 
 import gpu_models as gm  # noqa: E402
+from gpu_step_profile import profile_decode_steps  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -170,54 +171,14 @@ class Check:
         try:
             self._runner_rows(name, "transformers", run_hf, prompts, batches, prompt_len, n, info, deadline)
         finally:
-            del model, run_hf
+            model = run_hf = None  # frees the card for the next shape
 
     def _step_profile(self, name: str, llm, run_engine, prompts, steps: int) -> None:
-        """Where a batch-1 decode step's time goes: graph replays per step, Python (cProfile, by own
-        time) and the device (torch.profiler: launches and top ops)."""
-        import cProfile
-        import io
-        import pstats
-
-        runner = llm.engine.runner
-        replays = [0]
-        replay = runner._replay_decode
-
-        def counted(batch):
-            replays[0] += 1
-            return replay(batch)
-
-        runner._replay_decode = counted
-        prof = cProfile.Profile()
-
-        def profiled() -> None:
-            prof.enable()
-            try:
-                run_engine(prompts(1), steps)
-            finally:
-                prof.disable()
-
-        try:
-            secs, _ = gm.timed(profiled, self.device)
-            text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
-            with profile(activities=acts) as tp:
-                run_engine(prompts(1), min(8, steps))
-            events = tp.key_averages()
-            launches = {e.key: e.count for e in events if e.key in ("cudaGraphLaunch", "cudaLaunchKernel",
-                                                                     "cuLaunchKernel", "cuLaunchKernelEx")}
-            table = events.table(sort_by="self_cpu_time_total", row_limit=15)
-        finally:
-            runner._replay_decode = replay
-        result = {"graph_sizes": runner.graphs.sizes if runner.graphs is not None else None,
-                  "graph_replays": replays[0], "steps": steps, "seconds": secs, "launches_8_tokens": launches,
-                  "cprofile": text.getvalue()[-6000:], "torch_profile": table[-6000:]}
+        result = profile_decode_steps(llm, lambda k: run_engine(prompts(1), k), steps, self.device)
         self.report.setdefault("profiles", {})[name] = result
-        log(f"{name} step profile: {steps} tokens in {secs:.2f}s, graph replays {replays[0]}, "
-            f"graph sizes {result['graph_sizes'] and len(result['graph_sizes'])}, launches (8 tokens) {launches}")
+        log(f"{name} step profile: {steps} tokens in {result['seconds']:.2f}s, graph replays "
+            f"{result['graph_replays']}, graph sizes {result['graph_sizes'] and len(result['graph_sizes'])}, "
+            f"launches (8 tokens) {result['launches_8_tokens']}")
         print(result["cprofile"], flush=True)
         print(result["torch_profile"], flush=True)
 
