@@ -74,6 +74,8 @@ class _StopScanner:
     stopped_by: str | None = None
 
     def feed(self, text: str) -> str:
+        if not self.stops:  # nothing to hold back (most requests): every token's text passes
+            return text
         if self.stopped_by is not None:
             return ""
         pending = self.pending + text

@@ -163,7 +163,9 @@ class LLMEngine:
             if seq.num_tokens == seq.num_prompt_tokens + 1:  # its first token: the prompt is done
                 self.stats.prompt_tokens += seq.num_prompt_tokens - seq.num_cached_prompt_tokens
             request = self._requests[seq.request_id]
-            out = outputs.setdefault(seq.request_id, RequestOutput(seq.request_id, []))
+            out = outputs.get(seq.request_id)
+            if out is None:
+                out = outputs[seq.request_id] = RequestOutput(seq.request_id, [])
             out.deltas.append(delta)
             if delta.finish_reason is not None:
                 self.stats.record_finish(delta.finish_reason)
