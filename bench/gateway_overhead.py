@@ -6,7 +6,8 @@ Same run, same load generator, interleaved rounds (this machine is shared and no
 - added latency: p50 of sequential requests through the gateway minus straight; goal <= 0.5 ms;
 - memory: the gateway's resident set with 1,000 open client connections; goal < 80 MB;
 - the tenant stages (auth, rate limits, ledger and audit rows, prompt security): a second gateway
-  with them on, same backend, same run; goal <= 100 us added per request (issue 4).
+  with them on, same backend, same run; goal <= 100 us added per request (issue 4); a third with
+  the tenancy stages on and prompt security off splits that sum between the two.
 
 Run: `python -m bench.gateway_overhead [--requests 4000] [--concurrency 16] [--rounds 3]`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -143,13 +145,17 @@ class Target:
     backend_cpu_us: list[float] = field(default_factory=list)
 
 
-def gateway_config(folder: Path, port: int, backend_port: int, stages: bool) -> Path:
+def gateway_config(folder: Path, port: int, backend_port: int, stages: bool, security: bool = True) -> Path:
+    """A gateway's config; with stages, a database of its own (a second process on one database would
+    get no ledger journal, and commit each request's rows itself)."""
     path = folder / f"gateway-{port}.toml"
     text = (f'[server]\nport = {port}\n[[models]]\nname = "{MODEL}"\nhosts = ["http://127.0.0.1:{backend_port}"]\n')
     if stages:
-        text += f'[tenancy]\ndb = "{folder / "llmaas.db"}"\ntiers = "{folder / "tiers.toml"}"\n'
+        text += f'[tenancy]\ndb = "{folder / f"llmaas-{port}.db"}"\ntiers = "{folder / "tiers.toml"}"\n'
     else:
-        text += "[tenancy]\nenabled = false\n[security]\nenabled = false\n"
+        text += "[tenancy]\nenabled = false\n"
+    if not (stages and security):
+        text += "[security]\nenabled = false\n"
     path.write_text(text)
     return path
 
@@ -167,20 +173,25 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp())
     (folder / "tiers.toml").write_text(_TIERS)
-    tenancy = Tenancy.open(str(folder / "llmaas.db"), str(folder / "tiers.toml"))
+    backend_port, bare_port, full_port, tenancy_port = free_port(), free_port(), free_port(), free_port()
+    tenancy = Tenancy.open(str(folder / f"llmaas-{full_port}.db"), str(folder / "tiers.toml"))
     secret, _ = tenancy.tokens.create("bench", "bench")
     tenancy.close()
-    backend_port, bare_port, full_port = free_port(), free_port(), free_port()
+    shutil.copy(folder / f"llmaas-{full_port}.db", folder / f"llmaas-{tenancy_port}.db")  # the same key in both
     backend = subprocess.Popen([sys.executable, "-m", "bench.instant_backend", "--port", str(backend_port)])
     gateways = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config",
-                                  str(gateway_config(folder, port, backend_port, stages))], stdout=subprocess.DEVNULL)
-                for port, stages in ((bare_port, False), (full_port, True))]
+                                  str(gateway_config(folder, port, backend_port, stages, security))],
+                                 stdout=subprocess.DEVNULL)
+                for port, stages, security in ((bare_port, False, False), (full_port, True, True),
+                                               (tenancy_port, True, False))]
+    auth = f"authorization: Bearer {secret}\r\n".encode()
     targets = [Target("bare httptools server", backend_port, backend.pid),
                Target("gateway, stages off", bare_port, gateways[0].pid),
-               Target("gateway, auth + limits + ledger + security", full_port, gateways[1].pid,
-                      f"authorization: Bearer {secret}\r\n".encode())]
+               Target("gateway, auth + limits + ledger + security", full_port, gateways[1].pid, auth),
+               Target("gateway, auth + limits + ledger (security off)", tenancy_port, gateways[2].pid, auth)]
+    load_before = os.getloadavg()
     try:
-        for port in (backend_port, bare_port, full_port):
+        for port in (backend_port, bare_port, full_port, tenancy_port):
             wait_port(port)
         import uvloop
 
@@ -197,9 +208,11 @@ def main() -> None:
             proc.kill()
             proc.wait()
     med = statistics.median
-    direct, bare, full = targets
-    print(f"machine: {os.cpu_count()} CPUs; rounds: {args.rounds}; concurrency {args.concurrency}; "
-          f"{args.requests} requests per throughput run, {args.latency_requests} sequential for latency")
+    direct, bare, full, tenancy_only = targets
+    load = " / ".join(f"{a:.2f}" for a in (*load_before[:1], *os.getloadavg()[:1]))
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (before / after); rounds: {args.rounds}; "
+          f"concurrency {args.concurrency}; {args.requests} requests per throughput run, "
+          f"{args.latency_requests} sequential for latency")
     print("| path | chat completions/s | p50 latency (ms) | CPU us per request (that process) |\n|---|---|---|---|")
     for t in targets:
         print(f"| {t.name} | {med(t.rps):.0f} | {med(t.p50_ms):.3f} | {med(t.cpu_us):.0f} |")
@@ -207,6 +220,8 @@ def main() -> None:
           f"added p50 {med(bare.p50_ms) - med(direct.p50_ms):.3f} ms (goal <= 0.5)")
     print(f"stages (auth, limits, ledger, audit, security): +{med(full.cpu_us) - med(bare.cpu_us):.0f} us CPU "
           f"and +{(med(full.p50_ms) - med(bare.p50_ms)) * 1e3:.0f} us p50 per request (goal <= 100 us)")
+    print(f"  of which tenancy (auth, limits, ledger, audit): +{med(tenancy_only.cpu_us) - med(bare.cpu_us):.0f} us "
+          f"CPU and +{(med(tenancy_only.p50_ms) - med(bare.p50_ms)) * 1e3:.0f} us p50; prompt security the rest")
     print(f"gateway RSS: {idle:.1f} MB idle, {busy:.1f} MB with {args.connections} open connections (goal < 80)")
 
 

@@ -8,7 +8,7 @@ Measures, in one process and one run:
   (synchronous=NORMAL unless LLMAAS_DB_SYNC says otherwise), i.e. the whole CPU cost the stages
   put on the machine, per request;
 - `durable latency`: the time from `finish` until its row is durable, when waited on one by one:
-  with the ledger journal (a file store) that is the journal's `os.write`, done before `finish`
+  with the ledger journal (a file store) that is the copy into the journal, done before `finish`
   returns, so ~0; without one (":memory:", or another process owns the journal) the SQLite commit;
 - `pipeline`: the gateway's real request path (`Proxy.handle`, in process, in front of the instant
   backend of bench/instant_backend.py on loopback), with the tenancy stage on and off, in

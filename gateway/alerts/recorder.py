@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gateway.alerts.series import MinuteBucket, Series
+from gateway.alerts.series import MinuteBucket, Series, bin_of
 from gateway.tenancy.clock import Clock, SystemClock
 
 if TYPE_CHECKING:  # the gateway's config may import this package: no import of the fleet here
@@ -54,6 +54,8 @@ class Recorder:
     def observe(self, tenant: str, model: str, status: int, ttft_s: float | None, e2e_s: float,
                 prompt_tokens: int = 0, completion_tokens: int = 0, reasoning_tokens: int = 0) -> None:
         minute = int(self.clock.time() // 60)
+        ttft_bin = bin_of(ttft_s) if ttft_s is not None else None
+        e2e_bin = bin_of(e2e_s) if status < 400 else None  # a refusal's few microseconds would flatter the latency
         for key in ((tenant, model), (ALL, model)):
             b = self._bucket(key, minute)
             b.requests += 1
@@ -64,10 +66,10 @@ class Recorder:
             b.prompt_tokens += prompt_tokens
             b.completion_tokens += completion_tokens
             b.reasoning_tokens += reasoning_tokens
-            if ttft_s is not None:
-                b.ttft.observe(ttft_s)
-            if status < 400:  # a refusal's few microseconds would flatter the latency
-                b.e2e.observe(e2e_s)
+            if ttft_bin is not None:
+                b.ttft.add(ttft_bin)
+            if e2e_bin is not None:
+                b.e2e.add(e2e_bin)
 
     def _bucket(self, key: tuple[str, str], minute: int) -> MinuteBucket:
         series = self._series.get(key)

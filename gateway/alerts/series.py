@@ -17,6 +17,11 @@ _RATIO = 1.1
 _LOG_RATIO = math.log(_RATIO)
 
 
+def bin_of(seconds: float) -> int:
+    """The histogram bin a latency falls in."""
+    return 0 if seconds <= _BASE_S else int(math.log(seconds / _BASE_S) / _LOG_RATIO)
+
+
 @dataclass(slots=True)
 class LogHistogram:
     bins: dict[int, int] = field(default_factory=dict)
@@ -24,7 +29,10 @@ class LogHistogram:
     _memo: tuple[int, tuple[float, ...], list[float | None]] | None = None
 
     def observe(self, seconds: float) -> None:
-        index = 0 if seconds <= _BASE_S else int(math.log(seconds / _BASE_S) / _LOG_RATIO)
+        self.add(bin_of(seconds))
+
+    def add(self, index: int) -> None:
+        """One observation in bin `index` (`bin_of`): a latency counted in several series is binned once."""
         self.bins[index] = self.bins.get(index, 0) + 1
         self.count += 1
 

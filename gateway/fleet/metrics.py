@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +23,21 @@ from gateway.http.protocol import ConnectionCount
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(slots=True)
+class _ModelChildren:
+    """One model label's metric children, found with one dict lookup per finished request. Each is
+    made on its first use, as /metrics shows a series from then on (a zero is not an absence)."""
+
+    label: str  # the served model's name, or "other"
+    tokens: tuple[Any, Any, Any, Any] | None = None  # prompt, cached_prompt, completion, reasoning
+    first_byte: Any = None
+    inter_token: Any = None
+    e2e: Any = None
+    retries: Any = None
+    requests: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # by (tier, status, code)
+    cost: dict[str, Any] = field(default_factory=dict)  # by tier
 
 
 class GatewayMetrics:
@@ -52,48 +68,75 @@ class GatewayMetrics:
               registry=r).set_function(lambda: self.connections.open)
         r.register(_FleetCollector(fleet))
         self._fleet = fleet
-        # prometheus-client's labels() costs microseconds a call; the label sets in use are few.
-        self._children: dict[tuple[object, ...], Any] = {}
+        # prometheus-client's labels() costs microseconds a call; the label sets in use are few, so
+        # their children are kept: per model label (served models and "other"), then per tier.
+        self._models: dict[str, _ModelChildren] = {}
+        self._verdicts: dict[tuple[str, str], Any] = {}
 
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _model(self, model: str) -> _ModelChildren:
+        children = self._models.get(model)
+        if children is None:
+            # A label per served model only: names from requests are unbounded (and untrusted).
+            label = model if model in self._fleet.by_model else "other"
+            children = self._models.get(label)
+            if children is None:
+                children = self._models[label] = _ModelChildren(label)
+        return children
 
     async def admit(self, exchange: Exchange) -> None:
         return None
 
     def finish(self, exchange: Exchange) -> None:
-        # A label per served model only: names from requests are unbounded (and untrusted).
-        model = exchange.model if exchange.model in self._fleet.by_model else "other"
-        action = exchange.state.get("verdict")
+        children = self._model(exchange.model)
+        state = exchange.state
+        action = state.get("verdict")
         if action is not None:
-            rules = exchange.state.get("security_rules") or ("",)
-            for rule in rules:
-                self._child(self.security, action, rule).inc()
-        principal = exchange.state.get("principal")
+            for rule in state.get("security_rules") or ("",):
+                verdict = self._verdicts.get((action, rule))
+                if verdict is None:
+                    verdict = self._verdicts[(action, rule)] = self.security.labels(action, rule)
+                verdict.inc()
+        principal = state.get("principal")
         tier = principal.tier.name if principal is not None else ""
-        self._child(self.requests, model, tier, str(exchange.status), exchange.error_code or "").inc()
-        cost = exchange.state.get("cost_eur")
+        status, code = exchange.status, exchange.error_code or ""
+        requests = children.requests.get((tier, status, code))
+        if requests is None:
+            requests = children.requests[(tier, status, code)] = self.requests.labels(children.label, tier,
+                                                                                        str(status), code)
+        requests.inc()
+        cost = state.get("cost_eur")
         if cost:
-            self._child(self.cost, model, tier).inc(cost)
+            billed = children.cost.get(tier)
+            if billed is None:
+                billed = children.cost[tier] = self.cost.labels(children.label, tier)
+            billed.inc(cost)
+        label = children.label
         if exchange.attempts > 1:
-            self._child(self.retries, model).inc(exchange.attempts - 1)
+            if children.retries is None:
+                children.retries = self.retries.labels(label)
+            children.retries.inc(exchange.attempts - 1)
         usage = exchange.usage
         if usage is not None:
-            self._child(self.tokens, model, "prompt").inc(usage.prompt_tokens)
-            self._child(self.tokens, model, "cached_prompt").inc(usage.cached_tokens)
-            self._child(self.tokens, model, "completion").inc(usage.completion_tokens)
-            self._child(self.tokens, model, "reasoning").inc(usage.reasoning_tokens)
+            if children.tokens is None:
+                children.tokens = tuple(self.tokens.labels(label, kind)  # type: ignore[assignment]
+                                        for kind in ("prompt", "cached_prompt", "completion", "reasoning"))
+            prompt, cached, completion, reasoning = children.tokens  # type: ignore[misc]
+            prompt.inc(usage.prompt_tokens)
+            cached.inc(usage.cached_tokens)
+            completion.inc(usage.completion_tokens)
+            reasoning.inc(usage.reasoning_tokens)
         if exchange.first_byte is not None:
-            self._child(self.first_byte, model).observe(exchange.first_byte - exchange.started)
+            if children.first_byte is None:
+                children.first_byte = self.first_byte.labels(label)
+            children.first_byte.observe(exchange.first_byte - exchange.started)
         if exchange.content_gaps:
-            inter_token = self._child(self.inter_token, model)
+            if children.inter_token is None:
+                children.inter_token = self.inter_token.labels(label)
             for gap in exchange.content_gaps:
-                inter_token.observe(gap)
-        self._child(self.e2e, model).observe(time.monotonic() - exchange.started)
+                children.inter_token.observe(gap)
+        if children.e2e is None:
+            children.e2e = self.e2e.labels(label)
+        children.e2e.observe(time.monotonic() - exchange.started)
 
     async def render(self, request: Request) -> Response:
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
-from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError, cost_eur
+from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError
 
 STATE_KEY = "tenancy"
 
@@ -37,7 +37,8 @@ class TenancyStage:
         request = exchange.request
         client = request.client[0] if request.client else None
         principal = self.principal(request.headers.get("authorization"), exchange.request_id, client)
-        exchange.state["principal"] = principal
+        state = exchange.state
+        state["principal"] = principal
         fields = exchange.fields
         asked = fields.max_completion_tokens or fields.max_tokens
         try:
@@ -46,8 +47,8 @@ class TenancyStage:
                                            request_id=exchange.request_id, client=client)
         except TenancyError as exc:
             raise gateway_error(exc) from None
-        exchange.state[STATE_KEY] = admission
-        exchange.response_headers.extend(admission.headers())
+        state[STATE_KEY] = admission
+        exchange.response_headers += admission.headers()
         exchange.warning = admission.warning
         # The engine gets the tier's priority (its scheduler runs lower values first; tiers rank
         # higher values first), and the tier's cap when the client set no max.
@@ -56,11 +57,12 @@ class TenancyStage:
             exchange.overrides["max_tokens"] = admission.max_tokens
 
     def finish(self, exchange: Exchange) -> Awaitable[None] | None:
-        admission: Admission | None = exchange.state.get(STATE_KEY)
+        state = exchange.state
+        admission: Admission | None = state.get(STATE_KEY)
         if admission is None:
             return None
-        verdict = exchange.state.get("verdict")
-        if exchange.state.get("blocked"):
+        verdict = state.get("verdict")
+        if state.get("blocked"):
             return _awaitable(self.tenancy.refuse(admission, status=exchange.status, reason="security",
                                                   verdict=verdict))
         usage = exchange.usage
@@ -70,8 +72,9 @@ class TenancyStage:
             counts = Counts(exchange.estimated_prompt_tokens if exchange.first_byte else 0, 0,
                             exchange.streamed_tokens, 0)
         reason = "aborted" if exchange.status == 499 else None
-        exchange.state["cost_eur"] = cost_eur(counts, admission.prices)  # for the metrics stage, which ends after
-        return _awaitable(self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason))
+        written = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason)
+        state["cost_eur"] = admission.cost_eur  # for the metrics stage, which ends after
+        return _awaitable(written)
 
 
 def _awaitable(future: Future[None]) -> Awaitable[None] | None:

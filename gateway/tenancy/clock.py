@@ -16,8 +16,8 @@ class Clock(Protocol):
 class SystemClock:
     __slots__ = ()
 
-    def time(self) -> float:
-        return time.time()
+    # time.time itself, not a method calling it: read ~7 times a request, a Python frame each.
+    time = staticmethod(time.time)
 
 
 class FakeClock:

@@ -53,6 +53,8 @@ class LimitState:
     month_start: float
     month_end: float
     spent_eur: float
+    # The two x-ratelimit-limit-* headers, made with the buckets: only the levels vary per response.
+    limit_headers: tuple[tuple[str, str], tuple[str, str]]
     inflight: int = 0
     reserved_eur: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,14 +95,16 @@ def duration(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
-def headers(tier: Tier, state: LimitState) -> list[tuple[str, str]]:
+def headers(state: LimitState) -> list[tuple[str, str]]:
+    """The six x-ratelimit-* headers of a (tenant, tier) as its buckets stand."""
     r, t = state.requests, state.tokens
+    limit_requests, limit_tokens = state.limit_headers
     return [
-        ("x-ratelimit-limit-requests", str(tier.requests_per_minute)),
-        ("x-ratelimit-remaining-requests", str(max(0, int(r.level)))),
+        limit_requests,
+        ("x-ratelimit-remaining-requests", str(int(r.level)) if r.level > 0.0 else "0"),
         ("x-ratelimit-reset-requests", duration(r.reset_in())),
-        ("x-ratelimit-limit-tokens", str(tier.tokens_per_minute)),
-        ("x-ratelimit-remaining-tokens", str(max(0, int(t.level)))),
+        limit_tokens,
+        ("x-ratelimit-remaining-tokens", str(int(t.level)) if t.level > 0.0 else "0"),
         ("x-ratelimit-reset-tokens", duration(t.reset_in())),
     ]
 
@@ -121,9 +125,12 @@ class RateLimiter:
                 if state is None:
                     rpm, tpm = float(tier.requests_per_minute), float(tier.tokens_per_minute)
                     start = month_start(now)
+                    limits = (("x-ratelimit-limit-requests", str(tier.requests_per_minute)),
+                              ("x-ratelimit-limit-tokens", str(tier.tokens_per_minute)))
                     state = LimitState(requests=Bucket(rpm, rpm / 60.0, rpm, now),
                                        tokens=Bucket(tpm, tpm / 60.0, tpm, now), month_start=start,
-                                       month_end=next_month_start(now), spent_eur=self._spent_since(tenant, start))
+                                       month_end=next_month_start(now), spent_eur=self._spent_since(tenant, start),
+                                       limit_headers=limits)
                     self._states[key] = state
         return state
 
@@ -134,7 +141,7 @@ class RateLimiter:
                 f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this tier's limit of "
                 f"{min(tier.max_tokens_per_request, tier.tokens_per_minute)} per request.", param="max_tokens")
         now = self._clock.time()
-        state = self._state(tenant, tier, now)
+        state = self._states.get((tenant, tier.name)) or self._state(tenant, tier, now)
         with state.lock:
             if now >= state.month_end:
                 state.month_start, state.month_end = month_start(now), next_month_start(now)
@@ -142,32 +149,32 @@ class RateLimiter:
             state.requests.refill(now)
             state.tokens.refill(now)
             if state.requests.level < 1.0:
-                self._refuse(tier, state, "requests", state.requests.wait_for(1.0),
+                self._refuse(state, "requests", state.requests.wait_for(1.0),
                              f"Rate limit reached: {tier.requests_per_minute} requests per minute.")
             if state.tokens.level < tokens:
-                self._refuse(tier, state, "tokens", state.tokens.wait_for(tokens),
+                self._refuse(state, "tokens", state.tokens.wait_for(tokens),
                              f"Rate limit reached: {tier.tokens_per_minute} tokens per minute "
                              f"(this request reserves {tokens}).")
             if state.inflight >= tier.concurrent_requests:
-                self._refuse(tier, state, "requests", 1.0,
+                self._refuse(state, "requests", 1.0,
                              f"Too many concurrent requests: this tier allows {tier.concurrent_requests}.")
             if state.spent_eur + state.reserved_eur + cost_eur > tier.monthly_budget_eur:
                 wait = state.month_end - now
                 raise BudgetExceeded(
                     f"Monthly budget of {tier.monthly_budget_eur:.2f} EUR reached "
                     f"({state.spent_eur:.4f} EUR spent this month).",
-                    headers=[("retry-after", str(math.ceil(wait))), *headers(tier, state)])
+                    headers=[("retry-after", str(math.ceil(wait))), *headers(state)])
             state.requests.level -= 1.0
             state.tokens.level -= tokens
             state.inflight += 1
             state.reserved_eur += cost_eur
-            return Grant(state, tier, tokens, cost_eur, headers(tier, state))
+            return Grant(state, tier, tokens, cost_eur, headers(state))
 
     @staticmethod
-    def _refuse(tier: Tier, state: LimitState, kind: str, wait: float, message: str) -> None:
+    def _refuse(state: LimitState, kind: str, wait: float, message: str) -> None:
         retry = max(1, math.ceil(wait))  # Retry-After is whole seconds; never tell a client "0"
         raise RateLimited(message, retry_after=wait, kind=kind,
-                          headers=[("retry-after", str(retry)), *headers(tier, state)])
+                          headers=[("retry-after", str(retry)), *headers(state)])
 
     def snapshot(self, tenant: str, tier: Tier) -> list[tuple[str, str]]:
         """The x-ratelimit-* headers as they stand, taking nothing (for refusals before admission)."""
@@ -176,7 +183,7 @@ class RateLimiter:
         with state.lock:
             state.requests.refill(now)
             state.tokens.refill(now)
-            return headers(tier, state)
+            return headers(state)
 
     def reconcile(self, grant: Grant, tokens: int, cost_eur: float) -> None:
         """Settles a grant with exact counts (0 and 0 for a request refused after admission)."""

@@ -3,7 +3,7 @@ writer (sqlite_writer.py: the writer thread, batched commits and the ledger jour
 
 Reads use their own connection (WAL lets them run beside the writer); reads of usage and audit
 commit the journaled rows first (read-your-writes). Usage and audit rows (`record` with an audit
-record) go to the ledger journal on a file database: one `os.write()` makes them durable against a
+record) go to the ledger journal on a file database: one copy into it makes them durable against a
 kill -9. Without a journal (":memory:", or a second process on the database: the journal is the
 first one's), rows written from an event loop are committed in a callback of that loop, one
 transaction per loop iteration, and rows written from other threads by the writer thread.
