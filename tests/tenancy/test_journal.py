@@ -1,4 +1,4 @@
-"""The ledger journal: rows answered at their os.write survive a kill -9 before any commit."""
+"""The ledger journal: rows answered once copied into the journal's mapped file survive a kill -9 before any commit."""
 
 from __future__ import annotations
 
