@@ -16,6 +16,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs, capture_sizes
 from engine.forward_context import AttentionMetadata, forward_context
 from engine.kernels import gpu_ops, ops
+from engine.memory import release_free_heap
 from engine.models.registry import model_class
 from engine.sampler import SamplerOutput, SamplingBatch, sample
 from engine.scheduler import ScheduledBatch
@@ -42,6 +43,7 @@ class ModelRunner:
         with torch.device("meta"):  # no allocation or random init: load_weights places every tensor
             model = model_class(model_config)(model_config)
         model.load_weights(weights, self.dtype, self.device)
+        release_free_heap()  # the unpacked and pre-fusion copies, freed but held by malloc, before the KV cache
         self.model = model.eval()
         kv_bytes = engine_config.kv_cache_bytes
         if self.cuda and engine_config.gpu_memory_utilization is not None:
