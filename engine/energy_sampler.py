@@ -35,6 +35,7 @@ class SampledMeter:
         self._answered = 0.0
         self._last_read = clock()
         self._wake = threading.Event()
+        self._sampling = threading.Lock()  # the thread and a read after an idle spell may both sample
         self.sample()
         self._answered = self._estimate[1]
         if start_thread:
@@ -53,15 +54,16 @@ class SampledMeter:
 
     def sample(self, fresh: bool = False) -> None:
         """One read of the slow counter; `fresh` forgets the power measured before an idle spell."""
-        now, joules = self._clock(), self._meter.read_joules()
-        if fresh:
-            self._samples.clear()
-        self._samples.append((now, joules))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= POWER_WINDOW_S:
-            self._samples.popleft()
-        t0, j0 = self._samples[0]
-        watts = (joules - j0) / (now - t0) if now > t0 else 0.0
-        self._estimate = (now, joules, max(0.0, watts))
+        with self._sampling:
+            now, joules = self._clock(), self._meter.read_joules()
+            if fresh:
+                self._samples.clear()
+            self._samples.append((now, joules))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= POWER_WINDOW_S:
+                self._samples.popleft()
+            t0, j0 = self._samples[0]
+            watts = (joules - j0) / (now - t0) if now > t0 else 0.0
+            self._estimate = (now, joules, max(0.0, watts))
 
     def _run(self) -> None:
         while True:
