@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.tenancy import BudgetExceeded, Counts, FakeClock, RateLimited, RequestTooLarge, Tenancy, Tier
-from gateway.tenancy.rate_limit import Bucket, Grant, LimitState, RateLimiter, duration
+from gateway.tenancy import rate_limit
+from gateway.tenancy.rate_limit import Bucket, Grant, RateLimiter, duration
 
 THREADS = 48
 
@@ -68,18 +69,15 @@ def hammer(admit: Callable[[], Grant]) -> tuple[list[Grant], list[Exception]]:
     return granted, refused
 
 
-class SlowLimiter(RateLimiter):
-    def _state(self, tenant: str, tier: Tier, now: float) -> LimitState:
-        state = super()._state(tenant, tier, now)
-        for name in ("requests", "tokens"):
-            b = getattr(state, name)
-            if not isinstance(b, SlowBucket):
-                setattr(state, name, SlowBucket(b.capacity, b.rate, Bucket.level.__get__(b), b.stamp))  # type: ignore[attr-defined]
-        return state
+@pytest.fixture(autouse=True)
+def slow_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limiter builds SlowBuckets: in place before any thread can see a new state (replacing
+    them after it is published would itself lose updates, racing the limiter's lock-free lookup)."""
+    monkeypatch.setattr(rate_limit, "Bucket", SlowBucket)
 
 
 def limiter(clock: FakeClock, spent: float = 0.0) -> RateLimiter:
-    return SlowLimiter(clock, lambda tenant, since: spent)
+    return RateLimiter(clock, lambda tenant, since: spent)
 
 
 def test_requests_per_minute_admits_exactly_n(clock: FakeClock) -> None:
