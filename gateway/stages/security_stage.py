@@ -48,6 +48,7 @@ class SecurityStage:
             verdict = security.check_text(_prompt_texts(payload), tenant=tenant, policy=policy, history=self.history)
         exchange.state["verdict"] = verdict.action
         exchange.state["security_rules"] = verdict.rules
+        exchange.state["security_rules_version"] = security.rules_version()
         if verdict.blocked:
             exchange.state["blocked"] = True
             raise GatewayError(400, security.BLOCK_MESSAGE, code=security.BLOCK_CODE)

@@ -61,10 +61,10 @@ class TenancyStage:
         admission: Admission | None = state.get(STATE_KEY)
         if admission is None:
             return None
-        verdict = state.get("verdict")
+        verdict, rules_version = state.get("verdict"), state.get("security_rules_version")
         if state.get("blocked"):
             return _awaitable(self.tenancy.refuse(admission, status=exchange.status, reason="security",
-                                                  verdict=verdict))
+                                                  verdict=verdict, rules_version=rules_version))
         usage = exchange.usage
         if usage is not None:
             counts = Counts(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
@@ -72,7 +72,8 @@ class TenancyStage:
             counts = Counts(exchange.estimated_prompt_tokens if exchange.first_byte else 0, 0,
                             exchange.streamed_tokens, 0)
         reason = "aborted" if exchange.status == 499 else None
-        written = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict, reason=reason)
+        written = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict,
+                                      rules_version=rules_version, reason=reason)
         state["cost_eur"] = admission.cost_eur  # for the metrics stage, which ends after
         return _awaitable(written)
 

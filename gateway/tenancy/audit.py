@@ -39,8 +39,10 @@ class Problem(msgspec.Struct):
 
 
 def record_hash(r: AuditRecord) -> str:
-    fields = (r.seq, r.time, r.tenant, r.token_id, r.client, r.model, r.status, r.reason, r.input_tokens,
-              r.output_tokens, r.verdict, r.request_id, r.prompt_digest, r.prev_hash)
+    fields: tuple = (r.seq, r.time, r.tenant, r.token_id, r.client, r.model, r.status, r.reason, r.input_tokens,
+                     r.output_tokens, r.verdict, r.request_id, r.prompt_digest, r.prev_hash)
+    if r.rules_version is not None:  # only then: records written before the field keep their hashes
+        fields += (r.rules_version,)
     return hashlib.sha256(_ENCODER.encode(fields)).hexdigest()
 
 
@@ -95,8 +97,8 @@ class AuditTrail:
 
     def append(self, *, status: int, reason: str, tenant: str | None = None, token_id: str | None = None,
                client: str | None = None, model: str | None = None, input_tokens: int = 0, output_tokens: int = 0,
-               verdict: str | None = None, request_id: str = "", prompt: str | None = None,
-               usage: UsageRow | None = None) -> Future[None]:
+               verdict: str | None = None, rules_version: str | None = None, request_id: str = "",
+               prompt: str | None = None, usage: UsageRow | None = None) -> Future[None]:
         """Chains one record and queues it with the request's usage row (one transaction). The
         record takes the usage row's time: one request, one timestamp, which is how the request
         history (history.py) finds a record's ledger row."""
@@ -108,7 +110,8 @@ class AuditTrail:
         with self._lock:
             record = AuditRecord(seq=self._seq + 1, time=now, tenant=tenant, token_id=token_id, client=client,
                                  model=model, status=status, reason=reason, input_tokens=input_tokens,
-                                 output_tokens=output_tokens, verdict=verdict, request_id=request_id,
+                                 output_tokens=output_tokens, verdict=verdict, rules_version=rules_version,
+                                 request_id=request_id,
                                  prompt=blob, prompt_digest=digest, prev_hash=self._hash)
             record.hash = record_hash(record)
             # Queued inside the lock, so the writer commits records in chain order.

@@ -40,6 +40,10 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- modes: JSON, each layer's mode ({"patterns": "flag_only", ...}).
         CREATE TABLE security_policies (tenant TEXT PRIMARY KEY, modes TEXT NOT NULL, updated_at REAL NOT NULL);
     """),
+    (4, """
+        -- The prompt-security rule files behind a record's verdict (audit.py hashes it when set).
+        ALTER TABLE audit ADD COLUMN rules_version TEXT;
+    """),
 ]
 
 

@@ -200,7 +200,8 @@ class Tenancy:
 
     # -- stage 3: settle ---------------------------------------------------------------------------
     def finish(self, admission: Admission, counts: Counts, status: int = 200, *, verdict: str | None = None,
-               latency_s: float | None = None, prompt: str | None = None, reason: str | None = None) -> Future[None]:
+               rules_version: str | None = None, latency_s: float | None = None, prompt: str | None = None,
+               reason: str | None = None) -> Future[None]:
         """Reconciles the limits with exact counts and writes the ledger row and audit record in one
         transaction. Await the future (asyncio.wrap_future) before the response's last byte: once
         it resolves the row survives a kill -9. Aborted requests pass what they generated."""
@@ -216,10 +217,12 @@ class Tenancy:
         return self.audit.append(status=status, reason=reason, tenant=p.tenant,
                                  token_id=p.token_id, client=admission.client, model=admission.model,
                                  input_tokens=counts.input, output_tokens=counts.output, verdict=verdict,
-                                 request_id=admission.request_id, prompt=prompt, usage=usage)
+                                 rules_version=rules_version, request_id=admission.request_id, prompt=prompt,
+                                 usage=usage)
 
     def refuse(self, admission: Admission, error: TenancyError | None = None, *, status: int = 400,
-               reason: str = "security", verdict: str | None = None) -> Future[None]:
+               reason: str = "security", verdict: str | None = None,
+               rules_version: str | None = None) -> Future[None]:
         """A request refused after admission (the security stage blocked it): gives back its
         reservation, records a zero-cost ledger row and the refusal."""
         if error is not None:
@@ -232,4 +235,4 @@ class Tenancy:
                          latency_ms=(time.perf_counter() - admission.started) * 1000.0)
         return self.audit.append(status=status, reason=reason, tenant=p.tenant, token_id=p.token_id,
                                  client=admission.client, model=admission.model, verdict=verdict,
-                                 request_id=admission.request_id, usage=usage)
+                                 rules_version=rules_version, request_id=admission.request_id, usage=usage)

@@ -59,6 +59,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     input_tokens: int = 0
     output_tokens: int = 0
     verdict: str | None = None    # the prompt-security verdict, when one was given
+    rules_version: str | None = None  # the rule files that gave it ("markup@2026.11.27-2,..."; security.rules_version())
     request_id: str = ""
     prompt: bytes | None = None   # AES-256-GCM ciphertext, only under a retention policy
     prompt_digest: str | None = None  # sha256 of the ciphertext: the chain survives a purge

@@ -104,7 +104,11 @@ def test_a_blocked_prompt_is_a_400_with_a_zero_cost_row_and_a_metric(tmp_path: P
     tenancy = run(tmp_path, test)
     blocked_row, _ = tenancy.store.usage("t", 0)
     assert blocked_row.status == 400 and blocked_row.cost_eur == 0 and blocked_row.output_tokens == 0
-    assert [a.reason for a in tenancy.store.audit_records()][-2:] == ["security", "ok"]
+    records = list(tenancy.store.audit_records())
+    assert [a.reason for a in records][-2:] == ["security", "ok"]
+    # Each verdict names the rule files that gave it; the chain covers them.
+    assert records[-2].verdict == "block" and records[-2].rules_version == security.rules_version()
+    assert records[-1].rules_version == security.rules_version() and tenancy.audit.verify() == []
     tenancy.close()
 
 

@@ -125,3 +125,27 @@ def test_export_has_no_ciphertext(store: SqliteStore, clock: FakeClock) -> None:
     store.flush()
     (line,) = list(export_jsonl(store.audit_records()))
     assert b'"prompt":null' in line and b'"prompt_digest":"' in line
+
+
+def test_rules_version_is_chained_and_older_records_keep_their_hashes(store: SqliteStore, clock: FakeClock) -> None:
+    import hashlib
+
+    import msgspec
+
+    from gateway.tenancy.audit import record_hash
+
+    trail = fill(store, clock, 2)
+    clock.advance(1)
+    trail.append(status=400, reason="security", tenant="acme", verdict="block", rules_version="overrides@1,markup@2",
+                 request_id="req-x")
+    store.flush()
+    older, _, newest = store.audit_records()
+    assert newest.rules_version == "overrides@1,markup@2" and older.rules_version is None
+    # A record without a rules version hashes exactly as before the field existed.
+    fields = (older.seq, older.time, older.tenant, older.token_id, older.client, older.model, older.status,
+              older.reason, older.input_tokens, older.output_tokens, older.verdict, older.request_id,
+              older.prompt_digest, older.prev_hash)
+    assert record_hash(older) == older.hash == hashlib.sha256(msgspec.json.encode(fields)).hexdigest()
+    assert trail.verify() == []
+    tamper(store, "UPDATE audit SET rules_version = 'overrides@0' WHERE seq = 3")
+    assert kinds(trail) == [(3, "edited")]
