@@ -13,6 +13,7 @@ generic regex.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -47,13 +48,12 @@ def key_char(s: str) -> str:
     return max(s, key=_selectivity)
 
 
-def split_top(source: str) -> list[str]:
-    """The top-level alternatives of a regex source."""
-    parts: list[str] = []
+def _structure(source: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, group depth after it) for each "(", ")" and "|" of a regex source from
+    `start`, skipping escapes and character classes (a "]" right after "[" or "[^" is a member)."""
     depth = 0
     in_class = False
-    start = 0
-    i = 0
+    i = start
     while i < len(source):
         c = source[i]
         if c == "\\":
@@ -64,45 +64,25 @@ def split_top(source: str) -> list[str]:
         elif c == "[":
             in_class = True
             if source[i + 1:i + 2] == "]":
+                i += 1
+            elif source[i + 1:i + 3] == "^]":
                 i += 2
-                continue
-            if source[i + 1:i + 3] == "^]":
-                i += 3
-                continue
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            parts.append(source[start:i])
-            start = i + 1
+        elif c in "()|":
+            depth += {"(": 1, ")": -1, "|": 0}[c]
+            yield i, c, depth
         i += 1
-    parts.append(source[start:])
-    return parts
+
+
+def split_top(source: str) -> list[str]:
+    """The top-level alternatives of a regex source."""
+    cuts = [i for i, c, depth in _structure(source) if c == "|" and depth == 0]
+    bounds = [-1, *cuts, len(source)]
+    return [source[a + 1:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _group_end(source: str, open_at: int) -> int:
     """Index just past the ")" closing the group that opens at `open_at`, or -1."""
-    depth = 0
-    in_class = False
-    i = open_at
-    while i < len(source):
-        c = source[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
+    return next((i + 1 for i, c, depth in _structure(source, open_at) if c == ")" and depth == 0), -1)
 
 
 def _distribute(alt: str, depth: int = 0) -> list[str]:
