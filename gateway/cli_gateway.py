@@ -27,10 +27,12 @@ def run_gateway(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     gateway = Gateway(config)
+    lane, lane_state = gateway.native_lane()
     try:
-        print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1", flush=True)
+        print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1 "
+              f"(native lane: {lane_state})", flush=True)
         run(gateway.router(), host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
-            on_startup=gateway.start, on_shutdown=gateway.stop, connections=gateway.metrics.connections)
+            on_startup=gateway.start, on_shutdown=gateway.stop, connections=gateway.metrics.connections, lane=lane)
     except (OSError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2

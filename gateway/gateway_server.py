@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import msgspec
@@ -19,7 +20,10 @@ from gateway.fleet.fleet import BackendFactory, Fleet
 from gateway.fleet.metrics import GatewayMetrics
 from gateway.fleet.proxy import Proxy
 from gateway.fleet.wire import ModelCard, ModelList
-from gateway.http import Request, Response, Router
+from gateway.http import LaneFactory, Request, Response, Router
+from gateway.http.limits import ServerState
+from gateway.http.protocol import ConnectionCount
+from gateway.http.server import Lane
 from gateway.openai.openapi import openapi_endpoint
 from gateway.stages.security_stage import SecurityStage
 from gateway.stages.tenancy_stage import TenancyStage
@@ -79,6 +83,22 @@ class Gateway:
         add_console_routes(router, recorder=self.recorder, tenancy=self.tenancy, alerts=self.alerts,
                            admin_token=admin_token, models=lambda: self.fleet.model_names)
         return router
+
+    def native_lane(self) -> tuple[LaneFactory | None, str]:
+        """A factory of the native lane for this gateway's listening socket, or None and why not."""
+        from gateway import native_lane
+
+        reason = native_lane.unavailable(self.config, self.fleet)
+        if reason is not None:
+            return None, reason
+
+        def factory(sock: socket.socket, state: ServerState, connections: ConnectionCount | None) -> Lane:
+            lane = native_lane.NativeLane(sock, state, connections, self.config, self.fleet,
+                                          [self.metrics, self.recorder])
+            self.metrics.refresh = lane.sync  # a scrape sees what the lane finished up to now
+            return lane
+
+        return factory, "on"
 
     async def start(self) -> None:
         if self.config.security.enabled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from gateway.alerts.series import MinuteBucket, Series, bin_of
 from gateway.tenancy.clock import Clock, SystemClock
 
 if TYPE_CHECKING:  # the gateway's config may import this package: no import of the fleet here
-    from gateway.fleet.exchange import Exchange
+    from gateway.fleet.exchange import Exchange, FinishedBatch
 
 OVERFLOW = "other"
 # The all-tenants series of each model, kept beside the per-tenant ones: the admin's graphs and
@@ -70,6 +71,27 @@ class Recorder:
                 b.ttft.add(ttft_bin)
             if e2e_bin is not None:
                 b.e2e.add(e2e_bin)
+
+    def finish_batch(self, batch: FinishedBatch) -> None:
+        """The native lane's requests (no tenant: the lane runs only without the tenancy stage)."""
+        minute = int(self.clock.time() // 60)
+        ttft_bins = Counter(map(bin_of, batch.ttft_s))
+        e2e_bins = Counter(map(bin_of, batch.e2e_s)) if batch.status < 400 else None
+        for key in (("", batch.model), (ALL, batch.model)):
+            b = self._bucket(key, minute)
+            b.requests += batch.count
+            if batch.status >= 500:
+                b.server_errors += batch.count
+            elif batch.status >= 400:
+                b.client_errors += batch.count
+            b.prompt_tokens += batch.prompt_tokens
+            b.completion_tokens += batch.completion_tokens
+            b.reasoning_tokens += batch.reasoning_tokens
+            for index, n in ttft_bins.items():
+                b.ttft.add(index, n)
+            if e2e_bins is not None:
+                for index, n in e2e_bins.items():
+                    b.e2e.add(index, n)
 
     def _bucket(self, key: tuple[str, str], minute: int) -> MinuteBucket:
         series = self._series.get(key)

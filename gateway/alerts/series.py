@@ -31,10 +31,10 @@ class LogHistogram:
     def observe(self, seconds: float) -> None:
         self.add(bin_of(seconds))
 
-    def add(self, index: int) -> None:
-        """One observation in bin `index` (`bin_of`): a latency counted in several series is binned once."""
-        self.bins[index] = self.bins.get(index, 0) + 1
-        self.count += 1
+    def add(self, index: int, n: int = 1) -> None:
+        """n observations in bin `index` (`bin_of`): a latency counted in several series is binned once."""
+        self.bins[index] = self.bins.get(index, 0) + n
+        self.count += n
 
     def merge(self, other: LogHistogram) -> None:
         for index, n in other.bins.items():

@@ -56,6 +56,11 @@ class HttpBackend:
     def open_connections(self) -> int:
         return self._pool.num_open
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) it connects to."""
+        return self._pool.host, self._pool.port
+
     def close(self) -> None:
         self._pool.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -69,6 +69,25 @@ class Exchange:
         return self._payload
 
 
+@dataclass(slots=True)
+class FinishedBatch:
+    """Requests the gateway's native lane answered alike (one model, host and status) since its last
+    report (gateway/native_lane.py): their number, their sums, and each one's latencies."""
+
+    model: str
+    host: str
+    status: int
+    count: int
+    retries: int  # hosts tried beyond the first, all requests together
+    with_usage: int  # requests whose answer carried the engine's usage
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    ttft_s: Sequence[float]  # arrival to the engine's answer, one per request
+    e2e_s: Sequence[float]  # arrival to the answer sent, one per request
+
+
 class Stage(Protocol):
     """A step of the request path (auth, limits, security, catalog...). `admit` runs in order
     before routing and refuses by raising GatewayError; `finish` runs once for every stage whose
@@ -79,3 +98,10 @@ class Stage(Protocol):
     async def admit(self, exchange: Exchange) -> None: ...
 
     def finish(self, exchange: Exchange) -> Awaitable[None] | None: ...
+
+
+class BatchStage(Stage, Protocol):
+    """A stage that only counts (metrics, the console's recorder): it can also take the native
+    lane's requests as batches, which never pass through `admit`."""
+
+    def finish_batch(self, batch: FinishedBatch) -> None: ...

@@ -31,6 +31,9 @@ class HostState:
     # Requests this gateway sent and that are not finished, and their estimated tokens.
     in_flight: int = 0
     outstanding_tokens: int = 0
+    # The same, of the gateway's native lane (gateway/native_lane.py), as of its latest sync.
+    lane_in_flight: int = 0
+    lane_outstanding_tokens: int = 0
     picks: int = 0
     # Out of rotation until a health probe succeeds: after a failed probe or too many failures.
     healthy: bool = True
@@ -47,7 +50,7 @@ class HostState:
         """Outstanding work in tokens: ours, or the host's own report when it knows of more (other
         gateways, or requests we count as done that it still runs)."""
         reported = self.report.num_pending_tokens if self.report is not None else 0
-        return max(self.outstanding_tokens, reported)
+        return max(self.outstanding_tokens + self.lane_outstanding_tokens, reported)
 
     def begin(self, tokens: int) -> None:
         self.in_flight += 1

@@ -7,8 +7,11 @@ its CollectorRegistry: no process-global state.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.fleet.exchange import Exchange
+from gateway.fleet.exchange import Exchange, FinishedBatch
 from gateway.fleet.fleet import Fleet
 from gateway.http import Request, Response
 from gateway.http.protocol import ConnectionCount
@@ -65,13 +68,15 @@ class GatewayMetrics:
         # Kept by the HTTP servers this gateway is served on (serve(..., connections=...)).
         self.connections = ConnectionCount()
         Gauge("llmaas_gateway_open_connections", "Client connections open on the gateway's HTTP servers.",
-              registry=r).set_function(lambda: self.connections.open)
+              registry=r).set_function(self.connections.total)
         r.register(_FleetCollector(fleet))
         self._fleet = fleet
         # prometheus-client's labels() costs microseconds a call; the label sets in use are few, so
         # their children are kept: per model label (served models and "other"), then per tier.
         self._models: dict[str, _ModelChildren] = {}
         self._verdicts: dict[tuple[str, str], Any] = {}
+        # Called before a scrape: the native lane reports what it finished since its last tick.
+        self.refresh: Callable[[], None] | None = None
 
     def _model(self, model: str) -> _ModelChildren:
         children = self._models.get(model)
@@ -138,8 +143,48 @@ class GatewayMetrics:
             children.e2e = self.e2e.labels(label)
         children.e2e.observe(time.monotonic() - exchange.started)
 
+    def finish_batch(self, batch: FinishedBatch) -> None:
+        """The native lane's requests: the same series as `finish`, counted a batch at a time."""
+        children = self._model(batch.model)
+        label = children.label
+        requests = children.requests.get(("", batch.status, ""))
+        if requests is None:
+            requests = children.requests[("", batch.status, "")] = self.requests.labels(label, "", str(batch.status), "")
+        requests.inc(batch.count)
+        if batch.retries:
+            if children.retries is None:
+                children.retries = self.retries.labels(label)
+            children.retries.inc(batch.retries)
+        if batch.with_usage:
+            if children.tokens is None:
+                children.tokens = tuple(self.tokens.labels(label, kind)  # type: ignore[assignment]
+                                        for kind in ("prompt", "cached_prompt", "completion", "reasoning"))
+            for counter, n in zip(children.tokens, (batch.prompt_tokens, batch.cached_tokens,  # type: ignore[arg-type]
+                                                    batch.completion_tokens, batch.reasoning_tokens)):
+                counter.inc(n)
+        if children.first_byte is None:
+            children.first_byte = self.first_byte.labels(label)
+        observe_many(children.first_byte, batch.ttft_s)
+        if children.e2e is None:
+            children.e2e = self.e2e.labels(label)
+        observe_many(children.e2e, batch.e2e_s)
+
     async def render(self, request: Request) -> Response:
+        if self.refresh is not None:
+            self.refresh()
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """Histogram.observe for each value, with one lock round per bucket touched instead of two per
+    value. It reaches into prometheus-client's histogram child (`_upper_bounds`, `_buckets`, `_sum`),
+    as observe() itself does; tests/gateway/test_native_lane.py checks both give the same exposition."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    for index, n in Tally(bisect_left(bounds, v) for v in values).items():
+        histogram._buckets[index].inc(n)
+    histogram._sum.inc(math.fsum(values))
 
 
 class _FleetCollector(Collector):
@@ -153,6 +198,6 @@ class _FleetCollector(Collector):
                                         "Estimated tokens of work in flight to a host.", labels=["host"])
         for host in self._fleet.hosts.values():
             up.add_metric([host.name], 1.0 if host.healthy else 0.0)
-            in_flight.add_metric([host.name], host.in_flight)
-            outstanding.add_metric([host.name], host.outstanding_tokens)
+            in_flight.add_metric([host.name], host.in_flight + host.lane_in_flight)
+            outstanding.add_metric([host.name], host.outstanding_tokens + host.lane_outstanding_tokens)
         yield from (up, in_flight, outstanding)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import unquote
@@ -49,9 +50,14 @@ _Queued = tuple["Request | Response", bool, int]
 
 @dataclass(slots=True)
 class ConnectionCount:
-    """Connections open now on the servers given it: what a gateway's open-connections gauge reads."""
+    """Connections open now on the servers given it: what a gateway's open-connections gauge reads.
+    `native`: those the gateway's native lane holds (gateway/native_lane.py), read when asked."""
 
     open: int = 0
+    native: Callable[[], int] | None = None
+
+    def total(self) -> int:
+        return self.open + (self.native() if self.native is not None else 0)
 
 
 class HttpConnection(asyncio.Protocol):

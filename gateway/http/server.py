@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gateway.http.app import Router
 from gateway.http.limits import ServerLimits, ServerState
@@ -16,6 +18,26 @@ try:
     import uvloop
 except ImportError:  # Windows, or a minimal install: the stdlib loop works too, only slower
     uvloop = None
+
+
+class Serving(Protocol):
+    """A running server: the asyncio one below, or a native lane in front of it (gateway/native_lane.py)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def shutdown(self, deadline_s: float) -> None: ...
+
+
+class Lane(Serving, Protocol):
+    def start(self) -> None: ...
+
+
+# Serves a listening socket natively; hands what it does not serve to connections of this state.
+LaneFactory = Callable[[socket.socket, ServerState, ConnectionCount | None], Lane]
 
 
 class Server:
@@ -71,16 +93,29 @@ async def serve(
     certfile: str | None = None,
     keyfile: str | None = None,
     connections: ConnectionCount | None = None,
-) -> Server:
-    """connections: a count this server keeps of its open connections (a gateway's metrics read it)."""
+    lane: LaneFactory | None = None,
+) -> Serving:
+    """connections: a count this server keeps of its open connections (a gateway's metrics read it).
+    lane: serves the listening socket natively, handing the rest to this server (no TLS)."""
     if (certfile is None) != (keyfile is None):
         raise ValueError("TLS needs both certfile and keyfile")
     context = tls_context(certfile, keyfile) if certfile and keyfile else None
     state = ServerState(router, limits or ServerLimits())
+    if lane is not None and context is None:
+        native = lane(_listening_socket(host, port), state, connections)
+        native.start()
+        return native
     server = await asyncio.get_running_loop().create_server(
         lambda: HttpConnection(state, connections), host, port, ssl=context, reuse_address=True
     )
     return Server(server, state)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.create_server(address, family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
 
 
 def run(
@@ -94,6 +129,7 @@ def run(
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     connections: ConnectionCount | None = None,
+    lane: LaneFactory | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully; uses uvloop when installed.
     on_startup runs in the server's loop before it listens (background tasks start there);
@@ -102,7 +138,7 @@ def run(
     async def main() -> None:
         if on_startup is not None:
             await on_startup()
-        server = await serve(router, host, port, limits, certfile, keyfile, connections)
+        server = await serve(router, host, port, limits, certfile, keyfile, connections, lane)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

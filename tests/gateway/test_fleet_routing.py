@@ -1,5 +1,7 @@
 """The gateway's request path over several engine hosts (instant doubles on loopback): spreading,
-prefix affinity, retries, health, a host dying mid-run, streams, usage, pooled connections."""
+prefix affinity, retries, health, a host dying mid-run, streams, usage, pooled connections. Each
+test runs twice: through the Python server alone, and through the native lane in front of it
+(gateway/native_lane.py), which must behave the same."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +20,18 @@ from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.raw_client import RawResponse, get, post, post_and_leave
 
 MODEL = "m"
+LANES = ["python", "native"]
+_lane = "python"
+
+
+@pytest.fixture(autouse=True, params=LANES)
+def lane(request: pytest.FixtureRequest) -> str:
+    """Which server the test's gateway runs: the Python server, or the native lane in front of it."""
+    global _lane
+    if request.param == "native":
+        pytest.importorskip("gateway._native", reason="the native lane is not built")
+    _lane = request.param
+    return _lane
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -36,7 +50,9 @@ async def fleet(engines: list[FakeEngine], extra_urls: tuple[str, ...] = (), **r
                            tenancy=TenancySection(enabled=False), security=SecuritySection(enabled=False))
     gateway = Gateway(config)
     await gateway.start()
-    server = await serve(gateway.router(), "127.0.0.1", 0)
+    factory, why = gateway.native_lane() if _lane == "native" else (None, "")
+    assert _lane == "python" or factory is not None, why
+    server = await serve(gateway.router(), "127.0.0.1", 0, lane=factory)
     try:
         yield gateway, Client(server.port)
     finally:
@@ -202,7 +218,8 @@ def test_connections_to_an_engine_are_reused() -> None:
         async with fleet([engine], health_interval_s=60.0) as (_, client):
             for i in range(20):
                 await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i % 2 == 0))
-            assert engine.accepted == 1
+            # One pool per path: the native lane keeps its own for the requests it serves.
+            assert engine.accepted == (1 if _lane == "python" else 2)
     run(test)
 
 

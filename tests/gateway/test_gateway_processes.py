@@ -92,6 +92,28 @@ def engine_load(port: int) -> dict:
         return json.loads(response.read())
 
 
+def test_native_lane_and_python_server_serve_one_client(fleet: tuple[int, list[subprocess.Popen], list[int]]
+                                                       ) -> None:
+    """The gateway runs no stage here, so its native lane serves a fresh connection's whole answers;
+    a stream on that connection hands it to the Python server. (Exact text is not compared: an
+    engine's prefix-cache hit may change the last bits of bf16 attention; tests/gateway/
+    test_native_lane.py compares the lane's bytes with the Python server's.)"""
+    port, _, _ = fleet
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    for _ in range(3):
+        whole = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+        assert whole.choices[0].message.content and whole.choices[0].finish_reason == "length"
+        assert whole.usage.completion_tokens == 12 and whole.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens == 12
+    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=3).usage.completion_tokens == 3
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=QUESTION, max_tokens=2)
+
+
 def test_a_client_leaving_mid_stream_frees_the_engines_blocks(fleet: tuple[int, list[subprocess.Popen], list[int]]
                                                                ) -> None:
     port, _, engine_ports = fleet

@@ -1,0 +1,122 @@
+// The native lane's event loop (see data_plane.h): client connections, upstream connections and
+// their pools, timers. One instance lives on the lane's thread for its whole life.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data_plane.h"
+#include "http_head.h"
+#include "json_fields.h"
+
+namespace llmaas::gw {
+
+struct Endpoint {
+  enum class Kind { kListen, kControl, kClient, kUpstream } kind;
+  int fd = -1;
+  bool dead = false;
+  explicit Endpoint(Kind k, int f) : kind(k), fd(f) {}
+  virtual ~Endpoint() = default;
+};
+
+struct UpstreamConn;
+
+struct ClientConn : Endpoint {
+  enum class Phase { kIdle, kHead, kBody, kBusy, kWriting };
+  explicit ClientConn(int f) : Endpoint(Kind::kClient, f) {}
+  Phase phase = Phase::kIdle;
+  std::string in;                 // bytes read; the request being answered starts at 0
+  std::string out;
+  size_t out_pos = 0;
+  double deadline = 0;
+  bool reading = true;            // EPOLLIN is asked for
+  bool keep_alive = true;         // for the answer being written
+  bool gone = false;              // the client hung up while its request was out
+  bool pending_read = false;      // bytes may wait in the socket: read them once the answer is out
+  // The request being answered.
+  RequestHead head;
+  size_t request_bytes = 0;
+  RequestFields fields;
+  std::string path, request_id;
+  int model = -1, host = -1, attempts = 0;
+  std::vector<int> tried;
+  int64_t cost = 0;
+  double started = 0, first_byte = 0;
+  bool fresh_retry = false;       // already retried once on a new connection after a stale one
+  UpstreamConn* upstream = nullptr;
+};
+
+struct UpstreamConn : Endpoint {
+  enum class Phase { kConnecting, kIdle, kBusy };
+  UpstreamConn(int f, int h) : Endpoint(Kind::kUpstream, f), host(h) {}
+  int host;
+  Phase phase = Phase::kConnecting;
+  bool reused = false;
+  std::string out;
+  size_t out_pos = 0;
+  std::string in;
+  bool head_done = false;
+  ResponseHead head;
+  ChunkedDecoder chunked;
+  std::string body;
+  ClientConn* client = nullptr;
+  double deadline = 0;
+};
+
+class Loop {
+ public:
+  Loop(DataPlane& plane, const PlaneConfig& config, HostTable& hosts, int control_fd);
+  ~Loop();
+  void run();
+
+ private:
+  // epoll
+  void watch(Endpoint* e, uint32_t events);
+  void dispatch(Endpoint* e, uint32_t events);
+  void kill(Endpoint* e);  // closes its socket; freed at the end of the loop's iteration
+  // clients
+  void accept_all();
+  void on_client(ClientConn* c, uint32_t events);
+  void read_client(ClientConn* c);
+  void serve_next(ClientConn* c);
+  void start_request(ClientConn* c);
+  void try_host(ClientConn* c);
+  void end_attempt(ClientConn* c);
+  void answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
+              const UsageCounts* usage);
+  void record(ClientConn* c, int status, const UsageCounts* usage);
+  void send_client(ClientConn* c, std::string data, bool keep_alive);
+  void flush_client(ClientConn* c);
+  void answer_done(ClientConn* c);
+  void hand_off(ClientConn* c);
+  void finish_gone(ClientConn* c, const UsageCounts* usage);
+  // upstreams
+  UpstreamConn* connect_to(int host, std::string* error);
+  void send_upstream(ClientConn* c, bool fresh);
+  void on_upstream(UpstreamConn* u, uint32_t events);
+  void flush_upstream(UpstreamConn* u);
+  void read_upstream(UpstreamConn* u);
+  void attempt_failed(ClientConn* c, const std::string& error);
+  void upstream_failed(UpstreamConn* u, const std::string& error);
+  void upstream_answered(UpstreamConn* u, bool reusable);
+  // time and shutdown
+  void sweep();
+  void begin_shutdown();
+
+  DataPlane& plane_;
+  const PlaneConfig& config_;
+  HostTable& hosts_;
+  int epoll_fd_;
+  Endpoint listen_;
+  Endpoint control_;
+  std::vector<Endpoint*> live_;       // every client and upstream connection
+  std::vector<Endpoint*> graveyard_;  // killed this iteration
+  std::vector<std::vector<UpstreamConn*>> idle_;  // per host, most recently used last
+  bool shutting_down_ = false;
+  bool accept_paused_ = false;  // out of descriptors: the listening socket is unwatched until the next sweep
+  uint64_t next_id_ = 0;
+  double now_ = 0;
+};
+
+}  // namespace llmaas::gw

@@ -1,0 +1,221 @@
+"""The gateway's native lane: its hot path served by an epoll thread (csrc/gateway, `gateway._native`),
+with the Python server behind it for everything else.
+
+The lane accepts on the gateway's listening socket and answers non-streaming chat and completions
+requests itself: it parses them, picks a host by the fleet's rule, forwards them over its own pooled
+connections, retries before the answer, and relays the answer, without running the interpreter.
+Any other request (another route, a stream, a body it does not read exactly as the Python path
+would, a model it does not serve, every host failing) hands the connection, with the bytes read so
+far, to the Python server below, which owns it from then on and answers, errors included.
+
+Python keeps what is Python's: the fleet's health probes and circuit breaker, and the stages that
+see each request end (metrics, the console's recorder). Every tick this module tells the lane the
+hosts' health and load, and tells the stages and the breaker what the lane did since (finished
+requests, host failures). The lane runs only where no stage must see a request before it is
+routed: with tenancy or prompt security on, or TLS, the Python server serves every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from http import HTTPStatus
+from typing import Any
+
+from gateway.fleet.backend import HttpBackend
+from gateway.fleet.config import GatewayConfig
+from gateway.fleet.exchange import BatchStage, FinishedBatch
+from gateway.fleet.fleet import Fleet
+from gateway.fleet.host import HostState
+from gateway.http.app import Response, encode_head, error_response
+from gateway.http.limits import ServerLimits, ServerState
+from gateway.http.protocol import ConnectionCount, HttpConnection
+
+try:
+    from gateway import _native
+except ImportError:  # not built (a source checkout without its extension): the Python server serves
+    _native = None
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.05
+
+
+def unavailable(config: GatewayConfig, fleet: Fleet) -> str | None:
+    """Why the lane cannot serve this gateway, or None when it can."""
+    if not config.server.native_lane:
+        return "turned off ([server] native_lane = false)"
+    if _native is None:
+        return "gateway._native is not built"
+    if config.server.certfile:
+        return "TLS is served by the Python server"
+    if config.tenancy.enabled or config.security.enabled:
+        return "the tenant and security stages see each request before it is routed"
+    if not all(isinstance(host.backend, HttpBackend) for host in fleet.hosts.values()):
+        return "an engine is served in process"
+    return None
+
+
+class _HandedOver(HttpConnection):
+    """A connection the lane handed over: the bytes it read are parsed first, before any new ones."""
+
+    def __init__(self, state: ServerState, count: ConnectionCount | None, data: bytes) -> None:
+        super().__init__(state, count)
+        self._handed_over = data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        data, self._handed_over = self._handed_over, b""
+        if data:
+            self.data_received(data)
+
+
+def _whole(response: Response, keep_alive: bool) -> bytes:
+    return encode_head(response.status, response.headers, response.content_type, keep_alive,
+                       len(response.body)) + response.body
+
+
+def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConfig) -> dict[str, Any]:
+    routing = config.routing
+    overload = error_response(503, "Server is overloaded, retry later", "server_overloaded", type_="server_error")
+    return {
+        "listen_fd": sock.fileno(),
+        "max_header_bytes": limits.max_header_bytes,
+        "max_body_bytes": limits.max_body_bytes,
+        "header_timeout_s": limits.header_timeout_s,
+        "body_timeout_s": limits.body_timeout_s,
+        "keepalive_timeout_s": limits.keepalive_timeout_s,
+        "max_concurrency": limits.max_concurrency,
+        "connect_timeout_s": routing.connect_timeout_s,
+        "first_byte_timeout_s": routing.first_byte_timeout_s,
+        "max_attempts": routing.max_attempts,
+        "default_max_tokens": routing.default_max_tokens,
+        "affinity_min_chars": routing.affinity_min_chars,
+        "slack_ratio": routing.affinity_slack_ratio,
+        "slack_tokens": routing.affinity_slack_tokens,
+        "id_prefix": f"{os.urandom(6).hex()}-n",
+        # The Python server's own answers (protocol.py, cycle.py), so both paths answer alike.
+        "header_timeout_response": _whole(error_response(408, "Request headers not received in time",
+                                                         "request_timeout"), False),
+        "body_timeout_response": _whole(error_response(408, "Request body not received in time",
+                                                       "request_timeout"), False),
+        "overload_response": _whole(overload, True),
+        "overload_close_response": _whole(overload, False),
+        "reasons": {status.value: status.phrase for status in HTTPStatus},
+    }
+
+
+class NativeLane:
+    """The lane of one listening socket, and the Python server state for what it hands over."""
+
+    def __init__(self, sock: socket.socket, state: ServerState, connections: ConnectionCount | None,
+                 config: GatewayConfig, fleet: Fleet, stages: list[BatchStage]) -> None:
+        assert _native is not None
+        self._sock = sock
+        self._state = state
+        self._connections = connections
+        self._fleet = fleet
+        self._stages = list(reversed(stages))  # ended in the reverse order of admission, as in proxy.py
+        self._plane = _native.DataPlane(_plane_config(sock, state.limits, config))
+        self._hosts: list[HostState] = []
+        index: dict[str, int] = {}
+        for host in fleet.hosts.values():
+            assert isinstance(host.backend, HttpBackend)
+            name, port = host.backend.address
+            ip = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][4][0]
+            index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port)
+            self._hosts.append(host)
+        for model, hosts in fleet.by_model.items():
+            self._plane.add_model(model, [index[h.name] for h in hosts])
+        self._loop = asyncio.get_running_loop()
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        if connections is not None:
+            connections.native = lambda: int(self._plane.open_connections)
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    @property
+    def in_flight(self) -> int:
+        return self._state.in_flight + int(self._plane.in_flight)
+
+    def start(self) -> None:
+        self.sync()
+        self._loop.add_reader(self._plane.wake_fd, self._adopt_handed_over)
+        self._plane.start()
+        self._timer = self._loop.call_later(_TICK_S, self._tick)
+
+    def sync(self) -> None:
+        """Exchanges state with the lane: health and load out; finished requests and failures in."""
+        plane, threshold = self._plane, self._fleet.routing.failure_threshold
+        for index, failed, error in plane.take_host_events():
+            host = self._hosts[index]
+            if failed:
+                host.record_failure(error, threshold)
+            else:
+                host.record_success()
+        for i, host in enumerate(self._hosts):
+            plane.set_host_health(i, host.healthy)
+            plane.set_host_report(i, host.report.num_pending_tokens if host.report is not None else 0)
+            plane.set_python_outstanding(i, host.outstanding_tokens)
+            host.lane_outstanding_tokens = plane.host_outstanding(i)
+            host.lane_in_flight = plane.host_in_flight(i)
+        for finished in plane.take_finished():
+            self._finish(*finished)
+
+    def _finish(self, model: str, host: int, status: int, count: int, retries: int, with_usage: int,
+                prompt: int, cached: int, completion: int, reasoning: int, ttft: bytes, e2e: bytes) -> None:
+        batch = FinishedBatch(model=model, host=self._hosts[host].name, status=status, count=count, retries=retries,
+                              with_usage=with_usage, prompt_tokens=prompt, cached_tokens=cached,
+                              completion_tokens=completion, reasoning_tokens=reasoning,
+                              ttft_s=memoryview(ttft).cast("d"), e2e_s=memoryview(e2e).cast("d"))
+        for stage in self._stages:
+            stage.finish_batch(batch)
+
+    def _tick(self) -> None:
+        try:
+            self.sync()
+        except Exception:  # a stage's bug must not stop the lane's bookkeeping
+            log.exception("native lane sync failed")
+        self._timer = self._loop.call_later(_TICK_S, self._tick)
+
+    def _adopt_handed_over(self) -> None:
+        for fd, data in self._plane.take_handoffs():
+            sock = socket.socket(fileno=fd)
+            if self._state.shutting_down:
+                sock.close()
+                continue
+            task = self._loop.create_task(self._adopt(sock, data))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: _HandedOver(self._state, self._connections, data), sock)
+        except OSError:
+            sock.close()
+
+    async def shutdown(self, deadline_s: float) -> None:
+        """Stop accepting; let answers in progress, on both sides, finish until the deadline."""
+        state = self._state
+        self._plane.begin_shutdown()
+        state.shutting_down = True
+        for conn in list(state.connections):
+            conn.begin_shutdown()
+        deadline = time.monotonic() + deadline_s
+        while (state.connections or self._plane.open_connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(state.connections):
+            conn.abort()
+        await asyncio.to_thread(self._plane.stop)
+        self._loop.remove_reader(self._plane.wake_fd)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.sync()  # what the lane finished last still reaches the stages
+        self._sock.close()
