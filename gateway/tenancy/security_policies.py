@@ -8,7 +8,9 @@ each request, so a change takes effect on the tenant's next request. Only the ad
 them: no request of a tenant reaches this object.
 
 One gateway process sees its own changes at once; another process on the same database (a second
-gateway) loads them when it starts.
+gateway) re-reads the whole table once `refresh_s` has passed since it last did, on the next
+request that asks, so a change made anywhere applies everywhere within that delay (as a token's
+revocation does, gateway/tenancy/tokens.py).
 """
 
 from __future__ import annotations
@@ -29,20 +31,34 @@ def _modes(policy: security.Policy) -> dict[str, str]:
 
 
 class SecurityPolicies:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, refresh_s: float = 2.0) -> None:
         self._store, self._clock = store, clock
+        self._refresh_s = refresh_s
         self._records: dict[str, PolicyRecord] = {}
         self._policies: dict[str, security.Policy] = {}
-        for record in store.policies():
+        self._loaded_at = 0.0
+        self._ignored: set[str] = set()
+        self._load()
+
+    def _load(self) -> None:
+        records: dict[str, PolicyRecord] = {}
+        policies: dict[str, security.Policy] = {}
+        for record in self._store.policies():
             try:
                 policy = msgspec.convert(record.modes, security.Policy)
             except msgspec.ValidationError as exc:  # a layer since renamed: the config's policy applies
-                log.error("security policy of tenant %r ignored: %s", record.tenant, exc)
+                if record.tenant not in self._ignored:  # said once, not at every reload
+                    self._ignored.add(record.tenant)
+                    log.error("security policy of tenant %r ignored: %s", record.tenant, exc)
                 continue
-            self._records[record.tenant], self._policies[record.tenant] = record, policy
+            records[record.tenant], policies[record.tenant] = record, policy
+        self._records, self._policies = records, policies
+        self._loaded_at = self._clock.time()
 
     def get(self, tenant: str | None) -> security.Policy | None:
         """The operator's policy for `tenant`, None when none was set (the config's applies)."""
+        if self._clock.time() - self._loaded_at > self._refresh_s:
+            self._load()  # what another process changed since (a small table, a read every refresh_s)
         return self._policies.get(tenant or "")
 
     def record(self, tenant: str) -> PolicyRecord | None:

@@ -42,3 +42,21 @@ def test_a_stored_policy_that_no_longer_validates_is_ignored(tmp_path: Path) -> 
     assert policies.get("old") is None  # the config's policy applies
     assert policies.get("ok") == security.Policy(patterns="off")
     store.close()
+
+
+def test_a_change_made_by_another_process_applies_within_the_refresh_delay(tmp_path: Path) -> None:
+    clock = FakeClock(NOW)
+    store = SqliteStore(tmp_path / "p.db")
+    ours = SecurityPolicies(store, clock, refresh_s=2.0)
+    other_store = SqliteStore(tmp_path / "p.db")  # another gateway on the same database
+    theirs = SecurityPolicies(other_store, clock, refresh_s=2.0)
+    lenient = security.Policy(patterns="off")
+    theirs.put("acme", lenient)
+    assert ours.get("acme") is None  # not yet re-read
+    clock.advance(2.5)
+    assert ours.get("acme") == lenient
+    theirs.delete("acme")
+    clock.advance(2.5)
+    assert ours.get("acme") is None
+    store.close()
+    other_store.close()
