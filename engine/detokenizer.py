@@ -21,6 +21,32 @@ class Decoder(Protocol):
 
 
 @dataclass(slots=True)
+class _ByteWindow:
+    """Byte-level tokenizers (engine/byte_pieces.py): a token's text is its bytes, so the stream is
+    decoded by lookups; the bytes of a character split over tokens are held until it is whole, with
+    the same bound and the same forced end as _DecodeWindow."""
+
+    pieces: Sequence[bytes]
+    pending: bytes = b""
+    held: int = 0  # tokens whose bytes are pending
+
+    def push(self, token_id: int) -> str:
+        pending = self.pending + (self.pieces[token_id] if 0 <= token_id < len(self.pieces) else b"")
+        self.held += 1
+        text = pending.decode("utf-8", "replace")
+        if (not text or text.endswith(_REPLACEMENT)) and self.held <= _MAX_HELD_TOKENS:
+            self.pending = pending
+            return ""
+        self.pending, self.held = b"", 0
+        return text
+
+    def finish(self) -> str:
+        text = self.pending.decode("utf-8", "replace")
+        self.pending, self.held = b"", 0
+        return text
+
+
+@dataclass(slots=True)
 class _DecodeWindow:
     """vLLM's incremental decoding: decode only ids[prefix_offset:], emit what lies past read_offset.
 
@@ -144,8 +170,14 @@ class IncrementalDetokenizer:
         stop: Iterable[str] = (),
         include_stop_str_in_output: bool = False,
     ) -> None:
-        context = list(prompt_token_ids[-_PROMPT_CONTEXT:])
-        self._window = _DecodeWindow(tokenizer, skip_special_tokens, context, 0, len(context))
+        byte_pieces = getattr(tokenizer, "byte_pieces", None)
+        pieces = byte_pieces(skip_special_tokens) if byte_pieces is not None else None
+        self._window: _DecodeWindow | _ByteWindow
+        if pieces is not None:
+            self._window = _ByteWindow(pieces)  # no left context needed: bytes never merge or strip
+        else:
+            context = list(prompt_token_ids[-_PROMPT_CONTEXT:])
+            self._window = _DecodeWindow(tokenizer, skip_special_tokens, context, 0, len(context))
         self._scanner = _StopScanner(tuple(s for s in stop if s), include_stop_str_in_output)
         self._output = _Output()
 

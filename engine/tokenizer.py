@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import processors
 from tokenizers import Tokenizer as Backend
 
+from engine.byte_pieces import byte_pieces
 from engine.chat_template import ChatTemplateError, render_chat_template
 from engine.gguf_vocab import build_gguf_backend
 
@@ -18,7 +19,8 @@ _END_OF_GENERATION = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what serving needs around it: special ids and the chat template."""
 
-    __slots__ = ("_backend", "_vocab_size", "bos_token_id", "eos_token_id", "eos_token_ids", "chat_template")
+    __slots__ = ("_backend", "_vocab_size", "bos_token_id", "eos_token_id", "eos_token_ids", "chat_template",
+                 "_pieces")
 
     def __init__(
         self,
@@ -36,6 +38,7 @@ class Tokenizer:
         self.eos_token_id = eos_token_id
         self.eos_token_ids = _end_of_generation_ids(backend, eos_token_id, extra_eos_token_ids)
         self.chat_template = chat_template
+        self._pieces: dict[bool, tuple[bytes, ...] | None] = {}
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, object]) -> Tokenizer:
@@ -107,6 +110,14 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def byte_pieces(self, skip_special_tokens: bool = True) -> tuple[bytes, ...] | None:
+        """Each id's bytes when the decoder is byte-level (engine/byte_pieces.py), else None; built
+        on first use (~50 ms for 50k tokens) and kept."""
+        if skip_special_tokens not in self._pieces:
+            size = max(self._vocab_size, self._backend.get_vocab_size(with_added_tokens=True))
+            self._pieces[skip_special_tokens] = byte_pieces(self._backend, size, skip_special_tokens)
+        return self._pieces[skip_special_tokens]
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
         return [self._backend.id_to_token(i) for i in ids]

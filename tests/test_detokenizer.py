@@ -200,3 +200,42 @@ def test_stop_strings_any_split(
     else:
         assert out == text[: found + len(stop) if include else found] == detok.text
         assert detok.stopped_by == stop
+
+
+class _WindowOnly:
+    """The same tokenizer without its byte table: the detokenizer falls back to decode calls."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self._tok = tok
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_byte_pieces_decode_like_the_tokenizer_for_every_id(tok: Tokenizer, skip: bool) -> None:
+    pieces = tok.byte_pieces(skip)
+    assert pieces is not None and len(pieces) >= tok.vocab_size
+    for i in range(tok.vocab_size):
+        assert pieces[i].decode("utf-8", "replace") == tok.decode([i], skip), i
+
+
+@slow_settings
+@given(data=st.data(), skip=st.booleans())
+def test_byte_window_streams_what_the_decode_window_streams(tok: Tokenizer, data: st.DataObject, skip: bool) -> None:
+    # Random ids from the whole vocabulary: byte tokens that split characters, special tokens, bytes
+    # that never form a character.
+    ids = data.draw(st.lists(st.integers(min_value=0, max_value=tok.vocab_size - 1), max_size=80))
+    sizes = data.draw(chunk_sizes)
+    fast = IncrementalDetokenizer(tok, tok.encode(PROMPT), skip)
+    slow = IncrementalDetokenizer(_WindowOnly(tok), tok.encode(PROMPT), skip)
+    assert _stream(fast, _chunks(ids, sizes)) == _stream(slow, _chunks(ids, sizes))
+
+
+def test_sentencepiece_decoders_have_no_byte_table() -> None:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models
+
+    backend = Backend(models.BPE(vocab={"\u2581a": 0, "b": 1}, merges=[]))
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    assert Tokenizer(backend, bos_token_id=None, eos_token_id=None).byte_pieces() is None
