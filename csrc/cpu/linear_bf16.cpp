@@ -16,8 +16,13 @@
 //   loads the tile row and, for each of the R rows, broadcasts the row's x pair
 //   into 2 vdpbf16ps (32 multiply-adds each). R = 12 gives 24 accumulators, enough
 //   to hide the instruction's latency (R = 8 to 14 measured alike, ~220 GFLOPS a
-//   Zen 4 core, its peak). With 1 to 3 rows (decode) two accumulator sets take
-//   even and odd pairs so that the dependency chains still overlap.
+//   Zen 4 core, its peak). Every R sums K in the same order, so a row's output is
+//   the same bits in any batch (a sequence's tokens do not change with its
+//   step's batch size, nor with a prefix-cache hit). With 1 to 3 rows the few
+//   dependency chains cost up to 30% on an L3-resident matrix, nothing on the
+//   model's decode, which streams its weights from DRAM (2026-11-27 notes in
+//   bench/RESULTS.md); splitting K into even and odd pairs was faster there
+//   but rounded such rows differently.
 //   Threads split the grid (tile, row block), tile-major, into contiguous chunks.
 //   At M = 1 each thread streams its share of W once, front to back: decode is
 //   bound by memory bandwidth, and the hardware prefetchers keep up with such a
@@ -59,11 +64,11 @@ constexpr int64_t kMinParallelWork = 1 << 17;
 using TileFn = void (*)(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y, int64_t ldy,
                         int64_t cols);
 
-// Runs step(set, w_row, pair) over the pairs of K: w_row is the tile's row of
-// the pair, pair(r) the 32-bit word (x[r][2p], x[r][2p+1]). For odd K the last
-// word's high half is zero, so no element past a row is read (the next row, or
-// unmapped memory). Pairs go round-robin to kSets accumulator sets.
-template <int kSets, typename Step>
+// Runs step(w_row, pair) over the pairs of K, in order: w_row is the tile's row
+// of the pair, pair(r) the 32-bit word (x[r][2p], x[r][2p+1]). For odd K the
+// last word's high half is zero, so no element past a row is read (the next row,
+// or unmapped memory).
+template <typename Step>
 LLMAAS_INLINE void for_each_pair(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, Step step) {
   auto whole_pair = [x, ldx](int64_t p) {
     return [x, ldx, p](int r) {
@@ -73,11 +78,8 @@ LLMAAS_INLINE void for_each_pair(const uint16_t* x, int64_t ldx, const uint16_t*
     };
   };
   const int64_t whole = k / 2;
-  int64_t p = 0;
-  for (; p + kSets <= whole; p += kSets)
-    for (int s = 0; s < kSets; ++s) step(s, wt + (p + s) * 2 * kTile, whole_pair(p + s));
-  for (; p < whole; ++p) step(0, wt + p * 2 * kTile, whole_pair(p));
-  if (k % 2) step(0, wt + whole * 2 * kTile, [x, ldx, k](int r) { return uint32_t{x[r * ldx + k - 1]}; });
+  for (int64_t p = 0; p < whole; ++p) step(wt + p * 2 * kTile, whole_pair(p));
+  if (k % 2) step(wt + whole * 2 * kTile, [x, ldx, k](int r) { return uint32_t{x[r * ldx + k - 1]}; });
 }
 
 // ---- fp32 FMA microkernel (no avx512_bf16) ----------------------------------
@@ -88,7 +90,7 @@ LLMAAS_INLINE void tile_fma(const uint16_t* x, int64_t ldx, const uint16_t* wt, 
   using VI = typename Simd<kLanesOf<V>>::I;
   constexpr int64_t kW = kLanesOf<V>, kNV = kTile / kW;
   V acc[R][kNV] = {};
-  for_each_pair<1>(x, ldx, wt, k, [&](int, const uint16_t* w_row, auto pair) {
+  for_each_pair(x, ldx, wt, k, [&](const uint16_t* w_row, auto pair) {
     for (int64_t v = 0; v < kNV; ++v) {
       VI w;
       std::memcpy(&w, w_row + 2 * kW * v, sizeof w);
@@ -140,35 +142,31 @@ struct Avx512Bf16 {
   template <int R, typename Out>
   LLMAAS_BF16_TARGET static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y_void,
                                       int64_t ldy, int64_t cols) {
-    constexpr int kSets = R <= 3 ? 2 : 1;
-    __m512 acc[kSets][R][2];
-    for (int s = 0; s < kSets; ++s)
-      for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = _mm512_setzero_ps();
-    for_each_pair<kSets>(x, ldx, wt, k, [&](int s, const uint16_t* w_row, auto pair) LLMAAS_BF16_TARGET {
+    // One accumulator per row and half-tile, K summed in one order for every R: see the header.
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for_each_pair(x, ldx, wt, k, [&](const uint16_t* w_row, auto pair) LLMAAS_BF16_TARGET {
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w_row);
       const __m512bh w1 = (__m512bh)_mm512_loadu_si512(w_row + 32);
       for (int r = 0; r < R; ++r) {
         const __m512bh x_pair = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair(r)));
-        acc[s][r][0] = _mm512_dpbf16_ps(acc[s][r][0], w0, x_pair);
-        acc[s][r][1] = _mm512_dpbf16_ps(acc[s][r][1], w1, x_pair);
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, x_pair);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, x_pair);
       }
     });
-    if constexpr (kSets == 2)
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < 2; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[1][r][v]);
 
     const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(cols, 16)) - 1);
     const __mmask16 hi = static_cast<__mmask16>((1u << std::max<int64_t>(cols - 16, 0)) - 1);
     Out* y = static_cast<Out*>(y_void);
     for (int r = 0; r < R; ++r) {
       if constexpr (sizeof(Out) == 4) {
-        _mm512_mask_storeu_ps(y + r * ldy, lo, acc[0][r][0]);
-        _mm512_mask_storeu_ps(y + r * ldy + 16, hi, acc[0][r][1]);
+        _mm512_mask_storeu_ps(y + r * ldy, lo, acc[r][0]);
+        _mm512_mask_storeu_ps(y + r * ldy + 16, hi, acc[r][1]);
       } else {
         // vcvtneps2bf16 rounds to nearest even, as f32_to_bf16 does (it also
         // flushes denormals, which activations never are).
-        _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[0][r][0]));
-        _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[0][r][1]));
+        _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[r][0]));
+        _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[r][1]));
       }
     }
   }

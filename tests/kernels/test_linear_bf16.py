@@ -145,6 +145,18 @@ def test_thread_count_does_not_change_results() -> None:
         torch.set_num_threads(threads)
 
 
+def test_a_rows_result_does_not_depend_on_the_batch(isa: str) -> None:
+    """Batch invariance: a row's output is the same bits whatever rows come with it, so a
+    sequence's tokens do not depend on how many others share its step or on a prefix-cache hit
+    shortening its prefill (every row block sums K in one order)."""
+    x, packed = randn(40, 576, seed=17), linear.pack(randn(1536, 576, seed=18))
+    for out_dtype in OUT_DTYPES:
+        whole = linear.linear(x, packed, out_dtype)
+        for m in range(1, 15):
+            assert torch.equal(linear.linear(x[:m].contiguous(), packed, out_dtype), whole[:m]), m
+        assert torch.equal(linear.linear(x[23:].contiguous(), packed, out_dtype), whole[23:])
+
+
 def test_rejects_bad_arguments() -> None:
     packed = linear.pack(randn(8, 16, seed=16))
     with pytest.raises(ValueError, match="bfloat16"):
