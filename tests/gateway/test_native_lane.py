@@ -323,3 +323,22 @@ def test_garbage_never_breaks_the_lane() -> None:
                 assert answer == b"" or answer.startswith(b"HTTP/1.1 "), (sample, answer)
             assert parse_response(await exchange(native, good)).status == 200
     run(test)
+
+
+def test_whole_answers_survive_an_engine_dying_under_them() -> None:
+    async def test() -> None:
+        dying, survivor = FakeEngine("dying", delay_s=0.2, tokens=1), FakeEngine("ok")
+        async with engines(dying, survivor) as urls, gateways(urls) as (_, native, gateway):
+            pending = [asyncio.ensure_future(exchange(native, request(chat(str(i))))) for i in range(8)]
+            await asyncio.sleep(0.1)  # every request is out, some on the host about to die
+            assert dying.server is not None
+            for conn in list(dying.server._state.connections):
+                conn.abort()
+            await dying.stop()
+            answers = [parse_response(a) for a in await asyncio.gather(*pending)]
+            assert [a.status for a in answers] == [200] * 8
+            # Those that were on the dying host went again, to the survivor, before any byte was sent.
+            assert dying.requests and {a.json()["choices"][0]["message"]["content"] for a in answers} == {"ok"}
+            await asyncio.sleep(0.1)  # the lane's failures reach the breaker at its next sync
+            assert gateway.fleet.hosts[urls[0]].consecutive_failures > 0 or not gateway.fleet.hosts[urls[0]].healthy
+    run(test)
