@@ -205,14 +205,11 @@ class NativeLane:
         """Stop accepting; let answers in progress, on both sides, finish until the deadline."""
         state = self._state
         self._plane.begin_shutdown()
-        state.shutting_down = True
-        for conn in list(state.connections):
-            conn.begin_shutdown()
+        state.begin_shutdown()
         deadline = time.monotonic() + deadline_s
         while (state.connections or self._plane.open_connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(state.connections):
-            conn.abort()
+        state.abort_connections()
         await asyncio.to_thread(self._plane.stop)
         self._loop.remove_reader(self._plane.wake_fd)
         if self._timer is not None:

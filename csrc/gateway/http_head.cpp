@@ -79,6 +79,18 @@ size_t head_end(std::string_view buf) {
   return end == std::string_view::npos ? end : end + 4;
 }
 
+// The head (through its blank line) and its first line, once the head has arrived whole; a head
+// longer than max_head_bytes is kUnsupported.
+HeadStatus split_head(std::string_view buf, size_t max_head_bytes, std::string_view* head,
+                      std::string_view* first_line) {
+  size_t end = head_end(buf.substr(0, std::min(buf.size(), max_head_bytes)));
+  if (end == std::string_view::npos)
+    return buf.size() >= max_head_bytes ? HeadStatus::kUnsupported : HeadStatus::kIncomplete;
+  *head = buf.substr(0, end);
+  *first_line = head->substr(0, head->find("\r\n"));
+  return HeadStatus::kComplete;
+}
+
 // Calls on_header for each header line of head (after its first line); false on bad syntax.
 template <typename OnHeader>
 bool for_each_header(std::string_view head, size_t first_line_end, OnHeader on_header) {
@@ -96,20 +108,18 @@ bool for_each_header(std::string_view head, size_t first_line_end, OnHeader on_h
 }  // namespace
 
 HeadStatus parse_request_head(std::string_view buf, size_t max_head_bytes, RequestHead* out) {
-  size_t end = head_end(buf.substr(0, std::min(buf.size(), max_head_bytes)));
-  if (end == std::string_view::npos) return buf.size() >= max_head_bytes ? HeadStatus::kUnsupported : HeadStatus::kIncomplete;
-  std::string_view head = buf.substr(0, end);
-  size_t line_end = head.find("\r\n");
-  std::string_view line = head.substr(0, line_end);
+  std::string_view head, line;
+  HeadStatus status = split_head(buf, max_head_bytes, &head, &line);
+  if (status != HeadStatus::kComplete) return status;
   size_t sp1 = line.find(' ');
   size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
   if (sp2 == std::string_view::npos || line.substr(sp2 + 1) != "HTTP/1.1") return HeadStatus::kUnsupported;
   *out = RequestHead{};
   out->method = line.substr(0, sp1);
   out->target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-  out->head_bytes = end;
+  out->head_bytes = head.size();
   bool has_length = false;
-  bool ok = for_each_header(head, line_end, [&](const Header& h) {
+  bool ok = for_each_header(head, line.size(), [&](const Header& h) {
     if (iequals(h.name, "content-length")) {
       if (has_length) return false;  // repeated: ambiguous framing, left to the strict parser
       has_length = true;
@@ -130,11 +140,9 @@ HeadStatus parse_request_head(std::string_view buf, size_t max_head_bytes, Reque
 }
 
 HeadStatus parse_response_head(std::string_view buf, size_t max_head_bytes, ResponseHead* out) {
-  size_t end = head_end(buf.substr(0, std::min(buf.size(), max_head_bytes)));
-  if (end == std::string_view::npos) return buf.size() >= max_head_bytes ? HeadStatus::kUnsupported : HeadStatus::kIncomplete;
-  std::string_view head = buf.substr(0, end);
-  size_t line_end = head.find("\r\n");
-  std::string_view line = head.substr(0, line_end);
+  std::string_view head, line;
+  HeadStatus split = split_head(buf, max_head_bytes, &head, &line);
+  if (split != HeadStatus::kComplete) return split;
   // "HTTP/1.x NNN reason"
   if (line.size() < 12 || line.substr(0, 7) != "HTTP/1." || line[8] != ' ' || (line.size() > 12 && line[12] != ' '))
     return HeadStatus::kUnsupported;
@@ -146,11 +154,11 @@ HeadStatus parse_response_head(std::string_view buf, size_t max_head_bytes, Resp
   if (status < 200) return HeadStatus::kUnsupported;  // interim answers are never asked for
   *out = ResponseHead{};
   out->status = status;
-  out->head_bytes = end;
+  out->head_bytes = head.size();
   out->keep_alive = line[7] == '1';
   out->content_type = "application/json";
   bool has_length = false, chunked = false;
-  bool ok = for_each_header(head, line_end, [&](const Header& h) {
+  bool ok = for_each_header(head, line.size(), [&](const Header& h) {
     if (iequals(h.name, "content-length")) {
       if (has_length) return false;
       has_length = true;

@@ -38,3 +38,13 @@ class ServerState:
         self.in_flight = 0
         self.shutting_down = False
         self.all_closed = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """No new requests: idle connections close now, busy ones after their answer."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.begin_shutdown()
+
+    def abort_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()

@@ -57,12 +57,9 @@ class Server:
         """Stop accepting, close idle connections, let in-flight work finish until the deadline."""
         state = self._state
         self._server.close()
-        state.shutting_down = True
-        for conn in list(state.connections):
-            conn.begin_shutdown()
+        state.begin_shutdown()
         if not await _wait_closed(state, deadline_s):
-            for conn in list(state.connections):
-                conn.abort()
+            state.abort_connections()
             # abort() reports connection_lost on the next loop iterations.
             await _wait_closed(state, 1.0)
         await self._server.wait_closed()
