@@ -20,6 +20,7 @@ from functools import cache
 MAX_ALTERNATIVES = 400  # past this a rule keeps its generic regex (compile time, memory)
 _LITERAL = re.compile(r"(?:[^\\\[\](){}|.*+?^$]|\\[^A-Za-z0-9])+")
 _WORD_END = re.compile(r"\\W|\\b|\\s")
+_BOUNDED_AFTER = ("\\b", "\\W+", "\\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,9 @@ class Anchored:
     lead: str  # the literal every match starts with
     also: frozenset[str] = frozenset()  # further whole words every match contains
     wide: frozenset[str] = frozenset()  # the lead's non-ASCII characters (all must be present)
+    # A whole-word lead that the regex bounds on both sides (\b before it; \b, \W+ or \s+ after
+    # it): it can only match where the lead is one of the text's a-z words (tokens.py).
+    bounded: bool = False
 
 
 def _selectivity(c: str) -> int:
@@ -175,7 +179,12 @@ def anchor(source: str) -> tuple[list[Anchored], str | None]:
         if not lead:
             generic.append(alt)
             continue
-        if boundary and lead[0].isascii() and lead[0].isalnum():
+        if boundary and token is not None and token.group() == lead and body.startswith(lead):
+            # The \b before the literal, checked once the whole lead is read (a lookbehind over
+            # it), so the literal still leads the regex: where a scan runs `finditer` (a flood of
+            # the lead), the engine skips to the whole lead, not to every one of its first letter.
+            regex = re.compile(lead + r"(?<!\w.{%d})" % len(lead) + body[len(lead):])
+        elif boundary and lead[0].isascii() and lead[0].isalnum():
             # The \b before the literal, checked after its first character (a lookbehind) so the
             # literal still leads the regex.
             regex = re.compile(body[0] + r"(?<!\w" + re.escape(body[0]) + ")" + body[1:])
@@ -185,5 +194,6 @@ def anchor(source: str) -> tuple[list[Anchored], str | None]:
                       and _WORD_END.match(body, m.end()) is not None)
         key = token.group() if whole_word and token is not None else lead
         wide = frozenset(c for c in lead if c >= "\x80")
-        anchored.append(Anchored(key, whole_word, regex, lead, _required_words(body), wide))
+        bounded = boundary and whole_word and body.startswith(_BOUNDED_AFTER, m.end())
+        anchored.append(Anchored(key, whole_word, regex, lead, _required_words(body), wide, bounded))
     return anchored, ("|".join(generic) if generic else None)

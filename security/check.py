@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from security.history import History
 from security.normalize import Folded
-from security.patterns import Hit, scan, tokens_of
+from security.patterns import Hit, scan
 from security.quoted import Comments, hit_weights
 from security.repetition import repeated_run
 from security.rules import RuleSet, default_rules
 from security.structure import json_signals, unicode_signals
+from security.tokens import Words
 from security.verdict import BLOCK_AT, DEFAULT_POLICY, FLAG_AT, Match, Policy, Verdict
 
 SCANNED_ROLES = frozenset({"user", "tool", "function"})
@@ -93,13 +94,13 @@ def _scan_unit(unit: _Unit, tally: _Tally, rules: RuleSet) -> None:
     policy = tally.policy
     if policy.patterns != "off":
         text = unit.folded.text
-        tokens = tokens_of(text)
-        hits = scan(text, rules.pattern_rules, set(tokens))
+        words = Words.of(text)
+        hits = scan(text, rules.pattern_rules, words)
         weights = hit_weights(hits, Comments(text), float(rules.settings["quoted_weight"])) if hits else []
         for hit, weight in zip(hits, weights):
             tally.add(hit.rule.id, weight, "patterns", unit, unit.folded.to_original(hit.start, hit.end))
         run = repeated_run(text, int(rules.settings["repetition_word_run"]),
-                           int(rules.settings["repetition_phrase_run"]), tokens)
+                           int(rules.settings["repetition_phrase_run"]), words.tokens)
         if run is not None:
             rule = rules.by_id("repetition.word")
             tally.add(rule.id, rule.weight, "patterns", unit, unit.folded.to_original(*run))

@@ -14,7 +14,6 @@ rule matched, from the few characters that do not fold one for one (each folded 
 from __future__ import annotations
 
 import bisect
-import itertools
 import json
 import re
 import sys
@@ -78,6 +77,7 @@ class _FoldTable(dict):
 
 
 _TABLE = _FoldTable(load_confusables())
+_LATIN1_LOOK_ALIKES = any(ord(c) <= 0xFF for c in _TABLE._confusables)  # none in the shipped table
 
 
 def _ranges_class(cps: list[int]) -> str:
@@ -93,9 +93,6 @@ def _ranges_class(cps: list[int]) -> str:
     return "[" + "".join(parts) + "]"
 
 
-_TAGS = re.compile("[\U000e0000-\U000e007f]")
-
-
 @dataclass(frozen=True, slots=True)
 class _Passes:
     """Whole-string regex passes equivalent to the per-character table.
@@ -106,7 +103,14 @@ class _Passes:
     """
 
     drop: re.Pattern[str]  # combining marks and invisible/format characters (BMP)
-    drop_astral: re.Pattern[str]
+    # Astral characters folding drops (variation selectors, format controls) or maps (tags) ->
+    # what they fold to; their class (a list of eight ranges walked at every character, ~35 us
+    # on 4 KB); and two ranges that hold them all (historic scripts and symbols, then tags and
+    # variation selectors), two tests a character: a text with none there (emoji, CJK
+    # extensions) skips the astral pass.
+    astral_folds: dict[str, str]
+    astral: re.Pattern[str]
+    astral_gate: re.Pattern[str]
     look_alike: re.Pattern[str]  # any confusable
     # Characters that do not fold to exactly one character (dropped marks, ligatures, Hangul
     # syllables, "ß"), and every astral one: elsewhere an offset moves one for one.
@@ -117,8 +121,8 @@ class _Passes:
     suspect: re.Pattern[str]
 
 
-def _tag(m: re.Match[str]) -> str:
-    return _TABLE[ord(m.group())]
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # any astral character: one range test each
+_FEW_ASTRAL = 256
 
 
 @cache
@@ -130,15 +134,33 @@ def _passes() -> _Passes:
     suspect = {cp for cp in drop if cp < 0x10000}
     suspect |= {ord(c) for k in looks for c in (k, k.upper()) if ord(c) < 0x10000}
     suspect |= {cp for cp in range(0x80, 0x10000) if any(c in looks for c in chr(cp).casefold())}
+    astral = sorted({c for c in drop if c >= 0x10000} | set(range(0xE0000, 0xE0080)))
+    low, high = [cp for cp in astral if cp < 0xE0000], [cp for cp in astral if cp >= 0xE0000]
+    gate = "".join(f"{chr(group[0])}-{chr(group[-1])}" for group in (low, high) if group)
     return _Passes(
         # One character, not a run: a class with a repeat loses the regex engine's skip to the
         # first candidate character (33 us instead of 12 us to find nothing in 4 KB).
         drop=re.compile(_ranges_class([c for c in drop if c < 0x10000])),
-        drop_astral=re.compile(_ranges_class([c for c in drop if c >= 0x10000]) + "+"),
+        astral_folds={chr(cp): _TABLE[cp] for cp in astral},
+        astral=re.compile(_ranges_class(astral)),
+        astral_gate=re.compile(f"[{gate}]"),
         look_alike=re.compile(_ranges_class(sorted(ord(c) for c in _TABLE._confusables))),
         uneven=re.compile(_ranges_class(uneven)[:-1] + "\U00010000-\U0010ffff]"),
         suspect=re.compile(_ranges_class(sorted(suspect))),
     )
+
+
+def _latin1(text: str) -> bool:
+    """Whether every character of `text` is Latin-1, where the look-alike table has none: most
+    French text once its accents are gone. An O(1) flag or a memcpy-speed encode, where the
+    look-alike search reads every character (~15 us on 4 KB)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def has_astral(text: str) -> bool:
@@ -171,15 +193,18 @@ def _fold(text: str) -> tuple[str, bool]:
     # Kana voicing marks are most of what NFKD leaves in Japanese (が -> か + U+3099): two C
     # replaces drop them faster than the regex.
     out = out.replace("\u3099", "").replace("\u309a", "")
-    astral = has_astral(out)
+    astral = len(out.encode("utf-16-le", "surrogatepass")) // 2 - len(out)  # how many (has_astral)
     if not astral and p.suspect.search(out) is None:
         return out.casefold(), True  # one search instead of the drop and look-alike passes
     out = p.drop.sub("", out)
-    if astral:
-        out = p.drop_astral.sub("", out)
-        out = _TAGS.sub(_tag, out)
+    if astral and p.astral_gate.search(out) is not None:
+        folds = p.astral_folds
+        # Few astral characters: visit each (one range test a character); many (random code
+        # points): only the ones that fold.
+        visit = _ASTRAL if astral <= _FEW_ASTRAL else p.astral
+        out = visit.sub(lambda m: folds.get(m.group(), m.group()), out)
     out = out.casefold()
-    if p.look_alike.search(out) is not None:
+    if (_LATIN1_LOOK_ALIKES or not _latin1(out)) and p.look_alike.search(out) is not None:
         # Few distinct look-alikes in any real text: one C-speed replace per distinct one.
         for ch in set(p.look_alike.findall(out)):
             out = out.replace(ch, _TABLE._confusables[ch])
@@ -195,7 +220,7 @@ class Folded:
     # No deceptive character in the original (none that folding drops, no look-alike): the
     # structure layer's Unicode signals have nothing to find.
     plain: bool = False
-    _ends: list[int] | None = field(default=None, repr=False)
+    _offsets: _Offsets | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, original: str) -> Folded:
@@ -205,22 +230,48 @@ class Folded:
         """Map a folded span to the smallest original span that produced it."""
         if len(self.text) == len(self.original) and (self.original.isascii() or self.text == self.original):
             return start, end  # one character for one: offsets are the same
-        if self._ends is None:
-            self._ends = _folded_ends(self.original)
-        ends = self._ends
-        o_start = bisect.bisect_right(ends, start)
-        o_end = bisect.bisect_left(ends, end) + 1 if end > 0 else 0
+        if self._offsets is None:
+            self._offsets = _Offsets.of(self.original)
+        count = self._offsets.count_upto
+        o_start = count(start)
+        o_end = count(end - 1) + 1 if end > 0 else 0
         return min(o_start, len(self.original)), min(max(o_end, o_start), len(self.original))
 
 
-def _folded_ends(original: str) -> list[int]:
-    """ends[i] = length of the folded text after original character i (non-decreasing).
+@dataclass(frozen=True, slots=True)
+class _Offsets:
+    """Where folded offsets fall in the original, kept only at the characters that do not fold one
+    for one (found by one regex scan): between two of them every character folds to one.
 
-    Most characters fold to exactly one: their lengths are 1 in a C-made list, and only the
-    uneven ones (found by one regex scan) are looked up, so 4 KB of Japanese costs ~90 us
-    instead of ~300 us for a per-character lookup.
+    Let ends[i] be the length of the folded text after original character i (non-decreasing).
+    A span maps back through counts of the i with ends[i] <= x; reading those off the few uneven
+    characters costs two C bisections a span, where the whole table cost ~90 us to build on 4 KB
+    of Japanese (a list as long as the text) and most of that on French with no uneven character.
     """
-    lengths = [1] * len(original)
-    for m in _passes().uneven.finditer(original):
-        lengths[m.start()] = len(_TABLE[ord(m.group())])
-    return list(itertools.accumulate(lengths))
+
+    at: list[int]  # original index of each uneven character, ascending
+    ends: list[int]  # ends[] at each of them
+    size: int  # length of the original
+
+    @classmethod
+    def of(cls, original: str) -> _Offsets:
+        at: list[int] = []
+        ends: list[int] = []
+        last_at, last_end = -1, 0
+        for m in _passes().uneven.finditer(original):
+            i = m.start()
+            last_end += i - last_at - 1 + len(_TABLE[ord(m.group())])
+            last_at = i
+            at.append(i)
+            ends.append(last_end)
+        return cls(at, ends, len(original))
+
+    def count_upto(self, x: int) -> int:
+        """How many original characters have ends[i] <= x (what bisect_right on the whole table
+        gives): all up to the last uneven one at or below x, then one more per folded character
+        until x or the next uneven one."""
+        j = bisect.bisect_right(self.ends, x)
+        following = self.at[j] if j < len(self.at) else self.size
+        if j == 0:
+            return min(x, following)
+        return min(self.at[j - 1] + 1 + x - self.ends[j - 1], following)

@@ -3,7 +3,7 @@
 The words of the text are collected once (tokens.py) so each rule's trigger prefilter is
 a set lookup. Each rule is split into literal-led regexes (anchor.py); a scan visits only those
 whose lead word or characters occur in the text, and tries each at the lead's few offsets (an
-English lead) or by its own literal-prefix search (a Chinese or Japanese one).
+English lead, found by leads.py) or by its own literal-prefix search (a Chinese or Japanese one).
 Matches per rule are capped, so a 100 KB input made of one phrase repeated costs a bounded number
 of Python objects.
 """
@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 
 from security.anchor import Anchored
+from security.leads import MIN_WALK, Leads
 from security.rules import Rule
-from security.tokens import words_in
+from security.tokens import Words
 
 MAX_MATCHES_PER_RULE = 4
 _NO_CHARS: frozenset[str] = frozenset()
@@ -42,14 +43,6 @@ def at_sentence_start(text: str, pos: int) -> bool:
     if any(c in _SENTENCE_END for c in window[start:]):
         return True
     return start == 0 and low == 0
-
-
-def tokens_of(folded: str) -> list[str]:
-    return words_in(folded)
-
-
-def words_of(folded: str) -> set[str]:
-    return set(words_in(folded))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,47 +116,60 @@ def _chars(folded: str, index: _Index) -> tuple[set[str], str | None]:
     return set(hay) | set(index.relevant.findall(folded)), hay
 
 
-def scan(folded: str, rules: tuple[Rule, ...], words: set[str] | None = None) -> list[Hit]:
-    """Every regex rule of `rules` that matches `folded`, with up to a few spans each."""
-    if words is None:
-        words = words_of(folded)
+def scan(folded: str, rules: tuple[Rule, ...], text_words: Words | None = None) -> list[Hit]:
+    """Every regex rule of `rules` that matches `folded`, with up to a few spans each.
+    `text_words`: Words.of(folded), when the caller has it."""
+    if text_words is None:
+        text_words = Words.of(folded)
+    words = text_words.unique
     index = _index(rules)
     chars, hay = (_NO_CHARS, None) if folded.isascii() else _chars(folded, index)
-    leads = _Leads(folded)
+    leads = Leads(folded)
     hits: list[Hit] = []
     found = [0] * len(rules)
     active: dict[int, bool] = {}
     seen: dict[str, bool] = {}
 
-    def run(i: int, sub: Anchored, shared_lead: bool = True) -> None:
+    def triggered(i: int) -> bool:
         ok = active.get(i)
         if ok is None:
             ok = active[i] = rules[i].triggered(words, folded, chars, seen, hay)
-        if ok and found[i] < MAX_MATCHES_PER_RULE:
-            limit = MAX_MATCHES_PER_RULE - found[i]
-            if shared_lead:
-                found[i] += leads.collect(sub.regex, sub.lead, rules[i], hits, limit)
-            else:
-                found[i] += _finditer(sub.regex, folded, rules[i], hits, limit)
+        return ok
 
-    for word in words & index.word_keys:
-        for i, sub in index.by_word[word]:
-            if sub.also <= words:
-                run(i, sub)
+    def run(i: int, sub: Anchored, at_leads: bool = True) -> None:
+        """Collect the matches of `sub`, tried at its lead's positions (or by its own search)."""
+        n = found[i]
+        if n < MAX_MATCHES_PER_RULE:
+            limit = MAX_MATCHES_PER_RULE - n
+            where = leads.positions(sub.lead, sub.bounded) if at_leads else None
+            found[i] = n + (_finditer(sub.regex, folded, rules[i], hits, limit) if where is None
+                            else _match_at(sub.regex, folded, where, rules[i], hits, limit))
+
+    # Word leads: which regexes will run is known first, so their leads are located in one walk.
+    word_subs = [(i, sub) for word in words & index.word_keys for i, sub in index.by_word[word]
+                 if sub.also <= words and triggered(i)]
+    if len(word_subs) >= MIN_WALK:
+        leads.locate_words({sub.lead for _, sub in word_subs if sub.bounded}, text_words)
+    for i, sub in word_subs:
+        run(i, sub)
     for ch, subs in index.ascii_leads:
         if ch in folded:
             for i, sub in subs:
                 if sub.wide <= chars:
-                    run(i, sub)
+                    ok = active.get(i)
+                    if ok or ok is None and triggered(i):
+                        run(i, sub)
     if chars:
+        # A CJK lead opens one or two regexes, not the dozen an English word like "you" opens:
+        # the regex's own literal-prefix search beats finding its positions first (measured ~25
+        # us less on 4 KB of Chinese or Japanese).
         order = index.wide_order
         for ch in sorted(chars.intersection(order), key=order.__getitem__):
             for i, sub in index.by_char[ch]:
                 if sub.wide <= chars:
-                    # A CJK lead opens one or two regexes, not the dozen an English word like
-                    # "you" opens: the regex's own literal-prefix search beats finding its
-                    # positions first (measured ~25 us less on 4 KB of Chinese or Japanese).
-                    run(i, sub, shared_lead=False)
+                    ok = active.get(i)  # most visits are for a rule already known: no call
+                    if ok or ok is None and triggered(i):
+                        run(i, sub, at_leads=False)
     for i in index.generic:
         rule = rules[i]
         if found[i] < MAX_MATCHES_PER_RULE and rule.triggered(words, folded, chars, seen, hay):
@@ -171,53 +177,22 @@ def scan(folded: str, rules: tuple[Rule, ...], words: set[str] | None = None) ->
     return hits
 
 
-class _Leads:
-    """Where each literal lead occurs in one text, found once with str.find (C fast search).
-
-    A regex that opens with an English word is then tried only at those few positions (`match`),
-    which beats a `finditer` scan of the whole text per regex when a dozen regexes share the
-    lead ("you"); a lead that occurs more than MAX_POSITIONS times (a flood) falls back to
-    `finditer`, whose loop stays in C.
-    """
-
-    MAX_POSITIONS = 32
-    __slots__ = ("text", "_cache")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._cache: dict[str, list[int] | None] = {}
-
-    def positions(self, lead: str) -> list[int] | None:
-        """Offsets of `lead` in the text, or None past MAX_POSITIONS (a flood)."""
-        if lead in self._cache:
-            return self._cache[lead]
-        found: list[int] = []
-        find = self.text.find
-        i = find(lead)
-        while i >= 0 and len(found) <= self.MAX_POSITIONS:
-            found.append(i)
-            i = find(lead, i + 1)
-        result = found if len(found) <= self.MAX_POSITIONS else None
-        self._cache[lead] = result
-        return result
-
-    def collect(self, regex: re.Pattern[str], lead: str, rule: Rule, hits: list[Hit], limit: int) -> int:
-        where = self.positions(lead)
-        if where is None:
-            return _finditer(regex, self.text, rule, hits, limit)
-        n = 0
-        end = -1
-        for pos in where:
-            if pos < end:
-                continue  # inside the previous match, as finditer would skip it
-            m = regex.match(self.text, pos)
-            if m is not None and (not rule.sentence_start or at_sentence_start(self.text, m.start())):
-                hits.append(Hit(rule, m.start(), m.end()))
-                end = m.end()
-                n += 1
-                if n == limit:
-                    break
-        return n
+def _match_at(regex: re.Pattern[str], text: str, where: list[int], rule: Rule, hits: list[Hit], limit: int) -> int:
+    """The matches of `regex` at the offsets `where` (all offsets where it can match), skipping
+    those inside the previous match as finditer would."""
+    n = 0
+    end = -1
+    for pos in where:
+        if pos < end:
+            continue
+        m = regex.match(text, pos)
+        if m is not None and (not rule.sentence_start or at_sentence_start(text, m.start())):
+            hits.append(Hit(rule, m.start(), m.end()))
+            end = m.end()
+            n += 1
+            if n == limit:
+                break
+    return n
 
 
 def _finditer(regex: re.Pattern[str], text: str, rule: Rule, hits: list[Hit], limit: int) -> int:

@@ -9,6 +9,7 @@ spends ~9 ns on every character).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # Spans of the same words, for the rare caller that needs offsets (repetition.py).
 WORD = re.compile(r"[a-z]+")
@@ -17,6 +18,26 @@ _NON_LETTERS = str.maketrans({i: " " for i in range(128) if not 0x61 <= i <= 0x7
 
 def words_in(folded: str) -> list[str]:
     """`WORD.findall(folded)`, faster."""
+    return letters_only(folded).split()
+
+
+@dataclass(slots=True)
+class Words:
+    """The words of one folded text, taken once for the pattern, lead and repetition searches."""
+
+    spaced: str  # letters_only(text)
+    tokens: list[str]  # words_in(text): the a-z words in order
+    unique: set[str]  # the same as a set (trigger prefilters look words up in it)
+
+    @classmethod
+    def of(cls, folded: str) -> Words:
+        spaced = letters_only(folded)
+        tokens = spaced.split()
+        return cls(spaced, tokens, set(tokens))
+
+
+def letters_only(folded: str) -> str:
+    """`folded` with every character that is not a-z turned into a space (offsets unchanged)."""
     if not folded.isascii():
         folded = folded.encode("ascii", "replace").decode("ascii")
-    return folded.translate(_NON_LETTERS).split()
+    return folded.translate(_NON_LETTERS)

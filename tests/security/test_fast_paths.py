@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import security
 from security.anchor import _optional_split, key_char
-from security.normalize import Folded, fold, fold_char, has_astral
+from security.normalize import Folded, _Offsets, fold, fold_char, has_astral
 from security.rules import default_rules
-from security.structure import unicode_signals
-from security.tokens import WORD, words_in
+from security.repetition import _first_run, repeated_run
+from security.structure import _INVIS_IN_WORD, _INVISIBLE, _LETTER, _MIXED, _mixed_starts, unicode_signals
+from security.leads import MAX_POSITIONS, MIN_WALK, Leads
+from security.tokens import WORD, Words, words_in
 
 PATTERN_RULES = default_rules().pattern_rules
 # Characters that fold unevenly (marks, ligatures, Hangul, sharp s, tags, emoji) among plain ones.
@@ -22,11 +26,11 @@ PHRASES = sorted({p for r in PATTERN_RULES for p in r.phrases})
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(UNEVEN, st.text(max_size=60)))
-def test_offset_table_equals_folding_each_character(text: str) -> None:
-    folded = Folded.of(text)
-    folded.to_original(0, 0)
-    if folded._ends is not None:
-        assert folded._ends == list(itertools.accumulate(len(fold_char(c)) for c in text))
+def test_offset_map_equals_bisecting_the_per_character_table(text: str) -> None:
+    ends = list(itertools.accumulate(len(fold_char(c)) for c in text))
+    offsets = _Offsets.of(text)
+    for x in range(len(fold(text)) + 2):
+        assert offsets.count_upto(x) == bisect.bisect_right(ends, x), (text, x)
 
 
 @settings(max_examples=300, deadline=None)
@@ -77,3 +81,58 @@ def test_a_plain_text_has_no_unicode_signal_to_find(text: str) -> None:
     # Folding's one search stands in for the structure layer's on plain texts.
     if Folded.of(text).plain:
         assert unicode_signals(text, default_rules()) == []
+
+
+# Letters, look-alikes (Cyrillic, Greek), invisible characters and separators, densely mixed.
+DENSE_DECEPTIVE = st.text(alphabet=st.sampled_from(list("aZé指か \n-аеорсοΑ\u200b\u200d\u00ad\u2060")), max_size=80)
+_PLAIN_INVIS_IN_WORD = re.compile(f"[{_LETTER}][{_INVISIBLE}]++(?=[{_LETTER}])")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(DENSE_DECEPTIVE, DENSE_DECEPTIVE.map(lambda t: t + "аa" * 70)))
+def test_deceptive_unicode_found_from_its_rare_character_as_by_the_plain_regexes(text: str) -> None:
+    assert list(_mixed_starts(text)) == [m.start() for m in _MIXED.finditer(text)]
+    assert ([(m.start() - 1, m.end()) for m in _INVIS_IN_WORD.finditer(text)]
+            == [m.span() for m in _PLAIN_INVIS_IN_WORD.finditer(text)])
+
+
+BOUNDED = [sub for rule in PATTERN_RULES for sub in rule.anchored if sub.bounded]
+LEAD_WORDS = sorted({sub.lead for sub in BOUNDED})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(LEAD_WORDS + PHRASES[:200] + [" ", "-", "_", "1", "é", "x", "s", "\n"]),
+                max_size=40).map("".join))
+def test_bounded_leads_match_only_as_whole_words_and_the_walk_finds_every_one(text: str) -> None:
+    folded = fold(text)
+    whole = {word: [m.start() for m in re.finditer(f"(?<![a-z]){word}(?![a-z])", folded)] for word in LEAD_WORDS}
+    for sub in BOUNDED:
+        for m in sub.regex.finditer(folded):
+            assert m.start() in whole[sub.lead], (sub.regex.pattern, folded)
+    leads = Leads(folded)
+    needed = set(LEAD_WORDS[:MIN_WALK]) | set(words_in(folded)) & set(LEAD_WORDS)
+    leads.locate_words(needed, Words.of(folded))
+    for word in needed:
+        expected = whole[word] if len(whole[word]) <= MAX_POSITIONS else None
+        found = leads.positions(word, bounded=True)
+        assert found == expected or (expected is None and found is None), (word, folded)
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c"]), max_size=120), st.integers(0, 120), st.integers(0, 2),
+       st.integers(2, 30), st.integers(1, 16))
+def test_sampled_tokens_clear_only_texts_without_a_repetition(tokens: list[str], at: int, kind: int,
+                                                              word_run: int, phrase_run: int) -> None:
+    inserted = [[], ["w"] * word_run, ["p", "q"] * phrase_run][kind]
+    tokens = tokens[:at] + inserted + tokens[at:]
+    text = " ".join(tokens)
+    assert repeated_run(text, word_run, phrase_run, tokens) == _first_run(text, word_run, phrase_run, tokens)
+
+
+def test_sampled_tokens_keep_every_run_at_the_shipped_thresholds() -> None:
+    for at in range(8):
+        for inserted in (["w"] * 16, ["p", "q"] * 12):
+            tokens = ["a", "b", "c"] * 3 + ["x"] * at + inserted + ["y", "z"]
+            text = " ".join(tokens)
+            assert repeated_run(text, 16, 12, tokens) == _first_run(text, 16, 12, tokens) is not None
