@@ -20,6 +20,8 @@ void register_linear_ops(pybind11::module_& m);
 void register_norm_rope_ops(pybind11::module_& m);
 // The fused bf16 decoder stack and SiLU-and-multiply (csrc/cpu/decoder_stack_bindings.cpp).
 void register_decoder_ops(pybind11::module_& m);
+// Random sampling from fp32 logits (csrc/cpu/sampling_bindings.cpp).
+void register_sampling_ops(pybind11::module_& m);
 using llmaas::DType;
 
 namespace {
@@ -80,4 +82,5 @@ PYBIND11_MODULE(_C, m) {
   register_linear_ops(m);
   register_norm_rope_ops(m);
   register_decoder_ops(m);
+  register_sampling_ops(m);
 }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.kernels import sampling as cpu_sampling
 from engine.sequence import Sequence
 
 _NEG_INF = float("-inf")
@@ -105,6 +106,11 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 
 def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    uniforms = torch.rand(logits.shape[0], device=logits.device)
+    for row, generator in batch.generators:
+        uniforms[row] = torch.rand((), generator=generator, device=logits.device)
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and cpu_sampling.supported():
+        return cpu_sampling.sample_rows(logits, batch.temperature, batch.top_k, batch.top_p, batch.min_p, uniforms)
     logits = logits / batch.temperature.unsqueeze(1)
     order = None
     if batch.top_k is not None or batch.top_p is not None:
@@ -113,9 +119,6 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     if batch.min_p is not None:
         threshold = batch.min_p.unsqueeze(1) * probs.max(dim=-1, keepdim=True).values
         probs = probs.masked_fill(probs < threshold, 0.0)
-    uniforms = torch.rand(probs.shape[0], device=probs.device)
-    for row, generator in batch.generators:
-        uniforms[row] = torch.rand((), generator=generator, device=probs.device)
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1]
     # Strictly below the total (u x total can round up to it), and right=True: the first token whose
