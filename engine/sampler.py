@@ -5,7 +5,8 @@ over sequences only to gather their settings, never over the vocabulary. A row's
 cumulative distribution at one uniform variate, taken from the sequence's own generator when it is
 seeded: the same seed and request give the same tokens whatever else shares the batch, and a draw
 costs one pass over the vocabulary (an exponential variate per token, the race form, cost more
-than all the rest of a CPU step at batch 64: bench/micro).
+than all the rest of a CPU step at batch 64: bench/micro). On CPU the draw itself (temperature,
+top-k, top-p, min-p) runs in C++ (engine/kernels/sampling.py), at the same uniforms.
 """
 from __future__ import annotations
 

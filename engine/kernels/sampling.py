@@ -2,10 +2,9 @@
 temperature, top-k, top-p and min-p, drawn at given uniform variates.
 
 engine/sampler.py uses it for CPU logits in place of its torch path (torch's CPU topk, sort and
-logsumexp cost ~7 ms per batch-32 step over a 49k vocabulary; this costs well under one). Same
-distribution as that path; kept tokens are walked in descending order, so for a given uniform
-the token may differ from the torch path's. With top-k, top-p or min-p, tokens more than 20
-nats (after temperature) below the row's maximum are never drawn: each had probability < 2e-9.
+logsumexp cost ~7 ms per batch-32 step over a 49k vocabulary; this costs well under one). The
+same kept tokens and distribution as that path; kept tokens are walked in descending order, so
+for a given uniform the token may differ from the torch path's.
 """
 from __future__ import annotations
 
