@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.kernels import weight_arena
+
 try:
     from engine import _C
 except ImportError:  # not built: supported() is False
@@ -70,7 +72,7 @@ def pack(weight: torch.Tensor) -> PackedLinearWeight:
         raise ValueError(f"pack expects a non-empty weight, got {tuple(weight.shape)}")
     if weight.stride(1) != 1:
         weight = weight.contiguous()
-    data = torch.empty(_packed_shape(n, k), dtype=torch.bfloat16)
+    data = weight_arena.empty(_packed_shape(n, k), torch.bfloat16)  # 2 MB pages: see weight_arena.py
     _C.pack_linear_weight(
         weight=weight.data_ptr(),
         packed=data.data_ptr(),

@@ -17,6 +17,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.forward_context import get_attention_metadata
 from engine.kernels import decoder_stack, ops
+from engine.memory import release_free_heap
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (T, 1, head_dim)
@@ -170,9 +171,14 @@ class LlamaForCausalLM(nn.Module):
         unused = [n for n in weights if not n.endswith("rotary_emb.inv_freq")]
         if unused:
             raise KeyError(f"unexpected weights: {', '.join(sorted(unused)[:5])}")
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.pack()
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        for i, module in enumerate(linears):
+            if i % 8 == 0:
+                # The packed copies take fresh pages (2 MB ones, engine/kernels/weight_arena.py) while
+                # glibc keeps what the unpacked ones freed: handing it back as we go keeps the peak
+                # near one copy of the weights.
+                release_free_heap()
+            module.pack()
         self._stack, self._stack_key = None, None  # it points at the previous weights
 
 
