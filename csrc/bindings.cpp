@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "cpu/address.h"
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
@@ -26,10 +27,7 @@ using llmaas::DType;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+using llmaas::ptr;
 
 void paged_attention(uintptr_t out, uintptr_t query, uintptr_t k_cache, uintptr_t v_cache, uintptr_t block_tables,
                      uintptr_t context_lens, uintptr_t query_start_loc, DType dtype, int64_t num_tokens,

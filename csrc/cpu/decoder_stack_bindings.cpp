@@ -6,16 +6,14 @@
 
 #include <cstdint>
 
+#include "cpu/address.h"
 #include "cpu/decoder_stack.h"
 
 namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+using llmaas::ptr;
 
 void decoder_stack(uintptr_t out, uintptr_t layers, int64_t num_layers, uintptr_t embed, int64_t vocab_size,
                    uintptr_t final_norm, uintptr_t cos_table, uintptr_t sin_table, int64_t max_positions,

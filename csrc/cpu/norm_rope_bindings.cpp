@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cpu/address.h"
 #include "cpu/kernels.h"
 #include "cpu/norm_rope.h"
 
@@ -14,10 +15,7 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+using llmaas::ptr;
 
 void fused_add_rms_norm(uintptr_t out, uintptr_t residual_out, uintptr_t x, uintptr_t residual, uintptr_t weight,
                         llmaas::DType dtype, int64_t rows, int64_t cols, int64_t x_row_stride,

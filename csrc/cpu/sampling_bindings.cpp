@@ -4,16 +4,14 @@
 
 #include <cstdint>
 
+#include "cpu/address.h"
 #include "cpu/sampling.h"
 
 namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+using llmaas::ptr;
 
 void sample_rows(uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, uintptr_t temperature,
                  uintptr_t top_k, uintptr_t top_p, uintptr_t min_p, uintptr_t uniforms, uintptr_t out,
