@@ -1,0 +1,58 @@
+// See lane_io.h.
+#include "lane_io.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <ctime>
+
+namespace llmaas::gw::lane {
+
+double monotonic() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+bool read_available(int fd, std::string* into, size_t limit, bool* more) {
+  char buf[kReadChunk];
+  *more = false;
+  for (;;) {
+    if (into->size() >= limit) {
+      *more = true;
+      return true;
+    }
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      into->append(buf, static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < sizeof buf) return true;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+}
+
+bool write_available(int fd, const std::string& data, size_t* pos, bool* error) {
+  while (*pos < data.size()) {
+    ssize_t n = send(fd, data.data() + *pos, data.size() - *pos, MSG_NOSIGNAL);
+    if (n > 0) {
+      *pos += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    *error = true;
+    return false;
+  }
+  return true;
+}
+
+void set_nodelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+}  // namespace llmaas::gw::lane

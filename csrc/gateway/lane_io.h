@@ -1,0 +1,35 @@
+// Socket reads and writes shared by the native lane's client and upstream sides (lane_loop.h).
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace llmaas::gw::lane {
+
+// Sockets are registered once, edge-triggered, for reading, writing and hang-ups.
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr std::string_view kChatPath = "/v1/chat/completions";
+constexpr std::string_view kCompletionsPath = "/v1/completions";
+
+double monotonic();
+
+// Reads what the socket holds, up to `limit` buffered bytes; false at end of stream or on an
+// error. *more is set when it stopped at the limit with bytes possibly left. A short read means
+// the socket is empty: with edge-triggered events, bytes that arrive later raise a new edge, so no
+// second call is made just to hear EAGAIN (a syscall per read saved).
+bool read_available(int fd, std::string* into, size_t limit, bool* more);
+
+// Writes from *pos on; true when all is written, false when the socket would block.
+// *error is set when the peer is gone.
+bool write_available(int fd, const std::string& data, size_t* pos, bool* error);
+
+void set_nodelay(int fd);
+
+inline bool retry_status(int status) { return status == 502 || status == 503 || status == 504; }
+
+}  // namespace llmaas::gw::lane
