@@ -8,8 +8,8 @@
 // answer as the Python path does, and relays the answer. Anything else -- another route, a
 // stream, a body it does not route exactly as Python would, a failure on every host -- hands the
 // connection, with the bytes read so far, to the Python server, which then owns it and answers
-// (errors included). The lane never writes an error of its own except three that Python renders
-// for it: 408 (slow request), 503 (over the concurrency limit).
+// (errors included). The lane writes no error of its own, only answers Python renders for it:
+// 408 (slow head, slow body) and 503 (over the concurrency limit).
 //
 // Threads: the lane's loop runs alone on its thread and touches no Python object. The Python side
 // (module.cpp) reads the queues below under their mutex and the hosts' atomics.
