@@ -30,7 +30,7 @@ from gateway.fleet.config import GatewayConfig
 from gateway.fleet.exchange import BatchStage, FinishedBatch
 from gateway.fleet.fleet import Fleet
 from gateway.fleet.host import HostState
-from gateway.http.app import Response, encode_head, error_response
+from gateway.http.app import encode_response, error_response
 from gateway.http.limits import ServerLimits, ServerState
 from gateway.http.protocol import ConnectionCount, HttpConnection
 
@@ -73,11 +73,6 @@ class _HandedOver(HttpConnection):
             self.data_received(data)
 
 
-def _whole(response: Response, keep_alive: bool) -> bytes:
-    return encode_head(response.status, response.headers, response.content_type, keep_alive,
-                       len(response.body)) + response.body
-
-
 def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConfig) -> dict[str, Any]:
     routing = config.routing
     overload = error_response(503, "Server is overloaded, retry later", "server_overloaded", type_="server_error")
@@ -98,12 +93,12 @@ def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConf
         "slack_tokens": routing.affinity_slack_tokens,
         "id_prefix": f"{os.urandom(6).hex()}-n",
         # The Python server's own answers (protocol.py, cycle.py), so both paths answer alike.
-        "header_timeout_response": _whole(error_response(408, "Request headers not received in time",
+        "header_timeout_response": encode_response(error_response(408, "Request headers not received in time",
                                                          "request_timeout"), False),
-        "body_timeout_response": _whole(error_response(408, "Request body not received in time",
+        "body_timeout_response": encode_response(error_response(408, "Request body not received in time",
                                                        "request_timeout"), False),
-        "overload_response": _whole(overload, True),
-        "overload_close_response": _whole(overload, False),
+        "overload_response": encode_response(overload, True),
+        "overload_close_response": encode_response(overload, False),
         "reasons": {status.value: status.phrase for status in HTTPStatus},
     }
 

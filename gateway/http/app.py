@@ -82,6 +82,12 @@ def encode_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def encode_response(response: Response, keep_alive: bool) -> bytes:
+    """A whole response as it goes on the wire: head and body."""
+    head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
+    return head + response.body
+
+
 class RouteError(Exception):
     """No route for a request; carries the ready error response (404 or 405)."""
 

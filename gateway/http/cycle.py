@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.http.app import Request, Response, RouteError, StreamingResponse, encode_head, error_response
+from gateway.http.app import (Request, Response, RouteError, StreamingResponse, encode_head, encode_response,
+                              error_response)
 from gateway.http.limits import ServerState
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ class FlowControl:
 def write_response(transport: asyncio.Transport, state: ServerState, response: Response, keep_alive: bool) -> bool:
     """Writes a whole response; returns whether the connection stays open."""
     keep_alive = keep_alive and not state.shutting_down
-    head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
-    transport.write(head + response.body)
+    transport.write(encode_response(response, keep_alive))
     return keep_alive
 
 
