@@ -90,7 +90,8 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
             gateway = _local_gateway(names[0], router, require_auth=not args.no_auth)
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
             connections = gateway.metrics.connections
-            _announce_key(gateway, args.no_auth)
+            if not _announce_key(gateway, args.no_auth):
+                return 2
         print(f"llmaas: serving {', '.join(names)} at http://{args.host}:{args.port}/v1", flush=True)
         run(router, args.host, args.port, on_startup=startup, on_shutdown=shutdown, connections=connections)
     except OSError as exc:  # the port is taken, or the host is not ours
@@ -111,14 +112,20 @@ def _local_gateway(model: str, engine_router: Router, require_auth: bool) -> Gat
     return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url))
 
 
-def _announce_key(gateway: Gateway, no_auth: bool) -> None:
-    """One token for the local user: LLMAAS_API_KEY when set, else a fresh one printed once."""
+def _announce_key(gateway: Gateway, no_auth: bool) -> bool:
+    """One token for the local user: LLMAAS_API_KEY when set, else a fresh one printed once.
+    False (after saying why) when LLMAAS_API_KEY cannot be a key."""
     if no_auth:
         print("llmaas: --no-auth: requests need no API key", flush=True)
-        return
+        return True
     assert gateway.tenancy is not None
-    secret, _ = gateway.tenancy.local_token(os.environ.get(API_KEY_ENV))
+    try:
+        secret, _ = gateway.tenancy.local_token(os.environ.get(API_KEY_ENV))
+    except ValueError as exc:  # too short to be a key
+        print(f"llmaas: error: {API_KEY_ENV}: {exc}", file=sys.stderr)
+        return False
     if secret is None:
         print(f"llmaas: API key: the value of {API_KEY_ENV}", flush=True)
     else:
         print(f"llmaas: API key (shown once; set {API_KEY_ENV} to choose your own): {secret}", flush=True)
+    return True

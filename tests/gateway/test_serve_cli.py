@@ -87,3 +87,11 @@ def test_no_auth_serves_without_a_key(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_serve_refuses_a_short_api_key_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "LLMAAS_DB": str(tmp_path / "llmaas.db"), "OMP_NUM_THREADS": "1", "LLMAAS_API_KEY": "short"}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()),
+                           "--kv-cache-mb", "16"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "llmaas: error: LLMAAS_API_KEY: an API key needs at least 16 characters"
