@@ -11,9 +11,11 @@
 //   own rows included) sits at position context_len - q_len + j and sees 0..itself.
 //
 // Design
-//   The work is cut into items (sequence, kv head, tile of query tokens), each
-//   computed by attend_item.h's kernel with online softmax. Tiles are as long as
-//   possible for K/V reuse, yet short enough for every thread to get several.
+//   The work is cut into items (sequence, tile of query tokens, range of kv
+//   heads), each computed by attend_item.h's kernel with online softmax. Tiles
+//   are as long as possible for K/V reuse, yet short enough for every thread to
+//   get several; an item takes all kv heads (each cache block read as one
+//   stretch) unless the sequences' tiles are too few to go round the threads.
 //   Items are sorted by estimated cost, largest first, and handed out dynamically:
 //   a decode batch gives many items of similar cost, a prefill gives tiles whose
 //   causal cost grows with position, and longest-first keeps the tail short.
@@ -47,24 +49,23 @@ constexpr int64_t kItemsPerThread = 4;
 // (a few short decodes).
 constexpr int64_t kMinParallelWork = 1 << 18;
 
-using AttendFn = void (*)(const PagedAttentionArgs&, const WorkItem&, int64_t, Scratch&);
+using AttendFn = void (*)(const PagedAttentionArgs&, const WorkItem&, Scratch&);
 
 template <typename T, int64_t kHeadDim>
-void attend_baseline(const PagedAttentionArgs& a, const WorkItem& w, int64_t g, Scratch& sc) {
-  attend_item<Simd<4>::F, T, kHeadDim>(a, w, g, sc);
+void attend_baseline(const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
+  attend_item<Simd<4>::F, T, kHeadDim>(a, w, sc);
 }
 
 #if defined(__x86_64__)
 template <typename T, int64_t kHeadDim>
-__attribute__((target("avx2,fma"))) void attend_avx2(const PagedAttentionArgs& a, const WorkItem& w, int64_t g,
-                                                     Scratch& sc) {
-  attend_item<Simd<8>::F, T, kHeadDim>(a, w, g, sc);
+__attribute__((target("avx2,fma"))) void attend_avx2(const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
+  attend_item<Simd<8>::F, T, kHeadDim>(a, w, sc);
 }
 
 template <typename T, int64_t kHeadDim>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void attend_avx512(
-    const PagedAttentionArgs& a, const WorkItem& w, int64_t g, Scratch& sc) {
-  attend_item<Simd<16>::F, T, kHeadDim>(a, w, g, sc);
+    const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
+  attend_item<Simd<16>::F, T, kHeadDim>(a, w, sc);
 }
 #endif
 
@@ -106,11 +107,16 @@ const IsaVariant kVariants[] = {
 IsaSelector g_isa(kVariants);
 
 // Checks what the kernel is about to dereference, and cuts the query rows into
-// work items (without the kv head, which the parallel loop adds).
-std::vector<WorkItem> plan_work(const PagedAttentionArgs& a, int64_t tile) {
+// work items: tiles of `tile` query tokens, each split into ranges of kv heads
+// when there are fewer tiles than `wanted` items.
+std::vector<WorkItem> plan_work(const PagedAttentionArgs& a, int64_t tile, int64_t wanted) {
   const int32_t* qsl = a.query_start_loc;
   if (qsl[0] != 0 || qsl[a.num_seqs] != a.num_tokens)
     throw std::invalid_argument("query_start_loc must start at 0 and end at num_tokens");
+  int64_t tiles = 0;
+  for (int64_t s = 0; s < a.num_seqs; ++s) tiles += (qsl[s + 1] - qsl[s] + tile - 1) / tile;
+  const int64_t pieces = std::clamp((wanted + tiles - 1) / std::max<int64_t>(tiles, 1), int64_t{1}, a.num_kv_heads);
+  const int64_t heads = (a.num_kv_heads + pieces - 1) / pieces;  // per item, at most
   std::vector<WorkItem> items;
   for (int64_t s = 0; s < a.num_seqs; ++s) {
     const int64_t q_len = qsl[s + 1] - qsl[s], ctx = a.context_lens[s];
@@ -124,8 +130,12 @@ std::vector<WorkItem> plan_work(const PagedAttentionArgs& a, int64_t tile) {
         throw std::invalid_argument("block id out of range in block_tables");
     for (int64_t t0 = 0; t0 < q_len; t0 += tile) {
       const int64_t t1 = std::min(q_len, t0 + tile);
-      items.push_back({(t1 - t0) * (ctx - q_len + t1), static_cast<int32_t>(s), static_cast<int32_t>(t0),
-                       static_cast<int32_t>(t1)});
+      for (int64_t g0 = 0; g0 < a.num_kv_heads; g0 += heads) {
+        const int64_t g1 = std::min(a.num_kv_heads, g0 + heads);
+        items.push_back({(t1 - t0) * (ctx - q_len + t1) * (g1 - g0), static_cast<int32_t>(s),
+                         static_cast<int32_t>(t0), static_cast<int32_t>(t1), static_cast<int32_t>(g0),
+                         static_cast<int32_t>(g1)});
+      }
     }
   }
   std::sort(items.begin(), items.end(), [](const WorkItem& x, const WorkItem& y) { return x.cost > y.cost; });
@@ -141,21 +151,21 @@ void paged_attention(const PagedAttentionArgs& a) {
   const int threads = std::max(a.num_threads, 1);
   const int64_t tile =
       std::clamp(a.num_tokens * a.num_kv_heads / (kItemsPerThread * threads), int64_t{1}, kMaxQueryTile);
-  const std::vector<WorkItem> items = plan_work(a, tile);
+  const std::vector<WorkItem> items = plan_work(a, tile, kItemsPerThread * threads);
   const IsaVariant* variant = g_isa.current();
   const int dim_index = a.head_dim == kHeadDims[0] ? 0 : a.head_dim == kHeadDims[1] ? 1 : 2;
   const AttendFn attend = variant->kernels[a.dtype == DType::kFloat32 ? 0 : 1][dim_index];
-  const int64_t kv_heads = a.num_kv_heads;
-  const int64_t work = static_cast<int64_t>(items.size()) * kv_heads;
-  const int64_t rows = std::min(tile, a.num_tokens) * (a.num_heads / kv_heads);
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  const int64_t work = static_cast<int64_t>(items.size());
+  const int64_t rows = std::min(tile, a.num_tokens) * a.num_heads;
   int64_t multiply_adds = 0;
-  for (const WorkItem& item : items) multiply_adds += item.cost * a.num_heads * a.head_dim;
+  for (const WorkItem& item : items) multiply_adds += item.cost * group * a.head_dim;
 #pragma omp parallel num_threads(threads) if (work > 1 && multiply_adds >= kMinParallelWork)
   {
     const bool in_place = a.dtype == DType::kFloat32 && a.head_dim % attention::kPad == 0;
-    Scratch scratch(rows, a.num_heads / kv_heads, a.head_dim, attention::span_keys(!in_place, a.block_size));
+    Scratch scratch(rows, group, a.num_kv_heads, a.head_dim, attention::span_keys(!in_place, a.block_size));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < work; ++i) attend(a, items[i / kv_heads], i % kv_heads, scratch);
+    for (int64_t i = 0; i < work; ++i) attend(a, items[i], scratch);
   }
 }
 
