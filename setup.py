@@ -1,5 +1,5 @@
-"""Builds the native extensions `engine._C` and `gateway._native` (and `engine._C_cuda` where a GPU is) with
-CMake (see CMakeLists.txt)."""
+"""Builds the native extensions `engine._C`, `gateway._native` and `security._native` (and
+`engine._C_cuda` where a GPU is) with CMake (see CMakeLists.txt)."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
-        if ext.name in (CUDA_MODULE, GATEWAY_MODULE):  # CMake built them with engine._C (one configure)
+        if ext.name in (CUDA_MODULE, GATEWAY_MODULE, SECURITY_MODULE):  # CMake built them with engine._C (one configure)
             return
         import pybind11
 
@@ -48,6 +48,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={config}",
             f"-DLLMAAS_GATEWAY_OUTPUT_DIR={Path(self.get_ext_fullpath(GATEWAY_MODULE)).parent.resolve()}",
+            f"-DLLMAAS_SECURITY_OUTPUT_DIR={Path(self.get_ext_fullpath(SECURITY_MODULE)).parent.resolve()}",
         ]
         cmake_args.append(f"-DLLMAAS_WITH_CUDA={'ON' if build_cuda() else 'OFF'}")
         if os.environ.get("LLMAAS_CUDA_ARCHS"):
@@ -59,8 +60,10 @@ class CMakeBuild(build_ext):
 
 CUDA_MODULE = "engine._C_cuda"
 GATEWAY_MODULE = "gateway._native"
+SECURITY_MODULE = "security._native"
 # Every module is declared so that setuptools copies each into the source tree (--inplace) or the
 # wheel; the CUDA one only where it is built.
-EXT_MODULES = [CMakeExtension("engine._C"), CMakeExtension(GATEWAY_MODULE)] + ([CMakeExtension(CUDA_MODULE)] if build_cuda() else [])
+EXT_MODULES = [CMakeExtension("engine._C"), CMakeExtension(GATEWAY_MODULE), CMakeExtension(SECURITY_MODULE)]
+EXT_MODULES += [CMakeExtension(CUDA_MODULE)] if build_cuda() else []
 
 setup(ext_modules=EXT_MODULES, cmdclass={"build_ext": CMakeBuild})

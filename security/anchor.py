@@ -5,7 +5,7 @@ is tried at nearly every position. But a pattern that opens with one literal ("i
 searched for that literal first, at C speed. So each rule's expanded regex is rewritten as a union
 of alternatives, leading groups distributed (`\\b(?:a|b)X` -> `\\baX`, `\\bbX`), and every
 alternative that now opens with a literal becomes its own regex, run only when its literal occurs
-in the text (a word-set lookup for whole ASCII words, a substring test otherwise). The union
+in the text (a word-set lookup for whole ASCII words, else literals.py's one-pass search). The union
 matches exactly where the original regex matches; alternatives without a literal lead stay in one
 generic regex.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 
 MAX_ALTERNATIVES = 400  # past this a rule keeps its generic regex (compile time, memory)
 _LITERAL = re.compile(r"(?:[^\\\[\](){}|.*+?^$]|\\[^A-Za-z0-9])+")
@@ -30,26 +29,9 @@ class Anchored:
     regex: re.Pattern[str]
     lead: str  # the literal every match starts with
     also: frozenset[str] = frozenset()  # further whole words every match contains
-    wide: frozenset[str] = frozenset()  # the lead's non-ASCII characters (all must be present)
     # A whole-word lead that the regex bounds on both sides (\b before it; \b, \W+ or \s+ after
     # it): it can only match where the lead is one of the text's a-z words (tokens.py).
     bounded: bool = False
-
-
-def _selectivity(c: str) -> int:
-    cp = ord(c)
-    if 0x3400 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF:
-        return 3  # ideographs: thousands of them, each rare
-    if 0x30A0 <= cp <= 0x30FF:
-        return 2  # katakana: loanwords, rarer than hiragana
-    return 1 if cp >= 0x80 else 0
-
-
-@cache
-def key_char(s: str) -> str:
-    """The character of `s` least likely to be in an arbitrary text (an ideograph before kana):
-    gating on it alone keeps the set of characters taken from each text small."""
-    return max(s, key=_selectivity)
 
 
 def _structure(source: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
@@ -193,7 +175,6 @@ def anchor(source: str) -> tuple[list[Anchored], str | None]:
         whole_word = (token is not None and token.group() == lead
                       and _WORD_END.match(body, m.end()) is not None)
         key = token.group() if whole_word and token is not None else lead
-        wide = frozenset(c for c in lead if c >= "\x80")
         bounded = boundary and whole_word and body.startswith(_BOUNDED_AFTER, m.end())
-        anchored.append(Anchored(key, whole_word, regex, lead, _required_words(body), wide, bounded))
+        anchored.append(Anchored(key, whole_word, regex, lead, _required_words(body), bounded))
     return anchored, ("|".join(generic) if generic else None)

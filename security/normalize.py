@@ -6,9 +6,12 @@ the ASCII they smuggle. Rules are folded the same way, so "sуstème", "ＩＧ�
 all meet the plain patterns. Case and accents are gone after folding; patterns are written
 accent-free and lower-case.
 
-Speed: ASCII text (most prompts) folds with one `str.lower()`, offsets unchanged. Other text goes
-through whole-string C operations (see fold). Offsets back to the original are only computed when a
-rule matched, from the few characters that do not fold one for one (each folded once per process).
+Speed: ASCII text (most prompts) folds with one `str.lower()`, offsets unchanged. Other text folds
+by table look-up in C++ (csrc/security/fold_table.h): folding is a function of each character, so
+the table is taught once per process what every BMP character and every astral one that changes
+folds to, computed here by whole-string C operations over all of them (`_fold_whole`, tested
+equal to the per-character `fold_char`), and one pass gives the folded text, whether it was plain
+and the few characters that do not fold one for one (the offset map back to the original).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+
+from security.native import Folder
 
 _DATA = Path(__file__).with_name("rules") / "confusables.json"
 
@@ -112,9 +117,6 @@ class _Passes:
     astral: re.Pattern[str]
     astral_gate: re.Pattern[str]
     look_alike: re.Pattern[str]  # any confusable
-    # Characters that do not fold to exactly one character (dropped marks, ligatures, Hangul
-    # syllables, "ß"), and every astral one: elsewhere an offset moves one for one.
-    uneven: re.Pattern[str]
     # Any BMP character that `drop` removes, that is a look-alike or casefolds to one: a text
     # without them (most Chinese and Japanese) skips the drop and look-alike passes, and the
     # structure layer's search for deceptive characters too (Folded.plain).
@@ -129,7 +131,6 @@ _FEW_ASTRAL = 256
 def _passes() -> _Passes:
     """Built once from the running Python's Unicode database (~0.3 s, on first non-ASCII text)."""
     drop = [cp for cp in range(sys.maxunicode + 1) if _dropped(cp)]
-    uneven = [cp for cp in range(0x80, 0x10000) if len(_TABLE._fold(cp)) != 1]
     looks = _TABLE._confusables
     suspect = {cp for cp in drop if cp < 0x10000}
     suspect |= {ord(c) for k in looks for c in (k, k.upper()) if ord(c) < 0x10000}
@@ -145,7 +146,6 @@ def _passes() -> _Passes:
         astral=re.compile(_ranges_class(astral)),
         astral_gate=re.compile(f"[{gate}]"),
         look_alike=re.compile(_ranges_class(sorted(ord(c) for c in _TABLE._confusables))),
-        uneven=re.compile(_ranges_class(uneven)[:-1] + "\U00010000-\U0010ffff]"),
         suspect=re.compile(_ranges_class(sorted(suspect))),
     )
 
@@ -175,10 +175,10 @@ def fold_char(ch: str) -> str:
 
 def fold(text: str) -> str:
     """The folded form of `text` (what patterns see)."""
-    return _fold(text)[0]
+    return text.lower() if text.isascii() else _folder().fold(text)[0]
 
 
-def _fold(text: str) -> tuple[str, bool]:
+def _fold_whole(text: str) -> tuple[str, bool]:
     """The folded form of `text`, and whether the text was plain: no character that folding
     drops (marks, invisible and bidi controls, tags), no look-alike letter.
 
@@ -211,27 +211,66 @@ def _fold(text: str) -> tuple[str, bool]:
     return out, False
 
 
+def _plain(piece: str, suspect: re.Pattern[str]) -> bool:
+    # Not `isascii()` first: "I" is suspect in a text that is not ASCII (the upper case of the
+    # dotless look-alike "ı").
+    return not has_astral(piece) and suspect.search(piece) is None
+
+
+_CHUNK = 0x10000
+
+
+@cache
+def _folder() -> Folder:
+    """The native fold table, taught every BMP code point and the astral ones whose fold is not
+    themselves (~2,600: tags, mathematical letters, cased scripts...; ~0.25 s once, beside the
+    tables of _passes). Code points are folded NUL-separated, a plane at a time, in whole-string
+    passes: NUL is a starter, so NFKD's reordering of marks never crosses it, and nothing folds to
+    or from it. A plane that folds to itself (most astral ones) is skipped whole.
+
+    A character is plain when its decomposition (less kana voicing marks, as _fold_whole
+    drops them first) holds no astral character and nothing `suspect`."""
+    suspect = _passes().suspect
+    folder = Folder()
+    bmp = range(1, _CHUNK)
+    joined = "\x00".join(map(chr, bmp))
+    decomposed = unicodedata.normalize("NFKD", joined).replace("\u3099", "").replace("\u309a", "")
+    folder.teach([0, *bmp], ["\x00", *_fold_whole(joined)[0].split("\x00")],
+                 [True, *(_plain(piece, suspect) for piece in decomposed.split("\x00"))])
+    for low in range(_CHUNK, sys.maxunicode + 1, _CHUNK):
+        plane = range(low, low + _CHUNK)
+        joined = "\x00".join(map(chr, plane))
+        folded = _fold_whole(joined)[0]
+        if folded == joined:
+            continue
+        changed = [(cp, piece) for cp, piece in zip(plane, folded.split("\x00")) if piece != chr(cp)]
+        folder.teach([cp for cp, _ in changed], [piece for _, piece in changed],
+                     [_plain(unicodedata.normalize("NFKD", chr(cp)), suspect) for cp, _ in changed])
+    return folder
+
+
 @dataclass(slots=True)
 class Folded:
-    """A prompt and its folded form, with a lazy map from folded offsets back to the original."""
+    """A prompt and its folded form, with the map from folded offsets back to the original."""
 
     original: str
     text: str
     # No deceptive character in the original (none that folding drops, no look-alike): the
     # structure layer's Unicode signals have nothing to find.
     plain: bool = False
-    _offsets: _Offsets | None = field(default=None, repr=False)
+    _offsets: _Offsets | None = field(default=None, repr=False)  # None: ASCII, one for one
 
     @classmethod
     def of(cls, original: str) -> Folded:
-        return cls(original, *_fold(original))
+        if original.isascii():
+            return cls(original, original.lower(), True)
+        text, plain, at, ends = _folder().fold(original)
+        return cls(original, text, plain, _Offsets(at, ends, len(original)))
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
         """Map a folded span to the smallest original span that produced it."""
-        if len(self.text) == len(self.original) and (self.original.isascii() or self.text == self.original):
-            return start, end  # one character for one: offsets are the same
         if self._offsets is None:
-            self._offsets = _Offsets.of(self.original)
+            return start, end
         count = self._offsets.count_upto
         o_start = count(start)
         o_end = count(end - 1) + 1 if end > 0 else 0
@@ -240,31 +279,18 @@ class Folded:
 
 @dataclass(frozen=True, slots=True)
 class _Offsets:
-    """Where folded offsets fall in the original, kept only at the characters that do not fold one
-    for one (found by one regex scan): between two of them every character folds to one.
+    """Where folded offsets fall in the original, kept only at the characters that do not fold to
+    exactly one (the native fold lists them): between two of them every character folds to one.
 
     Let ends[i] be the length of the folded text after original character i (non-decreasing).
     A span maps back through counts of the i with ends[i] <= x; reading those off the few uneven
     characters costs two C bisections a span, where the whole table cost ~90 us to build on 4 KB
-    of Japanese (a list as long as the text) and most of that on French with no uneven character.
+    of Japanese (a list as long as the text).
     """
 
     at: list[int]  # original index of each uneven character, ascending
     ends: list[int]  # ends[] at each of them
     size: int  # length of the original
-
-    @classmethod
-    def of(cls, original: str) -> _Offsets:
-        at: list[int] = []
-        ends: list[int] = []
-        last_at, last_end = -1, 0
-        for m in _passes().uneven.finditer(original):
-            i = m.start()
-            last_end += i - last_at - 1 + len(_TABLE[ord(m.group())])
-            last_at = i
-            at.append(i)
-            ends.append(last_end)
-        return cls(at, ends, len(original))
 
     def count_upto(self, x: int) -> int:
         """How many original characters have ends[i] <= x (what bisect_right on the whole table

@@ -1,11 +1,11 @@
 """Pattern layer: run the compiled rules over one folded text.
 
-The words of the text are collected once (tokens.py) so each rule's trigger prefilter is
-a set lookup. Each rule is split into literal-led regexes (anchor.py); a scan visits only those
-whose lead word or characters occur in the text, and tries each at the lead's few offsets (an
-English lead, found by leads.py) or by its own literal-prefix search (a Chinese or Japanese one).
-Matches per rule are capped, so a 100 KB input made of one phrase repeated costs a bounded number
-of Python objects.
+The words of the text are collected once (tokens.py) and every rule literal that occurs in it
+(regex leads, trigger phrases) is found in one pass (literals.py), so each rule's trigger
+prefilter is a set lookup. Each rule is split into literal-led regexes (anchor.py); a scan visits
+only those whose lead occurs in the text and tries each at the lead's few offsets. Matches per
+rule are capped, so a 100 KB input made of one phrase repeated costs a bounded number of Python
+objects.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import re
 from dataclasses import dataclass
 
 from security.anchor import Anchored
-from security.leads import MIN_WALK, Leads
+from security.literals import LiteralSet
 from security.rules import Rule
 from security.tokens import Words
 
 MAX_MATCHES_PER_RULE = 4
-_NO_CHARS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,23 +46,20 @@ def at_sentence_start(text: str, pos: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Index:
-    """The anchored regexes of a rule tuple keyed by what gates them, so a scan visits only the
-    regexes whose lead word or lead character occurs in the text instead of all of them."""
+    """The anchored regexes of a rule tuple keyed by their lead, so a scan visits only the
+    regexes whose lead occurs in the text instead of all of them."""
 
     by_word: dict[str, tuple[tuple[int, Anchored], ...]]
-    by_char: dict[str, tuple[tuple[int, Anchored], ...]]  # non-word leads, by first character
-    # The same split in two, in by_char's order: an ASCII text visits only the few ASCII leads
-    # (not all ~230, mostly CJK), and another text only the wide leads it contains.
-    ascii_leads: tuple[tuple[str, tuple[tuple[int, Anchored], ...]], ...]
-    wide_order: dict[str, int]
     # by_word's keys as a set: set & set walks the smaller side (a prompt's few words), where
     # set.intersection(dict) walks all ~300 keys (5 us a scan).
     word_keys: frozenset[str]
+    # Leads that are not whole words -> (visit order, rule, regex): ASCII-led first, then the
+    # others, each by first character in rule order (the order hits, and so a verdict's rules,
+    # have always come in).
+    by_lead: dict[str, tuple[tuple[int, int, Anchored], ...]]
+    lead_keys: frozenset[str]
     generic: tuple[int, ...]  # rules with a generic regex
-    # Every non-ASCII character any lead or trigger uses: the gates only ask about these, so a
-    # text's character set is taken over them alone (cheap on 100 KB of random code points).
-    relevant: re.Pattern[str]
-    runs: re.Pattern[str]  # runs of the characters non-ASCII triggers are made of
+    literals: LiteralSet  # every lead and trigger phrase
 
 
 _INDEXES: dict[int, tuple[tuple[Rule, ...], _Index]] = {}
@@ -81,39 +77,19 @@ def _index(rules: tuple[Rule, ...]) -> _Index:
                 by_word.setdefault(sub.key, []).append((i, sub))
             else:
                 by_char.setdefault(sub.lead[0], []).append((i, sub))
-    wide = {c for r in rules for sub in r.anchored for c in sub.wide}
-    wide |= {c for r in rules for t in r.phrases for c in t if c >= "\x80"}
-    relevant = re.compile("[" + "".join(sorted(re.escape(c) for c in wide)) + "]" if wide else "(?!)")
-    glue = {c for r in rules for t in r.phrases if not t.isascii() for c in t}
-    glue_class = "[" + "".join(sorted(re.escape(c) for c in glue)) + "]"
-    # `[c][c]*+` rather than `[c]+`: a pattern that opens with a repeat loses the engine's skip
-    # to the next candidate character.
-    runs = re.compile(glue_class + glue_class + "*+" if glue else "(?!)")
-    chars = {k: tuple(v) for k, v in by_char.items()}
-    index = _Index({k: tuple(v) for k, v in by_word.items()}, chars,
-                   tuple((k, v) for k, v in chars.items() if k < "\x80"),
-                   {k: n for n, k in enumerate(chars) if k >= "\x80"}, frozenset(by_word),
-                   tuple(i for i, r in enumerate(rules) if r.generic is not None), relevant, runs)
+    ordered = [x for ascii_first in (True, False) for ch, subs in by_char.items()
+               if (ch < "\x80") == ascii_first for x in subs]
+    by_lead: dict[str, list[tuple[int, int, Anchored]]] = {}
+    for n, (i, sub) in enumerate(ordered):
+        by_lead.setdefault(sub.lead, []).append((n, i, sub))
+    leads = {sub.lead for r in rules for sub in r.anchored}
+    phrases = {p for r in rules for p in r.phrases}
+    literals = LiteralSet(leads | phrases, {sub.lead for r in rules for sub in r.anchored if sub.bounded})
+    index = _Index({k: tuple(v) for k, v in by_word.items()}, frozenset(by_word),
+                   {k: tuple(v) for k, v in by_lead.items()}, frozenset(by_lead),
+                   tuple(i for i, r in enumerate(rules) if r.generic is not None), literals)
     _INDEXES[id(rules)] = (rules, index)
     return index
-
-
-def _chars(folded: str, index: _Index) -> tuple[set[str], str | None]:
-    """The text's characters, or on long text only those CJK leads and triggers use; and on a
-    long text where those are sparse, its runs of trigger characters (joined by NUL), which the
-    non-ASCII trigger searches then read instead of the whole text.
-
-    `set(text)` is the cheaper call on a few KB or on CJK text (where most characters are
-    relevant anyway); on 100 KB of other text (random code points: ~100 substring searches over
-    100 KB of UCS-4 cost ~11 ms), one C-speed `findall` of the runs is."""
-    if index.relevant.search(folded) is None:
-        return set(), None  # accented Latin, Cyrillic...: no lead or trigger can be there
-    if len(folded) <= 16384:
-        return set(folded), None
-    hay = "\x00".join(index.runs.findall(folded))
-    if len(hay) > len(folded) // 4:
-        return set(folded), None
-    return set(hay) | set(index.relevant.findall(folded)), hay
 
 
 def scan(folded: str, rules: tuple[Rule, ...], text_words: Words | None = None) -> list[Hit]:
@@ -123,57 +99,43 @@ def scan(folded: str, rules: tuple[Rule, ...], text_words: Words | None = None) 
         text_words = Words.of(folded)
     words = text_words.unique
     index = _index(rules)
-    chars, hay = (_NO_CHARS, None) if folded.isascii() else _chars(folded, index)
-    leads = Leads(folded)
+    found = index.literals.find(folded)
+    phrases = found.present
     hits: list[Hit] = []
-    found = [0] * len(rules)
+    counts = [0] * len(rules)
     active: dict[int, bool] = {}
-    seen: dict[str, bool] = {}
 
     def triggered(i: int) -> bool:
         ok = active.get(i)
         if ok is None:
-            ok = active[i] = rules[i].triggered(words, folded, chars, seen, hay)
+            ok = active[i] = rules[i].triggered(words, phrases)
         return ok
 
-    def run(i: int, sub: Anchored, at_leads: bool = True) -> None:
-        """Collect the matches of `sub`, tried at its lead's positions (or by its own search)."""
-        n = found[i]
-        if n < MAX_MATCHES_PER_RULE:
-            limit = MAX_MATCHES_PER_RULE - n
-            where = leads.positions(sub.lead, sub.bounded) if at_leads else None
-            found[i] = n + (_finditer(sub.regex, folded, rules[i], hits, limit) if where is None
-                            else _match_at(sub.regex, folded, where, rules[i], hits, limit))
+    def run(i: int, sub: Anchored, n: int) -> None:
+        """Collect the matches of `sub` (rule i has n so far), tried at its lead's offsets (all
+        of them, or past literals.MAX_POSITIONS by the regex's own search)."""
+        where = found.positions(sub.lead, sub.bounded)
+        limit = MAX_MATCHES_PER_RULE - n
+        counts[i] = n + (_finditer(sub.regex, folded, rules[i], hits, limit) if where is None
+                         else _match_at(sub.regex, folded, where, rules[i], hits, limit))
 
-    # Word leads: which regexes will run is known first, so their leads are located in one walk.
-    word_subs = [(i, sub) for word in words & index.word_keys for i, sub in index.by_word[word]
-                 if sub.also <= words and triggered(i)]
-    if len(word_subs) >= MIN_WALK:
-        leads.locate_words({sub.lead for _, sub in word_subs if sub.bounded}, text_words)
-    for i, sub in word_subs:
-        run(i, sub)
-    for ch, subs in index.ascii_leads:
-        if ch in folded:
-            for i, sub in subs:
-                if sub.wide <= chars:
-                    ok = active.get(i)
-                    if ok or ok is None and triggered(i):
-                        run(i, sub)
-    if chars:
-        # A CJK lead opens one or two regexes, not the dozen an English word like "you" opens:
-        # the regex's own literal-prefix search beats finding its positions first (measured ~25
-        # us less on 4 KB of Chinese or Japanese).
-        order = index.wide_order
-        for ch in sorted(chars.intersection(order), key=order.__getitem__):
-            for i, sub in index.by_char[ch]:
-                if sub.wide <= chars:
-                    ok = active.get(i)  # most visits are for a rule already known: no call
-                    if ok or ok is None and triggered(i):
-                        run(i, sub, at_leads=False)
+    # A rule that has all its matches skips its other regexes before any prefilter.
+    for word in words & index.word_keys:
+        for i, sub in index.by_word[word]:
+            n = counts[i]
+            if n < MAX_MATCHES_PER_RULE and sub.also <= words and triggered(i):
+                run(i, sub, n)
+    by_lead = index.by_lead
+    for _, i, sub in sorted(x for lead in phrases & index.lead_keys for x in by_lead[lead]):
+        n = counts[i]
+        if n < MAX_MATCHES_PER_RULE:
+            ok = active.get(i)  # most visits are for a rule already known: no call
+            if ok or ok is None and triggered(i):
+                run(i, sub, n)
     for i in index.generic:
         rule = rules[i]
-        if found[i] < MAX_MATCHES_PER_RULE and rule.triggered(words, folded, chars, seen, hay):
-            _finditer(rule.generic, folded, rule, hits, MAX_MATCHES_PER_RULE - found[i])  # type: ignore[arg-type]
+        if counts[i] < MAX_MATCHES_PER_RULE and rule.triggered(words, phrases):
+            _finditer(rule.generic, folded, rule, hits, MAX_MATCHES_PER_RULE - counts[i])  # type: ignore[arg-type]
     return hits
 
 
@@ -182,10 +144,11 @@ def _match_at(regex: re.Pattern[str], text: str, where: list[int], rule: Rule, h
     those inside the previous match as finditer would."""
     n = 0
     end = -1
+    match = regex.match  # bound once: most offsets of a dense text are tried and fail
     for pos in where:
         if pos < end:
             continue
-        m = regex.match(text, pos)
+        m = match(text, pos)
         if m is not None and (not rule.sentence_start or at_sentence_start(text, m.start())):
             hits.append(Hit(rule, m.start(), m.end()))
             end = m.end()

@@ -54,23 +54,20 @@ class Rule:
     # Only matches that open a sentence count (imperatives: "Ignore the instructions.").
     sentence_start: bool = False
 
-    def triggered(self, words: set[str], text: str, chars: frozenset[str] | set[str],
-                  seen: dict[str, bool] | None = None, hay: str | None = None) -> bool:
-        """Whether a trigger is present and every `requires` group too; `chars` is the set of
-        non-ASCII characters of the text (empty for ASCII text), which rules out most substring
-        searches at once."""
-        seen = {} if seen is None else seen
-        if not self.trigger.present(words, text, chars, seen, hay):
+    def triggered(self, words: set[str], phrases: set[str]) -> bool:
+        """Whether a trigger is present and every `requires` group too; `words`: the text's a-z
+        words; `phrases`: the rules' phrases that occur in it (literals.py)."""
+        if not self.trigger.present(words, phrases):
             return False
         for group in self.requires:
-            if not group.present(words, text, chars, seen, hay):
+            if not group.present(words, phrases):
                 return False
         return True
 
     @property
-    def phrases(self) -> tuple[str, ...]:
+    def phrases(self) -> frozenset[str]:
         """Every phrase its triggers search for (not the words looked up in the word set)."""
-        return self.trigger.phrases + tuple(p for t in self.requires for p in t.phrases)
+        return self.trigger.phrases.union(*(t.phrases for t in self.requires))
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ def _triggers(spec: list[str], lexicon: dict[str, list[str]]) -> Trigger:
                     subs.add(f)
             else:
                 subs.add(f)
-    return Trigger.of(frozenset(words), tuple(sorted(subs)))
+    return Trigger.of(frozenset(words), frozenset(subs))
 
 
 def _requires(spec: list, lexicon: dict[str, list[str]]) -> tuple[Trigger, ...]:

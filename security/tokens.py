@@ -23,17 +23,15 @@ def words_in(folded: str) -> list[str]:
 
 @dataclass(slots=True)
 class Words:
-    """The words of one folded text, taken once for the pattern, lead and repetition searches."""
+    """The words of one folded text, taken once for the pattern and repetition searches."""
 
-    spaced: str  # letters_only(text)
     tokens: list[str]  # words_in(text): the a-z words in order
     unique: set[str]  # the same as a set (trigger prefilters look words up in it)
 
     @classmethod
     def of(cls, folded: str) -> Words:
-        spaced = letters_only(folded)
-        tokens = spaced.split()
-        return cls(spaced, tokens, set(tokens))
+        tokens = words_in(folded)
+        return cls(tokens, set(tokens))
 
 
 def letters_only(folded: str) -> str:

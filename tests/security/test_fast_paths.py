@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import security
-from security.anchor import _optional_split, key_char
-from security.normalize import Folded, _Offsets, fold, fold_char, has_astral
+from security.anchor import _optional_split
+from security.normalize import Folded, fold, fold_char, has_astral
+from security.patterns import MAX_MATCHES_PER_RULE, Hit, _finditer, _index, _match_at
 from security.rules import default_rules
 from security.repetition import _first_run, repeated_run
 from security.structure import _INVIS_IN_WORD, _INVISIBLE, _LETTER, _MIXED, _mixed_starts, unicode_signals
-from security.leads import MAX_POSITIONS, MIN_WALK, Leads
-from security.tokens import WORD, Words, words_in
+from security.tokens import WORD, words_in
 
 PATTERN_RULES = default_rules().pattern_rules
 # Characters that fold unevenly (marks, ligatures, Hangul, sharp s, tags, emoji) among plain ones.
@@ -27,8 +27,10 @@ PHRASES = sorted({p for r in PATTERN_RULES for p in r.phrases})
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(UNEVEN, st.text(max_size=60)))
 def test_offset_map_equals_bisecting_the_per_character_table(text: str) -> None:
+    text += "\u00e9"  # not ASCII: the map the native fold gives
     ends = list(itertools.accumulate(len(fold_char(c)) for c in text))
-    offsets = _Offsets.of(text)
+    offsets = Folded.of(text)._offsets
+    assert offsets is not None
     for x in range(len(fold(text)) + 2):
         assert offsets.count_upto(x) == bisect.bisect_right(ends, x), (text, x)
 
@@ -49,16 +51,11 @@ def test_has_astral() -> None:
 def test_triggers_are_exactly_a_phrase_or_word_search(text: str) -> None:
     folded = fold(text)
     words = set(words_in(folded))
-    chars = set(folded)
+    phrases = {p for p in PHRASES if p in folded}
     for rule in PATTERN_RULES:
         groups = (rule.trigger,) + rule.requires
         expected = all(t.always or bool(t.words & words) or any(p in folded for p in t.phrases) for t in groups)
-        assert rule.triggered(words, folded, chars, {}) == expected, (rule.id, text)
-
-
-def test_key_character_prefers_ideographs_then_katakana() -> None:
-    assert key_char("あなたの指示") in "指示"
-    assert key_char("あなたのシステム") in "システム"
+        assert rule.triggered(words, phrases) == expected, (rule.id, text)
 
 
 def test_an_optional_last_character_splits_into_two_literal_leads() -> None:
@@ -103,20 +100,13 @@ LEAD_WORDS = sorted({sub.lead for sub in BOUNDED})
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(LEAD_WORDS + PHRASES[:200] + [" ", "-", "_", "1", "é", "x", "s", "\n"]),
                 max_size=40).map("".join))
-def test_bounded_leads_match_only_as_whole_words_and_the_walk_finds_every_one(text: str) -> None:
+def test_bounded_leads_match_only_as_whole_words(text: str) -> None:
+    # So trying a bounded lead's regexes at its whole-word offsets alone finds all their matches.
     folded = fold(text)
     whole = {word: [m.start() for m in re.finditer(f"(?<![a-z]){word}(?![a-z])", folded)] for word in LEAD_WORDS}
     for sub in BOUNDED:
         for m in sub.regex.finditer(folded):
             assert m.start() in whole[sub.lead], (sub.regex.pattern, folded)
-    leads = Leads(folded)
-    needed = set(LEAD_WORDS[:MIN_WALK]) | set(words_in(folded)) & set(LEAD_WORDS)
-    leads.locate_words(needed, Words.of(folded))
-    for word in needed:
-        expected = whole[word] if len(whole[word]) <= MAX_POSITIONS else None
-        found = leads.positions(word, bounded=True)
-        assert found == expected or (expected is None and found is None), (word, folded)
-
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,3 +126,24 @@ def test_sampled_tokens_keep_every_run_at_the_shipped_thresholds() -> None:
             tokens = ["a", "b", "c"] * 3 + ["x"] * at + inserted + ["y", "z"]
             text = " ".join(tokens)
             assert repeated_run(text, 16, 12, tokens) == _first_run(text, 16, 12, tokens) is not None
+
+
+ANCHORED = [(rule, sub) for rule in PATTERN_RULES for sub in rule.anchored]
+LEADS = sorted({sub.lead for _, sub in ANCHORED})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(LEADS + PHRASES + [" ", "。", "\n", "x", "-", "é", "1"]), max_size=30).map("".join))
+def test_a_lead_regex_tried_at_its_lead_offsets_finds_what_its_search_finds(text: str) -> None:
+    # The pattern layer tries each literal-led regex only where its lead occurs (the automaton's
+    # offsets): that must give finditer's matches, in order, up to the cap.
+    folded = fold(text)
+    found = _index(PATTERN_RULES).literals.find(folded)
+    for rule, sub in ANCHORED:
+        where = found.positions(sub.lead, sub.bounded)
+        tried: list[Hit] = []
+        searched: list[Hit] = []
+        _finditer(sub.regex, folded, rule, searched, MAX_MATCHES_PER_RULE)
+        if where is not None:
+            _match_at(sub.regex, folded, where, rule, tried, MAX_MATCHES_PER_RULE)
+            assert tried == searched, (sub.regex.pattern, folded)
