@@ -15,7 +15,7 @@ import torch
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs, capture_sizes
 from engine.forward_context import AttentionMetadata, forward_context
-from engine.kernels import gpu_ops, ops
+from engine.kernels import gpu_ops, ops, weight_arena
 from engine.memory import release_free_heap
 from engine.models.registry import model_class
 from engine.sampler import SamplerOutput, SamplingBatch, sample
@@ -66,8 +66,13 @@ class ModelRunner:
         """(2, num_layers, num_blocks, block_size, num_kv_heads, head_dim): K then V for every layer,
         bound to the attention layers."""
         c = self.model_config
-        cache = torch.zeros(2, c.num_layers, num_blocks, self.block_size, c.num_kv_heads, c.head_dim,
-                            dtype=self.dtype, device=self.device)
+        shape = (2, c.num_layers, num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
+        if self.device.type == "cpu":
+            # In 2 MB pages: attention reads a few KB per block from blocks all over the cache, and
+            # in 4 KB pages nearly every block read was a TLB miss and a page walk.
+            cache = weight_arena.empty(shape, self.dtype).zero_()
+        else:
+            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = cache[0, i], cache[1, i]
         return cache

@@ -1,11 +1,13 @@
-"""Memory for the packed linear weights in 2 MB pages.
+"""Memory in 2 MB pages, for the packed linear weights and the CPU KV cache.
 
 A decode step at batch 1 streams every weight once (270 MB for SmolLM2-135M). In 4 KB pages that is
 ~66,000 pages a step: a TLB miss and a page walk every 64 cache lines, and the hardware prefetchers
 stop at each page boundary. Linux backs anonymous memory with 2 MB pages only where asked
 (`/sys/kernel/mm/transparent_hugepage/enabled` is `madvise` on many hosts), so the packed weights
 are carved from anonymous mappings advised MADV_HUGEPAGE before they are first touched: ~10% off
-that step here (bench/RESULTS.md). Where the advice is not available the memory is ordinary.
+that step here (bench/RESULTS.md). The KV cache (model_runner.py) is read a block (a few KB) at
+a time from all over its 256 MB: in 4 KB pages most such reads also missed the TLB. Where the
+advice is not available the memory is ordinary.
 
 Chunks are carved front to back, never reused: a tensor keeps its chunk alive
 (`torch.frombuffer`), and the arena only the chunk it is filling.
@@ -64,5 +66,5 @@ _ARENA = WeightArena()
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized tensor for packed weights, in 2 MB pages where the system allows."""
+    """An uninitialized CPU tensor in 2 MB pages where the system allows."""
     return _ARENA.empty(shape, dtype)
