@@ -37,7 +37,10 @@ class EngineConfig:
     block_size: int | None = None
     kv_cache_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
+    # Tokens one step computes (decodes plus prefill chunks). None: 256 on CPU, where a step of 512
+    # takes ~250 ms and stalls every running stream that long (ITL p99 ~310 ms at 32 streams, ~160
+    # with 256, same throughput: bench/RESULTS.md); 512 on GPUs.
+    max_num_batched_tokens: int | None = None
     max_model_len: int | None = None  # defaults to the model's context window
     enable_prefix_caching: bool = True
     dtype: torch.dtype = torch.float32
@@ -47,5 +50,8 @@ class EngineConfig:
     load_format: str = "auto"  # "dummy": random weights of the model's shapes, made on the device (benchmarks)
 
     def __post_init__(self) -> None:
+        on_cpu = torch.device(self.device).type == "cpu"
         if self.block_size is None:
-            self.block_size = 8 if torch.device(self.device).type == "cpu" else 16
+            self.block_size = 8 if on_cpu else 16
+        if self.max_num_batched_tokens is None:
+            self.max_num_batched_tokens = 256 if on_cpu else 512

@@ -43,7 +43,8 @@ def _add_common(p: argparse.ArgumentParser, host: str) -> None:
                    help="bfloat16 runs the C++ bf16 kernels (several times faster on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded together")
-    p.add_argument("--max-num-batched-tokens", type=int, default=512, help="token budget of one engine step")
+    p.add_argument("--max-num-batched-tokens", type=int,
+                   help="token budget of one engine step (default: 256 on CPU, 512 on GPUs)")
     p.add_argument("--max-model-len", type=int, help="longest prompt + output (default: the model's context)")
     p.add_argument("--kv-cache-mb", type=int, default=256, help="memory for the KV cache, in MiB")
     p.add_argument("--gpu-memory-utilization", type=float,
