@@ -13,6 +13,7 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 
 from engine.block_manager import BlockManager
+from engine.config import EngineConfig
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
@@ -301,3 +302,10 @@ def test_aborting_a_preempted_sequence_removes_it_from_the_queue() -> None:
     while sim.scheduler.has_unfinished():
         sim.step()
     assert a.num_output_tokens == 5 and sim.bm.num_free_blocks == 4
+
+
+def test_step_budget_defaults_by_device_and_yields_to_a_given_one() -> None:
+    # CPU steps of 512 tokens stalled running streams ~250 ms (bench/RESULTS.md); GPUs keep 512.
+    assert EngineConfig().max_num_batched_tokens == 256
+    assert EngineConfig(device="cuda").max_num_batched_tokens == 512
+    assert EngineConfig(max_num_batched_tokens=1024).max_num_batched_tokens == 1024
