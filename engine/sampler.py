@@ -6,7 +6,8 @@ cumulative distribution at one uniform variate, taken from the sequence's own ge
 seeded: the same seed and request give the same tokens whatever else shares the batch, and a draw
 costs one pass over the vocabulary (an exponential variate per token, the race form, cost more
 than all the rest of a CPU step at batch 64: bench/micro). On CPU the draw itself (temperature,
-top-k, top-p, min-p) runs in C++ (engine/kernels/sampling.py), at the same uniforms.
+top-k, top-p, min-p) runs in C++ (engine/kernels/sampling.py), at the same uniforms, and so does
+greedy decoding's argmax (torch.argmax's rule: first of equals, NaN the largest).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     """logits: (S, V) float32, one row per sequence that samples this step."""
     raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.max_logprobs is not None else None
     logits = apply_penalties(logits, batch)
-    token_ids = logits.argmax(dim=-1)
+    token_ids = _argmax(logits)
     if not batch.all_greedy:
         sampled = _sample_random(logits, batch)
         token_ids = torch.where(batch.greedy, token_ids, sampled)
@@ -104,6 +105,12 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         logits = logits - batch.frequency_penalty.unsqueeze(1) * counts
         logits = logits - batch.presence_penalty.unsqueeze(1) * (counts > 0).float()
     return logits
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.stride(1) == 1 and cpu_sampling.supported():
+        return cpu_sampling.argmax_rows(logits)
+    return logits.argmax(dim=-1)
 
 
 def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

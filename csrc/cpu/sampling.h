@@ -1,5 +1,5 @@
-// Random sampling of one token per row from fp32 logits on CPU: temperature, top-k, top-p, min-p,
-// by inverting each row's distribution at a given uniform variate. See sampling.cpp.
+// Sampling one token per row from fp32 logits on CPU: at random (temperature, top-k, top-p, min-p,
+// by inverting each row's distribution at a given uniform variate), or greedily. See sampling.cpp.
 #pragma once
 
 #include <cstdint>
@@ -19,5 +19,8 @@ struct SampleArgs {
 };
 
 void sample_rows(const SampleArgs& args);
+
+// out[r] = the first index of row r's largest value, a NaN counting as the largest (torch.argmax).
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int64_t row_stride, int64_t* out, int num_threads);
 
 }  // namespace llmaas

@@ -1,4 +1,4 @@
-// Python binding of CPU random sampling (csrc/cpu/sampling.cpp), added to engine._C by
+// Python binding of CPU sampling (csrc/cpu/sampling.cpp), added to engine._C by
 // csrc/bindings.cpp; engine/kernels/sampling.py checks the tensors and keeps them alive.
 #include <pybind11/pybind11.h>
 
@@ -23,6 +23,11 @@ void sample_rows(uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stri
   llmaas::sample_rows(args);
 }
 
+void argmax_rows(uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, uintptr_t out, int num_threads) {
+  py::gil_scoped_release release;
+  llmaas::argmax_rows(ptr<const float>(logits), rows, vocab, row_stride, ptr<int64_t>(out), num_threads);
+}
+
 }  // namespace
 
 void register_sampling_ops(py::module_& m) {
@@ -31,4 +36,7 @@ void register_sampling_ops(py::module_& m) {
         py::arg("uniforms"), py::arg("out"), py::arg("num_threads"),
         "One token per row drawn from fp32 logits (temperature, top-k, top-p, min-p; 0 pointers: off). "
         "See engine/kernels/sampling.py.");
+  m.def("argmax_rows", &argmax_rows, py::kw_only(), py::arg("logits"), py::arg("rows"), py::arg("vocab"),
+        py::arg("row_stride"), py::arg("out"), py::arg("num_threads"),
+        "Each row's first index of its largest value (NaN the largest), as torch.argmax.");
 }

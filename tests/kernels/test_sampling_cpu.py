@@ -1,5 +1,6 @@
-"""CPU random sampling (csrc/cpu/sampling.cpp): the distribution it draws from is the torch path's
-(engine/sampler.py), token for token over a fine grid of uniforms; rows are independent."""
+"""CPU sampling (csrc/cpu/sampling.cpp): the distribution random draws come from is the torch
+path's (engine/sampler.py), token for token over a fine grid of uniforms; rows are independent;
+the greedy argmax is torch.argmax's, ties and NaN included."""
 from __future__ import annotations
 
 import pytest
@@ -97,3 +98,39 @@ def test_bad_inputs_are_refused() -> None:
         sampling.sample_rows(logits, torch.ones(2), None, None, None, torch.zeros(2))
     with pytest.raises(ValueError, match="one value per row"):
         sampling.sample_rows(torch.zeros(2, 10), torch.ones(3), None, None, None, torch.zeros(2))
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 16, 17, 49152, 49157])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_argmax_is_torch_argmax(vocab: int, threads: int) -> None:
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(40, vocab, generator=gen)
+    # Rows with ties at several places (the first must win), all -inf, +inf, -0.0 against 0.0,
+    # NaN (torch counts it the largest) before and after the maximum, and coarse values.
+    logits[1] = 3.0
+    logits[2] = -torch.inf
+    logits[3, vocab // 2] = torch.inf
+    logits[4, :] = 0.0
+    logits[4, 0] = -0.0
+    logits[5, vocab - 1] = torch.nan
+    logits[6, vocab // 3] = torch.nan
+    logits[6, vocab - 1] = 100.0
+    logits[7] = torch.randint(0, 3, (vocab,), generator=gen).float()
+    logits[8, -(vocab // 2 + 1):] = logits[8].max() + 1  # equal maxima in the tail past the vectors
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(sampling.argmax_rows(logits), logits.argmax(dim=-1))
+        view = logits[::3]  # rows further apart than their length
+        assert torch.equal(sampling.argmax_rows(view), view.argmax(dim=-1))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_argmax_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        sampling.argmax_rows(torch.zeros(2, 10, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="contiguous"):
+        sampling.argmax_rows(torch.zeros(10, 2).t())
+    assert sampling.argmax_rows(torch.zeros(0, 10)).shape == (0,)
+
