@@ -17,6 +17,7 @@
 
 #include "bf16.h"
 #include "decoder_stack.h"
+#include "isa_select.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -137,13 +138,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void silu
 }
 
 // Asked on first use, not in a static initializer (which may run before libgcc knows the CPU).
-SiluFn pick_silu() {
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return avx512 ? silu_avx512 : silu_baseline;
-}
+SiluFn pick_silu() { return cpu_has_avx512() ? silu_avx512 : silu_baseline; }
 
 }  // namespace
 

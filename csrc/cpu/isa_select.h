@@ -13,6 +13,23 @@
 
 namespace llmaas {
 
+#if defined(__x86_64__)
+// What the CPU runs. Each asks libgcc to read the CPU model first: a static initializer may run
+// before libgcc has. "avx512" is the set every AVX-512 variant is compiled for (F, BW, VL and DQ,
+// with AVX2 and FMA).
+inline bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+inline bool cpu_has_avx512() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+inline bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
+
 template <typename Variant, std::size_t N>
 class IsaSelector {
  public:

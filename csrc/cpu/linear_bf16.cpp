@@ -207,20 +207,6 @@ constexpr IsaVariant variant(const char* name, bool (*supported)()) {
   return {name, supported, Kernel::kMaxRows, {tile_table<Kernel, float>(Rows{}), tile_table<Kernel, uint16_t>(Rows{})}};
 }
 
-#if defined(__x86_64__)
-bool cpu_has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-bool cpu_has_avx512() {
-  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-
-bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
-#endif
-
 // Best first.
 const IsaVariant kVariants[] = {
 #if defined(__x86_64__)

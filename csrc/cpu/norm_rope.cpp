@@ -42,6 +42,7 @@
 #include <cstdint>
 
 #include "bf16.h"
+#include "isa_select.h"
 #include "norm_rope.h"
 
 #define LLMAAS_NR_INLINE __attribute__((always_inline)) inline
@@ -168,14 +169,6 @@ void run(RowsFn<Args> fn, const Args& a, int64_t items, int64_t item_elems, int 
   const int64_t threads = std::min<int64_t>(num_threads, items);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < threads; ++i) fn(a, items * i / threads, items * (i + 1) / threads);
-}
-
-bool cpu_has_avx512() {
-  // A static initializer may run before libgcc has filled in the CPU model: ask for it.
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512dq");
 }
 
 const bool kUseAvx512 = cpu_has_avx512();

@@ -86,20 +86,8 @@ struct IsaVariant {
 // Best first.
 const IsaVariant kVariants[] = {
 #if defined(__x86_64__)
-    {"avx512",
-     [] {
-       __builtin_cpu_init();
-       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-     },
-     LLMAAS_KERNELS(attend_avx512)},
-    {"avx2",
-     [] {
-       __builtin_cpu_init();
-       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-     },
-     LLMAAS_KERNELS(attend_avx2)},
+    {"avx512", cpu_has_avx512, LLMAAS_KERNELS(attend_avx512)},
+    {"avx2", cpu_has_avx2, LLMAAS_KERNELS(attend_avx2)},
 #endif
     {"baseline", [] { return true; }, LLMAAS_KERNELS(attend_baseline)},
 };

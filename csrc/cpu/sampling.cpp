@@ -20,6 +20,7 @@
 #include <cmath>
 #include <vector>
 
+#include "isa_select.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -232,8 +233,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) int64_t a
                                                                                              int64_t n) {
   return argmax_row<Simd<16>::F>(z, n);
 }
-
-bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"); }
 #endif
 
 RowFn pick_row_fn() {
