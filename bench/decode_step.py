@@ -1,6 +1,6 @@
 """Times the engine's decode step at a fixed batch: the figure kernel changes move.
 
-    python -m bench.decode_step [--batch 32] [--steps 200] [--threads 2] [--so PATH]
+    python -m bench.decode_step [--batch 32] [--steps 200] [--threads 2] [--so PATH] [--no-quantized-decode]
 
 Adds --batch greedy requests (short chat-style prompts, ignore_eos) to the offline engine
 (SmolLM2-135M, bf16), runs their prefill, then times each `LLMEngine.step()` until they finish:
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--so", help="engine._C built elsewhere, for A/B runs")
+    parser.add_argument("--no-quantized-decode", action="store_true",
+                        help="decode from the bf16 weights only (EngineConfig.quantized_decode=False)")
     args = parser.parse_args()
     if args.so:
         load_extension(args.so)
@@ -43,7 +45,8 @@ def main() -> None:
 
     from engine import LLM, SamplingParams
 
-    llm = LLM(model="smollm2:135m", dtype=torch.bfloat16, num_threads=args.threads)
+    llm = LLM(model="smollm2:135m", dtype=torch.bfloat16, num_threads=args.threads,
+              quantized_decode=not args.no_quantized_decode)
     engine = llm.engine
     params = SamplingParams(temperature=0, max_tokens=args.steps, ignore_eos=True)
     for i in range(args.batch):

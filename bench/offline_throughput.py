@@ -60,7 +60,9 @@ def run_engine(dtype_name: str, batch: int, output_len: int, threads: int, queue
         held += sum(s.num_computed_tokens for s in running)
     elapsed = time.perf_counter() - start
     model = engine.runner.model
-    packed = [m.packed.data for m in model.modules() if getattr(m, "packed", None) is not None]
+    packed_forms = [m.packed for m in model.modules() if getattr(m, "packed", None) is not None]
+    # Both forms of a linear are weights held (the Q4_1 one where EngineConfig.quantized_decode keeps it).
+    packed = [t for p in packed_forms for t in (p.data, p.q4_1) if t is not None]
     weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *packed]) / 2**20
     queue.put({"tokens": tokens, "seconds": elapsed, "peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb(),
                "weights_mb": weights_mb,

@@ -13,6 +13,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.energy import EnergySource, StepEnergy, open_energy_source
 from engine.energy_sampler import SAMPLE_INTERVAL_S, SampledMeter
 from engine.errors import InvalidRequestError, PromptTooLongError
+from engine.kernels import ops
 from engine.loader.load import load_model
 from engine.memory import release_free_heap
 from engine.model_runner import ModelRunner
@@ -45,7 +46,9 @@ class LLMEngine:
     def __init__(self, model: str, config: EngineConfig | None = None, energy: EnergySource | None = None) -> None:
         """energy: the meter to charge requests from; by default the device's (engine.energy)."""
         self.config = config or EngineConfig()
-        loaded = load_model(model, self.config.dtype, self.config.load_format, self.config.device)
+        c = self.config
+        keep_q4_1 = c.quantized_decode and ops.q4_1_linear_runs(c.dtype, c.device)
+        loaded = load_model(model, c.dtype, c.load_format, c.device, keep_q4_1)
         self.model_name = model
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer

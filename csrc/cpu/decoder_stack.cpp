@@ -24,8 +24,9 @@
 namespace llmaas {
 namespace {
 
-void linear(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t m, int64_t n, int64_t k, int threads) {
-  linear_bf16(LinearArgs{x, w, y, DType::kBFloat16, m, n, k, k, n, threads});
+void linear(const uint16_t* x, const uint16_t* w, const uint8_t* w_q4_1, uint16_t* y, int64_t m, int64_t n, int64_t k,
+            int threads) {
+  linear_bf16(LinearArgs{x, w, y, DType::kBFloat16, m, n, k, k, n, threads, w_q4_1});
 }
 
 void check(const DecoderStackArgs& a) {
@@ -81,17 +82,17 @@ void decoder_stack(const DecoderStackArgs& a) {
       fused_add_rms_norm(residual, nullptr, p.input_norm, h, nullptr, true, T, H, H, H, a.eps, th);
     else
       fused_add_rms_norm(x, residual, p.input_norm, h, residual, true, T, H, H, H, a.eps, th);
-    linear(h, p.qkv, qkv, T, qkv_n, H, th);
+    linear(h, p.qkv, p.qkv_q4_1, qkv, T, qkv_n, H, th);
     rotary(qkv, qkv + q_size, cos, sin, true, T, a.num_heads, a.num_kv_heads, D, qkv_n, D, qkv_n, D, D, D, true, th);
     write.k_cache = p.k_cache, write.v_cache = p.v_cache;
     write_kv_cache(write);
     attend.k_cache = p.k_cache, attend.v_cache = p.v_cache;
     paged_attention(attend);
-    linear(attn, p.o_proj, x, T, H, q_size, th);
+    linear(attn, p.o_proj, p.o_proj_q4_1, x, T, H, q_size, th);
     fused_add_rms_norm(x, residual, p.post_norm, h, residual, true, T, H, H, H, a.eps, th);
-    linear(h, p.gate_up, gate_up, T, 2 * I, H, th);
+    linear(h, p.gate_up, p.gate_up_q4_1, gate_up, T, 2 * I, H, th);
     silu_and_mul_bf16(gate_up, act, T, I, 2 * I, th);
-    linear(act, p.down, x, T, H, I, th);
+    linear(act, p.down, p.down_q4_1, x, T, H, I, th);
   }
   fused_add_rms_norm(x, residual, a.final_norm, a.out, residual, true, T, H, H, H, a.eps, th);
 }

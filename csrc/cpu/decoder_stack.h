@@ -21,8 +21,13 @@ struct DecoderLayerPtrs {
   const uint16_t* down;        // packed (hidden, intermediate)
   uint16_t* k_cache;           // (num_blocks, block_size, num_kv_heads, head_dim), contiguous
   uint16_t* v_cache;
+  // The four linears' Q4_1 forms (linear_q4_1.h), each null where the weight has none.
+  const uint8_t* qkv_q4_1;
+  const uint8_t* o_proj_q4_1;
+  const uint8_t* gate_up_q4_1;
+  const uint8_t* down_q4_1;
 };
-static_assert(sizeof(DecoderLayerPtrs) == 8 * sizeof(int64_t), "a table row is 8 int64 pointers");
+static_assert(sizeof(DecoderLayerPtrs) == 12 * sizeof(int64_t), "a table row is 12 int64 pointers");
 
 struct DecoderStackArgs {
   const DecoderLayerPtrs* layers;

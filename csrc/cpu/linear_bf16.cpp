@@ -51,6 +51,7 @@
 
 #include "bf16.h"
 #include "isa_select.h"
+#include "linear_q4_1.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -219,6 +220,16 @@ const IsaVariant kVariants[] = {
 
 IsaSelector g_isa(kVariants);
 
+// The Q4_1 kernel (linear_q4_1.cpp) is written for avx512_bf16, the first variant on x86-64.
+bool runs_q4_1(const IsaVariant* variant) {
+#if defined(__x86_64__)
+  return variant == &kVariants[0];
+#else
+  (void)variant;
+  return false;
+#endif
+}
+
 }  // namespace
 
 void pack_linear_weight(const uint16_t* w, uint16_t* packed, int64_t n, int64_t k, int64_t w_row_stride,
@@ -242,6 +253,7 @@ void linear_bf16(const LinearArgs& a) {
     throw std::invalid_argument("linear_bf16: invalid sizes");
   if (a.m == 0) return;
   const IsaVariant* variant = g_isa.current();
+  if (a.w_q4_1 != nullptr && a.m <= kQ4_1MaxRows && runs_q4_1(variant)) return linear_q4_1(a);
   const int64_t pairs = (a.k + 1) / 2, tiles = (a.n + kTile - 1) / kTile;
   // ceil(m / max_rows) blocks; the first `extra` get one row more than the others.
   const int64_t blocks = (a.m + variant->max_rows - 1) / variant->max_rows;
@@ -265,6 +277,8 @@ void linear_bf16(const LinearArgs& a) {
                          next_wt);
     }
 }
+
+bool linear_q4_1_available() { return runs_q4_1(g_isa.current()); }
 
 std::vector<std::string> supported_linear_isas() { return g_isa.supported_names(); }
 

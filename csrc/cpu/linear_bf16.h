@@ -30,6 +30,8 @@ struct LinearArgs {
   int64_t m, n, k;
   int64_t x_row_stride, y_row_stride;  // in elements
   int num_threads;
+  // The same W packed by pack_linear_weight_q4_1 (linear_q4_1.h), or null: used when it pays.
+  const uint8_t* w_q4_1 = nullptr;
 };
 
 // y = x @ W^T, products of bf16 accumulated in fp32, rounded to nearest even

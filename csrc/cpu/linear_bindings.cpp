@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cpu/linear_bf16.h"
+#include "cpu/linear_q4_1.h"
 
 namespace py = pybind11;
 
@@ -21,11 +22,17 @@ void pack_linear_weight(uintptr_t weight, uintptr_t packed, int64_t n, int64_t k
                              weight_row_stride, num_threads);
 }
 
+void pack_linear_weight_q4_1(uintptr_t blocks, uintptr_t packed, int64_t n, int64_t k, int num_threads) {
+  py::gil_scoped_release release;
+  llmaas::pack_linear_weight_q4_1(reinterpret_cast<const uint8_t*>(blocks), reinterpret_cast<uint8_t*>(packed), n, k,
+                                  num_threads);
+}
+
 void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t packed, llmaas::DType out_dtype, int64_t m, int64_t n,
-                 int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads) {
+                 int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads, uintptr_t packed_q4_1) {
   const llmaas::LinearArgs args{reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(packed),
                                 reinterpret_cast<void*>(out), out_dtype, m, n, k, x_row_stride, out_row_stride,
-                                num_threads};
+                                num_threads, reinterpret_cast<const uint8_t*>(packed_q4_1)};
   py::gil_scoped_release release;
   llmaas::linear_bf16(args);
 }
@@ -39,7 +46,16 @@ void register_linear_ops(py::module_& m) {
         "Packs a bf16 weight (n, k) for linear_bf16 (see engine/kernels/linear.py).");
   m.def("linear_bf16", &linear_bf16, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
         py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
-        py::arg("out_row_stride"), py::arg("num_threads"), "out = x @ W^T for bf16 x and a packed bf16 W.");
+        py::arg("out_row_stride"), py::arg("num_threads"), py::arg("packed_q4_1") = 0,
+        "out = x @ W^T for bf16 x and a packed bf16 W (and its packed Q4_1 form, 0 if none).");
+  m.attr("Q4_1_MAX_ROWS") = llmaas::kQ4_1MaxRows;
+  m.def("packed_q4_1_bytes", &llmaas::packed_q4_1_bytes, py::kw_only(), py::arg("n"), py::arg("k"),
+        "Bytes of a weight (n, k) packed by pack_linear_weight_q4_1.");
+  m.def("pack_linear_weight_q4_1", &pack_linear_weight_q4_1, py::kw_only(), py::arg("blocks"), py::arg("packed"),
+        py::arg("n"), py::arg("k"), py::arg("num_threads"),
+        "Packs a weight's GGUF Q4_1 blocks (n rows of k / 32 blocks) for linear_bf16.");
+  m.def("linear_q4_1_available", &llmaas::linear_q4_1_available,
+        "Whether the selected linear variant runs the Q4_1 kernel (avx512_bf16).");
   m.def("supported_linear_isas", &llmaas::supported_linear_isas,
         "Linear kernel variants this CPU can run, best first.");
   m.def("linear_isa", &llmaas::linear_isa, "The linear kernel variant in use.");

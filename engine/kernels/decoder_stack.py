@@ -95,7 +95,8 @@ class DecoderStack:
             _check_dense(w.v_cache, cache_shape, _BF16, f"layer {i} v_cache")
             rows.append([w.input_norm.data_ptr(), w.qkv.data.data_ptr(), w.o_proj.data.data_ptr(),
                          w.post_norm.data_ptr(), w.gate_up.data.data_ptr(), w.down.data.data_ptr(),
-                         w.k_cache.data_ptr(), w.v_cache.data_ptr()])
+                         w.k_cache.data_ptr(), w.v_cache.data_ptr()]
+                        + [0 if p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, w.gate_up, w.down)])
         self.shape = shape
         self._keep = (embed, final_norm, cos, sin, layers)  # what the table points into
         self._table = torch.tensor(rows, dtype=torch.int64)

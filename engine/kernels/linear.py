@@ -29,6 +29,7 @@ except ImportError:  # not built: supported() is False
     _C = None
 
 _SUPPORTED = _C is not None and hasattr(_C, "linear_bf16")
+Q4_1_BLOCK, Q4_1_BYTES = 32, 20  # weights and bytes of a GGUF Q4_1 block
 # Output dtypes, with the extension's name for each (looked up here, not per call:
 # decode makes a hundred calls per token, each of a few microseconds).
 _OUT_DTYPES = {torch.bfloat16: _C.DType.bfloat16, torch.float32: _C.DType.float32} if _SUPPORTED else {}
@@ -50,6 +51,9 @@ class PackedLinearWeight:
     data: torch.Tensor
     out_features: int  # N
     in_features: int  # K
+    # The same weight from its GGUF Q4_1 blocks, (packed_q4_1_bytes,) uint8, or None: decode
+    # batches of up to Q4_1_MAX_ROWS rows read it instead (3.2x fewer bytes, the same bits).
+    q4_1: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # The kernel trusts data to cover N x K: checked once here, not per call.
@@ -59,10 +63,26 @@ class PackedLinearWeight:
                 or not self.data.is_contiguous()):
             raise ValueError(f"packed data for ({n}, {k}) must be a contiguous bfloat16 CPU tensor {shape}, got "
                              f"{tuple(self.data.shape)} {self.data.dtype}")
+        q4 = self.q4_1
+        if q4 is not None and (k % Q4_1_BLOCK or q4.dtype != torch.uint8 or not q4.is_cpu or not q4.is_contiguous()
+                               or tuple(q4.shape) != (_C.packed_q4_1_bytes(n=n, k=k),)):
+            raise ValueError(f"packed Q4_1 data for ({n}, {k}) must be a contiguous uint8 CPU tensor of "
+                             f"{_C.packed_q4_1_bytes(n=n, k=k) if k % Q4_1_BLOCK == 0 else '?'} bytes")
 
 
-def pack(weight: torch.Tensor) -> PackedLinearWeight:
-    """Packs a bf16 CPU weight (N, K), as nn.Linear stores it, for `linear`."""
+def q4_1_supported() -> bool:
+    """Whether `linear` runs Q4_1 forms on this CPU (the avx512_bf16 kernel variant is selected)."""
+    return _SUPPORTED and _C.linear_q4_1_available()
+
+
+def pack(weight: torch.Tensor, q4_1_blocks: torch.Tensor | None = None) -> PackedLinearWeight:
+    """Packs a bf16 CPU weight (N, K), as nn.Linear stores it, for `linear`.
+
+    q4_1_blocks: the same weight as a GGUF file stores it in Q4_1, (N, K / 32 * 20) uint8 in the
+    weight's row order, whose dequantization rounded to bf16 is `weight`; it is packed too, for
+    `linear` to read at small batches. The caller vouches for that equality (the loader derives
+    both from the same bytes); the kernel's outputs then do not depend on which form it reads.
+    """
     _require_supported()
     if weight.dim() != 2 or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
         raise ValueError(f"pack expects a 2-D bfloat16 CPU weight, got {tuple(weight.shape)} {weight.dtype} "
@@ -81,7 +101,18 @@ def pack(weight: torch.Tensor) -> PackedLinearWeight:
         weight_row_stride=weight.stride(0) if n > 1 else k,
         num_threads=torch.get_num_threads(),
     )
-    return PackedLinearWeight(data, n, k)
+    return PackedLinearWeight(data, n, k, None if q4_1_blocks is None else _pack_q4_1(q4_1_blocks, n, k))
+
+
+def _pack_q4_1(blocks: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    if k % Q4_1_BLOCK or blocks.dtype != torch.uint8 or tuple(blocks.shape) != (n, k // Q4_1_BLOCK * Q4_1_BYTES):
+        raise ValueError(f"Q4_1 blocks of a ({n}, {k}) weight must be uint8 ({n}, {k // Q4_1_BLOCK * Q4_1_BYTES}) "
+                         f"with K a multiple of {Q4_1_BLOCK}, got {tuple(blocks.shape)} {blocks.dtype}")
+    blocks = blocks.cpu().contiguous()
+    data = weight_arena.empty((_C.packed_q4_1_bytes(n=n, k=k),), torch.uint8)
+    _C.pack_linear_weight_q4_1(blocks=blocks.data_ptr(), packed=data.data_ptr(), n=n, k=k,
+                               num_threads=torch.get_num_threads())
+    return data
 
 
 def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -112,6 +143,7 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
             x_row_stride=rows.stride(0) if m > 1 else k,
             out_row_stride=n,
             num_threads=torch.get_num_threads(),
+            packed_q4_1=0 if packed.q4_1 is None else packed.q4_1.data_ptr(),
         )
     return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
 

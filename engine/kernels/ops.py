@@ -238,9 +238,17 @@ def _cpp_paged_attention(
     )
 
 
-def pack_linear_weight(weight: torch.Tensor) -> linear_kernel.PackedLinearWeight | None:
+def q4_1_linear_runs(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether linears of this dtype on this device read Q4_1 forms at decode (linear_kernel.pack)."""
+    return (torch.device(device).type == "cpu" and dtype == torch.bfloat16
+            and os.environ.get(LINEAR_BACKEND_ENV) != "torch" and linear_kernel.q4_1_supported())
+
+
+def pack_linear_weight(weight: torch.Tensor,
+                       q4_1_blocks: torch.Tensor | None = None) -> linear_kernel.PackedLinearWeight | None:
     """The weight (out_features, in_features) in the C++ kernel's layout where that kernel runs
-    it (bf16 on CPU); None where torch's linear does. LLMAAS_LINEAR_BACKEND=torch forces torch."""
+    it (bf16 on CPU); None where torch's linear does. LLMAAS_LINEAR_BACKEND=torch forces torch.
+    q4_1_blocks: the weight's GGUF Q4_1 blocks, packed too where the Q4_1 kernel runs."""
     forced = os.environ.get(LINEAR_BACKEND_ENV)
     if forced not in (None, "", "torch", "cpp"):
         raise ValueError(f"{LINEAR_BACKEND_ENV}={forced!r}: expected torch or cpp")
@@ -250,7 +258,7 @@ def pack_linear_weight(weight: torch.Tensor) -> linear_kernel.PackedLinearWeight
         if forced == "cpp":
             raise RuntimeError(f"{LINEAR_BACKEND_ENV}=cpp but engine._C lacks the linear kernel")
         return None
-    return linear_kernel.pack(weight)
+    return linear_kernel.pack(weight, q4_1_blocks if linear_kernel.q4_1_supported() else None)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: linear_kernel.PackedLinearWeight | None,

@@ -5,7 +5,9 @@ import os
 import re
 
 import gguf
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 
 from engine.config import ModelConfig
 from engine.loader.errors import ModelLoadError
@@ -36,9 +38,13 @@ _BLOCK_TENSORS = {
     "ffn_norm": "post_attention_layernorm",
 }
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+# weights[name + Q4_1_SUFFIX]: a linear weight's own Q4_1 blocks, kept when asked (see load_gguf).
+Q4_1_SUFFIX = ":q4_1"
+_LINEARS = ("_proj.weight", "lm_head.weight")
 
 
-def load_gguf(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, object]]:
+def load_gguf(path: str, dtype: torch.dtype,
+              keep_q4_1: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, object]]:
     """Read a GGUF file: (config, weights with HF Llama names in `dtype`, all metadata key/values).
 
     Weights are dequantized, reshaped to torch order and have llama.cpp's Q/K rotary row permutation
@@ -46,7 +52,10 @@ def load_gguf(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, tor
     form llama.cpp stores Llama 3.1's "llama3" rope scaling in) yields an extra float32 tensor
     weights["rope_freqs"] of shape (head_dim // 2,): per-dimension divisors of the default rotary
     frequencies, inv_freq[i] = rope_theta ** (-2 i / head_dim) / rope_freqs[i]; config.rope_scaling
-    is then None. Raises ModelLoadError for anything unreadable or unsupported.
+    is then None. With keep_q4_1, each linear weight stored in Q4_1 also comes as its raw blocks,
+    weights[name + Q4_1_SUFFIX]: uint8 (out_features, in_features / 32 * 20), rows in the weight's
+    (unpermuted) order, for the CPU kernel that reads them at decode (engine/kernels/linear.py).
+    Raises ModelLoadError for anything unreadable or unsupported.
     """
     reader, metadata = _read(path)
     config = _config(metadata, {t.name for t in reader.tensors}, path)
@@ -56,7 +65,7 @@ def load_gguf(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, tor
     if ROPE_FREQS in shapes:
         expected[ROPE_FREQS] = (config.head_dim // 2,)
     check_shapes(shapes, expected, path)  # before the costly dequantization
-    return config, _weights(reader, config, shapes, dtype, path), metadata
+    return config, _weights(reader, config, shapes, dtype, path, keep_q4_1), metadata
 
 
 def _read(path: str) -> tuple[gguf.GGUFReader, dict[str, object]]:
@@ -137,7 +146,8 @@ def _rope_scaling(meta: dict[str, object], arch: str, path: str) -> dict | None:
 
 
 def _weights(
-    reader: gguf.GGUFReader, config: ModelConfig, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, path: str
+    reader: gguf.GGUFReader, config: ModelConfig, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, path: str,
+    keep_q4_1: bool,
 ) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for tensor, (name, shape) in zip(reader.tensors, shapes.items()):
@@ -147,11 +157,18 @@ def _weights(
             raise ModelLoadError(f"{path}: tensor {tensor.name}: unsupported quantization: {e}") from e
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{path}: tensor {tensor.name} is corrupt ({e})") from e
+        blocks = None
+        if keep_q4_1 and tensor.tensor_type == GGMLQuantizationType.Q4_1 and name.endswith(_LINEARS):
+            blocks = torch.from_numpy(np.array(tensor.data, copy=True).view(np.uint8)).reshape(shape[0], -1)
         if name.endswith("self_attn.q_proj.weight"):
             value = _unpermute_rotary_rows(value, config.num_heads)
+            blocks = None if blocks is None else _unpermute_rotary_rows(blocks, config.num_heads)
         elif name.endswith("self_attn.k_proj.weight"):
             value = _unpermute_rotary_rows(value, config.num_kv_heads)
+            blocks = None if blocks is None else _unpermute_rotary_rows(blocks, config.num_kv_heads)
         weights[name] = value if name == ROPE_FREQS else value.to(dtype)
+        if blocks is not None:
+            weights[name + Q4_1_SUFFIX] = blocks.contiguous()
     return weights
 
 

@@ -25,9 +25,10 @@ LOAD_FORMATS = ("auto", "dummy")
 
 
 def load_model(name_or_path: str, dtype: torch.dtype, load_format: str = "auto",
-               device: torch.device | str = "cpu") -> LoadedModel:
+               device: torch.device | str = "cpu", keep_q4_1: bool = False) -> LoadedModel:
     """`load_format` "auto" reads the weights (on the CPU: the runner places them); "dummy" reads only
-    a Hugging Face folder's config and tokenizer and makes random weights on `device` (benchmarks)."""
+    a Hugging Face folder's config and tokenizer and makes random weights on `device` (benchmarks).
+    keep_q4_1: a GGUF's Q4_1 linears also come as raw blocks (see load_gguf)."""
     if load_format not in LOAD_FORMATS:
         raise ModelLoadError(f"load_format={load_format!r}: expected one of {', '.join(LOAD_FORMATS)}")
     resolved = resolve_model(name_or_path)
@@ -37,7 +38,7 @@ def load_model(name_or_path: str, dtype: torch.dtype, load_format: str = "auto",
         config = load_dummy_config(resolved.path)
         return LoadedModel(config, dummy_weights(config, dtype, device), Tokenizer.from_hf_dir(resolved.path))
     if resolved.kind == "gguf":
-        config, weights, metadata = load_gguf(resolved.path, dtype)
+        config, weights, metadata = load_gguf(resolved.path, dtype, keep_q4_1)
         return LoadedModel(config, weights, Tokenizer.from_gguf_metadata(metadata))
     config, weights = load_hf_folder(resolved.path, dtype)
     return LoadedModel(config, weights, Tokenizer.from_hf_dir(resolved.path))

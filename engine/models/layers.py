@@ -19,10 +19,13 @@ class Linear(nn.Module):
         super().__init__()
         self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.packed: ops.linear_kernel.PackedLinearWeight | None = None
+        # The weight's GGUF Q4_1 blocks (uint8 (out_features, in_features / 32 * 20)) until pack().
+        self.q4_1_blocks: torch.Tensor | None = None
 
     def pack(self) -> None:
         assert self.weight is not None
-        self.packed = ops.pack_linear_weight(self.weight)
+        self.packed = ops.pack_linear_weight(self.weight, self.q4_1_blocks)
+        self.q4_1_blocks = None
         if self.packed is not None:
             self.weight = None
 

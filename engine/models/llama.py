@@ -17,6 +17,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.forward_context import get_attention_metadata
 from engine.kernels import decoder_stack, ops
+from engine.loader.gguf_loader import Q4_1_SUFFIX
 from engine.memory import release_free_heap
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
 
@@ -149,6 +150,12 @@ class LlamaForCausalLM(nn.Module):
                 raise KeyError(f"missing weight {name}")
             return weights.pop(name)
 
+        def take_q4_1(module: Linear, names: list[str]) -> None:
+            """The GGUF's Q4_1 blocks of the weights fused into `module`, where all are there."""
+            parts = [weights.pop(n + Q4_1_SUFFIX, None) for n in names]
+            if all(b is not None for b in parts):
+                module.q4_1_blocks = torch.cat(parts) if len(parts) > 1 else parts[0]
+
         rope_freqs = weights.pop("rope_freqs", None)
         self.rotary.build(device, rope_freqs)
         set_weight(self.embed_tokens, take("model.embed_tokens.weight"), dtype, device)
@@ -158,14 +165,20 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         else:
             set_weight(self.lm_head, take("lm_head.weight"), dtype, device)
+            take_q4_1(self.lm_head, ["lm_head.weight"])
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             attn = layer.self_attn
-            set_weight(attn.qkv_proj, torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]), dtype, device)
+            qkv = [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
+            set_weight(attn.qkv_proj, torch.cat([take(n) for n in qkv]), dtype, device)
+            take_q4_1(attn.qkv_proj, qkv)
             set_weight(attn.o_proj, take(p + "self_attn.o_proj.weight"), dtype, device)
-            gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
-            set_weight(layer.mlp.gate_up_proj, gate_up, dtype, device)
+            take_q4_1(attn.o_proj, [p + "self_attn.o_proj.weight"])
+            gate_up = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+            set_weight(layer.mlp.gate_up_proj, torch.cat([take(n) for n in gate_up]), dtype, device)
+            take_q4_1(layer.mlp.gate_up_proj, gate_up)
             set_weight(layer.mlp.down_proj, take(p + "mlp.down_proj.weight"), dtype, device)
+            take_q4_1(layer.mlp.down_proj, [p + "mlp.down_proj.weight"])
             set_weight(layer.input_layernorm, take(p + "input_layernorm.weight"), dtype, device)
             set_weight(layer.post_attention_layernorm, take(p + "post_attention_layernorm.weight"), dtype, device)
         unused = [n for n in weights if not n.endswith("rotary_emb.inv_freq")]
