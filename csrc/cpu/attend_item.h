@@ -63,14 +63,50 @@ inline int64_t span_keys(bool staged, int64_t block_size) {
 struct Scratch {
   Scratch(int64_t rows, int64_t group, int64_t kv_heads, int64_t head_dim, int64_t span)
       : q(rows * pad(head_dim)), acc(rows * pad(head_dim)), m(rows), l(rows), alpha(group),
-        s(group * pad(span)), k(kv_heads * span * pad(head_dim)), v(kv_heads * span * pad(head_dim)) {}
+        s(group * pad(span)), k(kv_heads * span * pad(head_dim)), v(kv_heads * span * pad(head_dim)),
+        key_offset(span) {}
   std::vector<float> q, acc, m, l, alpha, s, k, v;
+  std::vector<int64_t> key_offset;  // attend_bf16.h: a span's keys' rows in the cache
 };
 
 LLMAAS_INLINE float to_f32(float x) { return x; }
 LLMAAS_INLINE float to_f32(uint16_t x) { return bf16_to_f32(x); }
 LLMAAS_INLINE void store(float* dst, float x) { *dst = x; }
 LLMAAS_INLINE void store(uint16_t* dst, float x) { *dst = f32_to_bf16(x); }
+
+// The online softmax's step over the scores of n keys (rows of s, s_stride apart, n padded to
+// whole vectors) for `rows` rows: updates each row's running max m and sum l, sets alpha (the
+// factor its accumulator must be scaled by) and turns the scores into probabilities.
+template <typename V>
+LLMAAS_INLINE void softmax_rows(int64_t rows, int64_t n, float* __restrict m, float* __restrict l,
+                                float* __restrict alpha, float* __restrict s, int64_t s_stride) {
+  constexpr int64_t W = kLanesOf<V>;
+  // Lanes of s past n hold stale values, possibly NaN: selects (not arithmetic)
+  // keep them out of the max and the sum. Loads stay unconditional, else GCC
+  // turns the selects into branches. After this, s holds probabilities.
+  const V lane = lane_index<V>();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * s_stride;
+    V block_max = V{} - INFINITY;
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+      const V x = load_vec<V>(sr + j0);
+      const V valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? x : block_max;
+      block_max = valid > block_max ? valid : block_max;
+    }
+    const float m_new = std::max(m[r], reduce_max(block_max));
+    // ~0 on the first block, where m = -inf, and acc and l are 0 anyway.
+    alpha[r] = exp_nonpositive(V{} + (m[r] - m_new))[0];
+    V sum{};
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+      const V p = exp_nonpositive(load_vec<V>(sr + j0) - m_new);
+      const V p_valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? p : V{};
+      store_vec(sr + j0, p_valid);
+      sum += p_valid;
+    }
+    m[r] = m_new;
+    l[r] = l[r] * alpha[r] + reduce_add(sum);
+  }
+}
 
 // Attends `rows` staged query rows (the heads of one token, so they share their
 // causal limit) to the first n keys of one block, all visible to them. Each
@@ -97,31 +133,7 @@ LLMAAS_INLINE void attend_block(const float* __restrict q, const float* __restri
     }
   }
 
-  // Lanes of s past n hold stale values, possibly NaN: selects (not arithmetic)
-  // keep them out of the max and the sum. Loads stay unconditional, else GCC
-  // turns the selects into branches. After this, s holds probabilities.
-  const V lane = lane_index<V>();
-  for (int64_t r = 0; r < rows; ++r) {
-    float* sr = s + r * s_stride;
-    V block_max = V{} - INFINITY;
-    for (int64_t j0 = 0; j0 < n; j0 += W) {
-      const V x = load_vec<V>(sr + j0);
-      const V valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? x : block_max;
-      block_max = valid > block_max ? valid : block_max;
-    }
-    const float m_new = std::max(m[r], reduce_max(block_max));
-    // ~0 on the first block, where m = -inf, and acc and l are 0 anyway.
-    alpha[r] = exp_nonpositive(V{} + (m[r] - m_new))[0];
-    V sum{};
-    for (int64_t j0 = 0; j0 < n; j0 += W) {
-      const V p = exp_nonpositive(load_vec<V>(sr + j0) - m_new);
-      const V p_valid = lane + static_cast<float>(j0) < static_cast<float>(n) ? p : V{};
-      store_vec(sr + j0, p_valid);
-      sum += p_valid;
-    }
-    m[r] = m_new;
-    l[r] = l[r] * alpha[r] + reduce_add(sum);
-  }
+  softmax_rows<V>(rows, n, m, l, alpha, s, s_stride);
 
   for (int64_t r = 0; r < rows; ++r) {
     const float* sr = s + r * s_stride;

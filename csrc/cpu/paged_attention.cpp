@@ -19,6 +19,8 @@
 //   Items are sorted by estimated cost, largest first, and handed out dynamically:
 //   a decode batch gives many items of similar cost, a prefill gives tiles whose
 //   causal cost grows with position, and longest-first keeps the tail short.
+//   On avx512_bf16 CPUs, bf16 caches of head dim 64 or 128 go to attend_bf16.h, which reads
+//   K and V in place instead of staging them as fp32 (1.5-2x in cache, 1.1-1.2x from DRAM).
 //   The kernel is compiled for AVX-512, AVX2 and the x86-64-v2 baseline, each with
 //   its own vector width, and for head dims 64 and 128 as constants plus any other
 //   at run time; the variant is picked at load time, because the build must not
@@ -30,6 +32,9 @@
 #include <vector>
 
 #include "attend_item.h"
+#if defined(__x86_64__)
+#include "attend_bf16.h"
+#endif
 #include "isa_select.h"
 #include "kernels.h"
 
@@ -67,6 +72,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void atte
     const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
   attend_item<Simd<16>::F, T, kHeadDim>(a, w, sc);
 }
+
+template <int64_t kHeadDim>
+void attend_bf16(const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
+  attention::attend_item_bf16<kHeadDim>(a, w, sc);
+}
 #endif
 
 // The head dimensions compiled as constants, then the generic one.
@@ -86,6 +96,10 @@ struct IsaVariant {
 // Best first.
 const IsaVariant kVariants[] = {
 #if defined(__x86_64__)
+    // bf16 caches of head dim 64 or 128 read in place (attend_bf16.h); the rest as avx512.
+    {"avx512_bf16", cpu_has_avx512_bf16,
+     {{attend_avx512<float, 64>, attend_avx512<float, 128>, attend_avx512<float, 0>},
+      {attend_bf16<64>, attend_bf16<128>, attend_avx512<uint16_t, 0>}}},
     {"avx512", cpu_has_avx512, LLMAAS_KERNELS(attend_avx512)},
     {"avx2", cpu_has_avx2, LLMAAS_KERNELS(attend_avx2)},
 #endif

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import gguf
 import numpy as np
@@ -159,7 +160,7 @@ def _weights(
             raise ModelLoadError(f"{path}: tensor {tensor.name} is corrupt ({e})") from e
         blocks = None
         if keep_q4_1 and tensor.tensor_type == GGMLQuantizationType.Q4_1 and name.endswith(_LINEARS):
-            blocks = torch.from_numpy(np.array(tensor.data, copy=True).view(np.uint8)).reshape(shape[0], -1)
+            blocks = _file_bytes(tensor.data).reshape(shape[0], -1)
         if name.endswith("self_attn.q_proj.weight"):
             value = _unpermute_rotary_rows(value, config.num_heads)
             blocks = None if blocks is None else _unpermute_rotary_rows(blocks, config.num_heads)
@@ -170,6 +171,14 @@ def _weights(
         if blocks is not None:
             weights[name + Q4_1_SUFFIX] = blocks.contiguous()
     return weights
+
+
+def _file_bytes(data: np.ndarray) -> torch.Tensor:
+    """The raw bytes of a tensor's data as a read-only view of the memory-mapped file: no copy (they
+    are only read, when packed, and a copy would stay behind in the heap after packing frees it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that the view is not writable
+        return torch.from_numpy(data.view(np.uint8).reshape(-1))
 
 
 def _hf_name(gguf_name: str, path: str) -> str:
