@@ -21,7 +21,7 @@ import threading
 import torch
 
 _HUGE_PAGE = 2 << 20
-_CHUNK = 64 << 20
+_CHUNK = 256 << 20  # few chunks: each ends in a partly filled 2 MB page, resident whole
 _ALIGN = 64  # a cache line: every packed tile starts on one
 
 
