@@ -62,8 +62,9 @@ void decoder_stack(const DecoderStackArgs& a) {
   uint16_t* cos = act + T * I;
   uint16_t* sin = cos + T * D;
 
+  if (a.embed_packed) gather_packed_rows(a.embed, a.vocab_size, H, a.input_ids, T, residual, H);
   for (int64_t t = 0; t < T; ++t) {
-    std::memcpy(residual + t * H, a.embed + a.input_ids[t] * H, H * sizeof(uint16_t));
+    if (!a.embed_packed) std::memcpy(residual + t * H, a.embed + a.input_ids[t] * H, H * sizeof(uint16_t));
     const float* c = a.cos_table + a.positions[t] * D;
     const float* s = a.sin_table + a.positions[t] * D;
     for (int64_t d = 0; d < D; ++d) cos[t * D + d] = f32_to_bf16(c[d]), sin[t * D + d] = f32_to_bf16(s[d]);

@@ -32,7 +32,7 @@ static_assert(sizeof(DecoderLayerPtrs) == 12 * sizeof(int64_t), "a table row is 
 struct DecoderStackArgs {
   const DecoderLayerPtrs* layers;
   int64_t num_layers;
-  const uint16_t* embed;  // (vocab_size, hidden)
+  const uint16_t* embed;  // (vocab_size, hidden), or packed (see embed_packed)
   int64_t vocab_size;
   const uint16_t* final_norm;                   // (hidden,)
   const float* cos_table;                       // (max_positions, head_dim) fp32, rounded to bf16 when read
@@ -50,6 +50,9 @@ struct DecoderStackArgs {
   float eps, scale;
   uint16_t* out;  // (num_tokens, hidden): the final norm's output
   int num_threads;
+  // embed is a packed (vocab_size, hidden) weight (linear_bf16.h): a tied output projection's, the
+  // model's only copy of its embeddings.
+  bool embed_packed = false;
 };
 
 // Runs the stack; throws std::invalid_argument on ids, positions or attention metadata out of range.

@@ -278,6 +278,22 @@ void linear_bf16(const LinearArgs& a) {
     }
 }
 
+void gather_packed_rows(const uint16_t* packed, int64_t n, int64_t k, const int64_t* ids, int64_t count,
+                        uint16_t* out, int64_t out_row_stride) {
+  if (n <= 0 || k <= 0 || count < 0 || (count > 1 && out_row_stride < k))
+    throw std::invalid_argument("gather_packed_rows: invalid sizes");
+  const int64_t pairs = (k + 1) / 2;
+  for (int64_t i = 0; i < count; ++i)
+    if (ids[i] < 0 || ids[i] >= n) throw std::invalid_argument("gather_packed_rows: id out of range");
+  for (int64_t i = 0; i < count; ++i) {
+    // Row r is column r % 32 of tile r / 32: its (k, k+1) pairs are 32 pairs apart.
+    const uint16_t* tile = packed + ids[i] / kTile * pairs * 2 * kTile + ids[i] % kTile * 2;
+    uint16_t* dst = out + i * out_row_stride;
+    for (int64_t p = 0; p < k / 2; ++p) std::memcpy(dst + 2 * p, tile + p * 2 * kTile, 2 * sizeof(uint16_t));
+    if (k % 2) dst[k - 1] = tile[(pairs - 1) * 2 * kTile];
+  }
+}
+
 bool linear_q4_1_available() { return runs_q4_1(g_isa.current()); }
 
 std::vector<std::string> supported_linear_isas() { return g_isa.supported_names(); }

@@ -38,6 +38,12 @@ struct LinearArgs {
 // when out_dtype is bfloat16.
 void linear_bf16(const LinearArgs& args);
 
+// out[i] = W[ids[i]] for i < count: rows of a packed W (n, k), each k bf16 written out_row_stride
+// elements apart. Throws std::invalid_argument for an id outside [0, n). The embedding of a model
+// whose input embedding is its output projection's weight (tied), kept only packed.
+void gather_packed_rows(const uint16_t* packed, int64_t n, int64_t k, const int64_t* ids, int64_t count,
+                        uint16_t* out, int64_t out_row_stride);
+
 // Instruction-set variant ("avx512_bf16", "avx512", "avx2", "baseline"): the
 // best the CPU supports is chosen at load time; tests force each in turn.
 std::vector<std::string> supported_linear_isas();

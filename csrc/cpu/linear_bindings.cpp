@@ -28,6 +28,13 @@ void pack_linear_weight_q4_1(uintptr_t blocks, uintptr_t packed, int64_t n, int6
                                   num_threads);
 }
 
+void gather_packed_rows(uintptr_t out, uintptr_t packed, int64_t n, int64_t k, uintptr_t ids, int64_t count,
+                        int64_t out_row_stride) {
+  py::gil_scoped_release release;
+  llmaas::gather_packed_rows(reinterpret_cast<const uint16_t*>(packed), n, k, reinterpret_cast<const int64_t*>(ids),
+                             count, reinterpret_cast<uint16_t*>(out), out_row_stride);
+}
+
 void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t packed, llmaas::DType out_dtype, int64_t m, int64_t n,
                  int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads, uintptr_t packed_q4_1) {
   const llmaas::LinearArgs args{reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(packed),
@@ -48,6 +55,9 @@ void register_linear_ops(py::module_& m) {
         py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
         py::arg("out_row_stride"), py::arg("num_threads"), py::arg("packed_q4_1") = 0,
         "out = x @ W^T for bf16 x and a packed bf16 W (and its packed Q4_1 form, 0 if none).");
+  m.def("gather_packed_rows", &gather_packed_rows, py::kw_only(), py::arg("out"), py::arg("packed"), py::arg("n"),
+        py::arg("k"), py::arg("ids"), py::arg("count"), py::arg("out_row_stride"),
+        "out[i] = W[ids[i]] from a packed bf16 W (n, k).");
   m.attr("Q4_1_MAX_ROWS") = llmaas::kQ4_1MaxRows;
   m.def("packed_q4_1_bytes", &llmaas::packed_q4_1_bytes, py::kw_only(), py::arg("n"), py::arg("k"),
         "Bytes of a weight (n, k) packed by pack_linear_weight_q4_1.");

@@ -64,15 +64,22 @@ class LayerWeights:
 class DecoderStack:
     """The model's weights and caches as the C++ stack's pointer table; keeps them alive."""
 
-    def __init__(self, shape: StackShape, embed: torch.Tensor, final_norm: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor, layers: list[LayerWeights]) -> None:
+    def __init__(self, shape: StackShape, embed: torch.Tensor | PackedLinearWeight, final_norm: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, layers: list[LayerWeights]) -> None:
+        """embed: (vocab, hidden) bf16, or a tied model's output projection packed (its only copy)."""
         if not _SUPPORTED:
             raise RuntimeError("engine._C lacks the decoder stack: build it with `python setup.py build_ext --inplace`")
         s = shape
         q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         if not layers or s.num_heads % s.num_kv_heads or s.head_dim % 2:
             raise ValueError(f"unsupported decoder shape {shape} with {len(layers)} layers")
-        _check_dense(embed, (embed.shape[0], s.hidden), _BF16, "embed")
+        if isinstance(embed, PackedLinearWeight):
+            if embed.in_features != s.hidden:
+                raise ValueError(f"packed embed is ({embed.out_features}, {embed.in_features}), hidden is {s.hidden}")
+            embed_data, vocab_size, embed_packed = embed.data, embed.out_features, True
+        else:
+            _check_dense(embed, (embed.shape[0], s.hidden), _BF16, "embed")
+            embed_data, vocab_size, embed_packed = embed, embed.shape[0], False
         _check_dense(final_norm, (s.hidden,), _BF16, "final_norm")
         _check_dense(cos, (cos.shape[0], s.head_dim), torch.float32, "cos")
         _check_dense(sin, tuple(cos.shape), torch.float32, "sin")
@@ -102,8 +109,8 @@ class DecoderStack:
         self._table = torch.tensor(rows, dtype=torch.int64)
         # Everything but the per-step arguments, bound once (a step passes 6 more).
         self._fixed = dict(
-            layers=self._table.data_ptr(), num_layers=len(layers), embed=embed.data_ptr(),
-            vocab_size=embed.shape[0], final_norm=final_norm.data_ptr(), cos_table=cos.data_ptr(),
+            layers=self._table.data_ptr(), num_layers=len(layers), embed=embed_data.data_ptr(),
+            embed_packed=embed_packed, vocab_size=vocab_size, final_norm=final_norm.data_ptr(), cos_table=cos.data_ptr(),
             sin_table=sin.data_ptr(), max_positions=cos.shape[0], num_blocks=cache_shape[0],
             block_size=cache_shape[1], hidden=s.hidden, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
             head_dim=s.head_dim, intermediate=s.intermediate, eps=s.eps, scale=s.head_dim ** -0.5,

@@ -148,6 +148,20 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
     return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
 
 
+def gather_rows(packed: PackedLinearWeight, ids: torch.Tensor) -> torch.Tensor:
+    """W[ids] for ids (...) int64 on CPU: (..., K) bf16 rows of the packed weight (a tied model's
+    embeddings, kept only in its output projection's packed form). ValueError for an id out of range."""
+    _require_supported()
+    flat = ids.reshape(-1)
+    if flat.dtype != torch.int64 or not flat.is_cpu or not flat.is_contiguous():
+        flat = flat.to(device="cpu", dtype=torch.int64).contiguous()
+    k = packed.in_features
+    out = torch.empty(flat.shape[0], k, dtype=torch.bfloat16)
+    _C.gather_packed_rows(out=out.data_ptr(), packed=packed.data.data_ptr(), n=packed.out_features, k=k,
+                          ids=flat.data_ptr(), count=flat.shape[0], out_row_stride=k)
+    return out.view(*ids.shape, k)
+
+
 def reference(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The semantics of `linear` on an unpacked weight: bf16 products summed in fp32."""
     return (x.float() @ weight.float().T).to(out_dtype or x.dtype)

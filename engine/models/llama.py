@@ -95,13 +95,18 @@ class LlamaForCausalLM(nn.Module):
         stack = self._fused_stack()
         if stack is not None:
             return stack.forward(input_ids, positions, get_attention_metadata())
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids)
         rope = self.rotary.lookup(positions, x.dtype)
         residual = None
         for layer in self.layers:
             x, residual = layer(rope, x, residual)
         x, _ = self.norm(x, residual)
         return x
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.embed_tokens.weight is None:  # tied: the packed output projection is the only copy
+            return ops.linear_kernel.gather_rows(self.lm_head.packed, input_ids)
+        return self.embed_tokens(input_ids)
 
     def _fused_stack(self) -> decoder_stack.DecoderStack | None:
         """The C++ stack where it runs this model as it is now (weights packed, caches bound), else None.
@@ -120,8 +125,10 @@ class LlamaForCausalLM(nn.Module):
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+        embed = self.embed_tokens.weight if self.embed_tokens.weight is not None else self.lm_head.packed
         if (not decoder_stack.supported() or k0.dim() != 4 or k0.dtype != torch.bfloat16 or not k0.is_cpu
-                or self.embed_tokens.weight.dtype != torch.bfloat16 or any(m.packed is None for m in linears)):
+                or embed is None or (isinstance(embed, torch.Tensor) and embed.dtype != torch.bfloat16)
+                or any(m.packed is None for m in linears)):
             return None
         c = self.config
         shape = decoder_stack.StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
@@ -130,7 +137,7 @@ class LlamaForCausalLM(nn.Module):
             layer.input_layernorm.weight, layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed,
             layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj.packed, layer.mlp.down_proj.packed,
             layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache) for layer in self.layers]
-        return decoder_stack.DecoderStack(shape, self.embed_tokens.weight, self.norm.weight, self.rotary.cos,
+        return decoder_stack.DecoderStack(shape, embed, self.norm.weight, self.rotary.cos,
                                           self.rotary.sin, layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -192,6 +199,10 @@ class LlamaForCausalLM(nn.Module):
                 # near one copy of the weights.
                 release_free_heap()
             module.pack()
+        if self.config.tie_word_embeddings and self.lm_head.packed is not None:
+            # The packed output projection holds the embeddings too (gather_rows reads a row out of
+            # it): the plain copy goes, 2 bytes a parameter of the vocabulary's matrix.
+            self.embed_tokens.weight = None
         self._stack, self._stack_key = None, None  # it points at the previous weights
 
 

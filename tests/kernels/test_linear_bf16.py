@@ -171,3 +171,22 @@ def test_rejects_bad_arguments() -> None:
         linear._C.set_linear_isa("sse9")
     with pytest.raises(ValueError, match="packed data"):
         linear.PackedLinearWeight(packed.data, 8, 18)
+
+
+@pytest.mark.parametrize("n,k", [(1, 2), (15, 129), (577, 576), (49, 1536)])
+def test_gather_rows_reads_rows_of_the_packed_weight(n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(n + k)
+    weight = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    packed = linear.pack(weight)
+    ids = torch.randint(0, n, (3, 5), generator=gen)
+    ids[0, 0], ids[-1, -1] = 0, n - 1
+    got = linear.gather_rows(packed, ids)
+    assert got.shape == (3, 5, k)
+    assert torch.equal(got, weight[ids])
+
+
+@pytest.mark.parametrize("bad", [-1, 40])
+def test_gather_rows_refuses_ids_out_of_range(bad: int) -> None:
+    packed = linear.pack(torch.zeros(40, 64, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="out of range"):
+        linear.gather_rows(packed, torch.tensor([0, bad]))
