@@ -52,6 +52,7 @@
 #include "bf16.h"
 #include "isa_select.h"
 #include "linear_q4_1.h"
+#include "tile_store.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -167,20 +168,7 @@ struct Avx512Bf16 {
       }
     });
 
-    const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(cols, 16)) - 1);
-    const __mmask16 hi = static_cast<__mmask16>((1u << std::max<int64_t>(cols - 16, 0)) - 1);
-    Out* y = static_cast<Out*>(y_void);
-    for (int r = 0; r < R; ++r) {
-      if constexpr (sizeof(Out) == 4) {
-        _mm512_mask_storeu_ps(y + r * ldy, lo, acc[r][0]);
-        _mm512_mask_storeu_ps(y + r * ldy + 16, hi, acc[r][1]);
-      } else {
-        // vcvtneps2bf16 rounds to nearest even, as f32_to_bf16 does (it also
-        // flushes denormals, which activations never are).
-        _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[r][0]));
-        _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[r][1]));
-      }
-    }
+    store_tile<R>(acc, static_cast<Out*>(y_void), ldy, cols);
   }
 };
 #undef LLMAAS_BF16_TARGET

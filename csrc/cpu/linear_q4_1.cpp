@@ -35,6 +35,7 @@
 #include <immintrin.h>
 #endif
 
+#include "tile_store.h"
 #include "vec.h"
 
 namespace llmaas {
@@ -130,17 +131,7 @@ LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* w
       }
     }
   }
-  const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(cols, 16)) - 1);
-  const __mmask16 hi = static_cast<__mmask16>((1u << std::max<int64_t>(cols - 16, 0)) - 1);
-  for (int r = 0; r < R; ++r) {
-    if constexpr (sizeof(Out) == 4) {
-      _mm512_mask_storeu_ps(y + r * ldy, lo, acc[r][0]);
-      _mm512_mask_storeu_ps(y + r * ldy + 16, hi, acc[r][1]);
-    } else {
-      _mm256_mask_storeu_epi16(y + r * ldy, lo, (__m256i)_mm512_cvtneps_pbh(acc[r][0]));
-      _mm256_mask_storeu_epi16(y + r * ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(acc[r][1]));
-    }
-  }
+  store_tile<R>(acc, y, ldy, cols);
 }
 #undef LLMAAS_Q4_TARGET
 

@@ -60,12 +60,17 @@ def test_q4_1_form_gives_the_bf16_kernels_bits(n: int, k: int, out_dtype: torch.
         torch.testing.assert_close(got.float(), linear.reference(x, weight, out_dtype).float(), rtol=1e-2, atol=1e-2)
 
 
-def test_strided_rows_and_unwritten_output() -> None:
-    gen = torch.Generator().manual_seed(3)
-    n, k = 72, 96
+def packed_pair(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, linear.PackedLinearWeight]:
+    """A random Q4_1 weight: its bf16 form and both forms packed."""
     blocks = random_blocks(n, k, gen)
     weight = dequantized(blocks, n, k)
-    packed = linear.pack(weight, blocks)
+    return weight, linear.pack(weight, blocks)
+
+
+def test_strided_rows() -> None:
+    gen = torch.Generator().manual_seed(3)
+    n, k = 72, 96
+    weight, packed = packed_pair(n, k, gen)
     wide = torch.randn(3, 2 * k, generator=gen).to(torch.bfloat16)
     x = wide[:, :k]  # rows 2k apart
     got = linear.linear(x, packed)
@@ -75,11 +80,8 @@ def test_strided_rows_and_unwritten_output() -> None:
 
 def test_other_variants_ignore_the_q4_1_form() -> None:
     gen = torch.Generator().manual_seed(5)
-    n, k = 64, 64
-    blocks = random_blocks(n, k, gen)
-    weight = dequantized(blocks, n, k)
-    packed = linear.pack(weight, blocks)
-    x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
+    weight, packed = packed_pair(64, 64, gen)
+    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
     default = linear._C.linear_isa()
     try:
         linear._C.set_linear_isa("avx512")
