@@ -15,7 +15,7 @@ from engine.energy_sampler import SAMPLE_INTERVAL_S, SampledMeter
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.kernels import ops
 from engine.loader.load import load_model
-from engine.memory import release_free_heap
+from engine.memory import HeapTrimmer, release_free_heap
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
 from engine.sampler import SamplerOutput
@@ -65,6 +65,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self.stats = EngineStats()  # written by the step thread only; read via stats_snapshot()
+        self._heap_trimmer = HeapTrimmer()
         self.energy_source = energy or _device_energy_source(self.runner.device)
         self._energy = StepEnergy(self.energy_source.meter) if self.energy_source.meter is not None else None
         if self._energy is not None:
@@ -139,6 +140,7 @@ class LLMEngine:
             self._charge_energy(batch, self._energy.end_step())
         outputs = self._postprocess(sampled_seqs, sampled, token_ids) if sampled is not None else []
         self._rest_meter_if_idle()
+        self._heap_trimmer.step()
         self.stats.record_step(time.perf_counter() - started, len(batch.seqs), batch.total_tokens,
                                len(sampled_seqs) if sampled is not None else 0)
         return outputs
