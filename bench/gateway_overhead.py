@@ -7,10 +7,12 @@ Same run, same load generator, interleaved rounds (this machine is shared and no
   Python server alone (`native_lane = false`) is measured beside it;
 - added latency: p50 of sequential requests through the gateway minus straight; goal <= 0.5 ms;
 - memory: the gateway's resident set with 1,000 open client connections; goal < 80 MB;
-- the tenant stages (auth, rate limits, ledger and audit rows, prompt security): a second gateway
-  with them on, same backend, same run; goal <= 100 us added per request (issue 4), against the
-  Python server with the stages off (stages run there); a third with the tenancy stages on and
-  prompt security off splits that sum between the two.
+- the tenant stages (auth, rate limits, ledger and audit rows): a gateway with them on and prompt
+  security off, served by its native lane (gateway/lane_tenancy.py); goal <= 100 us added per
+  request (issue 4) against the lane with the stages off, and the serving goal (>= 0.5 of the bare
+  server) kept with them on;
+- prompt security on top (its stage runs on the Python server, so that gateway serves every request
+  there): its cost against the Python server with the stages off.
 
 Run: `python -m bench.gateway_overhead [--requests 4000] [--concurrency 16] [--rounds 3]`.
 """
@@ -197,8 +199,9 @@ def main() -> None:
     targets = [Target("bare httptools server", backend_port, backend.pid),
                Target("gateway, stages off (native lane)", bare_port, gateways[0].pid),
                Target("gateway, stages off, Python server only", python_port, gateways[3].pid),
-               Target("gateway, auth + limits + ledger + security", full_port, gateways[1].pid, auth),
-               Target("gateway, auth + limits + ledger (security off)", tenancy_port, gateways[2].pid, auth)]
+               Target("gateway, auth + limits + ledger + audit + security (Python server)", full_port,
+                      gateways[1].pid, auth),
+               Target("gateway, auth + limits + ledger + audit (native lane)", tenancy_port, gateways[2].pid, auth)]
     load_before = os.getloadavg()
     try:
         for port in (backend_port, bare_port, full_port, tenancy_port, python_port):
@@ -230,11 +233,13 @@ def main() -> None:
           f"added p50 {med(bare.p50_ms) - med(direct.p50_ms):.3f} ms (goal <= 0.5)")
     print(f"gateway on its Python server only / bare server: throughput {med(python_only.rps) / med(direct.rps):.2f}, "
           f"added p50 {med(python_only.p50_ms) - med(direct.p50_ms):.3f} ms")
-    # The stages run on the Python server: their cost is measured against it.
-    print(f"stages (auth, limits, ledger, audit, security): +{med(full.cpu_us) - med(python_only.cpu_us):.0f} us CPU "
-          f"and +{(med(full.p50_ms) - med(python_only.p50_ms)) * 1e3:.0f} us p50 per request (goal <= 100 us)")
-    print(f"  of which tenancy (auth, limits, ledger, audit): +{med(tenancy_only.cpu_us) - med(python_only.cpu_us):.0f} us "
-          f"CPU and +{(med(tenancy_only.p50_ms) - med(python_only.p50_ms)) * 1e3:.0f} us p50; prompt security the rest")
+    print(f"gateway with the tenant stages (native lane) / bare server: throughput "
+          f"{med(tenancy_only.rps) / med(direct.rps):.2f} (goal >= 0.5)")
+    # Each pipeline against the same path with its stages off.
+    print(f"tenant stages (auth, limits, ledger, audit) on the lane: +{med(tenancy_only.cpu_us) - med(bare.cpu_us):.0f} us "
+          f"CPU and +{(med(tenancy_only.p50_ms) - med(bare.p50_ms)) * 1e3:.0f} us p50 per request (goal <= 100 us)")
+    print(f"tenant stages + prompt security on the Python server: +{med(full.cpu_us) - med(python_only.cpu_us):.0f} us "
+          f"CPU and +{(med(full.p50_ms) - med(python_only.p50_ms)) * 1e3:.0f} us p50 per request")
     print(f"gateway RSS: {idle:.1f} MB idle, {busy:.1f} MB with {args.connections} open connections (goal < 80)")
 
 

@@ -42,6 +42,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.fleet)
         self.created = int(time.time())
         self.tenancy_stage: TenancyStage | None = None
+        self.lane: Lane | None = None  # the native lane, once a server made it
         if config.tenancy.enabled:
             t = config.tenancy
             tenancy = tenancy or Tenancy.open(t.db, t.tiers, t.catalog)
@@ -88,14 +89,15 @@ class Gateway:
         """A factory of the native lane for this gateway's listening socket, or None and why not."""
         from gateway import native_lane
 
-        reason = native_lane.unavailable(self.config, self.fleet)
+        reason = native_lane.unavailable(self.config, self.fleet, self.tenancy_stage)
         if reason is not None:
             return None, reason
 
         def factory(sock: socket.socket, state: ServerState, connections: ConnectionCount | None) -> Lane:
             lane = native_lane.NativeLane(sock, state, connections, self.config, self.fleet,
-                                          [self.metrics, self.recorder])
+                                          [self.metrics, self.recorder], self.tenancy_stage)
             self.metrics.refresh = lane.sync  # a scrape sees what the lane finished up to now
+            self.lane = lane
             return lane
 
         return factory, "on"

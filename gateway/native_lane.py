@@ -11,8 +11,9 @@ far, to the Python server below, which owns it from then on and answers, errors 
 Python keeps what is Python's: the fleet's health probes and circuit breaker, and the stages that
 see each request end (metrics, the console's recorder). Every tick this module tells the lane the
 hosts' health and load, and tells the stages and the breaker what the lane did since (finished
-requests, host failures). The lane runs only where no stage must see a request before it is
-routed: with tenancy or prompt security on, or TLS, the Python server serves every request.
+requests, host failures). The tenant stages run on the lane itself (gateway/lane_tenancy.py: the
+lane serves what they admit and hands the rest over); the prompt-security stage does not, so with
+it on, or with TLS, the Python server serves every request.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from gateway.fleet.host import HostState
 from gateway.http.app import encode_response, error_response
 from gateway.http.limits import ServerLimits, ServerState
 from gateway.http.protocol import ConnectionCount, HttpConnection
+from gateway.lane_tenancy import LaneTenancy
+from gateway.lane_tenancy import unavailable as tenancy_unavailable
+from gateway.stages.tenancy_stage import TenancyStage
 
 try:
     from gateway import _native
@@ -44,7 +48,7 @@ log = logging.getLogger(__name__)
 _TICK_S = 0.05
 
 
-def unavailable(config: GatewayConfig, fleet: Fleet) -> str | None:
+def unavailable(config: GatewayConfig, fleet: Fleet, tenancy: TenancyStage | None = None) -> str | None:
     """Why the lane cannot serve this gateway, or None when it can."""
     if not config.server.native_lane:
         return "turned off ([server] native_lane = false)"
@@ -52,8 +56,10 @@ def unavailable(config: GatewayConfig, fleet: Fleet) -> str | None:
         return "gateway._native is not built"
     if config.server.certfile:
         return "TLS is served by the Python server"
-    if config.tenancy.enabled or config.security.enabled:
-        return "the tenant and security stages see each request before it is routed"
+    if config.security.enabled:
+        return "the prompt-security stage sees each request before it is routed"
+    if tenancy is not None and (why := tenancy_unavailable(tenancy.tenancy)) is not None:
+        return f"the tenant stages cannot run on it: {why}"
     if not all(isinstance(host.backend, HttpBackend) for host in fleet.hosts.values()):
         return "an engine is served in process"
     return None
@@ -107,7 +113,8 @@ class NativeLane:
     """The lane of one listening socket, and the Python server state for what it hands over."""
 
     def __init__(self, sock: socket.socket, state: ServerState, connections: ConnectionCount | None,
-                 config: GatewayConfig, fleet: Fleet, stages: list[BatchStage]) -> None:
+                 config: GatewayConfig, fleet: Fleet, stages: list[BatchStage],
+                 tenancy: TenancyStage | None = None) -> None:
         assert _native is not None
         self._sock = sock
         self._state = state
@@ -125,6 +132,7 @@ class NativeLane:
             self._hosts.append(host)
         for model, hosts in fleet.by_model.items():
             self._plane.add_model(model, [index[h.name] for h in hosts])
+        self._tenancy = LaneTenancy(tenancy, self._plane, list(fleet.by_model)) if tenancy is not None else None
         self._loop = asyncio.get_running_loop()
         self._adopting: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -134,6 +142,15 @@ class NativeLane:
     @property
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
+
+    @property
+    def tenancy(self) -> LaneTenancy | None:
+        return self._tenancy
+
+    @property
+    def handed_off(self) -> int:
+        """Connections the lane has handed to the Python server so far."""
+        return int(self._plane.handed_off)
 
     @property
     def in_flight(self) -> int:
@@ -160,15 +177,20 @@ class NativeLane:
             plane.set_python_outstanding(i, host.outstanding_tokens)
             host.lane_outstanding_tokens = plane.host_outstanding(i)
             host.lane_in_flight = plane.host_in_flight(i)
+        if self._tenancy is not None:
+            self._tenancy.sync()  # the usage rows first: what is finished is in the ledger
         for finished in plane.take_finished():
             self._finish(*finished)
 
     def _finish(self, model: str, host: int, status: int, count: int, retries: int, with_usage: int,
-                prompt: int, cached: int, completion: int, reasoning: int, ttft: bytes, e2e: bytes) -> None:
+                prompt: int, cached: int, completion: int, reasoning: int, ttft: bytes, e2e: bytes,
+                limit_index: int, cost_eur: float) -> None:
+        tenant, tier = self._tenancy.names(limit_index) if self._tenancy is not None else ("", "")
         batch = FinishedBatch(model=model, host=self._hosts[host].name, status=status, count=count, retries=retries,
                               with_usage=with_usage, prompt_tokens=prompt, cached_tokens=cached,
                               completion_tokens=completion, reasoning_tokens=reasoning,
-                              ttft_s=memoryview(ttft).cast("d"), e2e_s=memoryview(e2e).cast("d"))
+                              ttft_s=memoryview(ttft).cast("d"), e2e_s=memoryview(e2e).cast("d"),
+                              tenant=tenant, tier=tier, cost_eur=cost_eur)
         for stage in self._stages:
             stage.finish_batch(batch)
 
@@ -210,4 +232,6 @@ class NativeLane:
         if self._timer is not None:
             self._timer.cancel()
         self.sync()  # what the lane finished last still reaches the stages
+        if self._tenancy is not None:
+            self._tenancy.close()
         self._sock.close()

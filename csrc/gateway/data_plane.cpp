@@ -33,6 +33,12 @@ DataPlane::~DataPlane() {
   close(control_fd_);
 }
 
+void DataPlane::enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path) {
+  if (thread_.joinable()) throw std::logic_error("the lane is running");
+  journal_ = std::make_unique<LaneJournal>(journal_path);
+  tenancy_ = std::move(tenancy);
+}
+
 void DataPlane::start() {
   if (thread_.joinable()) return;
   last_event_kind_.assign(hosts_.num_hosts(), 0);

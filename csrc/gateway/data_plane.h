@@ -23,7 +23,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "lane_journal.h"
 #include "routing.h"
+#include "tenants.h"
 
 namespace llmaas::gw {
 
@@ -55,6 +57,8 @@ struct Handoff {
 // A request the lane answered (or whose client left: status 499).
 struct Finished {
   int model, host, status, attempts;
+  int limit_index;  // the (tenant, tier) limits it was admitted under; -1 without the tenant stages
+  double cost_eur;
   double ttft_s, e2e_s;  // arrival to the engine's answer head, and to the answer sent
   bool has_usage;
   int64_t prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens;
@@ -75,6 +79,11 @@ class DataPlane {
   DataPlane& operator=(const DataPlane&) = delete;
 
   HostTable& hosts() { return hosts_; }
+  // Runs the tenant stages (tenants.h) on every request, journaling each one's usage at `journal_path`
+  // (lane_journal.h); before start. Throws when the journal cannot be had.
+  void enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path);
+  NativeTenancy* tenancy() { return tenancy_.get(); }
+  LaneJournal* journal() { return journal_.get(); }
   void start();
   // Stops accepting and closes idle connections; busy ones close after their answer.
   void begin_shutdown();
@@ -87,6 +96,7 @@ class DataPlane {
   std::vector<HostEvent> take_host_events();
   int64_t open_connections() const { return open_clients_.load(std::memory_order_relaxed); }
   int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  int64_t handed_off() const { return handed_off_.load(std::memory_order_relaxed); }  // connections, ever
 
  private:
   void run();
@@ -96,6 +106,8 @@ class DataPlane {
 
   PlaneConfig config_;
   HostTable hosts_;
+  std::shared_ptr<NativeTenancy> tenancy_;
+  std::unique_ptr<LaneJournal> journal_;
   std::thread thread_;
   int wake_fd_ = -1;
   int control_fd_ = -1;
@@ -103,6 +115,7 @@ class DataPlane {
   std::atomic<bool> stop_requested_{false};
   std::atomic<int64_t> open_clients_{0};
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> handed_off_{0};
   std::mutex mutex_;  // guards the three queues below
   std::vector<Handoff> handoffs_;
   std::vector<Finished> finished_;

@@ -133,6 +133,10 @@ HeadStatus parse_request_head(std::string_view buf, size_t max_head_bytes, Reque
     } else if (iequals(h.name, "x-request-id")) {
       if (!out->request_id.empty()) return false;  // repeated: Python joins them, we do not
       out->request_id = h.value;
+    } else if (iequals(h.name, "authorization")) {
+      if (out->has_authorization) return false;  // repeated: which one Python reads is its business
+      out->has_authorization = true;
+      out->authorization = h.value;
     }
     return true;
   });

@@ -20,6 +20,8 @@ struct RequestHead {
   std::string_view method;
   std::string_view target;
   std::string_view request_id;  // the x-request-id header's value, empty when absent
+  std::string_view authorization;  // the Authorization header's value
+  bool has_authorization = false;
   size_t head_bytes = 0;        // request line + headers + the blank line
   int64_t content_length = 0;
   bool keep_alive = true;

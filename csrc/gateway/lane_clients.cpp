@@ -21,7 +21,9 @@ using namespace lane;
 
 void Loop::accept_all() {
   for (;;) {
-    int fd = accept4(listen_.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    int fd = accept4(listen_.fd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -34,6 +36,7 @@ void Loop::accept_all() {
     }
     set_nodelay(fd);
     auto* c = new ClientConn(fd);
+    if (plane_.tenancy() != nullptr) c->client_ip = peer_ip(&peer);
     c->deadline = now_ + config_.keepalive_timeout_s;
     live_.push_back(c);
     plane_.open_clients_.fetch_add(1);
@@ -128,6 +131,10 @@ void Loop::start_request(ClientConn* c) {
     hand_off(c);  // sizes no engine accepts; Python's integers do not overflow, its answer stands
     return;
   }
+  if (plane_.tenancy() != nullptr && !admit_tenant(c)) {
+    hand_off(c);  // Python's tenancy stage decides, answers and audits
+    return;
+  }
   c->path.assign(c->head.target);
   if (!c->head.request_id.empty()) c->request_id.assign(c->head.request_id);
   else c->request_id = config_.id_prefix + std::to_string(next_id_++);
@@ -167,8 +174,76 @@ void Loop::end_attempt(ClientConn* c) {
   h.native_in_flight.fetch_sub(1);
 }
 
+bool Loop::admit_tenant(ClientConn* c) {
+  // tenancy_stage.py's figures: the prompt estimate, `max_completion_tokens or max_tokens`, n.
+  const RequestFields& f = c->fields;
+  TenantAsk ask;
+  ask.model = c->model;
+  ask.prompt_tokens = f.prompt_chars / 4 + 8;
+  ask.asked = (f.has_max_completion_tokens && f.max_completion_tokens != 0) ? f.max_completion_tokens
+              : (f.has_max_tokens && f.max_tokens != 0)                    ? f.max_tokens
+                                                                           : 0;
+  ask.n = (f.has_n && f.n != 0) ? f.n : 1;
+  if (!plane_.tenancy()->admit(c->head.authorization, c->head.has_authorization, ask, wall_clock(), &c->grant))
+    return false;
+  c->granted = true;
+  c->prompt_estimate = ask.prompt_tokens;
+  // proxy.py: the overrides appended after the body's last field (the last key wins in JSON decoders).
+  std::string_view body(c->in.data() + c->head.head_bytes, static_cast<size_t>(c->head.content_length));
+  while (!body.empty() && body.back() != '\0' && std::strchr(" \t\n\r\x0b\x0c", body.back()) != nullptr) body.remove_suffix(1);
+  body.remove_suffix(1);  // the closing brace: scan_request saw a JSON object
+  c->forward_body.assign(body).push_back(',');
+  c->forward_body.append(c->grant.overrides);
+  return true;
+}
+
+bool Loop::settle_tenant(ClientConn* c, int status, const UsageCounts* usage, double* cost) {
+  // tenancy_stage.py finish: the engine's counts, else the prompt estimate for an answer it gave
+  // (a client that left before any answer is billed nothing).
+  TenantCounts counts;
+  if (usage != nullptr) {
+    counts = TenantCounts{usage->prompt_tokens, usage->cached_tokens, usage->completion_tokens,
+                          usage->reasoning_tokens};
+  } else if (status != 499) {
+    counts.input = c->prompt_estimate;
+  }
+  const TenantGrant& grant = c->grant;
+  LedgerEntry e;
+  e.request_id = c->request_id;
+  e.time = wall_clock();
+  e.tenant = grant.token->tenant;
+  e.token_id = grant.token->id;
+  e.model = hosts_.model_name(c->model);
+  e.client = c->client_ip;
+  e.input = counts.input;
+  e.cached_input = counts.cached_input;
+  e.output = counts.output;
+  e.reasoning = counts.reasoning;
+  e.cost_eur = cost_eur(counts, grant.prices);
+  e.status = status;
+  e.latency_ms = (now_ - c->started) * 1000.0;
+  e.reason = status == 499 ? "aborted" : status < 400 ? "ok" : "error";
+  if (!plane_.journal()->append(e)) return false;
+  *cost = NativeTenancy::settle(grant, counts, e.time);
+  c->granted = false;
+  return true;
+}
+
+void Loop::release_grant(ClientConn* c) {
+  if (!c->granted) return;
+  c->granted = false;
+  NativeTenancy::settle(c->grant, TenantCounts{}, wall_clock());
+  c->grant.token = nullptr;
+  c->grant.view.reset();
+}
+
 void Loop::answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
                   const UsageCounts* usage) {
+  double cost = 0;
+  if (c->granted && !settle_tenant(c, status, usage, &cost)) {
+    hand_off(c);  // no room to journal its usage: Python serves it again, and bills that
+    return;
+  }
   bool keep_alive = c->head.keep_alive && !shutting_down_;
   auto reason = config_.reasons.find(status);
   std::string out;
@@ -178,14 +253,19 @@ void Loop::answer(ClientConn* c, int status, const std::string& content_type, st
   out.append("\r\ncontent-type: ").append(content_type);
   out.append("\r\ncontent-length: ").append(std::to_string(body.size())).append("\r\n");
   if (!keep_alive) out.append("connection: close\r\n");
+  if (c->grant.token != nullptr) out.append(c->grant.headers);
   out.append("\r\n").append(body);
-  record(c, status, usage);
+  record(c, status, usage, cost);
   send_client(c, std::move(out), keep_alive);
 }
 
-void Loop::record(ClientConn* c, int status, const UsageCounts* usage) {
+void Loop::record(ClientConn* c, int status, const UsageCounts* usage, double cost_eur) {
   plane_.in_flight_.fetch_sub(1);
   Finished f{};
+  f.limit_index = c->grant.token != nullptr ? c->grant.token->limit_index : -1;
+  f.cost_eur = cost_eur;
+  c->grant.token = nullptr;  // settled: the view it pointed into may go
+  c->grant.view.reset();
   f.model = c->model;
   f.host = c->host;
   f.status = status;
@@ -235,6 +315,8 @@ void Loop::answer_done(ClientConn* c) {
 
 void Loop::hand_off(ClientConn* c) {
   if (c->phase == ClientConn::Phase::kBusy) plane_.in_flight_.fetch_sub(1);
+  release_grant(c);
+  plane_.handed_off_.fetch_add(1, std::memory_order_relaxed);
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
   Handoff handoff{c->fd, std::move(c->in)};
   c->fd = -1;  // the Python server owns the socket now
@@ -243,7 +325,9 @@ void Loop::hand_off(ClientConn* c) {
 }
 
 void Loop::finish_gone(ClientConn* c, const UsageCounts* usage) {
-  record(c, 499, usage);
+  double cost = 0;
+  if (c->granted && !settle_tenant(c, 499, usage, &cost)) release_grant(c);
+  record(c, 499, usage, cost);
   kill(c);
 }
 

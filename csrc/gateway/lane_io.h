@@ -17,6 +17,10 @@ constexpr std::string_view kChatPath = "/v1/chat/completions";
 constexpr std::string_view kCompletionsPath = "/v1/completions";
 
 double monotonic();
+double wall_clock();  // seconds since the epoch: the tenancy's time
+
+// The peer's address as Python's socket module writes it (request.client[0]).
+std::string peer_ip(const void* sockaddr_storage_ptr);
 
 // Reads what the socket holds, up to `limit` buffered bytes; false at end of stream or on an
 // error. *more is set when it stopped at the limit with bytes possibly left. A short read means

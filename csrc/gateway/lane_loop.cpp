@@ -103,6 +103,7 @@ void Loop::kill(Endpoint* e) {
       end_attempt(c);
       plane_.in_flight_.fetch_sub(1);
     }
+    release_grant(c);
   } else if (e->kind == Endpoint::Kind::kUpstream) {
     auto* u = static_cast<UpstreamConn*>(e);
     auto& pool = idle_[u->host];

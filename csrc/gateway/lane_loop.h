@@ -39,6 +39,12 @@ struct ClientConn : Endpoint {
   size_t request_bytes = 0;
   RequestFields fields;
   std::string path, request_id;
+  std::string client_ip;          // the peer's address, for the audit trail
+  // Under the tenant stages: what the request was granted, and its body with the stages' overrides.
+  TenantGrant grant;
+  bool granted = false;
+  int64_t prompt_estimate = 0;
+  std::string forward_body;
   int model = -1, host = -1, attempts = 0;
   std::vector<int> tried;
   int64_t cost = 0;
@@ -85,12 +91,16 @@ class Loop {
   void end_attempt(ClientConn* c);
   void answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
               const UsageCounts* usage);
-  void record(ClientConn* c, int status, const UsageCounts* usage);
+  void record(ClientConn* c, int status, const UsageCounts* usage, double cost_eur);
   void send_client(ClientConn* c, std::string data, bool keep_alive);
   void flush_client(ClientConn* c);
   void answer_done(ClientConn* c);
   void hand_off(ClientConn* c);
   void finish_gone(ClientConn* c, const UsageCounts* usage);
+  bool admit_tenant(ClientConn* c);
+  // Settles the grant, journals the usage (false: the journal had no room) and returns the cost.
+  bool settle_tenant(ClientConn* c, int status, const UsageCounts* usage, double* cost);
+  void release_grant(ClientConn* c);  // a request handed to Python after admission: it admits anew
   // upstreams
   UpstreamConn* connect_to(int host, std::string* error);
   void send_upstream(ClientConn* c, bool fresh);

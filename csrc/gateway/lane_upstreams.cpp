@@ -55,7 +55,9 @@ void Loop::send_upstream(ClientConn* c, bool fresh) {
     }
   }
   const Host& h = hosts_.host(c->host);
-  std::string_view body(c->in.data() + c->head.head_bytes, static_cast<size_t>(c->head.content_length));
+  std::string_view body = c->granted ? std::string_view(c->forward_body)
+                                     : std::string_view(c->in.data() + c->head.head_bytes,
+                                                        static_cast<size_t>(c->head.content_length));
   // The Python client's exact request (http_client.py, backend.py): same headers, same order.
   u->out.clear();
   u->out.reserve(body.size() + 200);

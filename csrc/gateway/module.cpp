@@ -7,12 +7,14 @@
 
 #include <cstring>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <vector>
 #include <stdexcept>
 
 #include "data_plane.h"
 #include "json_fields_bindings.h"
+#include "tenancy_bindings.h"
 
 namespace py = pybind11;
 using llmaas::gw::DataPlane;
@@ -83,12 +85,14 @@ py::list take_handoffs(DataPlane& plane) {
 py::list take_finished(DataPlane& plane) {
   struct Group {
     int64_t count = 0, retries = 0, with_usage = 0, prompt = 0, cached = 0, completion = 0, reasoning = 0;
+    double cost_eur = 0;
     std::vector<double> ttft, e2e;
   };
-  std::map<std::tuple<int, int, int>, Group> groups;
+  std::map<std::tuple<int, int, int, int>, Group> groups;
   for (const auto& f : plane.take_finished()) {
-    Group& g = groups[{f.model, f.host, f.status}];
+    Group& g = groups[{f.model, f.host, f.status, f.limit_index}];
     g.count += 1;
+    g.cost_eur += f.cost_eur;
     g.retries += f.attempts > 1 ? f.attempts - 1 : 0;
     if (f.has_usage) {
       g.with_usage += 1;
@@ -107,9 +111,56 @@ py::list take_finished(DataPlane& plane) {
     };
     out.append(py::make_tuple(plane.hosts().model_name(std::get<0>(key)), std::get<1>(key), std::get<2>(key), g.count,
                               g.retries, g.with_usage, g.prompt, g.cached, g.completion, g.reasoning, packed(g.ttft),
-                              packed(g.e2e)));
+                              packed(g.e2e), std::get<3>(key), g.cost_eur));
   }
   return out;
+}
+
+using TokenTuple = std::tuple<std::string, std::string, py::bytes, int, int, double, double, double, py::bytes,
+                              std::string>;
+
+llmaas::gw::TokenEntry token_entry(llmaas::gw::NativeTenancy& tenancy, const TokenTuple& t) {
+  llmaas::gw::TokenEntry e;
+  std::string hash = std::get<2>(t), models = std::get<8>(t);
+  if (hash.size() != e.secret_hash.size()) throw std::invalid_argument("a secret hash is 32 bytes");
+  e.id = std::get<0>(t);
+  e.tenant = std::get<1>(t);
+  std::memcpy(e.secret_hash.data(), hash.data(), hash.size());
+  e.tier = std::get<3>(t);
+  e.limit_index = std::get<4>(t);
+  e.limits = tenancy.limits().state(e.limit_index);
+  if (e.limits == nullptr) throw std::invalid_argument("no such limit state");
+  e.expires_at = std::get<5>(t);
+  e.revoked_at = std::get<6>(t);
+  e.rotate_at = std::get<7>(t);
+  e.models.assign(models.begin(), models.end());
+  e.headers = std::get<9>(t);
+  return e;
+}
+
+// The tenant stages' view for the lane (tenants.h TenantView), built whole and swapped in.
+void set_tenant_view(DataPlane& plane, bool require_auth, const std::vector<TokenTuple>& tokens,
+                     const std::optional<TokenTuple>& local, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& tiers,
+                     const std::vector<double>& serve_from, const std::vector<double>& serve_until,
+                     const std::vector<std::tuple<double, double, double, double>>& prices) {
+  llmaas::gw::NativeTenancy* tenancy = plane.tenancy();
+  if (tenancy == nullptr) throw std::logic_error("the tenant stages are not enabled on this lane");
+  size_t models = plane.hosts().num_models();
+  if (serve_from.size() != models || serve_until.size() != models || prices.size() != models * tiers.size())
+    throw std::invalid_argument("one serving window per model and one price set per model and tier");
+  auto view = std::make_shared<llmaas::gw::TenantView>();
+  view->require_auth = require_auth;
+  for (const auto& t : tokens) {
+    llmaas::gw::TokenEntry e = token_entry(*tenancy, t);
+    if (e.tier < 0 || static_cast<size_t>(e.tier) >= tiers.size()) throw std::invalid_argument("no such tier");
+    view->tokens.emplace(e.id, std::move(e));
+  }
+  if (local) view->local = token_entry(*tenancy, *local);
+  for (const auto& [priority, max_tokens, tpm] : tiers) view->tiers.push_back({priority, max_tokens, tpm});
+  view->serve_from = serve_from;
+  view->serve_until = serve_until;
+  for (const auto& [input, cached, output, reasoning] : prices) view->prices.push_back({input, cached, output, reasoning});
+  tenancy->set_view(std::move(view));
 }
 
 py::list take_host_events(DataPlane& plane) {
@@ -134,6 +185,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("wake_fd", &DataPlane::wake_fd)
       .def_property_readonly("open_connections", &DataPlane::open_connections)
       .def_property_readonly("in_flight", &DataPlane::in_flight)
+      .def_property_readonly("handed_off", &DataPlane::handed_off)
       .def("take_handoffs", &take_handoffs)
       .def("take_finished", &take_finished)
       .def("take_host_events", &take_host_events)
@@ -145,6 +197,27 @@ PYBIND11_MODULE(_native, m) {
         p.hosts().host(host).python_outstanding.store(tokens);
       })
       .def("host_outstanding", [](DataPlane& p, int host) { return p.hosts().host(host).native_outstanding.load(); })
-      .def("host_in_flight", [](DataPlane& p, int host) { return p.hosts().host(host).native_in_flight.load(); });
+      .def("host_in_flight", [](DataPlane& p, int host) { return p.hosts().host(host).native_in_flight.load(); })
+      .def("enable_tenancy",
+           [](DataPlane& p, std::shared_ptr<llmaas::gw::LimitTable> limits, const py::bytes& pepper,
+              const std::string& journal_path) {
+             try {
+               p.enable_tenancy(std::make_shared<llmaas::gw::NativeTenancy>(std::string_view(pepper), std::move(limits)),
+                                journal_path);
+             } catch (const std::runtime_error& e) {
+               throw py::value_error(e.what());
+             }
+           })
+      .def("set_tenant_view", &set_tenant_view, py::arg("require_auth"), py::arg("tokens"), py::arg("local"),
+           py::arg("tiers"), py::arg("serve_from"), py::arg("serve_until"), py::arg("prices"))
+      .def("journal_take", [](DataPlane& p) {
+        if (p.journal() == nullptr) throw std::logic_error("the tenant stages are not enabled on this lane");
+        std::string data = p.journal()->take();
+        return py::bytes(data);
+      })
+      .def("journal_release", [](DataPlane& p) {
+        if (p.journal() != nullptr) p.journal()->release();
+      });
   bind_json_fields(m);
+  bind_tenancy(m);
 }

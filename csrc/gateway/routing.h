@@ -53,6 +53,7 @@ class HostTable {
   const std::string& model_name(int model) const { return model_names_[model]; }
   Host& host(int index) { return *hosts_[index]; }
   size_t num_hosts() const { return hosts_.size(); }
+  size_t num_models() const { return model_names_.size(); }
   // The healthy host of `model`, not in `tried`, that gets the request; -1 when none.
   int pick(int model, const uint8_t* affinity_key, const std::vector<int>& tried, const RoutingPolicy& policy);
 

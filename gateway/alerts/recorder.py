@@ -73,11 +73,11 @@ class Recorder:
                 b.e2e.add(e2e_bin)
 
     def finish_batch(self, batch: FinishedBatch) -> None:
-        """The native lane's requests (no tenant: the lane runs only without the tenancy stage)."""
+        """The native lane's requests (their tenant is "" when the tenant stages are off)."""
         minute = int(self.clock.time() // 60)
         ttft_bins = Counter(map(bin_of, batch.ttft_s))
         e2e_bins = Counter(map(bin_of, batch.e2e_s)) if batch.status < 400 else None
-        for key in (("", batch.model), (ALL, batch.model)):
+        for key in ((batch.tenant, batch.model), (ALL, batch.model)):
             b = self._bucket(key, minute)
             b.requests += batch.count
             if batch.status >= 500:

@@ -15,7 +15,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 8000
     certfile: str | None = None
     keyfile: str | None = None
-    # Serve the hot path (non-streaming completions, no tenant stages, no TLS) from the native lane
+    # Serve the hot path (non-streaming completions, no prompt security, no TLS) from the native lane
     # (gateway/native_lane.py) where it is built; everything else is served by the Python server.
     native_lane: bool = True
 

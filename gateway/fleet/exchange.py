@@ -86,6 +86,10 @@ class FinishedBatch:
     reasoning_tokens: int
     ttft_s: Sequence[float]  # arrival to the engine's answer, one per request
     e2e_s: Sequence[float]  # arrival to the answer sent, one per request
+    # Under the tenant stages: whose requests they were, and what they cost together.
+    tenant: str = ""
+    tier: str = ""
+    cost_eur: float = 0.0
 
 
 class Stage(Protocol):

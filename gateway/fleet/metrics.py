@@ -146,11 +146,17 @@ class GatewayMetrics:
     def finish_batch(self, batch: FinishedBatch) -> None:
         """The native lane's requests: the same series as `finish`, counted a batch at a time."""
         children = self._model(batch.model)
-        label = children.label
-        requests = children.requests.get(("", batch.status, ""))
+        label, tier = children.label, batch.tier
+        requests = children.requests.get((tier, batch.status, ""))
         if requests is None:
-            requests = children.requests[("", batch.status, "")] = self.requests.labels(label, "", str(batch.status), "")
+            requests = children.requests[(tier, batch.status, "")] = self.requests.labels(label, tier,
+                                                                                          str(batch.status), "")
         requests.inc(batch.count)
+        if batch.cost_eur:
+            billed = children.cost.get(tier)
+            if billed is None:
+                billed = children.cost[tier] = self.cost.labels(label, tier)
+            billed.inc(batch.cost_eur)
         if batch.retries:
             if children.retries is None:
                 children.retries = self.retries.labels(label)

@@ -32,6 +32,7 @@ import mmap
 import os
 import struct
 import zlib
+from typing import Any
 
 import msgspec
 
@@ -55,10 +56,10 @@ def frame(usage: UsageRow | None, audit: AuditRecord) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _scan(data: bytes) -> tuple[list[Entry], int]:
+def scan_frames(data: bytes, decoder: msgspec.msgpack.Decoder = _DECODER) -> tuple[list[Any], int]:
     """The entries of a journal's bytes up to the first torn, corrupt or zero (unwritten) frame,
-    and the offset where they end."""
-    entries: list[Entry] = []
+    and the offset where they end. (The native lane's journal has the same frames: lane_ledger.py.)"""
+    entries: list[Any] = []
     pos, size = 0, len(data)
     while pos + _HEADER.size <= size:
         length, crc = _HEADER.unpack_from(data, pos)
@@ -67,7 +68,7 @@ def _scan(data: bytes) -> tuple[list[Entry], int]:
         if length == 0 or len(payload) < length or zlib.crc32(payload) != crc:
             break
         try:
-            entries.append(_DECODER.decode(payload))
+            entries.append(decoder.decode(payload))
         except msgspec.DecodeError:
             break
         pos = start + length
@@ -89,7 +90,7 @@ def _reserve(fd: int, size: int) -> None:
 
 def parse(data: bytes) -> list[Entry]:
     """The entries of a journal's bytes, up to the first torn or corrupt frame."""
-    return _scan(data)[0]
+    return scan_frames(data)[0]
 
 
 class Journal:
@@ -108,7 +109,7 @@ class Journal:
         self._fds = [first, os.open(self.paths[1], flags, 0o600)]
         self._maps: list[mmap.mmap | None] = [None, None]
         # Where each file's next frame goes: after the frames already there (a replay truncates them).
-        self._ends = [_scan(self._contents(fd))[1] for fd in self._fds]
+        self._ends = [scan_frames(self._contents(fd))[1] for fd in self._fds]
         self._active = 0
 
     @staticmethod
@@ -120,7 +121,7 @@ class Journal:
         """Both files' entries in chain order (audit seq)."""
         entries = []
         for fd in self._fds:
-            entries += _scan(self._contents(fd))[0]
+            entries += scan_frames(self._contents(fd))[0]
         return sorted(entries, key=lambda e: e[1].seq)
 
     def write(self, data: bytes) -> None:

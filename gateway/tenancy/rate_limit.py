@@ -11,7 +11,9 @@ back what the request did not use (or charges what it used beyond, leaving the b
 Budget: the month's spend (loaded from the ledger the first time a tenant is seen in a month) plus
 the worst-case cost of requests in flight must stay within the tier's monthly budget.
 
-A fleet of gateways would keep these counters in Redis behind the same two calls.
+A fleet of gateways would keep these counters in Redis behind the same two calls. Where the
+gateway's native lane runs the tenant stages, both it and the Python path use one native table of
+these states instead (native_limits.py, csrc/gateway/rate_limits.h): the same rules, shared.
 """
 
 from __future__ import annotations
@@ -95,6 +97,33 @@ def duration(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
+def too_large(tier: Tier, tokens: int) -> RequestTooLarge | None:
+    """The refusal of a request larger than one tier's request may be, if it is."""
+    if tokens > tier.max_tokens_per_request or tokens > tier.tokens_per_minute:
+        return RequestTooLarge(
+            f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this tier's limit of "
+            f"{min(tier.max_tokens_per_request, tier.tokens_per_minute)} per request.", param="max_tokens")
+    return None
+
+
+def refusal(kind: str, tier: Tier, tokens: int, wait: float, spent_eur: float,
+            limit_headers: list[tuple[str, str]]) -> RateLimited | BudgetExceeded:
+    """The error of a limit reached: `kind` is requests, tokens, concurrency or budget."""
+    if kind == "budget":
+        return BudgetExceeded(f"Monthly budget of {tier.monthly_budget_eur:.2f} EUR reached "
+                              f"({spent_eur:.4f} EUR spent this month).",
+                              headers=[("retry-after", str(math.ceil(wait))), *limit_headers])
+    if kind == "requests":
+        message = f"Rate limit reached: {tier.requests_per_minute} requests per minute."
+    elif kind == "tokens":
+        message = f"Rate limit reached: {tier.tokens_per_minute} tokens per minute (this request reserves {tokens})."
+    else:
+        message = f"Too many concurrent requests: this tier allows {tier.concurrent_requests}."
+    retry = max(1, math.ceil(wait))  # Retry-After is whole seconds; never tell a client "0"
+    return RateLimited(message, retry_after=wait, kind="tokens" if kind == "tokens" else "requests",
+                       headers=[("retry-after", str(retry)), *limit_headers])
+
+
 def headers(state: LimitState) -> list[tuple[str, str]]:
     """The six x-ratelimit-* headers of a (tenant, tier) as its buckets stand."""
     r, t = state.requests, state.tokens
@@ -136,10 +165,9 @@ class RateLimiter:
 
     def admit(self, tenant: str, tier: Tier, tokens: int, cost_eur: float) -> Grant:
         """Takes one request, `tokens` tokens and `cost_eur` of budget, or raises (taking nothing)."""
-        if tokens > tier.max_tokens_per_request or tokens > tier.tokens_per_minute:
-            raise RequestTooLarge(
-                f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this tier's limit of "
-                f"{min(tier.max_tokens_per_request, tier.tokens_per_minute)} per request.", param="max_tokens")
+        error = too_large(tier, tokens)
+        if error is not None:
+            raise error
         now = self._clock.time()
         state = self._states.get((tenant, tier.name)) or self._state(tenant, tier, now)
         with state.lock:
@@ -149,32 +177,18 @@ class RateLimiter:
             state.requests.refill(now)
             state.tokens.refill(now)
             if state.requests.level < 1.0:
-                self._refuse(state, "requests", state.requests.wait_for(1.0),
-                             f"Rate limit reached: {tier.requests_per_minute} requests per minute.")
+                raise refusal("requests", tier, tokens, state.requests.wait_for(1.0), 0.0, headers(state))
             if state.tokens.level < tokens:
-                self._refuse(state, "tokens", state.tokens.wait_for(tokens),
-                             f"Rate limit reached: {tier.tokens_per_minute} tokens per minute "
-                             f"(this request reserves {tokens}).")
+                raise refusal("tokens", tier, tokens, state.tokens.wait_for(tokens), 0.0, headers(state))
             if state.inflight >= tier.concurrent_requests:
-                self._refuse(state, "requests", 1.0,
-                             f"Too many concurrent requests: this tier allows {tier.concurrent_requests}.")
+                raise refusal("concurrency", tier, tokens, 1.0, 0.0, headers(state))
             if state.spent_eur + state.reserved_eur + cost_eur > tier.monthly_budget_eur:
-                wait = state.month_end - now
-                raise BudgetExceeded(
-                    f"Monthly budget of {tier.monthly_budget_eur:.2f} EUR reached "
-                    f"({state.spent_eur:.4f} EUR spent this month).",
-                    headers=[("retry-after", str(math.ceil(wait))), *headers(state)])
+                raise refusal("budget", tier, tokens, state.month_end - now, state.spent_eur, headers(state))
             state.requests.level -= 1.0
             state.tokens.level -= tokens
             state.inflight += 1
             state.reserved_eur += cost_eur
             return Grant(state, tier, tokens, cost_eur, headers(state))
-
-    @staticmethod
-    def _refuse(state: LimitState, kind: str, wait: float, message: str) -> None:
-        retry = max(1, math.ceil(wait))  # Retry-After is whole seconds; never tell a client "0"
-        raise RateLimited(message, retry_after=wait, kind=kind,
-                          headers=[("retry-after", str(retry)), *headers(state)])
 
     def snapshot(self, tenant: str, tier: Tier) -> list[tuple[str, str]]:
         """The x-ratelimit-* headers as they stand, taking nothing (for refusals before admission)."""

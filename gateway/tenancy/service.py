@@ -14,8 +14,11 @@ from gateway.tenancy.catalog import Catalog, Lifecycle
 from gateway.tenancy.clock import Clock, SystemClock
 from gateway.tenancy.encryption import PromptCipher, load_key
 from gateway.tenancy.errors import AuthenticationError, ModelNotFound, PermissionDenied, TenancyError
+from gateway.tenancy import lane_ledger
 from gateway.tenancy.ledger import Counts, cost_eur, worst_case_cost
 from gateway.tenancy.permissions import ModelPatterns
+from gateway.tenancy import native_limits
+from gateway.tenancy.native_limits import NativeGrant, NativeRateLimiter
 from gateway.tenancy.rate_limit import Grant, RateLimiter
 from gateway.tenancy.security_policies import SecurityPolicies
 from gateway.tenancy.sqlite_store import SqliteStore
@@ -59,7 +62,7 @@ class Admission:
     model: str
     request_id: str
     client: str | None
-    grant: Grant
+    grant: Grant | NativeGrant
     lifecycle: Lifecycle
     prices: Prices
     max_tokens: int
@@ -78,7 +81,7 @@ class Admission:
         return [*self.grant.headers, *self.lifecycle.headers, *self.principal.rotation_headers]
 
 
-def _rfc3339(ts: float) -> str:
+def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -88,13 +91,23 @@ class Tenancy:
         self.clock = clock or SystemClock()
         self.store, self.config, self.catalog = store, config, catalog
         self.tokens = TokenService(store, self.clock, config.token_policy)
-        self.limiter = RateLimiter(self.clock, store.cost_since)
+        # The native table when it is built: the gateway's native lane shares it (native_limits.py).
+        self.limiter: RateLimiter | NativeRateLimiter = (
+            NativeRateLimiter(self.clock, store.cost_since) if native_limits.available()
+            else RateLimiter(self.clock, store.cost_since))
         cipher = PromptCipher(audit_key) if audit_key else None
         self.audit = AuditTrail(store, self.clock, cipher, prompt_retention_s)
+        if getattr(store, "journaled", False):  # the owner of the journal: no native lane is writing yet
+            lane_ledger.replay(store, self.audit, self.lane_journal_path)
         self.security_policies = SecurityPolicies(store, self.clock)  # the admin API's, over the config's
         # The principal of each token last verified, reused while its cached record is the same
         # object (the token cache re-reads records every second): most requests build none.
         self._principals: dict[str, tuple[CachedToken, Principal]] = {}
+
+    @property
+    def lane_journal_path(self) -> str:
+        """Where the gateway's native lane journals the usage of what it serves (lane_ledger.py)."""
+        return getattr(self.store, "path", "") + lane_ledger.SUFFIX
 
     @classmethod
     def open(cls, db_path: str | None = None, tiers_path: str | None = None, catalog_path: str | None = None,
@@ -147,13 +160,13 @@ class Tenancy:
             if rotated is not None:
                 secret, _, old = rotated
                 principal.rotation_headers = [("x-llmaas-new-api-key", secret),
-                                              ("x-llmaas-api-key-expires", _rfc3339(old.expires_at or 0.0))]
+                                              ("x-llmaas-api-key-expires", rfc3339(old.expires_at or 0.0))]
                 return principal
             fresh = self.tokens.lookup(record.id)  # a concurrent request rotated it first
             record = fresh.record if fresh is not None else record
         if record.rotated_to is not None:
             principal.rotation_headers = [("x-llmaas-api-key-rotated", record.rotated_to),
-                                          ("x-llmaas-api-key-expires", _rfc3339(record.expires_at or 0.0))]
+                                          ("x-llmaas-api-key-expires", rfc3339(record.expires_at or 0.0))]
         if record is cached.record:
             self._principals[record.id] = (cached, principal)
         return principal

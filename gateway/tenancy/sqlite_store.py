@@ -180,6 +180,17 @@ class SqliteStore:
         rows = self._read("SELECT COALESCE(SUM(cost_eur), 0) FROM usage WHERE tenant = ? AND time >= ?", (tenant, since))
         return float(rows[0][0])
 
+    def has_audit_record(self, tenant: str | None, time: float, request_id: str) -> bool:
+        """Whether the record of this request, ended at this instant, is in (replays ask it)."""
+        self.writer.sync()
+        return bool(self._read("SELECT 1 FROM audit WHERE tenant IS ? AND time = ? AND request_id = ? LIMIT 1",
+                               (tenant, time, request_id)))
+
+    @property
+    def journaled(self) -> bool:
+        """Whether usage rows are durable at their journal copy (this process owns the journal)."""
+        return self.writer.journal is not None
+
     def audit_records(self) -> Iterator[AuditRecord]:
         # Stored order (insertion id), not seq order: a reordering must show up to the verifier.
         self.writer.sync()

@@ -27,6 +27,7 @@ import hmac
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.tenancy.clock import Clock
@@ -90,6 +91,16 @@ class TokenService:
         self._refresh_s = refresh_s
         self._cache: dict[str, CachedToken] = {}
         self._rotate_lock = threading.RLock()  # rotate_if_due holds it around rotate
+        # Called after each change made through this object (the native lane re-reads the tokens).
+        self.listeners: list[Callable[[], None]] = []
+
+    @property
+    def pepper(self) -> bytes:
+        return self._pepper
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def hash_key(self, key: str) -> bytes:
         h = self._keyed.copy()
@@ -119,6 +130,7 @@ class TokenService:
                              models=models or ["*"], name=name, created_at=self._clock.time())
         self._store.put_token(record).result()
         self._cache.pop(token_id, None)
+        self._changed()
         return record
 
     # -- operations -------------------------------------------------------------------------------
@@ -133,6 +145,7 @@ class TokenService:
                              name=name, created_at=now, expires_at=None if expires_in_s is None else now + expires_in_s,
                              rotated_from=rotated_from)
         self._store.put_token(record).result()
+        self._changed()
         return secret, record
 
     def revoke(self, token_id: str) -> TokenRecord:
@@ -141,6 +154,7 @@ class TokenService:
             record.revoked_at = self._clock.time()
             self._store.put_token(record).result()
         self._cache.pop(token_id, None)
+        self._changed()
         return record
 
     def rotate(self, token_id: str, grace_s: float | None = None) -> tuple[str, TokenRecord, TokenRecord]:
@@ -158,6 +172,7 @@ class TokenService:
             old.expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
             self._store.put_token(old).result()
             self._cache.pop(token_id, None)
+            self._changed()
             return secret, new, old
 
     def _require(self, token_id: str) -> TokenRecord:

@@ -12,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.tenancy import SqliteStore, Tenancy
+import pytest
+
+from gateway.tenancy import Tenancy
 from tests.ports import free_port, wait_port
 
 MODEL = "smollm2:135m"
@@ -46,18 +48,24 @@ def client_loop(port: int, key: str, prefix: str, completed: list[str], stop: th
         i += 1
 
 
-def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lane", [False, True], ids=["python", "native-lane"])
+def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path, lane: bool) -> None:
+    """With prompt security on, the Python server serves every request; with it off, the native
+    lane serves the whole answers (journaling their usage itself) and Python the streams."""
     db = tmp_path / "llmaas.db"
     tenancy = Tenancy.open(str(db))
     key, _ = tenancy.tokens.create("durable", "premium")
     tenancy.close()
     backend_port, gateway_port = free_port(), free_port()
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[server]\nport = {gateway_port}\n[tenancy]\ndb = "{db}"\n'
+    security = "" if not lane else "[security]\nenabled = false\n"
+    config.write_text(f'[server]\nport = {gateway_port}\n[tenancy]\ndb = "{db}"\n{security}'
                       f'[[models]]\nname = "{MODEL}"\nhosts = ["http://127.0.0.1:{backend_port}"]\n')
     backend = subprocess.Popen([sys.executable, "-m", "bench.instant_backend", "--port", str(backend_port)])
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)],
-                               stdout=subprocess.DEVNULL, env={**os.environ, "LLMAAS_DB_SYNC": "NORMAL"})
+    banner = tmp_path / "gateway.out"
+    with banner.open("wb") as out:
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)],
+                                   stdout=out, env={**os.environ, "LLMAAS_DB_SYNC": "NORMAL"})
     try:
         wait_port(backend_port)
         wait_port(gateway_port)
@@ -80,10 +88,12 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path) -> None:
         backend.kill()
         backend.wait(10)
     assert len(completed) >= 150
-    store = SqliteStore(db)
+    assert ("native lane: on" in banner.read_text()) == lane
+    reopened = Tenancy.open(str(db))  # as the next gateway would: the lane's journal is recorded then
     try:
-        recorded = {row.request_id for row in store.usage("durable", since=0.0)}
+        recorded = {row.request_id for row in reopened.store.usage("durable", since=0.0)}
+        assert reopened.audit.verify() == []
     finally:
-        store.close()
+        reopened.close()
     missing = [rid for rid in completed if rid not in recorded]
     assert not missing, f"{len(missing)} answered requests have no ledger row: {missing[:5]}"

@@ -283,9 +283,8 @@ def test_the_lane_serves_only_gateways_without_request_stages() -> None:
 
     base = _config(["http://127.0.0.1:9"])
     assert unavailable(base, Fleet(base)) is None
-    for changed in ({"tenancy": TenancySection(enabled=True)}, {"security": SecuritySection(enabled=True)}):
-        config = msgspec.structs.replace(base, **changed)
-        assert "stages" in (unavailable(config, Fleet(config)) or "")
+    security = msgspec.structs.replace(base, security=SecuritySection(enabled=True))
+    assert "prompt-security stage" in (unavailable(security, Fleet(security)) or "")
     off = msgspec.structs.replace(base, server=msgspec.structs.replace(base.server, native_lane=False))
     assert "native_lane = false" in (unavailable(off, Fleet(off)) or "")
     tls = msgspec.structs.replace(base, server=msgspec.structs.replace(base.server, certfile="c", keyfile="k"))

@@ -9,7 +9,9 @@ import pytest
 
 from gateway.tenancy import BudgetExceeded, Counts, FakeClock, RateLimited, RequestTooLarge, Tenancy, Tier
 from gateway.tenancy import rate_limit
-from gateway.tenancy.rate_limit import Bucket, Grant, RateLimiter, duration
+from gateway.tenancy import native_limits
+from gateway.tenancy.native_limits import NativeRateLimiter
+from gateway.tenancy.rate_limit import Bucket, RateLimiter, duration
 
 THREADS = 48
 
@@ -44,10 +46,10 @@ def eager_switching() -> Iterator[None]:
     sys.setswitchinterval(old)
 
 
-def hammer(admit: Callable[[], Grant]) -> tuple[list[Grant], list[Exception]]:
+def hammer(admit: Callable[[], object]) -> tuple[list[object], list[Exception]]:
     """Runs `admit` from THREADS threads released at the same instant."""
     barrier = threading.Barrier(THREADS)
-    granted: list[Grant] = []
+    granted: list[object] = []
     refused: list[Exception] = []
     lock = threading.Lock()
 
@@ -76,12 +78,23 @@ def slow_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rate_limit, "Bucket", SlowBucket)
 
 
-def limiter(clock: FakeClock, spent: float = 0.0) -> RateLimiter:
-    return RateLimiter(clock, lambda tenant, since: spent)
+LimiterFactory = Callable[..., "RateLimiter | NativeRateLimiter"]
 
 
-def test_requests_per_minute_admits_exactly_n(clock: FakeClock) -> None:
-    t, rl = tier(requests_per_minute=7), limiter(clock)
+@pytest.fixture(params=["python", "native"])
+def make_limiter(request: pytest.FixtureRequest) -> LimiterFactory:
+    """Each test runs on rate_limit.py and on the native table the gateway's lane shares."""
+    if request.param == "native" and not native_limits.available():
+        pytest.skip("gateway._native is not built")
+    kind = RateLimiter if request.param == "python" else NativeRateLimiter
+
+    def make(clock: FakeClock, spent: float = 0.0) -> RateLimiter | NativeRateLimiter:
+        return kind(clock, lambda tenant, since: spent)
+    return make
+
+
+def test_requests_per_minute_admits_exactly_n(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(requests_per_minute=7), make_limiter(clock)
     granted, refused = hammer(lambda: rl.admit("acme", t, 1, 0.0))
     assert len(granted) == 7 and len(refused) == THREADS - 7
     exc = refused[0]
@@ -96,8 +109,8 @@ def test_requests_per_minute_admits_exactly_n(clock: FakeClock) -> None:
     assert rl.admit("other", t, 1, 0.0)
 
 
-def test_tokens_per_minute_reserve_then_reconcile(clock: FakeClock) -> None:
-    t, rl = tier(tokens_per_minute=1000), limiter(clock)
+def test_tokens_per_minute_reserve_then_reconcile(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(tokens_per_minute=1000), make_limiter(clock)
     granted, refused = hammer(lambda: rl.admit("acme", t, 300, 0.0))
     assert len(granted) == 3  # 900 reserved; a fourth would need 1200
     assert all(isinstance(e, RateLimited) and e.type == "tokens" for e in refused)
@@ -108,8 +121,8 @@ def test_tokens_per_minute_reserve_then_reconcile(clock: FakeClock) -> None:
     assert len(granted) == 2  # 1000 - 150 = 850 left: two more of 300
 
 
-def test_usage_beyond_the_estimate_puts_the_bucket_in_debt(clock: FakeClock) -> None:
-    t, rl = tier(tokens_per_minute=600), limiter(clock)
+def test_usage_beyond_the_estimate_puts_the_bucket_in_debt(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(tokens_per_minute=600), make_limiter(clock)
     g = rl.admit("acme", t, 100, 0.0)
     rl.reconcile(g, 900, 0.0)  # the estimate was wrong by 800
     with pytest.raises(RateLimited) as info:
@@ -117,8 +130,8 @@ def test_usage_beyond_the_estimate_puts_the_bucket_in_debt(clock: FakeClock) -> 
     assert int(dict(info.value.headers)["retry-after"]) == 31  # 301 tokens at 10/s
 
 
-def test_concurrent_requests_admits_exactly_n(clock: FakeClock) -> None:
-    t, rl = tier(concurrent_requests=4), limiter(clock)
+def test_concurrent_requests_admits_exactly_n(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(concurrent_requests=4), make_limiter(clock)
     granted, refused = hammer(lambda: rl.admit("acme", t, 1, 0.0))
     assert len(granted) == 4 and len(refused) == THREADS - 4
     rl.reconcile(granted[0], 1, 0.0)
@@ -126,8 +139,8 @@ def test_concurrent_requests_admits_exactly_n(clock: FakeClock) -> None:
     assert len(granted2) == 1
 
 
-def test_monthly_budget_counts_ledger_and_in_flight(clock: FakeClock) -> None:
-    t, rl = tier(monthly_budget_eur=1.0), limiter(clock, spent=0.2)
+def test_monthly_budget_counts_ledger_and_in_flight(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(monthly_budget_eur=1.0), make_limiter(clock, spent=0.2)
     granted, refused = hammer(lambda: rl.admit("acme", t, 1, 0.25))
     assert len(granted) == 3  # 0.2 spent + 3 x 0.25 reserved = 0.95
     assert all(isinstance(e, BudgetExceeded) and e.code == "insufficient_quota" for e in refused)
@@ -136,8 +149,8 @@ def test_monthly_budget_counts_ledger_and_in_flight(clock: FakeClock) -> None:
     rl.reconcile(granted[1], 1, 0.01)
 
 
-def test_budget_resets_with_the_month(clock: FakeClock) -> None:
-    t, rl = tier(monthly_budget_eur=1.0), limiter(clock)
+def test_budget_resets_with_the_month(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    t, rl = tier(monthly_budget_eur=1.0), make_limiter(clock)
     g = rl.admit("acme", t, 1, 0.9)
     rl.reconcile(g, 1, 0.9)
     with pytest.raises(BudgetExceeded) as info:
@@ -147,8 +160,8 @@ def test_budget_resets_with_the_month(clock: FakeClock) -> None:
     rl.admit("acme", t, 1, 0.2)
 
 
-def test_request_larger_than_the_tier_allows(clock: FakeClock) -> None:
-    rl = limiter(clock)
+def test_request_larger_than_the_tier_allows(clock: FakeClock, make_limiter: LimiterFactory) -> None:
+    rl = make_limiter(clock)
     with pytest.raises(RequestTooLarge):
         rl.admit("acme", tier(max_tokens_per_request=100), 101, 0.0)
     with pytest.raises(RequestTooLarge):
@@ -186,3 +199,41 @@ def test_n_choices_reserve_n_completions(tenancy: Tenancy) -> None:
     tenancy.finish(a, Counts(50, 0, 240, 0)).result()  # three choices' exact output
     b = tenancy.admit(p, "qwen3:8b", prompt_tokens=50, max_tokens=None, n=2)
     assert b.max_tokens == 225  # (500 - 50) // 2 per choice
+
+
+def test_native_table_matches_python_step_for_step(clock: FakeClock) -> None:
+    """The same random admissions, settlements and waits on both: the same verdicts, headers and messages."""
+    if not native_limits.available():
+        pytest.skip("gateway._native is not built")
+    import random
+
+    rng = random.Random(7)
+    t = tier(requests_per_minute=40, tokens_per_minute=5000, concurrent_requests=6, monthly_budget_eur=0.5)
+    python, native = RateLimiter(clock, lambda tenant, since: 0.1), NativeRateLimiter(clock, lambda tenant, since: 0.1)
+    held: list[tuple[object, object]] = []
+    for _ in range(600):
+        step = rng.random()
+        if step < 0.55:
+            tokens, cost = rng.randint(1, 900), rng.choice([0.0, 0.01, 0.05])
+            outcomes = []
+            for rl in (python, native):
+                try:
+                    outcomes.append(rl.admit("acme", t, tokens, cost))
+                except (RateLimited, BudgetExceeded, RequestTooLarge) as exc:
+                    outcomes.append(exc)
+            a, b = outcomes
+            assert isinstance(a, Exception) == isinstance(b, Exception)
+            if isinstance(a, Exception):
+                assert type(a) is type(b)
+                assert (str(a), a.headers) == (str(b), b.headers)  # type: ignore[attr-defined]
+            else:
+                assert a.headers == b.headers  # type: ignore[union-attr]
+                held.append((a, b))
+        elif step < 0.85 and held:
+            a, b = held.pop(rng.randrange(len(held)))
+            used, cost = rng.randint(0, 1200), rng.choice([0.0, 0.004, 0.02])
+            python.reconcile(a, used, cost)  # type: ignore[arg-type]
+            native.reconcile(b, used, cost)  # type: ignore[arg-type]
+        else:
+            clock.advance(rng.choice([0.001, 0.3, 2.0, 17.5]))
+        assert python.snapshot("acme", t) == native.snapshot("acme", t)

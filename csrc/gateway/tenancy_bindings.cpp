@@ -1,0 +1,60 @@
+// gateway._native's tenancy pieces: the shared limit table (rate_limits.h) for
+// gateway/tenancy/native_limits.py, and the hashes, for their parity tests.
+#include "tenancy_bindings.h"
+
+#include <pybind11/stl.h>
+
+#include "rate_limits.h"
+#include "sha256.h"
+
+namespace py = pybind11;
+using llmaas::gw::HeaderValues;
+using llmaas::gw::LimitState;
+using llmaas::gw::LimitTable;
+
+namespace {
+
+LimitState& state(LimitTable& table, int index) {
+  LimitState* s = table.state(index);
+  if (s == nullptr) throw py::index_error("no such limit state");
+  return *s;
+}
+
+py::tuple values(const HeaderValues& v) { return py::make_tuple(v[0], v[1], v[2], v[3], v[4], v[5]); }
+
+}  // namespace
+
+void bind_tenancy(py::module_& m) {
+  py::class_<LimitTable, std::shared_ptr<LimitTable>>(m, "Limits")
+      .def(py::init<>())
+      .def("add", &LimitTable::add, py::arg("requests_per_minute"), py::arg("tokens_per_minute"),
+           py::arg("concurrent"), py::arg("budget_eur"), py::arg("now"), py::arg("month_start"),
+           py::arg("month_end"), py::arg("spent_eur"))
+      // (verdict, wait_s, spent_eur, header values): verdict 0 admitted, 1 requests, 2 tokens,
+      // 3 concurrency, 4 budget, 5 new month.
+      .def("admit",
+           [](LimitTable& t, int index, double now, int64_t tokens, double cost) {
+             auto a = LimitTable::admit(state(t, index), now, tokens, cost);
+             return py::make_tuple(static_cast<int>(a.verdict), a.wait_s, a.spent_eur, values(a.headers));
+           })
+      .def("snapshot", [](LimitTable& t, int index, double now) { return values(LimitTable::snapshot(state(t, index), now)); })
+      .def("reconcile",
+           [](LimitTable& t, int index, double now, int64_t reserved, int64_t used, double reserved_eur, double cost) {
+             LimitTable::reconcile(state(t, index), now, reserved, used, reserved_eur, cost);
+           })
+      .def("new_month", [](LimitTable& t, int index, double start, double end, double spent) {
+        LimitTable::new_month(state(t, index), start, end, spent);
+      })
+      .def("levels", [](LimitTable& t, int index) {
+        LimitState& s = state(t, index);
+        std::lock_guard<std::mutex> lock(s.mutex);
+        return py::make_tuple(s.requests.level, s.tokens.level, s.inflight, s.reserved_eur, s.spent_eur);
+      });
+  m.def("reset_duration", &llmaas::gw::reset_duration);
+  m.def("hmac_sha256", [](const py::bytes& key, const py::bytes& message) {
+    llmaas::gw::HmacSha256 hmac{std::string_view(key)};
+    uint8_t out[32];
+    hmac.digest(std::string_view(message), out);
+    return py::bytes(reinterpret_cast<const char*>(out), sizeof out);
+  });
+}

@@ -1,0 +1,89 @@
+"""The native lane's ledger journal (csrc/gateway/lane_journal.h) on the Python side: its entries,
+and how they join the audit trail and the ledger.
+
+The lane journals the usage of each request it served under the tenant stages before it answers,
+so the entry survives a kill -9 of the gateway. Every tick the gateway takes what the lane wrote
+and records each entry as the tenancy stage records a request it ended itself (`Tenancy.finish`):
+one audit record chained after the last and one ledger row, through the store's own journal, so
+they are durable before the lane's file is emptied. At start, `replay` records what a killed
+gateway left in the lane's files and had not recorded yet: the Tenancy that owns the store's journal does it as it opens, when no
+lane can be writing them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+import logging
+import os
+
+from gateway.tenancy.audit import AuditTrail
+from gateway.tenancy.journal import scan_frames
+from gateway.tenancy.store import Store, UsageRow
+
+SUFFIX = "-lane-journal"
+log = logging.getLogger(__name__)
+
+
+class LaneEntry(msgspec.Struct, array_like=True):
+    """One request the lane served: lane_journal.h LedgerEntry, field for field."""
+
+    request_id: str
+    time: float
+    tenant: str
+    token_id: str
+    model: str
+    client: str | None
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_eur: float
+    status: int
+    latency_ms: float
+    reason: str
+
+
+_DECODER = msgspec.msgpack.Decoder(LaneEntry)
+
+
+def parse(data: bytes) -> list[LaneEntry]:
+    """The entries of a lane journal's bytes, up to the first torn or corrupt frame."""
+    return scan_frames(data, _DECODER)[0]
+
+
+def record(audit: AuditTrail, entry: LaneEntry) -> None:
+    """The entry's audit record and ledger row, durable once this returns (the store's journal)."""
+    usage = UsageRow(request_id=entry.request_id, time=entry.time, tenant=entry.tenant, token_id=entry.token_id,
+                     model=entry.model, input_tokens=entry.input_tokens, cached_input_tokens=entry.cached_input_tokens,
+                     output_tokens=entry.output_tokens, reasoning_tokens=entry.reasoning_tokens, cost_eur=entry.cost_eur,
+                     status=entry.status, latency_ms=entry.latency_ms)
+    audit.append(status=entry.status, reason=entry.reason, tenant=entry.tenant, token_id=entry.token_id,
+                         client=entry.client, model=entry.model, input_tokens=entry.input_tokens,
+                         output_tokens=entry.output_tokens, request_id=entry.request_id, usage=usage).result()
+
+
+def replay(store: Store, audit: AuditTrail, path: str) -> int:
+    """Records the entries that the lane files at `path` hold and the store lacks (a gateway killed
+    between the lane's copy and the tick that records it, or between that and the file's release),
+    then empties the files; returns how many it recorded. Only for the owner of the store's journal:
+    no lane writes these files then."""
+    entries: list[LaneEntry] = []
+    paths = [f"{path}-{n}" for n in (0, 1)]
+    for name in paths:
+        try:
+            with open(name, "rb") as f:
+                entries += parse(f.read())
+        except FileNotFoundError:
+            continue
+    recorded = 0
+    for entry in sorted(entries, key=lambda e: e.time):
+        if not store.has_audit_record(entry.tenant, entry.time, entry.request_id):
+            record(audit, entry)
+            recorded += 1
+    for name in paths:
+        if os.path.exists(name):
+            os.truncate(name, 0)
+    if recorded:
+        log.warning("recorded %d usage rows that the native lane had journaled before the gateway stopped", recorded)
+    return recorded

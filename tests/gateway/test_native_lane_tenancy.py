@@ -1,0 +1,316 @@
+"""The tenant stages on the gateway's native lane (gateway/lane_tenancy.py, csrc/gateway/tenants.h):
+the lane serves what they admit -- with the Python path's headers, engine overrides, ledger rows
+and audit records -- and hands everything else to the Python server, which refuses it and audits
+the refusal. Limits are one table for both paths, so they stay exact whichever path serves.
+
+Each test runs a gateway on the lane and, where answers are compared, a twin on the Python server
+alone, with its own database holding the same token records (same pepper)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection, SecuritySection, ServerSection, TenancySection
+from gateway.gateway_server import Gateway
+from gateway.http import serve
+from gateway.tenancy import Tenancy
+from gateway.tenancy.lane_ledger import parse
+from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.raw_client import RawResponse, parse_response
+
+pytest.importorskip("gateway._native", reason="the native lane is not built")
+
+TIERS = """
+[tiers.gold]
+requests_per_minute = 100000
+tokens_per_minute = 100000000
+concurrent_requests = 10000
+max_tokens_per_request = 4000
+monthly_budget_eur = 1000000.0
+priority = 3
+
+[tiers.tight]
+requests_per_minute = 5
+tokens_per_minute = 1000000
+concurrent_requests = 100
+max_tokens_per_request = 4000
+monthly_budget_eur = 1000000.0
+priority = 1
+
+[tiers.local]
+requests_per_minute = 100000
+tokens_per_minute = 100000000
+concurrent_requests = 10000
+max_tokens_per_request = 4000
+monthly_budget_eur = 1000000.0
+
+[prices.models."n"]
+input = 2.0
+
+[tokens]
+max_age_days = 90
+grace_days = 7
+"""
+# (reset-requests and reset-tokens grow with the microseconds between two answers.)
+TIMING_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+
+
+def catalog_toml() -> str:
+    soon = date.today() + timedelta(days=30)  # inside its 3-month notice: deprecated, still served
+    entries = [("m", "2099-12-31"), ("n", "2099-12-31"), ("old", soon.isoformat())]
+    return "".join(f'[[models]]\nname = "{name}"\npublisher = "t"\nphase = "production"\ngo_live = 2025-01-01\n'
+                   f'end_of_support = {end}\nhosts = []\n\n' for name, end in entries)
+
+
+def run(test) -> None:  # type: ignore[no-untyped-def]
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+class Stack:
+    def __init__(self, gateway: Gateway, port: int) -> None:
+        self.gateway, self.port = gateway, port
+
+    @property
+    def tenancy(self) -> Tenancy:
+        assert self.gateway.tenancy is not None
+        return self.gateway.tenancy
+
+    def sync(self, push: bool = False) -> None:
+        """What the lane did, recorded now (it is every 50 ms anyway); `push`: the tokens re-read
+        now (they are every second anyway)."""
+        lane = self.gateway.lane
+        if lane is not None:
+            if push:
+                lane.tenancy.mark_stale()  # type: ignore[attr-defined]
+            lane.sync()  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def stack(tmp_path: Path, url: str, name: str, native: bool = True,
+                require_auth: bool = True) -> AsyncIterator[Stack]:
+    tiers, catalog = tmp_path / "tiers.toml", tmp_path / "catalog.toml"
+    tiers.write_text(TIERS)
+    catalog.write_text(catalog_toml())
+    tenancy = Tenancy.open(str(tmp_path / f"{name}.db"), str(tiers), str(catalog))
+    config = GatewayConfig(models=[ModelEntry(name=m, hosts=[url]) for m in ("m", "n", "old")],
+                           routing=RoutingSection(health_interval_s=0.05),
+                           server=ServerSection(native_lane=native),
+                           tenancy=TenancySection(enabled=True, require_auth=require_auth),
+                           security=SecuritySection(enabled=False))
+    gateway = Gateway(config, tenancy=tenancy)
+    await gateway.start()
+    factory, why = gateway.native_lane()
+    if native:
+        assert factory is not None, why
+    server = await serve(gateway.router(), "127.0.0.1", 0, connections=gateway.metrics.connections, lane=factory)
+    try:
+        yield Stack(gateway, server.port)
+    finally:
+        await server.shutdown(1.0)
+        await gateway.stop()
+
+
+@asynccontextmanager
+async def engine(**options: object) -> AsyncIterator[FakeEngine]:
+    fake = FakeEngine("a", **options)  # type: ignore[arg-type]
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def pepper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMAAS_TOKEN_PEPPER", "the same pepper for both gateways")
+
+
+def share_token(source: Stack, *others: Stack, tier: str = "gold", models: list[str] | None = None) -> str:
+    secret, record = source.tenancy.tokens.create("acme", tier, models)
+    for other in others:
+        other.tenancy.store.put_token(record).result()
+    for s in (source, *others):
+        s.sync()
+    return secret
+
+
+async def call(port: int, body: dict, key: str | None = None, extra: str = "") -> RawResponse:
+    data = json.dumps(body).encode()
+    auth = f"authorization: Bearer {key}\r\n" if key is not None else ""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n{auth}{extra}"
+            f"connection: close\r\ncontent-length: {len(data)}\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.encode() + data)
+    try:
+        return parse_response(await asyncio.wait_for(reader.read(), 10))
+    finally:
+        writer.close()
+
+
+def chat(model: str = "m", **extra: object) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+
+
+def handed_off(s: Stack) -> int:
+    assert s.gateway.lane is not None
+    return s.gateway.lane.handed_off  # type: ignore[attr-defined]
+
+
+def comparable(r: RawResponse) -> tuple[int, dict[str, str], bytes]:
+    headers = {k: v for k, v in r.headers.items() if k not in TIMING_HEADERS}
+    body = r.json()
+    for key in ("id", "created"):
+        body.pop(key, None)
+    return r.status, headers, json.dumps(body, sort_keys=True).encode()
+
+
+def test_admitted_requests_are_served_on_the_lane_as_python_serves_them(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python)
+            for body in (chat(), chat(max_tokens=7), chat("n", n=2), chat(max_completion_tokens=9, max_tokens=3)):
+                a, b = await call(python.port, body, key), await call(lane.port, body, key)
+                assert a.status == 200 and comparable(a) == comparable(b)
+                assert b.headers["x-ratelimit-limit-requests"] == "100000"
+                # The engine saw the same overrides from both: the tier's priority, and its cap
+                # when the client set no max.
+                sent_python, sent_lane = fake.requests[-2], fake.requests[-1]
+                assert sent_python == sent_lane and sent_lane["priority"] == -3
+            assert fake.requests[0]["max_tokens"] == 4000 - (len("hello there") // 4 + 8)
+            assert handed_off(lane) == 0
+    run(test)
+
+
+def test_ledger_rows_and_audit_records_of_lane_requests(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine(tokens=4, prompt_tokens=11, cached_tokens=3) as fake, \
+                stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            for i in range(20):
+                assert (await call(lane.port, chat("n" if i % 2 else "m", max_tokens=5), key,
+                                   extra=f"x-request-id: r{i}\r\n")).status == 200
+            assert handed_off(lane) == 0
+            lane.sync()
+            tenancy = lane.tenancy
+            rows = sorted(tenancy.store.usage("acme", since=0.0), key=lambda r: int(r.request_id[1:]))
+            assert [r.request_id for r in rows] == [f"r{i}" for i in range(20)]
+            for i, row in enumerate(rows):
+                assert (row.input_tokens, row.cached_input_tokens, row.output_tokens, row.reasoning_tokens) == (11, 3, 4, 0)
+                price_in = 2.0 if i % 2 else 0.9
+                assert row.cost_eur == pytest.approx((8 * price_in + 3 * 0.9 + 4 * 4.0) / 1e6)
+                assert row.status == 200 and row.model == ("n" if i % 2 else "m") and row.latency_ms > 0
+            records = [r for r in tenancy.store.audit_records() if r.request_id.startswith("r")]
+            assert len(records) == 20 and all(r.reason == "ok" and r.client == "127.0.0.1" for r in records)
+            assert tenancy.audit.verify() == []
+    run(test)
+
+
+def test_refusals_are_handed_to_python_and_audited(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python, models=["m"])
+            cases = [(chat(), None, 401), (chat(), key + "x", 401), (chat(), "llmaas-short_x", 401),
+                     (chat("n"), key, 403), (chat("nope"), key, 404), (chat(max_tokens=5000), key, 400)]
+            for body, presented, status in cases:
+                a, b = await call(python.port, body, presented), await call(lane.port, body, presented)
+                assert a.status == b.status == status, (body, presented, b.content)
+                assert comparable(a) == comparable(b)
+            assert handed_off(lane) == len(cases)
+            lane.sync()
+            reasons = [(r.status, r.reason) for r in lane.tenancy.store.audit_records()]
+            assert reasons == [(401, "auth")] * 3 + [(403, "permission"), (404, "lifecycle"), (400, "limit")]
+    run(test)
+
+
+def test_rate_limits_hold_exactly_across_both_paths(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine(delay_s=0.0) as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane, tier="tight")  # 5 requests a minute
+            answers = await asyncio.gather(*(call(lane.port, chat(), key) for _ in range(12)))
+            statuses = sorted(a.status for a in answers)
+            assert statuses == [200] * 5 + [429] * 7
+            refused = next(a for a in answers if a.status == 429)
+            assert refused.headers["x-ratelimit-remaining-requests"] == "0" and int(refused.headers["retry-after"]) >= 1
+            # A stream goes through the Python server: the same bucket, now empty.
+            stream = await call(lane.port, chat(stream=True), key)
+            assert stream.status == 429
+    run(test)
+
+
+def test_revocation_reaches_the_lane_at_once(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            secret, record = lane.tenancy.tokens.create("acme", "gold")
+            lane.sync()
+            assert (await call(lane.port, chat(), secret)).status == 200
+            lane.tenancy.tokens.revoke(record.id)
+            lane.sync()
+            answer = await call(lane.port, chat(), secret)
+            assert answer.status == 401 and b"revoked" in answer.content
+    run(test)
+
+
+def test_deprecated_models_and_rotation_are_pythons(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            old = await call(lane.port, chat("old"), key)
+            assert old.status == 200 and "deprecation" in old.headers and "sunset" in old.headers
+            assert "deprecated" in old.json()["warning"]
+            assert handed_off(lane) == 1
+            # A token past its maximum age: Python rotates it and hands out the new secret.
+            secret, record = lane.tenancy.tokens.create("acme", "gold")
+            record.created_at -= 91 * 86400
+            lane.tenancy.store.put_token(record).result()  # behind the token service's back
+            lane.sync(push=True)
+            rotated = await call(lane.port, chat(), secret)
+            assert rotated.status == 200 and rotated.headers["x-llmaas-new-api-key"].startswith("llmaas-")
+            lane.sync()
+            again = await call(lane.port, chat(), secret)  # in its grace period: served, with the notice
+            assert again.status == 200 and again.headers["x-llmaas-api-key-rotated"]
+    run(test)
+
+
+def test_no_auth_serves_the_local_tenant_on_the_lane(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane", require_auth=False) as lane:
+            assert (await call(lane.port, chat())).status == 200
+            assert handed_off(lane) == 0
+            lane.sync()
+            assert [r.tenant for r in lane.tenancy.store.usage(None, since=0.0)] == ["local"]
+    run(test)
+
+
+def test_a_killed_gateways_lane_journal_is_recorded_at_the_next_open(tmp_path: Path) -> None:
+    """Entries the lane journaled but no tick recorded (the gateway killed in between) are recorded
+    by the next Tenancy to open the database, once."""
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            lane.gateway.lane._tenancy = None  # type: ignore[union-attr]  # as if no tick ran again
+            for i in range(3):
+                assert (await call(lane.port, chat(), key, extra=f"x-request-id: k{i}\r\n")).status == 200
+            path = lane.tenancy.lane_journal_path
+            journaled = [e.request_id for n in (0, 1) for e in parse(Path(f"{path}-{n}").read_bytes())]
+            assert journaled == ["k0", "k1", "k2"]
+            assert not [r for r in lane.tenancy.store.usage("acme", since=0.0) if r.request_id.startswith("k")]
+            db = lane.tenancy.store.path  # type: ignore[attr-defined]
+        for _ in range(2):  # reopened twice: recorded once
+            reopened = Tenancy.open(db, str(tmp_path / "tiers.toml"), str(tmp_path / "catalog.toml"))
+            try:
+                ids = sorted(r.request_id for r in reopened.store.usage("acme", since=0.0))
+                assert ids == ["k0", "k1", "k2"]
+                assert reopened.audit.verify() == []
+            finally:
+                reopened.close()
+    run(test)
