@@ -84,9 +84,10 @@ class LaneTenancy:
 
     def _drain(self) -> None:
         plane = self._plane
-        data = plane.journal_take()  # type: ignore[attr-defined]
-        for entry in lane_ledger.parse(data):
-            lane_ledger.record(self.tenancy.audit, entry)
+        entries = lane_ledger.parse(plane.journal_take())  # type: ignore[attr-defined]
+        if entries:
+            # Committed on return; should that fail, the lane's file is kept and taken again.
+            lane_ledger.record(self.tenancy.audit, entries)
         plane.journal_release()  # type: ignore[attr-defined]
 
     def _push(self) -> None:

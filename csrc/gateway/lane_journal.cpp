@@ -138,8 +138,6 @@ bool LaneJournal::append(const LedgerEntry& e) {
   pack_str(&f, e.tenant);
   pack_str(&f, e.token_id);
   pack_str(&f, e.model);
-  if (e.client.empty()) f.push_back(static_cast<char>(0xc0));  // nil
-  else pack_str(&f, e.client);
   pack_int(&f, e.input);
   pack_int(&f, e.cached_input);
   pack_int(&f, e.output);
@@ -147,6 +145,8 @@ bool LaneJournal::append(const LedgerEntry& e) {
   pack_double(&f, e.cost_eur);
   pack_int(&f, e.status);
   pack_double(&f, e.latency_ms);
+  if (e.client.empty()) f.push_back(static_cast<char>(0xc0));  // nil
+  else pack_str(&f, e.client);
   pack_str(&f, e.reason);
   size_t payload = f.size() - 8;
   auto* head = reinterpret_cast<uint8_t*>(f.data());
@@ -161,9 +161,10 @@ bool LaneJournal::append(const LedgerEntry& e) {
 
 std::string LaneJournal::take() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (taken_ >= 0) return std::string();  // the last take is not released yet
-  taken_ = active_;
-  active_ = 1 - active_;
+  if (taken_ < 0) {  // else the last take was not released (Python failed to record it): again
+    taken_ = active_;
+    active_ = 1 - active_;
+  }
   if (maps_[taken_] == nullptr) return std::string();
   return std::string(reinterpret_cast<const char*>(maps_[taken_]), ends_[taken_]);
 }

@@ -6,8 +6,8 @@
 // Frames are journal.py's: u32 length | u32 crc32(payload) | payload, payload a msgpack array
 // (gateway/tenancy/lane_ledger.py LaneEntry, in field order). The Python side chains these entries
 // into the audit trail and the ledger every tick: `take` switches the lane to the other of the two
-// files and returns the bytes of the one it was writing; once Python has recorded them (in its own
-// journal), `release` empties that file. At start, before the lane opens them, Python replays
+// files and returns the bytes of the one it was writing; once Python has committed them to the
+// store, `release` empties that file (until then, `take` returns the same bytes again). At start, before the lane opens them, Python replays
 // whatever both files still hold and empties them (gateway/tenancy/lane_ledger.py).
 #pragma once
 
@@ -18,14 +18,16 @@
 
 namespace llmaas::gw {
 
+// Packed in this order: a usage row's twelve columns, then the audit record's client and reason.
 struct LedgerEntry {
   std::string request_id;
   double time = 0;  // seconds since the epoch, at the end
-  std::string tenant, token_id, model, client;
+  std::string tenant, token_id, model;
   int64_t input = 0, cached_input = 0, output = 0, reasoning = 0;
   double cost_eur = 0;
   int status = 0;
   double latency_ms = 0;
+  std::string client;  // empty: unknown (nil)
   std::string reason;  // ok, error, aborted
 };
 

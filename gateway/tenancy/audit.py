@@ -30,6 +30,13 @@ from gateway.tenancy.encryption import PromptCipher
 from gateway.tenancy.store import AuditRecord, Store, UsageRow
 
 _ENCODER = msgspec.json.Encoder()
+# AuditTrail.append_rows reads usage rows and writes audit rows as tuples, in these orders.
+assert UsageRow.__struct_fields__ == ("request_id", "time", "tenant", "token_id", "model", "input_tokens",
+                                      "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_eur",
+                                      "status", "latency_ms")
+assert AuditRecord.__struct_fields__ == ("seq", "time", "tenant", "token_id", "client", "model", "status", "reason",
+                                         "input_tokens", "output_tokens", "verdict", "rules_version", "request_id",
+                                         "prompt", "prompt_digest", "prev_hash", "hash")
 
 
 class Problem(msgspec.Struct):
@@ -39,6 +46,7 @@ class Problem(msgspec.Struct):
 
 
 def record_hash(r: AuditRecord) -> str:
+    # AuditTrail.append_rows hashes the same tuple, built from a usage row: keep the two alike.
     fields: tuple = (r.seq, r.time, r.tenant, r.token_id, r.client, r.model, r.status, r.reason, r.input_tokens,
                      r.output_tokens, r.verdict, r.request_id, r.prompt_digest, r.prev_hash)
     if r.rules_version is not None:  # only then: records written before the field keep their hashes
@@ -118,6 +126,29 @@ class AuditTrail:
             future = self._store.record(usage, record)
             self._seq, self._hash = record.seq, record.hash
         return future
+
+    def append_rows(self, rows: list[tuple[tuple, str, str | None]]) -> None:
+        """Chains one record per (usage row as a tuple in column order, reason, client) and commits
+        them with their rows now
+        (the native lane's requests, durable in its journal until this returns); the chain moves
+        only if the commit succeeds. Rows go to the store as tuples, in column order, with no
+        record objects: at the lane's rates (tens of thousands a second) those cost as much as
+        SQLite's inserts. The lane's records have no verdict, rules version or prompt."""
+        with self._lock:
+            seq, prev = self._seq, self._hash
+            audit_rows = []
+            for u, reason, client in rows:
+                seq += 1
+                request_id, time, tenant, token_id, model, input_tokens, _, output_tokens, _, _, status, _ = u
+                digest = hashlib.sha256(_ENCODER.encode((seq, time, tenant, token_id, client, model, status, reason,
+                                                         input_tokens, output_tokens, None, request_id, None,
+                                                         prev))).hexdigest()
+                # AuditRecord's columns, in order.
+                audit_rows.append((seq, time, tenant, token_id, client, model, status, reason, input_tokens,
+                                   output_tokens, None, None, request_id, None, None, prev, digest))
+                prev = digest
+            self._store.insert_rows([u for u, _, _ in rows], audit_rows, f"{seq}:{prev}")
+            self._seq, self._hash = seq, prev
 
     def prompt_text(self, record: AuditRecord) -> str | None:
         if record.prompt is None or self._cipher is None:

@@ -4,8 +4,9 @@ and how they join the audit trail and the ledger.
 The lane journals the usage of each request it served under the tenant stages before it answers,
 so the entry survives a kill -9 of the gateway. Every tick the gateway takes what the lane wrote
 and records each entry as the tenancy stage records a request it ended itself (`Tenancy.finish`):
-one audit record chained after the last and one ledger row, through the store's own journal, so
-they are durable before the lane's file is emptied. At start, `replay` records what a killed
+one audit record chained after the last and one ledger row, committed to the store in one
+transaction before the lane's file is emptied (they skip the store's own journal: the lane's
+already keeps them). At start, `replay` records what a killed
 gateway left in the lane's files and had not recorded yet: the Tenancy that owns the store's journal does it as it opens, when no
 lane can be writing them.
 """
@@ -26,14 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class LaneEntry(msgspec.Struct, array_like=True):
-    """One request the lane served: lane_journal.h LedgerEntry, field for field."""
+    """One request the lane served: lane_journal.h LedgerEntry, field for field; its first twelve
+    fields are a usage row's columns, in order."""
 
     request_id: str
     time: float
     tenant: str
     token_id: str
     model: str
-    client: str | None
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
@@ -41,9 +42,11 @@ class LaneEntry(msgspec.Struct, array_like=True):
     cost_eur: float
     status: int
     latency_ms: float
+    client: str | None
     reason: str
 
 
+assert LaneEntry.__struct_fields__[:12] == UsageRow.__struct_fields__
 _DECODER = msgspec.msgpack.Decoder(LaneEntry)
 
 
@@ -52,15 +55,14 @@ def parse(data: bytes) -> list[LaneEntry]:
     return scan_frames(data, _DECODER)[0]
 
 
-def record(audit: AuditTrail, entry: LaneEntry) -> None:
-    """The entry's audit record and ledger row, durable once this returns (the store's journal)."""
-    usage = UsageRow(request_id=entry.request_id, time=entry.time, tenant=entry.tenant, token_id=entry.token_id,
-                     model=entry.model, input_tokens=entry.input_tokens, cached_input_tokens=entry.cached_input_tokens,
-                     output_tokens=entry.output_tokens, reasoning_tokens=entry.reasoning_tokens, cost_eur=entry.cost_eur,
-                     status=entry.status, latency_ms=entry.latency_ms)
-    audit.append(status=entry.status, reason=entry.reason, tenant=entry.tenant, token_id=entry.token_id,
-                         client=entry.client, model=entry.model, input_tokens=entry.input_tokens,
-                         output_tokens=entry.output_tokens, request_id=entry.request_id, usage=usage).result()
+def record(audit: AuditTrail, entries: list[LaneEntry]) -> None:
+    """The entries' audit records and ledger rows, committed to the store when this returns (then
+    the lane's file may be emptied); raises, recording nothing, when the commit fails."""
+    rows = []
+    for entry in entries:
+        fields = msgspec.structs.astuple(entry)
+        rows.append((fields[:12], entry.reason, entry.client))
+    audit.append_rows(rows)
 
 
 def replay(store: Store, audit: AuditTrail, path: str) -> int:
@@ -76,14 +78,14 @@ def replay(store: Store, audit: AuditTrail, path: str) -> int:
                 entries += parse(f.read())
         except FileNotFoundError:
             continue
-    recorded = 0
-    for entry in sorted(entries, key=lambda e: e.time):
-        if not store.has_audit_record(entry.tenant, entry.time, entry.request_id):
-            record(audit, entry)
-            recorded += 1
+    missing = [e for e in sorted(entries, key=lambda e: e.time)
+               if not store.has_audit_record(e.tenant, e.time, e.request_id)]
+    if missing:
+        record(audit, missing)
     for name in paths:
         if os.path.exists(name):
             os.truncate(name, 0)
-    if recorded:
-        log.warning("recorded %d usage rows that the native lane had journaled before the gateway stopped", recorded)
-    return recorded
+    if missing:
+        log.warning("recorded %d usage rows that the native lane had journaled before the gateway stopped",
+                    len(missing))
+    return len(missing)

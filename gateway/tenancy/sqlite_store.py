@@ -162,6 +162,19 @@ class SqliteStore:
             return writer.submit(op)
         return writer.submit_on_loop(op, loop)
 
+    def insert_rows(self, usage_rows: list[tuple[Any, ...]], audit_rows: list[tuple[Any, ...]], head: str) -> None:
+        """Requests' rows durable elsewhere already (the native lane's journal), as tuples in column
+        order, committed now in one transaction after any journaled rows still pending, with the
+        audit head they move to ("seq:hash"); raises when the commit fails."""
+        writer = self.writer
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(USAGE_SQL, usage_rows)
+            conn.executemany(AUDIT_SQL, audit_rows)
+            writer.set_head(head)
+
+        writer.commit_now(op)
+
     def usage(self, tenant: str | None, since: float, until: float | None = None) -> list[UsageRow]:
         self.writer.sync()
         where, params = ["time >= ?"], [since]

@@ -163,6 +163,23 @@ class SqliteWriter:
             if not self.closed:  # else close() has the writer thread commit them
                 self._commit_taken(self._take_pending())
 
+    def commit_now(self, op: Op) -> None:
+        """Commits `op` at once, on this thread, after the journaled rows still pending (so the
+        audit chain keeps its order in the table); raises what the commit raised."""
+        future: Future[Any] = Future()
+        with self._write_lock:
+            if self.closed:
+                raise RuntimeError("store is closed")
+            taken = self._take_pending() if self.journal is not None else []
+            self._commit(taken + [(op, future)])
+            if self.journal is not None:
+                self._journal_done()
+        future.result()
+
+    def set_head(self, head: str) -> None:
+        """move_head's "seq:hash", for rows written as tuples."""
+        self._head = head
+
     def move_head(self, audit: AuditRecord) -> None:
         """Called inside a write: the batch commits the audit head with it."""
         self._head = f"{audit.seq}:{audit.hash}"

@@ -24,7 +24,7 @@ from gateway.http import serve
 from gateway.tenancy import Tenancy
 from gateway.tenancy.lane_ledger import parse
 from tests.gateway.fake_engine import FakeEngine
-from tests.gateway.raw_client import RawResponse, parse_response
+from tests.gateway.raw_client import RawResponse, get, parse_response
 
 pytest.importorskip("gateway._native", reason="the native lane is not built")
 
@@ -211,6 +211,12 @@ def test_ledger_rows_and_audit_records_of_lane_requests(tmp_path: Path) -> None:
             records = [r for r in tenancy.store.audit_records() if r.request_id.startswith("r")]
             assert len(records) == 20 and all(r.reason == "ok" and r.client == "127.0.0.1" for r in records)
             assert tenancy.audit.verify() == []
+            # The metrics count them under their tier, with what they cost.
+            metrics = (await get(lane.port, "/metrics")).content.decode()
+            assert 'llmaas_gateway_requests_total{code="",model="m",status="200",tier="gold"} 10.0' in metrics
+            billed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                         if line.startswith("llmaas_gateway_cost_eur_total{"))
+            assert billed == pytest.approx(sum(r.cost_eur for r in rows))
     run(test)
 
 
