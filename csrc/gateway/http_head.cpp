@@ -1,13 +1,16 @@
 // See http_head.h. RFC 9112 syntax, restricted to what the native lane serves.
 #include "http_head.h"
 
-#include <cctype>
+#include <algorithm>
 
 namespace llmaas::gw {
 namespace {
 
+// ASCII only, inline: the locale-aware <cctype> calls were a tenth of the lane's own time.
+inline unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? c | 0x20 : c; }
+
 bool is_tchar(unsigned char c) {
-  if (std::isalnum(c)) return true;
+  if ((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'z')) return true;
   switch (c) {
     case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
     case '^': case '_': case '`': case '|': case '~':
@@ -20,7 +23,7 @@ bool is_tchar(unsigned char c) {
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (lower(static_cast<unsigned char>(a[i])) != lower(static_cast<unsigned char>(b[i]))) return false;
   return true;
 }
 

@@ -2,7 +2,6 @@
 #include "tenants.h"
 
 #include <algorithm>
-#include <cctype>
 
 namespace llmaas::gw {
 namespace {
@@ -72,8 +71,10 @@ bool NativeTenancy::admit(std::string_view authorization, bool has_authorization
     token = &view->local;
   } else {
     if (!has_authorization || authorization.size() < 7) return false;
-    for (size_t i = 0; i < 7; ++i)
-      if (std::tolower(static_cast<unsigned char>(authorization[i])) != "bearer "[i]) return false;
+    for (size_t i = 0; i < 7; ++i) {
+      unsigned char c = static_cast<unsigned char>(authorization[i]);
+      if ((c >= 'A' && c <= 'Z' ? c | 0x20 : c) != "bearer "[i]) return false;
+    }
     std::string_view secret = authorization.substr(7);
     while (!secret.empty() && (secret.front() == ' ' || secret.front() == '\t')) secret.remove_prefix(1);
     while (!secret.empty() && (secret.back() == ' ' || secret.back() == '\t')) secret.remove_suffix(1);

@@ -320,3 +320,23 @@ def test_a_killed_gateways_lane_journal_is_recorded_at_the_next_open(tmp_path: P
             finally:
                 reopened.close()
     run(test)
+
+
+def test_the_scheme_and_header_name_in_any_case(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            for header in (f"Authorization: BEARER {key}", f"AUTHORIZATION: bEaReR   {key}  "):
+                data = json.dumps(chat()).encode()
+                head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\n{header}\r\nconnection: close\r\n"
+                        f"content-length: {len(data)}\r\n\r\n")
+                reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+                writer.write(head.encode() + data)
+                answer = parse_response(await asyncio.wait_for(reader.read(), 10))
+                writer.close()
+                assert answer.status == 200
+            assert handed_off(lane) == 0
+            # Two Authorization headers: which one counts is Python's call (it answers).
+            doubled = await call(lane.port, chat(), key, extra=f"authorization: Bearer {key}\r\n")
+            assert handed_off(lane) == 1 and doubled.status in (200, 401)
+    run(test)
