@@ -26,27 +26,14 @@ SUFFIX = "-lane-journal"
 log = logging.getLogger(__name__)
 
 
-class LaneEntry(msgspec.Struct, array_like=True):
-    """One request the lane served: lane_journal.h LedgerEntry, field for field; its first twelve
-    fields are a usage row's columns, in order."""
+class LaneEntry(UsageRow, array_like=True, kw_only=True):
+    """One request the lane served: lane_journal.h LedgerEntry, field for field (a usage row's
+    columns, then its audit record's client and reason), packed as an array."""
 
-    request_id: str
-    time: float
-    tenant: str
-    token_id: str
-    model: str
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_eur: float
-    status: int
-    latency_ms: float
     client: str | None
     reason: str
 
 
-assert LaneEntry.__struct_fields__[:12] == UsageRow.__struct_fields__
 _DECODER = msgspec.msgpack.Decoder(LaneEntry)
 
 
