@@ -44,6 +44,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- The prompt-security rule files behind a record's verdict (audit.py hashes it when set).
         ALTER TABLE audit ADD COLUMN rules_version TEXT;
     """),
+    (5, """
+        -- A counter of changes to the tokens table, whoever makes them (a gateway, the CLI): the
+        -- gateway's native lane re-reads the tokens only when it moved (gateway/lane_tenancy.py).
+        INSERT OR IGNORE INTO meta (key, value) VALUES ('tokens_version', '0');
+        CREATE TRIGGER tokens_inserted AFTER INSERT ON tokens BEGIN
+            UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'tokens_version'; END;
+        CREATE TRIGGER tokens_updated AFTER UPDATE ON tokens BEGIN
+            UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'tokens_version'; END;
+        CREATE TRIGGER tokens_deleted AFTER DELETE ON tokens BEGIN
+            UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'tokens_version'; END;
+    """),
 ]
 
 

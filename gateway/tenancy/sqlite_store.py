@@ -98,6 +98,10 @@ class SqliteStore:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    def tokens_version(self) -> int:
+        """Moves whenever a token is written, by any process (a trigger counts the changes)."""
+        return int(self.get_meta("tokens_version") or 0)
+
     def set_meta_once(self, key: str, value: str) -> str:
         """Sets `key` unless some process set it first; returns the value that won."""
         def op(conn: sqlite3.Connection) -> str:

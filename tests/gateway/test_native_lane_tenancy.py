@@ -340,3 +340,23 @@ def test_the_scheme_and_header_name_in_any_case(tmp_path: Path) -> None:
             doubled = await call(lane.port, chat(), key, extra=f"authorization: Bearer {key}\r\n")
             assert handed_off(lane) == 1 and doubled.status in (200, 401)
     run(test)
+
+
+def test_a_revocation_by_another_process_reaches_the_lane_within_a_second(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            secret, record = lane.tenancy.tokens.create("acme", "gold")
+            lane.sync()
+            assert (await call(lane.port, chat(), secret)).status == 200
+            # The CLI's way: its own store on the database, no word to the gateway.
+            cli = Tenancy.open(lane.tenancy.store.path)  # type: ignore[attr-defined]
+            try:
+                cli.tokens.revoke(record.id)
+            finally:
+                cli.close()
+            deadline = time.monotonic() + 3
+            while (answer := await call(lane.port, chat(), secret)).status == 200:
+                assert time.monotonic() < deadline, "the lane still serves a revoked key"
+                await asyncio.sleep(0.05)
+            assert answer.status == 401 and b"revoked" in answer.content
+    run(test)
