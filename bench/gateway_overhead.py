@@ -10,7 +10,7 @@ Same run, same load generator, interleaved rounds (this machine is shared and no
 - the tenant stages (auth, rate limits, ledger and audit rows): a gateway with them on and prompt
   security off, served by its native lane (gateway/lane_tenancy.py); goal <= 100 us added per
   request (issue 4) against the lane with the stages off, and the serving goal (>= 0.5 of the bare
-  server) kept with them on;
+  server) kept with them on; the same gateway on its Python server alone is measured beside it;
 - prompt security on top (its stage runs on the Python server, so that gateway serves every request
   there): its cost against the Python server with the stages off.
 
@@ -181,30 +181,34 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     (folder / "tiers.toml").write_text(_TIERS)
     backend_port, bare_port, full_port, tenancy_port = free_port(), free_port(), free_port(), free_port()
-    python_port = free_port()
+    python_port, tenancy_python_port = free_port(), free_port()
     tenancy = Tenancy.open(str(folder / f"llmaas-{full_port}.db"), str(folder / "tiers.toml"))
     secret, _ = tenancy.tokens.create("bench", "bench")
     tenancy.close()
-    shutil.copy(folder / f"llmaas-{full_port}.db", folder / f"llmaas-{tenancy_port}.db")  # the same key in both
+    for port in (tenancy_port, tenancy_python_port):  # the same key in each
+        shutil.copy(folder / f"llmaas-{full_port}.db", folder / f"llmaas-{port}.db")
     backend = subprocess.Popen([sys.executable, "-m", "bench.instant_backend", "--port", str(backend_port)])
     gateways = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config",
                                   str(gateway_config(folder, port, backend_port, stages, security))],
                                  stdout=subprocess.DEVNULL)
                 for port, stages, security in ((bare_port, False, False), (full_port, True, True),
                                                (tenancy_port, True, False))]
-    gateways.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config",
-                                      str(gateway_config(folder, python_port, backend_port, False, False, False))],
-                                     stdout=subprocess.DEVNULL))
+    for port, stages in ((python_port, False), (tenancy_python_port, True)):
+        gateways.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config",
+                                          str(gateway_config(folder, port, backend_port, stages, False, False))],
+                                         stdout=subprocess.DEVNULL))
     auth = f"authorization: Bearer {secret}\r\n".encode()
     targets = [Target("bare httptools server", backend_port, backend.pid),
                Target("gateway, stages off (native lane)", bare_port, gateways[0].pid),
                Target("gateway, stages off, Python server only", python_port, gateways[3].pid),
                Target("gateway, auth + limits + ledger + audit + security (Python server)", full_port,
                       gateways[1].pid, auth),
-               Target("gateway, auth + limits + ledger + audit (native lane)", tenancy_port, gateways[2].pid, auth)]
+               Target("gateway, auth + limits + ledger + audit (native lane)", tenancy_port, gateways[2].pid, auth),
+               Target("gateway, auth + limits + ledger + audit, Python server only", tenancy_python_port,
+                      gateways[4].pid, auth)]
     load_before = os.getloadavg()
     try:
-        for port in (backend_port, bare_port, full_port, tenancy_port, python_port):
+        for port in (backend_port, bare_port, full_port, tenancy_port, python_port, tenancy_python_port):
             wait_port(port)
         import uvloop
 
@@ -221,7 +225,7 @@ def main() -> None:
             proc.kill()
             proc.wait()
     med = statistics.median
-    direct, bare, python_only, full, tenancy_only = targets
+    direct, bare, python_only, full, tenancy_only, tenancy_python = targets
     load = " / ".join(f"{a:.2f}" for a in (*load_before[:1], *os.getloadavg()[:1]))
     print(f"machine: {os.cpu_count()} CPUs, load average {load} (before / after); rounds: {args.rounds}; "
           f"concurrency {args.concurrency}; {args.requests} requests per throughput run, "
@@ -234,7 +238,8 @@ def main() -> None:
     print(f"gateway on its Python server only / bare server: throughput {med(python_only.rps) / med(direct.rps):.2f}, "
           f"added p50 {med(python_only.p50_ms) - med(direct.p50_ms):.3f} ms")
     print(f"gateway with the tenant stages (native lane) / bare server: throughput "
-          f"{med(tenancy_only.rps) / med(direct.rps):.2f} (goal >= 0.5)")
+          f"{med(tenancy_only.rps) / med(direct.rps):.2f} (goal >= 0.5); on the Python server only: "
+          f"{med(tenancy_python.rps) / med(direct.rps):.2f}")
     # Each pipeline against the same path with its stages off.
     print(f"tenant stages (auth, limits, ledger, audit) on the lane: +{med(tenancy_only.cpu_us) - med(bare.cpu_us):.0f} us "
           f"CPU and +{(med(tenancy_only.p50_ms) - med(bare.p50_ms)) * 1e3:.0f} us p50 per request (goal <= 100 us)")
