@@ -95,7 +95,8 @@ class Gateway:
 
         def factory(sock: socket.socket, state: ServerState, connections: ConnectionCount | None) -> Lane:
             lane = native_lane.NativeLane(sock, state, connections, self.config, self.fleet,
-                                          [self.metrics, self.recorder], self.tenancy_stage)
+                                          [self.metrics, self.recorder], self.tenancy_stage,
+                                          self.metrics.lane_handoffs.inc)
             self.metrics.refresh = lane.sync  # a scrape sees what the lane finished up to now
             self.lane = lane
             return lane

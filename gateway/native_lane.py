@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -114,7 +115,8 @@ class NativeLane:
 
     def __init__(self, sock: socket.socket, state: ServerState, connections: ConnectionCount | None,
                  config: GatewayConfig, fleet: Fleet, stages: list[BatchStage],
-                 tenancy: TenancyStage | None = None) -> None:
+                 tenancy: TenancyStage | None = None, on_handoffs: Callable[[int], None] | None = None) -> None:
+        """on_handoffs: told, each sync, how many connections the lane handed over since the last."""
         assert _native is not None
         self._sock = sock
         self._state = state
@@ -133,6 +135,8 @@ class NativeLane:
         for model, hosts in fleet.by_model.items():
             self._plane.add_model(model, [index[h.name] for h in hosts])
         self._tenancy = LaneTenancy(tenancy, self._plane, list(fleet.by_model)) if tenancy is not None else None
+        self._on_handoffs = on_handoffs
+        self._handoffs_told = 0
         self._loop = asyncio.get_running_loop()
         self._adopting: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -181,6 +185,10 @@ class NativeLane:
             self._tenancy.sync()  # the usage rows first: what is finished is in the ledger
         for finished in plane.take_finished():
             self._finish(*finished)
+        handed_off = int(plane.handed_off)
+        if self._on_handoffs is not None and handed_off > self._handoffs_told:
+            self._on_handoffs(handed_off - self._handoffs_told)
+        self._handoffs_told = handed_off
 
     def _finish(self, model: str, host: int, status: int, count: int, retries: int, with_usage: int,
                 prompt: int, cached: int, completion: int, reasoning: int, ttft: bytes, e2e: bytes,

@@ -65,6 +65,8 @@ class GatewayMetrics:
                                ["model"], registry=r)
         self.security = Counter("llmaas_gateway_security_verdicts", "Prompt security verdicts by action, and the "
                                 "rules behind flags and blocks.", ["action", "rule"], registry=r)
+        self.lane_handoffs = Counter("llmaas_gateway_lane_handoffs", "Client connections the native lane handed "
+                                     "to the Python server (streams, refusals, what it does not serve).", registry=r)
         # Kept by the HTTP servers this gateway is served on (serve(..., connections=...)).
         self.connections = ConnectionCount()
         Gauge("llmaas_gateway_open_connections", "Client connections open on the gateway's HTTP servers.",

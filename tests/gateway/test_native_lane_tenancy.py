@@ -232,6 +232,8 @@ def test_refusals_are_handed_to_python_and_audited(tmp_path: Path) -> None:
                 assert a.status == b.status == status, (body, presented, b.content)
                 assert comparable(a) == comparable(b)
             assert handed_off(lane) == len(cases)
+            metrics = (await get(lane.port, "/metrics")).content.decode()  # itself handed over
+            assert f"llmaas_gateway_lane_handoffs_total {len(cases) + 1}.0" in metrics
             lane.sync()
             reasons = [(r.status, r.reason) for r in lane.tenancy.store.audit_records()]
             assert reasons == [(401, "auth")] * 3 + [(403, "permission"), (404, "lifecycle"), (400, "limit")]
