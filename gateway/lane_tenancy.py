@@ -90,7 +90,7 @@ class LaneTenancy:
 
     def _drain(self) -> None:
         plane = self._plane
-        entries = lane_ledger.parse(plane.journal_take())  # type: ignore[attr-defined]
+        entries = lane_ledger.parse_taken(plane.journal_take())  # type: ignore[attr-defined]
         if entries:
             # Committed on return; should that fail, the lane's file is kept and taken again.
             lane_ledger.record(self.tenancy.audit, entries)

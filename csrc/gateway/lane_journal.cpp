@@ -165,8 +165,19 @@ std::string LaneJournal::take() {
     taken_ = active_;
     active_ = 1 - active_;
   }
-  if (maps_[taken_] == nullptr) return std::string();
-  return std::string(reinterpret_cast<const char*>(maps_[taken_]), ends_[taken_]);
+  // The frames' payloads behind an array32 header: the frames were written whole by this object.
+  std::string out(5, '\0');
+  uint32_t count = 0;
+  const uint8_t* data = maps_[taken_];
+  for (size_t pos = 0; pos + 8 <= ends_[taken_]; ++count) {
+    uint32_t length = uint32_t(data[pos]) | uint32_t(data[pos + 1]) << 8 | uint32_t(data[pos + 2]) << 16 |
+                      uint32_t(data[pos + 3]) << 24;
+    out.append(reinterpret_cast<const char*>(data + pos + 8), length);
+    pos += 8 + length;
+  }
+  out[0] = static_cast<char>(0xdd);
+  for (int i = 0; i < 4; ++i) out[1 + i] = static_cast<char>(count >> (24 - 8 * i));
+  return out;
 }
 
 void LaneJournal::release() {

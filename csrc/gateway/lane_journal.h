@@ -6,8 +6,9 @@
 // Frames are journal.py's: u32 length | u32 crc32(payload) | payload, payload a msgpack array
 // (gateway/tenancy/lane_ledger.py LaneEntry, in field order). The Python side chains these entries
 // into the audit trail and the ledger every tick: `take` switches the lane to the other of the two
-// files and returns the bytes of the one it was writing; once Python has committed them to the
-// store, `release` empties that file (until then, `take` returns the same bytes again). At start, before the lane opens them, Python replays
+// files and returns the entries of the one it was writing, as one msgpack array of them (one
+// decode on the Python side, no framing to walk there); once Python has committed them to the
+// store, `release` empties that file (until then, `take` returns the same entries again). At start, before the lane opens them, Python replays
 // whatever both files still hold and empties them (gateway/tenancy/lane_ledger.py).
 #pragma once
 

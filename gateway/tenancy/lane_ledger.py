@@ -35,11 +35,17 @@ class LaneEntry(UsageRow, array_like=True, kw_only=True):
 
 
 _DECODER = msgspec.msgpack.Decoder(LaneEntry)
+_TAKEN = msgspec.msgpack.Decoder(list[LaneEntry])
 
 
 def parse(data: bytes) -> list[LaneEntry]:
     """The entries of a lane journal's bytes, up to the first torn or corrupt frame."""
     return scan_frames(data, _DECODER)[0]
+
+
+def parse_taken(data: bytes) -> list[LaneEntry]:
+    """The entries the running lane hands over (`journal_take`): one msgpack array of them."""
+    return _TAKEN.decode(data)
 
 
 def record(audit: AuditTrail, entries: list[LaneEntry]) -> None:
