@@ -150,12 +150,16 @@ void set_tenant_view(DataPlane& plane, bool require_auth, const std::vector<Toke
     throw std::invalid_argument("one serving window per model and one price set per model and tier");
   auto view = std::make_shared<llmaas::gw::TenantView>();
   view->require_auth = require_auth;
-  for (const auto& t : tokens) {
-    llmaas::gw::TokenEntry e = token_entry(*tenancy, t);
+  auto checked = [&](llmaas::gw::TokenEntry e) {
     if (e.tier < 0 || static_cast<size_t>(e.tier) >= tiers.size()) throw std::invalid_argument("no such tier");
+    if (e.models.size() != models) throw std::invalid_argument("one permission byte per model");
+    return e;
+  };
+  for (const auto& t : tokens) {
+    llmaas::gw::TokenEntry e = checked(token_entry(*tenancy, t));
     view->tokens.emplace(e.id, std::move(e));
   }
-  if (local) view->local = token_entry(*tenancy, *local);
+  if (local) view->local = checked(token_entry(*tenancy, *local));
   for (const auto& [priority, max_tokens, tpm] : tiers) view->tiers.push_back({priority, max_tokens, tpm});
   view->serve_from = serve_from;
   view->serve_until = serve_until;
