@@ -23,6 +23,7 @@ from gateway.gateway_server import Gateway
 from gateway.http import serve
 from gateway.tenancy import Tenancy
 from gateway.tenancy.lane_ledger import parse
+from gateway.tenancy.store import TokenRecord
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.raw_client import RawResponse, get, parse_response
 
@@ -155,6 +156,14 @@ async def call(port: int, body: dict, key: str | None = None, extra: str = "") -
         writer.close()
 
 
+async def served_key(s: Stack) -> tuple[str, TokenRecord]:
+    """A fresh key of the gold tier, once the lane has served a request with it."""
+    secret, record = s.tenancy.tokens.create("acme", "gold")
+    s.sync()
+    assert (await call(s.port, chat(), secret)).status == 200
+    return secret, record
+
+
 def chat(model: str = "m", **extra: object) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
 
@@ -258,9 +267,7 @@ def test_rate_limits_hold_exactly_across_both_paths(tmp_path: Path) -> None:
 def test_revocation_reaches_the_lane_at_once(tmp_path: Path) -> None:
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
-            secret, record = lane.tenancy.tokens.create("acme", "gold")
-            lane.sync()
-            assert (await call(lane.port, chat(), secret)).status == 200
+            secret, record = await served_key(lane)
             lane.tenancy.tokens.revoke(record.id)
             lane.sync()
             answer = await call(lane.port, chat(), secret)
@@ -347,9 +354,7 @@ def test_the_scheme_and_header_name_in_any_case(tmp_path: Path) -> None:
 def test_a_revocation_by_another_process_reaches_the_lane_within_a_second(tmp_path: Path) -> None:
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
-            secret, record = lane.tenancy.tokens.create("acme", "gold")
-            lane.sync()
-            assert (await call(lane.port, chat(), secret)).status == 200
+            secret, record = await served_key(lane)
             # The CLI's way: its own store on the database, no word to the gateway.
             cli = Tenancy.open(lane.tenancy.store.path)  # type: ignore[attr-defined]
             try:
