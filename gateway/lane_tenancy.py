@@ -55,7 +55,7 @@ class LaneTenancy:
         self._plane = plane
         self._models = models
         self._limiter: NativeRateLimiter = tenancy.limiter  # type: ignore[assignment]
-        # Whatever a killed gateway's lane left there was recorded when this Tenancy opened.
+        # Whatever a killed gateway's lane left there was recorded when the store opened.
         plane.enable_tenancy(self._limiter.table, tenancy.tokens.pepper,  # type: ignore[attr-defined]
                              tenancy.lane_journal_path)
         self._checked_at = -math.inf

@@ -7,16 +7,16 @@ and records each entry as the tenancy stage records a request it ended itself (`
 one audit record chained after the last and one ledger row, committed to the store in one
 transaction before the lane's file is emptied (they skip the store's own journal: the lane's
 already keeps them). At start, `replay` records what a killed
-gateway left in the lane's files and had not recorded yet: the Tenancy that owns the store's journal does it as it opens, when no
-lane can be writing them.
+gateway left in the lane's files and had not recorded yet: the store that owns the database's journal does it as it opens (a
+gateway's, or the CLI's when no gateway runs), when no lane can be writing them.
 """
 
 from __future__ import annotations
 
-import msgspec
-
 import logging
 import os
+
+import msgspec
 
 from gateway.tenancy.audit import AuditTrail
 from gateway.tenancy.journal import scan_frames

@@ -97,8 +97,6 @@ class Tenancy:
             else RateLimiter(self.clock, store.cost_since))
         cipher = PromptCipher(audit_key) if audit_key else None
         self.audit = AuditTrail(store, self.clock, cipher, prompt_retention_s)
-        if getattr(store, "journaled", False):  # the owner of the journal: no native lane is writing yet
-            lane_ledger.replay(store, self.audit, self.lane_journal_path)
         self.security_policies = SecurityPolicies(store, self.clock)  # the admin API's, over the config's
         # The principal of each token last verified, reused while its cached record is the same
         # object (the token cache re-reads records every second): most requests build none.

@@ -24,6 +24,9 @@ from typing import Any
 
 import msgspec
 
+from gateway.tenancy import lane_ledger
+from gateway.tenancy.audit import AuditTrail
+from gateway.tenancy.clock import SystemClock
 from gateway.tenancy.history import HistoryEntry, HistoryQuery, sql_glob
 from gateway.tenancy.journal import SUFFIX, Journal, JournalBusy
 from gateway.tenancy.migrations import migrate
@@ -67,6 +70,10 @@ class SqliteStore:
         self.writer = SqliteWriter(writer_conn, ledger_journal, batch_max, flush_interval_s)
         self._reader = self._connect(synchronous)
         self._read_lock = threading.Lock()
+        if ledger_journal is not None:
+            # The owner of the journal: no gateway's native lane is writing its own journal either,
+            # so what a killed one left there is recorded now, chained after the last record.
+            lane_ledger.replay(self, AuditTrail(self, SystemClock()), self.path + lane_ledger.SUFFIX)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so batching is explicit.
