@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection, SecuritySection, ServerSection, TenancySection
