@@ -42,6 +42,8 @@ def render_chat_template(
             add_generation_prompt=add_generation_prompt,
             **variables,
         )
+    except jinja2.UndefinedError as exc:  # e.g. a turn without content, where this template needs one
+        raise ChatTemplateError(f"this model's chat template cannot render these messages: {exc}") from exc
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"chat template failed: {exc}") from exc
 

@@ -208,6 +208,8 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise InvalidRequestError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
         n = len(prompt_ids)
         if n >= self.max_model_len:
             raise PromptTooLongError(f"this model's maximum context length is {self.max_model_len} tokens; "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kernels import sampling as cpu_sampling
+from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
 _NEG_INF = float("-inf")
@@ -34,6 +35,8 @@ class SamplingBatch:
     output_counts: torch.Tensor | None  # (S, V) float32: occurrences of each token in the output
     repetition_penalty: torch.Tensor | None  # (S,)
     seen_tokens: torch.Tensor | None  # (S, V) bool: token occurs in prompt or output
+    # (rows, token ids, biases), each (B,): logit_bias entries of every row that has some
+    logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     generators: list[tuple[int, torch.Generator]]  # rows with their own seeded generator
     max_logprobs: int | None  # largest top-N asked in the batch; None if no row wants logprobs
 
@@ -65,6 +68,7 @@ class SamplingBatch:
             output_counts=_token_counts([s.output_token_ids for s in seqs], vocab_size, device) if use_pf else None,
             repetition_penalty=col([p.repetition_penalty for p in ps]) if use_rep else None,
             seen_tokens=_token_counts([s.token_ids for s in seqs], vocab_size, device) > 0 if use_rep else None,
+            logit_bias=_logit_bias(ps, device),
             generators=[(i, s.generator) for i, s in enumerate(seqs) if s.generator is not None],
             max_logprobs=max(logprobs) if logprobs else None,
         )
@@ -94,6 +98,11 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """logit_bias, then the repetition, frequency and presence penalties; a new tensor where any
+    applies (the caller's logits stay as they were)."""
+    if batch.logit_bias is not None:
+        rows, ids, biases = batch.logit_bias
+        logits = logits.index_put((rows, ids), biases, accumulate=True)
     if batch.repetition_penalty is not None:
         assert batch.seen_tokens is not None
         penalty = batch.repetition_penalty.unsqueeze(1)
@@ -181,6 +190,18 @@ def _filter_sorted(values: torch.Tensor, top_k: torch.Tensor | None, top_p: torc
     cumulative = probs.cumsum(dim=-1)
     # Keep the smallest prefix whose mass reaches top_p; the first token always survives.
     return values.masked_fill(cumulative - probs >= top_p.unsqueeze(1), _NEG_INF), cumulative[:, -1]
+
+
+def _logit_bias(params: list[SamplingParams], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The batch's biases as (row, token id, bias) columns: only those travel to the device, never
+    an (S, V) matrix."""
+    entries = [(row, token, bias) for row, p in enumerate(params) for token, bias in p.logit_bias.items()]
+    if not entries:
+        return None
+    rows, ids, biases = zip(*entries)
+    return (_to_device(torch.tensor(rows, dtype=torch.int64), device),
+            _to_device(torch.tensor(ids, dtype=torch.int64), device),
+            _to_device(torch.tensor(biases, dtype=torch.float32), device))
 
 
 def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:

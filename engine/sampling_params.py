@@ -26,6 +26,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; k: the sampled token's plus the top k
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -47,6 +48,11 @@ class SamplingParams:
                f"logprobs must be between 0 and {_MAX_LOGPROBS}", "logprobs")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings", "stop")
         _check(len(self.stop) <= 16, "at most 16 stop strings", "stop")
+        self.logit_bias = dict(self.logit_bias)
+        _check(all(isinstance(t, int) and t >= 0 for t in self.logit_bias), "logit_bias keys must be token ids",
+               "logit_bias")
+        _check(all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]",
+               "logit_bias")
 
     @property
     def greedy(self) -> bool:

@@ -131,10 +131,28 @@ def test_logprobs_are_raw_log_softmax_with_top_n() -> None:
     assert math.isclose(float(torch.logsumexp(expected[0], -1)), 0.0, abs_tol=1e-5)
 
 
+def test_logit_bias_moves_its_rows_tokens_only() -> None:
+    logits = random_logits(3, seed=6)
+    best = logits.argmax(-1).tolist()
+    forced = (best[1] + 7) % VOCAB
+    seqs = [make_seq(SamplingParams(temperature=0, logit_bias={best[0]: -100.0}, logprobs=1)),
+            make_seq(SamplingParams(temperature=0.8, logit_bias={forced: 100.0, best[1]: -100.0})),
+            make_seq(SamplingParams(temperature=0))]
+    batch = SamplingBatch.from_seqs(seqs, VOCAB)
+    for _ in range(20):
+        out = sample(logits, batch)
+        biased = logits[0].clone()
+        biased[best[0]] -= 100.0
+        assert out.token_ids.tolist() == [int(biased.argmax()), forced, best[2]]
+    # Logprobs stay the model's own (as the penalties leave them), and the caller's logits unchanged.
+    assert torch.allclose(out.logprobs[0], torch.log_softmax(logits[0], -1)[out.token_ids[0]])
+    assert logits.argmax(-1).tolist() == best
+
+
 @pytest.mark.parametrize("field,value", [
     ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2), ("min_p", 2.0), ("n", 0),
     ("max_tokens", 0), ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("repetition_penalty", 0.0),
-    ("logprobs", 21), ("stop", [""]),
+    ("logprobs", 21), ("stop", [""]), ("logit_bias", {5: 101.0}), ("logit_bias", {-1: 1.0}),
 ])
 def test_invalid_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError) as err:

@@ -15,6 +15,8 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr std::string_view kChatPath = "/v1/chat/completions";
 constexpr std::string_view kCompletionsPath = "/v1/completions";
+// OpenAI's max_tokens for a completions request that gives none (protocol.py).
+constexpr int64_t kCompletionsDefaultMaxTokens = 16;
 
 double monotonic();
 double wall_clock();  // seconds since the epoch: the tenancy's time

@@ -18,6 +18,7 @@ bool Loop::admit_tenant(ClientConn* c) {
   ask.prompt_tokens = f.prompt_chars / 4 + 8;
   ask.asked = (f.has_max_completion_tokens && f.max_completion_tokens != 0) ? f.max_completion_tokens
               : (f.has_max_tokens && f.max_tokens != 0)                    ? f.max_tokens
+              : c->head.target == kCompletionsPath                         ? kCompletionsDefaultMaxTokens
                                                                            : 0;
   ask.n = (f.has_n && f.n != 0) ? f.n : 1;
   if (!plane_.tenancy()->admit(c->head.authorization, c->head.has_authorization, ask, wall_clock(), &c->grant))

@@ -122,7 +122,8 @@ bool NativeTenancy::admit(std::string_view authorization, bool has_authorization
   for (size_t i = 0; i < 6; ++i) append_header(&grant->headers, kNames[i], admission.headers[i]);
   grant->headers.append(token->headers);
   grant->overrides.assign("\"priority\":").append(std::to_string(-tier.priority));
-  if (ask.asked == 0) grant->overrides.append(",\"max_tokens\":").append(std::to_string(completion));
+  // A ceiling, as tenancy_stage.py sends it: a max_tokens past the model's context would be refused.
+  if (ask.asked == 0) grant->overrides.append(",\"max_tokens_cap\":").append(std::to_string(completion));
   grant->overrides.push_back('}');
   return true;
 }

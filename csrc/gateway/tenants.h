@@ -77,7 +77,7 @@ struct TenantGrant {
   double reserved_eur = 0;
   PriceSet prices;
   std::string headers;    // x-ratelimit-* and the token's own, rendered
-  std::string overrides;  // `"priority":P[,"max_tokens":M]}`: replaces the body's closing brace after a comma
+  std::string overrides;  // `"priority":P[,"max_tokens_cap":M]}`: replaces the body's closing brace after a comma
 };
 
 struct TenantCounts {

@@ -26,11 +26,13 @@ from gateway.openai.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from gateway.openai.messages import check_messages, check_unsupported
 from gateway.openai.reasoning import ReasoningSplitter
 from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
     ApiError,
     ServingContext,
+    capped_max_tokens,
     decode_body,
     finish_reason,
     json_response,
@@ -50,12 +52,15 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
     try:
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
+        check_messages(req.messages)
+        check_unsupported(req.tools, req.tool_choice, req.response_format)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
         prompt = _render(ctx, req)
         prompt_ids = ctx.tokenizer.encode(prompt, add_special_tokens=False)
+        max_tokens = capped_max_tokens(max_tokens, req.max_tokens_cap, ctx.max_model_len - len(prompt_ids))
+        params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
         outputs = await ctx.generate(prompt_ids, params, request_id, req.priority)
     except InvalidRequestError as exc:
         return ApiError.from_invalid(exc).response()

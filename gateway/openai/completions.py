@@ -14,11 +14,19 @@ from engine.outputs import RequestOutput, TokenLogprob, Usage
 from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response, StreamingResponse
 from gateway.openai.merge import merge_streams
-from gateway.openai.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, UsageInfo
+from gateway.openai.protocol import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    UsageInfo,
+)
 from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
     ApiError,
     ServingContext,
+    capped_max_tokens,
     decode_body,
     finish_reason,
     json_response,
@@ -31,8 +39,6 @@ from gateway.openai.serving import (
 from gateway.openai.usage_comments import UsageTally, wants_usage_comments
 
 _DECODER = msgspec.json.Decoder(CompletionRequest)
-# OpenAI's legacy default: completions stop after 16 tokens unless told otherwise.
-_DEFAULT_MAX_TOKENS = 16
 
 
 async def create_completion(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
@@ -41,11 +47,14 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
     try:
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
+        _check_unsupported(req)
         prompts = _prompts(req.prompt)
+        echoes = [_echo(ctx.tokenizer, p) if req.echo else "" for p in prompts]
         comments = bool(req.stream) and wants_usage_comments(request)
         if comments:  # the engine's own encoding, done here so the comments count prompts from the start
             prompts = [ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
-        max_tokens = _DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+        max_tokens = capped_max_tokens(COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
+                                       req.max_tokens_cap, ctx.max_model_len)
         params = sampling_params(req, max_tokens, req.logprobs)
         for i, prompt in enumerate(prompts):
             started.append(await ctx.generate(prompt, params, f"{request_id}-{i}", req.priority))
@@ -56,8 +65,9 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
     created = int(time.time())
     if req.stream:
         tally = UsageTally([len(p) for p in prompts]) if comments else None
-        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started, tally))
-    results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs) for outputs in started))
+        return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started, echoes, tally))
+    results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs, echo)
+                                     for outputs, echo in zip(started, echoes)))
     choices = [choice for prompt_choices, _ in results for choice in prompt_choices]
     for index, choice in enumerate(choices):  # choices of prompt p are numbered p * n + i
         choice.index = index
@@ -75,6 +85,19 @@ def _prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]
         return prompt  # type: ignore[return-value]
     raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids, or a list of "
                         "token id lists", param="prompt")
+
+
+def _check_unsupported(req: CompletionRequest) -> None:
+    if req.suffix:
+        raise ApiError(400, "suffix is not supported by this server (no insertion mode)", param="suffix")
+    if req.best_of is not None and req.best_of != req.n:
+        raise ApiError(400, "best_of is not supported by this server: ask for n choices instead", param="best_of")
+    if req.echo and req.logprobs is not None:
+        raise ApiError(400, "echo with logprobs is not supported by this server (no prompt logprobs)", param="echo")
+
+
+def _echo(tok: Tokenizer, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else tok.decode(prompt, skip_special_tokens=False)
 
 
 class _Logprobs:
@@ -96,9 +119,9 @@ class _Logprobs:
         return out
 
 
-async def _collect(tok: Tokenizer, req: CompletionRequest,
-                   outputs: AsyncIterator[RequestOutput]) -> tuple[list[CompletionChoice], Usage]:
-    texts: list[list[str]] = [[] for _ in range(req.n)]
+async def _collect(tok: Tokenizer, req: CompletionRequest, outputs: AsyncIterator[RequestOutput],
+                   echo: str) -> tuple[list[CompletionChoice], Usage]:
+    texts: list[list[str]] = [[echo] for _ in range(req.n)]
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
     reasons: list[str | None] = [None] * req.n
     usage = None
@@ -119,9 +142,11 @@ async def _collect(tok: Tokenizer, req: CompletionRequest,
 
 
 async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, created: int,
-                  streams: list[AsyncIterator[RequestOutput]], tally: UsageTally | None) -> AsyncIterator[bytes]:
+                  streams: list[AsyncIterator[RequestOutput]], echoes: list[str],
+                  tally: UsageTally | None) -> AsyncIterator[bytes]:
     """Chunks of all prompts as they come; choice j of prompt i is numbered i * n + j, as OpenAI does.
-    With a tally, each step's usage comment goes before its chunks (see gateway.openai.usage_comments)."""
+    Echoed prompts come first, a chunk each. With a tally, each step's usage comment goes before its
+    chunks (see gateway.openai.usage_comments)."""
     def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
         return sse(Completion(id=request_id, created=created, model=req.model, choices=choices,
                               system_fingerprint=SYSTEM_FINGERPRINT, usage=usage))
@@ -132,6 +157,10 @@ async def _stream(tok: Tokenizer, req: CompletionRequest, request_id: str, creat
     try:
         if tally is not None:
             yield tally.comment()
+        for prompt_index, echo in enumerate(echoes):
+            if echo:
+                for index in range(prompt_index * req.n, (prompt_index + 1) * req.n):
+                    yield chunk([CompletionChoice(index, echo, None, None)])
         async for prompt_index, output in merged:
             if tally is not None:
                 tally.add(prompt_index, output)

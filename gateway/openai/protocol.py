@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 import msgspec
 
+# OpenAI's max_tokens for a completions request that gives none (chat's runs to the context's end).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
 # -- requests --------------------------------------------------------------------------------
 
 
@@ -29,6 +32,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's form) -> bias
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM-style extensions.
@@ -38,6 +42,10 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     # Scheduling priority, lower first (vLLM's convention); the gateway sets it from the caller's tier.
     priority: int = 0
+    # A ceiling on each choice's completion tokens, below the context's room (the gateway sets it
+    # from the caller's tier when the client gave no max_tokens): the answer stops there with
+    # finish_reason "length" instead of being refused.
+    max_tokens_cap: int | None = None
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -46,12 +54,20 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    # Read only to refuse what this server cannot honour (gateway/openai/messages.py).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
     # A string, a list of strings, one list of token ids, or a list of such lists.
     prompt: str | list[str | int | list[int]]
     logprobs: int | None = None
+    echo: bool = False  # each choice's text starts with its prompt
+    # Read only to refuse what this server cannot honour: insertion, and best-of-n reranking.
+    suffix: str | None = None
+    best_of: int | None = None
 
 
 # -- responses -------------------------------------------------------------------------------

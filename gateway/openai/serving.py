@@ -74,6 +74,10 @@ class ServingContext:
         outputs = await start(self.engine.generate(prompt, params, request_id=request_id, priority=priority))
         return outputs if self.metrics is None else self.metrics.track(outputs, arrival)
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.engine.max_model_len
+
     def check_model(self, model: str) -> None:
         if model not in self.model_names:
             raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
@@ -108,6 +112,8 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
 
 def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
     """Maps the wire fields to SamplingParams, whose validation errors name the field."""
+    if req.stream_options is not None and not req.stream:
+        raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
     return SamplingParams(
         n=req.n,
         max_tokens=max_tokens,
@@ -122,7 +128,28 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
         stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
+        logit_bias=_logit_bias(req.logit_bias),
     )
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    try:
+        return {int(token): value for token, value in (bias or {}).items()}
+    except ValueError:
+        raise ApiError(400, "logit_bias keys must be token ids", param="logit_bias") from None
+
+
+def capped_max_tokens(max_tokens: int | None, cap: int | None, room: int) -> int | None:
+    """max_tokens lowered to `cap`; None (up to the context's end, `room` tokens) stays None when
+    the cap leaves all the room."""
+    if cap is None:
+        return max_tokens
+    if cap < 1:
+        raise ApiError(400, "max_tokens_cap must be at least 1: the prompt leaves no completion tokens under "
+                            "this request's token limit", param="max_tokens")
+    if max_tokens is None:
+        return cap if cap < room else None
+    return min(max_tokens, cap)
 
 
 def usage_info(usages: list[Usage], reasoning_tokens: int = 0) -> UsageInfo:

@@ -9,9 +9,11 @@ from concurrent.futures import Future
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
+from gateway.openai.protocol import COMPLETIONS_DEFAULT_MAX_TOKENS
 from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError
 
 STATE_KEY = "tenancy"
+COMPLETIONS_PATH = "/v1/completions"
 
 
 def gateway_error(exc: TenancyError) -> GatewayError:
@@ -41,6 +43,8 @@ class TenancyStage:
         state["principal"] = principal
         fields = exchange.fields
         asked = fields.max_completion_tokens or fields.max_tokens
+        if asked is None and exchange.path == COMPLETIONS_PATH:
+            asked = COMPLETIONS_DEFAULT_MAX_TOKENS  # what the engine will generate: reserve that, cap nothing
         try:
             admission = self.tenancy.admit(principal, exchange.model, prompt_tokens=exchange.estimated_prompt_tokens,
                                            max_tokens=asked, n=max(fields.n or 1, 1) * exchange.num_prompts,
@@ -51,10 +55,11 @@ class TenancyStage:
         exchange.response_headers += admission.headers()
         exchange.warning = admission.warning
         # The engine gets the tier's priority (its scheduler runs lower values first; tiers rank
-        # higher values first), and the tier's cap when the client set no max.
+        # higher values first), and the tier's ceiling when the client set no max: a ceiling, not
+        # a max_tokens, which the engine would refuse where it passes the model's context.
         exchange.overrides["priority"] = -admission.priority
         if asked is None:
-            exchange.overrides["max_tokens"] = admission.max_tokens
+            exchange.overrides["max_tokens_cap"] = admission.max_tokens
 
     def finish(self, exchange: Exchange) -> Awaitable[None] | None:
         state = exchange.state

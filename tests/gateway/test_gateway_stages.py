@@ -66,7 +66,9 @@ def test_the_engine_gets_the_tiers_priority_and_max_tokens(tmp_path: Path) -> No
         sent_free, sent_premium = engine.requests
         # Lower runs first in the engine: premium's priority 2 ranks ahead of free's 0.
         assert sent_premium["priority"] < sent_free["priority"]
-        assert sent_free["max_tokens"] == tenancy.config.tier("free").max_tokens_per_request - 8  # minus the prompt
+        # The tier's ceiling less the prompt, as a cap: a max_tokens past the context would be refused.
+        assert sent_free["max_tokens_cap"] == tenancy.config.tier("free").max_tokens_per_request - 8
+        assert "max_tokens" not in sent_free and "max_tokens_cap" not in sent_premium
         assert sent_premium["max_tokens"] == 7
 
     run(tmp_path, test).close()

@@ -142,10 +142,11 @@ def share_token(source: Stack, *others: Stack, tier: str = "gold", models: list[
     return secret
 
 
-async def call(port: int, body: dict, key: str | None = None, extra: str = "") -> RawResponse:
+async def call(port: int, body: dict, key: str | None = None, extra: str = "",
+               path: str = "/v1/chat/completions") -> RawResponse:
     data = json.dumps(body).encode()
     auth = f"authorization: Bearer {key}\r\n" if key is not None else ""
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n{auth}{extra}"
+    head = (f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n{auth}{extra}"
             f"connection: close\r\ncontent-length: {len(data)}\r\n\r\n")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head.encode() + data)
@@ -193,7 +194,16 @@ def test_admitted_requests_are_served_on_the_lane_as_python_serves_them(tmp_path
                 # when the client set no max.
                 sent_python, sent_lane = fake.requests[-2], fake.requests[-1]
                 assert sent_python == sent_lane and sent_lane["priority"] == -3
-            assert fake.requests[0]["max_tokens"] == 4000 - (len("hello there") // 4 + 8)
+            # A ceiling, not a max_tokens: one past the model's context would be refused.
+            assert fake.requests[0]["max_tokens_cap"] == 4000 - (len("hello there") // 4 + 8)
+            assert "max_tokens" not in fake.requests[0]
+            # Completions without max_tokens generate OpenAI's 16 tokens: no ceiling to send, and
+            # the limits reserve the prompt and those 16.
+            completion = {"model": "m", "prompt": "hello there"}
+            a = await call(python.port, completion, key, path="/v1/completions")
+            b = await call(lane.port, completion, key, path="/v1/completions")
+            assert a.status == b.status == 200 and comparable(a) == comparable(b)
+            assert fake.requests[-2] == fake.requests[-1] == {**completion, "priority": -3}
             assert handed_off(lane) == 0
     run(test)
 

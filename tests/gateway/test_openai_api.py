@@ -11,6 +11,8 @@ import openai
 import pytest
 
 
+from gateway.http import Router
+from gateway.openai import ServingContext, add_openai_routes
 from tests.gateway.serve_stack import CAPITAL, MODEL, Running, all_blocks_free, open_stream, raw_post
 
 
@@ -121,6 +123,37 @@ def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
     assert all(len(top) <= 2 for top in lp.top_logprobs)
 
 
+def test_no_max_tokens_runs_to_the_answers_end(client: openai.OpenAI) -> None:
+    # The key's tier allows 32768 tokens a request, the model's context 8192: the tier's allowance
+    # is a ceiling, not a max_tokens the engine would refuse as past the context.
+    result = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0)
+    assert result.choices[0].finish_reason == "stop" and "Paris" in result.choices[0].message.content
+    # Completions stop after OpenAI's default of 16 tokens.
+    legacy = client.completions.create(model=MODEL, prompt="Paris is", temperature=0, extra_body={"ignore_eos": True})
+    assert legacy.usage.completion_tokens == 16 and legacy.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_the_engine_lowers_max_tokens_to_its_cap(running: Running, path: str) -> None:
+    router = Router()
+    add_openai_routes(router, ServingContext(running.engine, [MODEL]))
+    engine_front = running.start(router)
+    prompt = {"messages": CAPITAL} if path == "/v1/chat/completions" else {"prompt": "Paris is"}
+
+    def usage(**fields: object) -> tuple[int, dict]:
+        body = {"model": MODEL, **prompt, "temperature": 0, "ignore_eos": True, **fields}
+        status, answer = raw_post(engine_front, path, json.dumps(body).encode())
+        return status, json.loads(answer)
+
+    for fields, tokens in (({"max_tokens_cap": 5}, 5), ({"max_tokens": 3, "max_tokens_cap": 5}, 3),
+                           ({"max_tokens": 9, "max_tokens_cap": 5}, 5)):
+        status, answer = usage(**fields)
+        assert status == 200 and answer["usage"]["completion_tokens"] == tokens, (fields, answer)
+        assert answer["choices"][0]["finish_reason"] == "length"
+    status, answer = usage(max_tokens_cap=0)
+    assert status == 400 and answer["error"]["param"] == "max_tokens"
+
+
 def test_models_are_those_the_key_may_use_with_their_lifecycle(client: openai.OpenAI) -> None:
     models = client.models.list().data
     assert [m.id for m in models] == [MODEL]
@@ -188,6 +221,73 @@ def test_wrong_type_is_400_naming_the_field(running: Running) -> None:
     status, body = raw_post(running, "/v1/chat/completions",
                             json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": "many"}).encode())
     assert status == 400 and json.loads(body)["error"]["param"] == "max_tokens"
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("fields,param,words", [
+    ({"messages": []}, "messages", "at least one message"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages", "messages[0].role"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages", "messages[0].content is required"),
+    ({"messages": [{"role": "user"}]}, "messages", "messages[0].content is required"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages", "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages", "messages[0].content[0].text"),
+    ({"tools": [TOOL]}, "tools", "tool calling is not supported"),
+    ({"tools": [TOOL], "tool_choice": "required"}, "tools", "tool calling is not supported"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
+    ({"logit_bias": {"x": 1}}, "logit_bias", "token ids"),
+    ({"logit_bias": {"49152": 1}}, "logit_bias", "[0, 49152)"),
+    ({"logit_bias": {"7": 101}}, "logit_bias", "[-100, 100]"),
+])
+def test_what_cannot_be_honoured_is_400_naming_the_field(running: Running, fields: dict, param: str, words: str) -> None:
+    body = {"model": MODEL, "messages": CAPITAL, "max_tokens": 2, **fields}
+    status, answer = raw_post(running, "/v1/chat/completions", json.dumps(body).encode())
+    error = json.loads(answer)["error"]
+    assert status == 400 and error["param"] == param and words in error["message"], error
+
+
+def test_what_is_harmless_is_served(client: openai.OpenAI) -> None:
+    # An assistant turn of tool calls only, tools the model must not call, plain text output.
+    messages = [*CAPITAL, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "user", "content": "And Italy?"}]
+    result = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, tools=[TOOL],
+                                            tool_choice="none", response_format={"type": "text"})
+    assert result.choices[0].message.content
+
+
+def test_logit_bias_steers_the_answer(running: Running, client: openai.OpenAI) -> None:
+    tok = running.engine.tokenizer
+    prompt = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0).choices[0].text
+    [greedy] = tok.encode(plain, add_special_tokens=False)
+    [london] = tok.encode(" London", add_special_tokens=False)
+    banned = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0,
+                                       logit_bias={str(greedy): -100}).choices[0].text
+    forced = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0.7,
+                                       logit_bias={str(london): 100}).choices[0].text
+    assert banned != plain and forced == " London London"
+
+
+def test_echo_puts_the_prompt_before_each_choice(running: Running, client: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0).choices[0].text
+    echoed = client.completions.create(model=MODEL, prompt=[prompt, prompt], max_tokens=3, temperature=0, n=2,
+                                       echo=True)
+    assert [c.text for c in echoed.choices] == [prompt + plain] * 4
+    ids = running.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    streamed = client.completions.create(model=MODEL, prompt=ids, max_tokens=3, temperature=0, echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == prompt + plain
+
+
+@pytest.mark.parametrize("fields,param", [({"suffix": "end"}, "suffix"), ({"best_of": 3}, "best_of"),
+                                          ({"echo": True, "logprobs": 1}, "echo")])
+def test_completions_refuse_what_they_cannot_honour(running: Running, fields: dict, param: str) -> None:
+    body = {"model": MODEL, "prompt": "Paris is", "max_tokens": 2, **fields}
+    status, answer = raw_post(running, "/v1/completions", json.dumps(body).encode())
+    assert status == 400 and json.loads(answer)["error"]["param"] == param
 
 
 def test_malformed_json_is_400(running: Running) -> None:
