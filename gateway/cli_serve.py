@@ -75,6 +75,7 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     from engine.loader.errors import ModelLoadError
     from gateway.engine_server import build_router, load_engine
     from gateway.http import run
+    from gateway.metrics import RegistryCollector, ServingMetrics
 
     try:
         config = EngineConfig(dtype=getattr(torch, args.dtype), device=args.device, max_num_seqs=args.max_num_seqs,
@@ -89,10 +90,12 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         return 2
     try:
         names = getattr(args, "served_model_name", None) or [args.model]
-        router = build_router(engine, names)
+        engine_metrics = ServingMetrics(engine)
+        router = build_router(engine, names, engine_metrics)
         startup = shutdown = connections = None
         if with_gateway:
             gateway = _local_gateway(names[0], router, require_auth=not args.no_auth)
+            gateway.metrics.registry.register(RegistryCollector(engine_metrics.registry))
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
             connections = gateway.metrics.connections
             if not _announce_key(gateway, args.no_auth):

@@ -12,6 +12,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from gateway.fleet.host import LoadReport
 from gateway.http import Request, Response, Router
+from gateway.metrics import ServingMetrics
 from gateway.openai import ServingContext, add_openai_routes
 
 _ENCODER = msgspec.json.Encoder()
@@ -24,10 +25,12 @@ def load_engine(model: str, config: EngineConfig) -> AsyncLLMEngine:
     return AsyncLLMEngine(lambda: LLMEngine(model, config))
 
 
-def build_router(engine: AsyncLLMEngine, model_names: list[str] | None = None) -> Router:
-    """Routes for `engine`, served under `model_names` (default: the name it was loaded by)."""
+def build_router(engine: AsyncLLMEngine, model_names: list[str] | None = None,
+                 metrics: ServingMetrics | None = None) -> Router:
+    """Routes for `engine`, served under `model_names` (default: the name it was loaded by),
+    counted in `metrics` (default: a registry of their own)."""
     router = Router()
-    add_openai_routes(router, ServingContext(engine, model_names or [engine.engine.model_name]))
+    add_openai_routes(router, ServingContext(engine, model_names or [engine.engine.model_name], metrics=metrics))
     router.add("GET", "/internal/load", functools.partial(load_report, engine))
     return router
 

@@ -118,5 +118,17 @@ def _histogram(name: str, documentation: str, h: StatsHistogram) -> HistogramMet
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=h.total)
 
 
+class RegistryCollector:
+    """Another registry's metrics, collected with this one's: `llmaas serve` shows its in-process
+    engine's (running, waiting, KV cache, tokens, latencies) on the gateway's /metrics, the only
+    one it serves. The names do not clash: the gateway's all start with llmaas_gateway_."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+
+
 async def metrics_endpoint(metrics: ServingMetrics, request: Request) -> Response:
     return metrics.render()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import http.client
 import subprocess
 import sys
 import time
@@ -84,6 +85,14 @@ def test_no_auth_serves_without_a_key(tmp_path: Path) -> None:
         assert "--no-auth" in printed
         status, body = chat(port, "Hi", None)
         assert status == 200 and body["choices"][0]["finish_reason"] == "length"
+        # One /metrics for both: the gateway's and its in-process engine's.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        assert 'llmaas_gateway_requests_total{code="",model="smollm2:135m",status="200",tier="local"} 1.0' in text
+        assert "llmaas_generation_tokens_total 2.0" in text and "llmaas_kv_cache_usage_ratio 0.0" in text
+        assert "llmaas_time_to_first_token_seconds_count 1.0" in text
     finally:
         proc.kill()
         proc.wait(10)
