@@ -85,6 +85,13 @@ void Loop::serve_next(ClientConn* c) {
     c->phase = ClientConn::Phase::kHead;
     c->deadline = now_ + config_.header_timeout_s;
   }
+  // Bytes that cannot begin a request the lane serves (another method or route, a TLS handshake,
+  // garbage) go to the Python server at once: it answers them without waiting for a whole head.
+  size_t prefix = std::min(c->in.size(), kServedPrefix.size());
+  if (std::string_view(c->in.data(), prefix) != kServedPrefix.substr(0, prefix)) {
+    hand_off(c);
+    return;
+  }
   HeadStatus status = parse_request_head(c->in, config_.max_header_bytes, &c->head);
   if (status == HeadStatus::kIncomplete) return;
   if (status == HeadStatus::kUnsupported || c->head.method != "POST" ||

@@ -15,6 +15,8 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr std::string_view kChatPath = "/v1/chat/completions";
 constexpr std::string_view kCompletionsPath = "/v1/completions";
+// What every request the lane serves starts with (both routes above, POST).
+constexpr std::string_view kServedPrefix = "POST /v1/";
 // OpenAI's max_tokens for a completions request that gives none (protocol.py).
 constexpr int64_t kCompletionsDefaultMaxTokens = 16;
 

@@ -324,6 +324,18 @@ def test_garbage_never_breaks_the_lane() -> None:
     run(test)
 
 
+def test_what_cannot_begin_a_served_request_is_answered_at_once() -> None:
+    # A TLS handshake on the plain port, a stray line: the Python server's 400, without the lane
+    # first waiting out the header timeout for a head that never comes.
+    async def test() -> None:
+        limits = ServerLimits(header_timeout_s=30.0)
+        async with engines(FakeEngine("a")) as urls, gateways(urls, limits) as (python, native, _gateway):
+            for sample in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), b"hello\r\n"):
+                a, b = await exchange(python, sample, timeout_s=2), await exchange(native, sample, timeout_s=2)
+                assert a == b and b.startswith(b"HTTP/1.1 400 "), (sample, b)
+    run(test)
+
+
 def test_whole_answers_survive_an_engine_dying_under_them() -> None:
     async def test() -> None:
         dying, survivor = FakeEngine("dying", delay_s=0.2, tokens=1), FakeEngine("ok")
