@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import torch  # noqa: E402
 
 import gpu_models as gm  # noqa: E402
-from gpu_step_profile import profile_decode_steps  # noqa: E402
+from gpu_step_profile import profile_batch_decode, profile_decode_steps  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -157,6 +157,8 @@ class Check:
             split = time.perf_counter() + (deadline - time.perf_counter()) * engine_share
             self._runner_rows(name, "engine", run_engine, prompts, batches, prompt_len, n, info, split)
             self.stage(f"step profile {name}", self._step_profile, name, llm, run_engine, prompts, n)
+            self.stage(f"batch profile {name}", self._batch_profile, name, llm, prompts, max(batches),
+                       min(4, (n - 1) // 2), split)
             del llm, run_engine
             free_memory(self.device)
             log(f"{name}: engine freed, {gm.allocated_gib(self.device):.1f} GiB still allocated")
@@ -181,6 +183,19 @@ class Check:
             f"launches (8 tokens) {result['launches_8_tokens']}")
         print(result["cprofile"], flush=True)
         print(result["torch_profile"], flush=True)
+
+    def _batch_profile(self, name: str, llm, prompts, batch: int, steps: int, deadline: float) -> None:
+        """The largest batch's decode step by kernel, when its row ran and its prefill fits the time left."""
+        row = next((r for r in self.report["throughput"] if r["model"] == name and r["runner"] == "engine"
+                    and r["batch"] == batch), None)
+        if row is None or 2 * row["prefill_seconds"] + 10 > deadline - time.perf_counter():
+            log(f"{name} batch profile: skipped (no batch {batch} row, or no time)")
+            return
+        result = profile_batch_decode(llm, prompts(batch), steps, self.device)
+        self.report.setdefault("batch_profiles", {})[name] = {k: v for k, v in result.items() if k != "table"}
+        log(f"{name} batch {batch} decode step: {result['step_ms']:.2f} ms, device kernels "
+            f"{result['device_kernel_ms']:.2f} ms, the rest (host, gaps) {result['host_ms']:.2f} ms")
+        print(result["table"], flush=True)
 
     def _engine_for(self, name: str, shape: dict, max_batch: int, max_len: int):
         from engine import LLM
