@@ -43,3 +43,17 @@ def test_kernel_bench_smoke_writes_every_kernel(tmp_path: Path) -> None:
                        "silu_and_mul"}
     assert all(row["us"] > 0 and row["floor_us"] > 0 for row in report["rows"])
     assert "| decode_attention triton |" in (tmp_path / "kernels.md").read_text()
+
+
+def test_engine_check_smoke_runs_every_stage(tmp_path: Path) -> None:
+    # The engine half of the check on CPU with tiny shapes: a stage that raises here would cost a
+    # GPU run its results.
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_engine_check.py"), "--out", str(tmp_path),
+                             "--smoke"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads((tmp_path / "engine_check.json").read_text())
+    assert report["errors"] == [] and report["correctness"]["match_hf_batched"] == report["correctness"]["prompts"]
+    assert {(r["model"], r["runner"]) for r in report["throughput"]} == {("tiny-a", "engine"), ("tiny-b", "engine"),
+                                                                           ("tiny-b", "transformers")}
+    assert set(report["batch_profiles"]) == {"tiny-a", "tiny-b"}
+    assert all(p["step_ms"] > 0 for p in report["batch_profiles"].values())
