@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+import tomllib
 
 
 def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
@@ -26,12 +28,18 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    gateway = Gateway(config)
-    lane, lane_state = gateway.native_lane()
+    try:
+        # The store, tiers and admin token are read here: their errors come before "gateway at".
+        gateway = Gateway(config)
+        router = gateway.router()
+        lane, lane_state = gateway.native_lane()
+    except (OSError, ValueError, sqlite3.Error, tomllib.TOMLDecodeError) as exc:
+        print(f"llmaas: error: {exc}", file=sys.stderr)
+        return 2
     try:
         print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1 "
               f"(native lane: {lane_state})", flush=True)
-        run(gateway.router(), host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
+        run(router, host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
             on_startup=gateway.start, on_shutdown=gateway.stop, connections=gateway.metrics.connections, lane=lane)
     except (OSError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)

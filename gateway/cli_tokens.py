@@ -37,8 +37,17 @@ def parse_since(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
+class CommandError(Exception):
+    """A command that cannot go on for a reason its user can fix: printed, exit status 2."""
+
+
 def iso_time(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # past year 9999 (a record from before lifetimes were bounded)
+        return f"@{ts:.0f}"
 
 
 def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
@@ -90,8 +99,13 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from gateway.tenancy import SqliteStore, SystemClock, default_db_path, load_config
     from gateway.tenancy.tokens import TokenService
 
-    store = SqliteStore(args.db or default_db_path())
-    config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
+    if args.db == "" or args.tiers == "":
+        raise CommandError("--db and --tiers need a path")
+    try:
+        config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
+        store = SqliteStore(args.db or default_db_path())
+    except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's
+        raise CommandError(str(exc)) from None
     return store, config, TokenService(store, SystemClock(), config.token_policy)
 
 

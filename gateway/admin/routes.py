@@ -35,7 +35,9 @@ from gateway.http import Request, Response, Router, error_response
 from gateway.tenancy import Tenancy
 from gateway.tenancy.audit import export_jsonl, verify
 from gateway.tenancy.ledger import render, summarize
+from gateway.tenancy.permissions import ModelPatterns
 from gateway.tenancy.store import TokenRecord
+from gateway.tenancy.tokens import check_lifetime, check_tenant
 
 ADMIN_TOKEN_ENV = "LLMAAS_ADMIN_TOKEN"
 _AT_FIELD = re.compile(r"at `\$\.(\w+)")
@@ -88,7 +90,9 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
                 return await handler(tenancy, request)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 return _invalid_body(exc)
-            except ValueError as exc:  # an unknown tier, a bad pattern, a bad duration
+            except FieldError as exc:
+                return error_response(400, str(exc), param=exc.param)
+            except ValueError as exc:  # a refusal no one field explains (rotating a revoked token)
                 return error_response(400, str(exc))
             except KeyError as exc:
                 return error_response(404, str(exc.args[0]), "not_found")
@@ -109,6 +113,22 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("DELETE", policy_path, guarded(delete_policy))
 
 
+class FieldError(ValueError):
+    """A bad value in one field of a request: a 400 naming it as `param`."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _field(param: str, check: Callable[..., object], *args: object) -> object:
+    """check(*args), with its ValueError charged to `param`."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise FieldError(param, str(exc)) from None
+
+
 def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> Response:
     """400 with the field at fault as `param` (msgspec names it: "... - at `$.patterns`", "unknown
     field `x`", "missing required field `tier`"); None when the body as a whole is wrong."""
@@ -120,7 +140,22 @@ def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> Respons
 
 
 def _query(request: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
+    """The query's parameters, blank ones kept (`since=` is an error, not the default)."""
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string, keep_blank_values=True).items()}
+
+
+def _tenant(q: dict[str, str]) -> str | None:
+    tenant = q.get("tenant")
+    if tenant is not None:
+        _field("tenant", check_tenant, tenant)
+    return tenant
+
+
+def _moment(text: str) -> float:
+    try:
+        return parse_since(text)
+    except Exception:  # argparse's error type: a user error here too
+        raise ValueError(f"not a date or duration: {text!r} (an ISO date, or a duration back like 30d)") from None
 
 
 def _duration(text: str | None) -> float | None:
@@ -134,14 +169,17 @@ def _duration(text: str | None) -> float | None:
 
 async def create_token(t: Tenancy, request: Request) -> Response:
     body = _CREATE.decode(request.body or b"{}")
-    t.config.tier(body.tier)
-    expires = _duration(body.expires_in)
+    _field("tenant", check_tenant, body.tenant)
+    _field("tier", t.config.tier, body.tier)
+    _field("models", ModelPatterns, body.models)
+    expires = _field("expires_in", _duration, body.expires_in)
+    _field("expires_in", check_lifetime, expires)
     secret, record = await asyncio.to_thread(t.tokens.create, body.tenant, body.tier, body.models, expires, body.name)
     return _json({**_token_view(record), "secret": secret}, status=201)
 
 
 async def list_tokens(t: Tenancy, request: Request) -> Response:
-    records = await asyncio.to_thread(t.store.list_tokens, _query(request).get("tenant"))
+    records = await asyncio.to_thread(t.store.list_tokens, _tenant(_query(request)))
     return _json({"object": "list", "data": [_token_view(r) for r in records]})
 
 
@@ -152,21 +190,23 @@ async def revoke_token(t: Tenancy, request: Request) -> Response:
 
 async def rotate_token(t: Tenancy, request: Request) -> Response:
     body = _ROTATE.decode(request.body or b"{}")
-    secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], _duration(body.grace))
+    grace = _field("grace", _duration, body.grace)
+    secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], grace)
     return _json({**_token_view(new), "secret": secret, "replaces": _token_view(old)}, status=201)
 
 
 async def usage(t: Tenancy, request: Request) -> Response:
     q = _query(request)
-    try:
-        since = parse_since(q.get("since", "30d"))
-        until = parse_since(q["until"]) if "until" in q else None
-    except Exception:
-        raise ValueError("since/until: an ISO date or a duration back (30d)") from None
+    since = _field("since", _moment, q.get("since", "30d"))
+    until = _field("until", _moment, q["until"]) if "until" in q else None
+    if until is not None and until < since:
+        raise FieldError("until", "until is before since")
     by, fmt = q.get("by"), q.get("format", "json")
-    if by not in (None, "model", "day", "tenant") or fmt not in ("json", "csv", "table"):
-        raise ValueError("by: model|day|tenant; format: json|csv|table")
-    rows = await asyncio.to_thread(t.store.usage, q.get("tenant"), since, until)
+    if by not in (None, "model", "day", "tenant"):
+        raise FieldError("by", "by: model, day or tenant")
+    if fmt not in ("json", "csv", "table"):
+        raise FieldError("format", "format: json, csv or table")
+    rows = await asyncio.to_thread(t.store.usage, _tenant(q), since, until)
     text = render(summarize(rows, by), fmt, by)
     return Response(body=text.encode(), content_type={"json": "application/json", "csv": "text/csv"}.get(fmt, "text/plain"))
 

@@ -50,10 +50,11 @@ def error_response(
     message: str,
     code: str | None = None,
     type_: str = "invalid_request_error",
+    param: str | None = None,
 ) -> Response:
     """An OpenAI-style JSON error body."""
     body = _JSON.encode(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
     return Response(status=status, body=body)
 

@@ -91,7 +91,7 @@ def render(totals: list[UsageTotals], fmt: str, by: str | None) -> str:
     rows = [[t.key, t.requests, t.input_tokens, t.cached_input_tokens, t.output_tokens, t.reasoning_tokens,
              f"{t.cost_eur:.6f}"] for t in totals]
     if fmt == "json":
-        return msgspec.json.encode(totals).decode()
+        return msgspec.json.encode(totals).decode() + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

@@ -135,7 +135,7 @@ class SqliteStore:
 
     def list_tokens(self, tenant: str | None = None) -> list[TokenRecord]:
         sql = f"SELECT {', '.join(_TOKEN_COLS)} FROM tokens"
-        rows = self._read(sql + " WHERE tenant = ? ORDER BY created_at", (tenant,)) if tenant else \
+        rows = self._read(sql + " WHERE tenant = ? ORDER BY created_at", (tenant,)) if tenant is not None else \
             self._read(sql + " ORDER BY tenant, created_at")
         return [self._token(r) for r in rows]
 
@@ -192,7 +192,7 @@ class SqliteStore:
         if until is not None:
             where.append("time < ?")
             params.append(until)
-        if tenant:
+        if tenant is not None:
             where.append("tenant = ?")
             params.append(tenant)
         rows = self._read(f"SELECT {', '.join(_USAGE_COLS)} FROM usage WHERE {' AND '.join(where)} ORDER BY time, id",

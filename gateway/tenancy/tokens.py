@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -40,6 +41,10 @@ PREFIX = "llmaas-"
 PEPPER_ENV = "LLMAAS_TOKEN_PEPPER"
 _ID_LEN = 12
 _KEY_BYTES = 32
+# A tenant names a customer in the ledger, the audit trail and every filter by tenant: never empty
+# (an empty name reads as "no filter" in too many places), no spaces or control characters.
+TENANT_NAME = re.compile(r"[\w.@:+\-]{1,128}")
+MAX_LIFETIME_S = 100 * 365 * 86400.0  # a lifetime, beyond which dates stop being printable
 
 
 def new_secret() -> tuple[str, str, str]:
@@ -60,6 +65,16 @@ def split_secret(secret: str) -> tuple[str, str] | None:
     if not sep or len(token_id) != _ID_LEN or not key:
         return None
     return token_id, key
+
+
+def check_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or TENANT_NAME.fullmatch(tenant) is None:
+        raise ValueError(f"a tenant name is 1 to 128 letters, digits or . _ @ : + -; got {tenant!r}")
+
+
+def check_lifetime(seconds: float | None) -> None:
+    if seconds is not None and not 0.0 < seconds <= MAX_LIFETIME_S:
+        raise ValueError(f"a token's lifetime must be positive and at most {MAX_LIFETIME_S / 86400:.0f} days")
 
 
 def load_pepper(store: Store) -> bytes:
@@ -136,9 +151,13 @@ class TokenService:
     # -- operations -------------------------------------------------------------------------------
     def create(self, tenant: str, tier: str, models: list[str] | None = None, expires_in_s: float | None = None,
                name: str = "", rotated_from: str | None = None) -> tuple[str, TokenRecord]:
-        """Makes a token; returns (secret, record). The secret is shown once and never stored."""
-        patterns = models or ["*"]
-        ModelPatterns(patterns)  # refuses a malformed pattern now
+        """Makes a token; returns (secret, record). The secret is shown once and never stored.
+        models None allows every model; an empty list is refused (ValueError), as is an empty or
+        malformed tenant name and a lifetime that is not positive or passes MAX_LIFETIME_S."""
+        check_tenant(tenant)
+        check_lifetime(expires_in_s)
+        patterns = ["*"] if models is None else models
+        ModelPatterns(patterns)  # refuses a malformed pattern, or none, now
         secret, token_id, key = new_secret()
         now = self._clock.time()
         record = TokenRecord(id=token_id, tenant=tenant, tier=tier, secret_hash=self.hash_key(key), models=patterns,
@@ -162,12 +181,17 @@ class TokenService:
         (new secret, new record, old record)."""
         with self._rotate_lock:
             old = self._require(token_id)
+            now = self._clock.time()
             if old.revoked_at is not None:
                 raise ValueError(f"token {token_id} is revoked")
-            now = self._clock.time()
+            if old.rotated_to is not None:  # its expiry is the grace now, not its lifetime
+                raise ValueError(f"token {token_id} was already rotated: rotate its successor {old.rotated_to}")
+            if old.expires_at is not None and now >= old.expires_at:
+                raise ValueError(f"token {token_id} has expired: create a new one")
             grace = self.policy.grace_s if grace_s is None else grace_s
-            remaining = None if old.expires_at is None else max(0.0, old.expires_at - old.created_at)
-            secret, new = self.create(old.tenant, old.tier, old.models, remaining, old.name, rotated_from=old.id)
+            # The successor lives as long as the old token was made to.
+            lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+            secret, new = self.create(old.tenant, old.tier, old.models, lifetime, old.name, rotated_from=old.id)
             old.rotated_to = new.id
             old.expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
             self._store.put_token(old).result()

@@ -56,12 +56,40 @@ def test_token_lifecycle_over_http(router: Router, tenancy: Tenancy) -> None:
         tenancy.authenticate(f"Bearer {rotated['secret']}")
 
 
-def test_bad_requests(router: Router) -> None:
-    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "gold"}).status == 400
-    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "acme"}).status == 400
-    assert call(router, "POST", "/admin/v1/tokens", {"tenant": "a", "tier": "small", "expires_in": "x"}).status == 400
+@pytest.mark.parametrize("body,param", [
+    ({"tenant": "acme", "tier": "gold"}, "tier"),
+    ({"tenant": "acme"}, "tier"),
+    ({"tenant": "a", "tier": "small", "expires_in": "x"}, "expires_in"),
+    ({"tenant": "a", "tier": "small", "expires_in": "0d"}, "expires_in"),
+    ({"tenant": "a", "tier": "small", "expires_in": "99999999999d"}, "expires_in"),
+    ({"tenant": "", "tier": "small"}, "tenant"),
+    ({"tenant": "a\u0000b", "tier": "small"}, "tenant"),
+    ({"tenant": "a b", "tier": "small"}, "tenant"),
+    ({"tenant": "a", "tier": "small", "models": []}, "models"),
+    ({"tenant": "a", "tier": "small", "models": ["  "]}, "models"),
+])
+def test_a_bad_token_request_is_a_400_naming_its_field_and_stores_nothing(router: Router, tenancy: Tenancy,
+                                                                          body: dict, param: str) -> None:
+    r = call(router, "POST", "/admin/v1/tokens", body)
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == param
+    assert tenancy.store.list_tokens() == []
+
+
+@pytest.mark.parametrize("target,param", [
+    ("/admin/v1/usage?by=week", "by"), ("/admin/v1/usage?by=", "by"), ("/admin/v1/usage?since=", "since"),
+    ("/admin/v1/usage?format=xml", "format"), ("/admin/v1/usage?since=1d&until=2d", "until"),
+    ("/admin/v1/usage?tenant=", "tenant"), ("/admin/v1/tokens?tenant=", "tenant"),
+])
+def test_a_bad_query_is_a_400_naming_its_parameter(router: Router, target: str, param: str) -> None:
+    r = call(router, "GET", target)
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == param
+
+
+def test_bad_requests(router: Router, tenancy: Tenancy) -> None:
     assert call(router, "DELETE", "/admin/v1/tokens/nope").status == 404
-    assert call(router, "GET", "/admin/v1/usage?by=week").status == 400
+    _, record = tenancy.tokens.create("acme", "small")
+    r = call(router, "POST", f"/admin/v1/tokens/{record.id}/rotate", {"grace": "soon"})
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == "grace"
 
 
 def test_usage_and_audit_over_http(router: Router, tenancy: Tenancy) -> None:

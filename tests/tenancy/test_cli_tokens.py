@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,39 @@ def test_errors_exit_2(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["tokens", "revoke", "--db", db, "nope"]) == 2
     with pytest.raises(SystemExit):
         cli(["tokens", "create", "--db", db, "--tenant", "a", "--tier", "free", "--expires", "soon"])
+
+
+def llmaas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("case", ["db is a directory", "db is not a database", "db cannot be made", "tiers missing",
+                                  "tiers not TOML", "bad sync", "empty db", "export to nowhere", "no models",
+                                  "empty tenant", "zero lifetime"])
+def test_mistakes_are_said_in_a_line_not_a_traceback(tmp_path: Path, case: str) -> None:
+    db = str(tmp_path / "ok.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database, not at all" * 100)
+    bad_toml = tmp_path / "tiers.toml"
+    bad_toml.write_text("[tiers.x\n")
+    create = ["tokens", "create", "--tenant", "acme", "--tier", "standard"]
+    argv, env = {
+        "db is a directory": ([*create, "--db", str(tmp_path)], None),
+        "db is not a database": ([*create, "--db", str(junk)], None),
+        "db cannot be made": ([*create, "--db", "/proc/nope/x.db"], None),
+        "tiers missing": ([*create, "--db", db, "--tiers", str(tmp_path / "none.toml")], None),
+        "tiers not TOML": ([*create, "--db", db, "--tiers", str(bad_toml)], None),
+        "bad sync": ([*create, "--db", db], {"LLMAAS_DB_SYNC": "bogus"}),
+        "empty db": ([*create, "--db", ""], None),
+        "export to nowhere": (["audit", "export", "--db", db, "-o", str(tmp_path / "no" / "x.jsonl")], None),
+        "no models": ([*create, "--db", db, "--models", ","], None),
+        "empty tenant": (["tokens", "create", "--tenant", "", "--tier", "standard", "--db", db], None),
+        "zero lifetime": ([*create, "--db", db, "--expires", "0d"], None),
+    }[case]
+    result = llmaas(*argv, env=env)
+    assert result.returncode == 2 and result.stderr.startswith("llmaas: error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_usage_and_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,6 +112,46 @@ def test_rotate_keeps_old_secret_for_grace_only(tenancy: Tenancy, clock: FakeClo
     assert tenancy.authenticate(bearer(new_secret)).token_id == new.id
 
 
+def test_a_successor_lives_as_long_as_its_token_was_made_to(tenancy: Tenancy, clock: FakeClock) -> None:
+    _, forever = tenancy.tokens.create("acme", "small")
+    _, month = tenancy.tokens.create("acme", "small", expires_in_s=30 * DAY)
+    clock.advance(10 * DAY)
+    _, forever_next, _ = tenancy.tokens.rotate(forever.id, grace_s=DAY)
+    _, month_next, _ = tenancy.tokens.rotate(month.id, grace_s=0.5 * DAY)
+    assert forever_next.expires_at is None
+    assert month_next.expires_at == clock.time() + 30 * DAY
+
+
+def test_a_token_rotates_once_and_not_once_expired(tenancy: Tenancy, clock: FakeClock) -> None:
+    _, record = tenancy.tokens.create("acme", "small", expires_in_s=DAY)
+    _, successor, _ = tenancy.tokens.rotate(record.id)
+    with pytest.raises(ValueError, match=f"already rotated: rotate its successor {successor.id}"):
+        tenancy.tokens.rotate(record.id)
+    clock.advance(2 * DAY)
+    with pytest.raises(ValueError, match="has expired"):
+        tenancy.tokens.rotate(successor.id)
+    assert {r.id for r in tenancy.store.list_tokens("acme")} == {record.id, successor.id}
+
+
+@pytest.mark.parametrize("tenant,models,expires_in_s", [
+    ("", None, None), ("a b", None, None), ("a\x00b", None, None), ("x" * 129, None, None),
+    ("acme", [], None), ("acme", [" ", ""], None),
+    ("acme", None, 0.0), ("acme", None, -DAY), ("acme", None, 99999999999 * DAY),
+])
+def test_a_token_needs_a_tenant_a_model_and_a_lifetime_that_can_end(tenancy: Tenancy, tenant: str,
+                                                                    models: list[str] | None,
+                                                                    expires_in_s: float | None) -> None:
+    with pytest.raises(ValueError):
+        tenancy.tokens.create(tenant, "small", models, expires_in_s)
+    assert tenancy.store.list_tokens() == []
+
+
+def test_an_empty_tenant_filter_is_a_filter(tenancy: Tenancy) -> None:
+    tenancy.tokens.create("acme", "small")
+    assert tenancy.store.list_tokens("") == [] and len(tenancy.store.list_tokens()) == 1
+    assert tenancy.store.usage("", 0.0) == []
+
+
 def test_auto_rotation_after_max_age_hands_over_new_secret_once(tenancy: Tenancy, clock: FakeClock) -> None:
     secret, record = tenancy.tokens.create("acme", "small")
     clock.advance(90 * DAY)
