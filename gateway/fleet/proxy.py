@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 
@@ -41,6 +42,11 @@ _ENCODER = msgspec.json.Encoder()
 # An engine that is overloaded or going down answers these before doing any work: try another.
 _RETRY_STATUSES = frozenset((502, 503, 504))
 _FORCE_USAGE = b',"stream_options":{"include_usage":true}}'
+# Stream events are classified by pattern, not decoded: ours are compact JSON, another server's
+# (kind "openai") may put spaces after its colons. A content event carries a non-empty string.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_CONTENT = re.compile(rb'"(?:content|reasoning_content|text)"\s*:\s*"[^"]')
 # Request ids: unique per process start, cheaper than a uuid4 each.
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count()
@@ -235,11 +241,11 @@ class Proxy:
                 if warning and data is not None and data[:1] == b"{":
                     data = _with_warning(data, warning)
                     event, warning = b"data: " + data + b"\n\n", None
-                if data is not None and b'"usage":{' in data:
+                if data is not None and _USAGE_OBJECT.search(data):
                     exchange.usage = _usage(data) or exchange.usage
-                    if exchange.include_usage or b'"choices":[]' not in data:
+                    if exchange.include_usage or not _NO_CHOICES.search(data):
                         yield event
-                elif data is not None and b'"content":"' in data and b'"content":""' not in data:
+                elif data is not None and _CONTENT.search(data):
                     exchange.note_content(time.monotonic())
                     yield event
                 elif data == b"[DONE]":

@@ -9,6 +9,7 @@ engine does, before each content event, unless `usage_comments` is off (another 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class FakeEngine:
     load_delay_s: float = 0.0  # how long the health probe's answer takes
     fail_after: int | None = None  # cut each stream's connection after this many events
     usage_comments: bool = True  # answer the gateway's request for usage comments
+    spaced_json: bool = False  # stream events as json.dumps writes them ("key": value), as some servers do
     prompt_tokens: int = 5
     cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
@@ -93,7 +95,8 @@ class FakeEngine:
 
     async def _stream(self, body: dict, usage: dict, comments: bool) -> AsyncIterator[bytes]:
         def event(payload: object) -> bytes:
-            return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+            data = json.dumps(payload).encode() if self.spaced_json else msgspec.json.encode(payload)
+            return b"data: " + data + b"\n\n"
 
         def comment(completion: int) -> bytes:
             counts = {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,

@@ -156,3 +156,14 @@ def test_a_non_streamed_answer_is_billed_its_usage(tmp_path: Path) -> None:
         assert counts(await ledger_row(tenancy)) == (5, 1, 4, 0, 200)
 
     run(tmp_path, FakeEngine("a", tokens=4), test)
+
+
+def test_a_server_writing_spaced_json_is_billed_its_usage_chunk(tmp_path: Path) -> None:
+    # Another OpenAI server (no usage comments) whose events read `"usage": {...}`: the usage chunk the
+    # gateway asked for is read, billed, and kept from a client that did not ask for it.
+    async def test(port: int, key: str, tenancy: Tenancy, gateway: Gateway) -> None:
+        response = await post(port, "/v1/chat/completions", chat(stream=True), key)
+        assert response.status == 200 and not any(b'"usage"' in e for e in response.events())
+        assert counts(await ledger_row(tenancy)) == (5, 1, 4, 0, 200)
+
+    run(tmp_path, FakeEngine("a", tokens=4, usage_comments=False, spaced_json=True), test)
