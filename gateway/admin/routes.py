@@ -212,12 +212,13 @@ async def usage(t: Tenancy, request: Request) -> Response:
 
 
 async def audit_verify(t: Tenancy, request: Request) -> Response:
-    def run() -> tuple[list, tuple[int, str]]:  # type: ignore[type-arg]
-        head = t.store.audit_head()
-        return verify(t.store.audit_records(), head), head
+    def run() -> tuple[list, dict[str, tuple[int, str]]]:  # type: ignore[type-arg]
+        heads = t.store.audit_heads()
+        return verify(t.store.audit_records(), heads), heads
 
-    problems, head = await asyncio.to_thread(run)
-    return _json({"intact": not problems, "problems": problems, "head": {"seq": head[0], "hash": head[1]}})
+    problems, heads = await asyncio.to_thread(run)
+    return _json({"intact": not problems, "problems": problems,
+                  "heads": [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in sorted(heads.items())]})
 
 
 async def audit_export(t: Tenancy, request: Request) -> Response:

@@ -12,13 +12,18 @@ the chain valid. `verify` walks the records in stored order and reports, by seq:
 A chain rewritten wholesale from the first edit on, head included, is consistent again: that is
 why `verify` prints the head (seq and hash), for operators to note outside the database.
 
-One gateway process writes one chain (the seq and prev_hash are assigned under a lock, in the
-order the writes are queued); a fleet would give each gateway its own chain.
+Each AuditTrail (one a process: a gateway, or the CLI recording a killed gateway's journal) writes
+a chain of its own, named at random when it starts, with its own seqs from 1 and its own head in
+`meta`: gateways sharing a database interleave their records in the table, never in a chain (the
+seq and prev_hash are assigned under a lock, in the order the writes are queued). `verify` checks
+each chain apart; a restarted gateway starts a new one. Records from before chains had names form
+the chain "", whose hashes do not cover a name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -36,13 +41,14 @@ assert UsageRow.__struct_fields__ == ("request_id", "time", "tenant", "token_id"
                                       "status", "latency_ms")
 assert AuditRecord.__struct_fields__ == ("seq", "time", "tenant", "token_id", "client", "model", "status", "reason",
                                          "input_tokens", "output_tokens", "verdict", "rules_version", "request_id",
-                                         "prompt", "prompt_digest", "prev_hash", "hash")
+                                         "prompt", "prompt_digest", "prev_hash", "hash", "chain")
 
 
 class Problem(msgspec.Struct):
     seq: int
     kind: str  # edited, deleted, reordered
     message: str
+    chain: str = ""
 
 
 def record_hash(r: AuditRecord) -> str:
@@ -51,6 +57,8 @@ def record_hash(r: AuditRecord) -> str:
                      r.output_tokens, r.verdict, r.request_id, r.prompt_digest, r.prev_hash)
     if r.rules_version is not None:  # only then: records written before the field keep their hashes
         fields += (r.rules_version,)
+    if r.chain:  # likewise; tagged, so that it never reads as a rules version
+        fields += (("chain", r.chain),)
     return hashlib.sha256(_ENCODER.encode(fields)).hexdigest()
 
 
@@ -64,7 +72,23 @@ def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def verify(records: Iterable[AuditRecord], head: tuple[int, str]) -> list[Problem]:
+def verify(records: Iterable[AuditRecord], heads: dict[str, tuple[int, str]]) -> list[Problem]:
+    """Every chain's problems (see the module docstring), by chain then seq; `heads` as the store
+    keeps them. A chain with records and no head lost its head: the two are written together."""
+    chains: dict[str, list[AuditRecord]] = {}
+    for r in records:
+        chains.setdefault(r.chain, []).append(r)
+    problems: list[Problem] = []
+    for chain in sorted(chains.keys() | heads.keys()):
+        found = verify_chain(chains.get(chain, []), heads.get(chain, (0, "")))
+        if chain not in heads and chain:
+            found.append(Problem(0, "deleted", "the chain's head is missing"))
+        problems += [msgspec.structs.replace(p, chain=chain) for p in sorted(found, key=lambda p: p.seq)]
+    return problems
+
+
+def verify_chain(records: Iterable[AuditRecord], head: tuple[int, str]) -> list[Problem]:
+    """One chain's records in stored order, against its head."""
     problems: list[Problem] = []
     hashes: dict[int, str] = {0: ""}  # seq -> hash of the records seen so far
     expected, top = 1, 0
@@ -101,7 +125,8 @@ class AuditTrail:
         self._cipher = cipher if retention_s else None
         self.retention_s = retention_s
         self._lock = threading.Lock()
-        self._seq, self._hash = store.audit_head()
+        self.chain = secrets.token_hex(4)
+        self._seq, self._hash = 0, ""
 
     def append(self, *, status: int, reason: str, tenant: str | None = None, token_id: str | None = None,
                client: str | None = None, model: str | None = None, input_tokens: int = 0, output_tokens: int = 0,
@@ -120,7 +145,7 @@ class AuditTrail:
                                  model=model, status=status, reason=reason, input_tokens=input_tokens,
                                  output_tokens=output_tokens, verdict=verdict, rules_version=rules_version,
                                  request_id=request_id,
-                                 prompt=blob, prompt_digest=digest, prev_hash=self._hash)
+                                 prompt=blob, prompt_digest=digest, prev_hash=self._hash, chain=self.chain)
             record.hash = record_hash(record)
             # Queued inside the lock, so the writer commits records in chain order.
             future = self._store.record(usage, record)
@@ -134,6 +159,7 @@ class AuditTrail:
         only if the commit succeeds. Rows go to the store as tuples, in column order, with no
         record objects: at the lane's rates (tens of thousands a second) those cost as much as
         SQLite's inserts. The lane's records have no verdict, rules version or prompt."""
+        chain, tag = self.chain, ("chain", self.chain)
         with self._lock:
             seq, prev = self._seq, self._hash
             audit_rows = []
@@ -142,12 +168,12 @@ class AuditTrail:
                 request_id, time, tenant, token_id, model, input_tokens, _, output_tokens, _, _, status, _ = u
                 digest = hashlib.sha256(_ENCODER.encode((seq, time, tenant, token_id, client, model, status, reason,
                                                          input_tokens, output_tokens, None, request_id, None,
-                                                         prev))).hexdigest()
+                                                         prev, tag))).hexdigest()
                 # AuditRecord's columns, in order.
                 audit_rows.append((seq, time, tenant, token_id, client, model, status, reason, input_tokens,
-                                   output_tokens, None, None, request_id, None, None, prev, digest))
+                                   output_tokens, None, None, request_id, None, None, prev, digest, chain))
                 prev = digest
-            self._store.insert_rows([u for u, _, _ in rows], audit_rows, f"{seq}:{prev}")
+            self._store.insert_rows([u for u, _, _ in rows], audit_rows, chain, f"{seq}:{prev}")
             self._seq, self._hash = seq, prev
 
     def prompt_text(self, record: AuditRecord) -> str | None:
@@ -162,7 +188,7 @@ class AuditTrail:
         return self._store.purge_prompts(self._clock.time() - self.retention_s).result()
 
     def verify(self) -> list[Problem]:
-        return verify(self._store.audit_records(), self._store.audit_head())
+        return verify(self._store.audit_records(), self._store.audit_heads())
 
 
 def export_jsonl(records: Iterable[AuditRecord]) -> Iterable[bytes]:

@@ -55,6 +55,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TRIGGER tokens_deleted AFTER DELETE ON tokens BEGIN
             UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'tokens_version'; END;
     """),
+    (6, """
+        -- Each writing process chains its audit records apart (audit.py): the chain's name, its
+        -- head in meta under 'audit_head:<chain>' ('audit_head' for the unnamed chain of old records).
+        ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+    """),
 ]
 
 

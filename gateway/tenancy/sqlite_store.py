@@ -173,16 +173,17 @@ class SqliteStore:
             return writer.submit(op)
         return writer.submit_on_loop(op, loop)
 
-    def insert_rows(self, usage_rows: list[tuple[Any, ...]], audit_rows: list[tuple[Any, ...]], head: str) -> None:
+    def insert_rows(self, usage_rows: list[tuple[Any, ...]], audit_rows: list[tuple[Any, ...]], chain: str,
+                    head: str) -> None:
         """Requests' rows durable elsewhere already (the native lane's journal), as tuples in column
         order, committed now in one transaction after any journaled rows still pending, with the
-        audit head they move to ("seq:hash"); raises when the commit fails."""
+        head ("seq:hash") they move their audit chain to; raises when the commit fails."""
         writer = self.writer
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(USAGE_SQL, usage_rows)
             conn.executemany(AUDIT_SQL, audit_rows)
-            writer.set_head(head)
+            writer.set_head(chain, head)
 
         writer.commit_now(op)
 
@@ -222,13 +223,14 @@ class SqliteStore:
         for r in rows:
             yield AuditRecord(**dict(zip(_AUDIT_COLS, r)))
 
-    def audit_head(self) -> tuple[int, str]:
+    def audit_heads(self) -> dict[str, tuple[int, str]]:
         self.writer.sync()
-        value = self.get_meta("audit_head")
-        if value is None:
-            return 0, ""
-        seq, _, digest = value.partition(":")
-        return int(seq), digest
+        rows = self._read("SELECT key, value FROM meta WHERE key = 'audit_head' OR key GLOB 'audit_head:*'")
+        heads = {}
+        for key, value in rows:
+            seq, _, digest = value.partition(":")
+            heads[key.partition(":")[2]] = (int(seq), digest)
+        return heads
 
     def history(self, query: HistoryQuery) -> list[HistoryEntry]:
         """Newest first, at most `query.limit` entries (see history.py)."""

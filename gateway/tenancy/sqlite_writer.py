@@ -23,8 +23,9 @@ as synchronous=NORMAL can take the last commits. Without a journal, rows written
 loop are committed in a callback of that loop, one transaction per loop iteration
 (`submit_on_loop`).
 
-The audit head ("seq:hash", kept in `meta` beside the chain so that a cut tail shows) moves with
-the batches: `move_head` inside a write, written once per batch in the batch's transaction.
+The audit head ("seq:hash" of this process's chain, kept in `meta` beside the chain so that a cut
+tail shows) moves with the batches: `move_head` inside a write, written once per batch in the
+batch's transaction.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ _AUDIT_COLS = list(AuditRecord.__struct_fields__)
 # Built once: every request's rows go through these.
 USAGE_SQL = f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) VALUES ({', '.join('?' * len(_USAGE_COLS))})"
 AUDIT_SQL = f"INSERT INTO audit ({', '.join(_AUDIT_COLS)}) VALUES ({', '.join('?' * len(_AUDIT_COLS))})"
-_HEAD_SQL = "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)"
+_HEAD_SQL = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+
+
+def head_key(chain: str) -> str:
+    """Where a chain's head is kept in meta."""
+    return f"audit_head:{chain}" if chain else "audit_head"
 _STOP = object()
 _DRAIN = object()  # tells the writer to commit the journaled rows
 log = logging.getLogger(__name__)
@@ -93,9 +99,10 @@ class SqliteWriter:
         if journal is not None:
             self._replay(journal)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # The audit head the current batch moves to; only the committer (under _write_lock) touches these.
-        self._head: str | None = None
-        self._committed_head: str | None = None
+        # The audit head (meta key, "seq:hash") the current batch moves to; only the committer
+        # (under _write_lock) touches these.
+        self._head: tuple[str, str] | None = None
+        self._committed_head: tuple[str, str] | None = None
         self._loop_batches: dict[asyncio.AbstractEventLoop, list[tuple[Op, Future[Any]]]] = {}
         self._commit_loop: asyncio.AbstractEventLoop | None = None  # the loop that commits the journal's rows
         self._write_lock = threading.Lock()  # one committer at a time on the one write connection
@@ -176,13 +183,13 @@ class SqliteWriter:
                 self._journal_done()
         future.result()
 
-    def set_head(self, head: str) -> None:
+    def set_head(self, chain: str, head: str) -> None:
         """move_head's "seq:hash", for rows written as tuples."""
-        self._head = head
+        self._head = (head_key(chain), head)
 
     def move_head(self, audit: AuditRecord) -> None:
         """Called inside a write: the batch commits the audit head with it."""
-        self._head = f"{audit.seq}:{audit.hash}"
+        self._head = (head_key(audit.chain), f"{audit.seq}:{audit.hash}")
 
     def flush(self) -> None:
         """Waits until everything queued so far by this thread is committed."""
@@ -227,12 +234,13 @@ class SqliteWriter:
                 (len(entries) + 1024,))}
             missing = [(u, a) for u, a in entries if a.hash not in known]
             if missing:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-                head_seq = int(row[0].partition(":")[0]) if row else 0
                 conn.execute("BEGIN IMMEDIATE")
-                last = _insert_entries(conn, missing)
-                if last.seq > head_seq:
-                    conn.execute(_HEAD_SQL, (f"{last.seq}:{last.hash}",))
+                _insert_entries(conn, missing)
+                lasts = {a.chain: a for _, a in missing}  # each chain's last record (one chain a process)
+                for chain, last in lasts.items():
+                    row = conn.execute("SELECT value FROM meta WHERE key = ?", (head_key(chain),)).fetchone()
+                    if last.seq > (int(row[0].partition(":")[0]) if row else 0):
+                        conn.execute(_HEAD_SQL, (head_key(chain), f"{last.seq}:{last.hash}"))
                 conn.execute("COMMIT")
                 log.warning("replayed %d ledger row(s) from %s", len(missing), journal.path)
         journal.truncate()
@@ -308,7 +316,7 @@ class SqliteWriter:
 
     def _write_head(self) -> None:
         if self._head is not None and self._head != self._committed_head:
-            self._conn.execute(_HEAD_SQL, (self._head,))
+            self._conn.execute(_HEAD_SQL, self._head)
 
     def _commit(self, batch: list[tuple[Op, Future[Any]]]) -> None:
         # Fast path: the whole batch in one transaction. Should a write fail, the batch is rolled

@@ -65,6 +65,10 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     prompt_digest: str | None = None  # sha256 of the ciphertext: the chain survives a purge
     prev_hash: str = ""
     hash: str = ""
+    # The chain it belongs to: each process writing records (a gateway, the CLI replaying a journal)
+    # chains its own, so that gateways sharing a database never interleave one chain ("": records
+    # from before chains had names).
+    chain: str = ""
 
 
 class PolicyRecord(msgspec.Struct, kw_only=True):
@@ -84,13 +88,13 @@ class Store(Protocol):
 
     # usage and audit: one atomic write per finished or refused request
     def record(self, usage: UsageRow | None, audit: AuditRecord | None) -> Future[None]: ...
-    def insert_rows(self, usage_rows: list[tuple], audit_rows: list[tuple], head: str) -> None: ...  # committed on return
+    def insert_rows(self, usage_rows: list[tuple], audit_rows: list[tuple], chain: str, head: str) -> None: ...  # committed on return
     def usage(self, tenant: str | None, since: float, until: float | None = None) -> list[UsageRow]: ...
     def cost_since(self, tenant: str, since: float) -> float: ...
     def has_audit_record(self, tenant: str | None, time: float, request_id: str) -> bool: ...
     def audit_records(self) -> Iterable[AuditRecord]: ...
     def history(self, query: HistoryQuery) -> list[HistoryEntry]: ...  # a page, by time (history.py)
-    def audit_head(self) -> tuple[int, str]: ...
+    def audit_heads(self) -> dict[str, tuple[int, str]]: ...  # each chain's (seq, hash) of its last record
     def purge_prompts(self, before: float) -> Future[int]: ...
 
     # per-tenant security policies set by operators

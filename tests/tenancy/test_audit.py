@@ -33,10 +33,32 @@ def kinds(trail: AuditTrail) -> list[tuple[int, str]]:
 
 
 def test_intact_chain_verifies_and_survives_restart(store: SqliteStore, clock: FakeClock) -> None:
-    fill(store, clock)
-    trail = fill(store, clock, 3, AuditTrail(store, clock))  # a new process goes on from the head
-    assert trail.verify() == []
-    assert [r.seq for r in store.audit_records()] == list(range(1, 10))
+    first = fill(store, clock)
+    trail = fill(store, clock, 3, AuditTrail(store, clock))  # a new process starts a chain of its own
+    assert trail.verify() == [] and trail.chain != first.chain
+    assert [r.seq for r in store.audit_records()] == [1, 2, 3, 4, 5, 6, 1, 2, 3]
+    assert {c: seq for c, (seq, _) in store.audit_heads().items()} == {first.chain: 6, trail.chain: 3}
+
+
+def test_gateways_sharing_a_database_chain_apart(tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    # Two stores on one file, as two gateway processes: their records interleave in the table, each
+    # chain verifies, and tampering is found in the chain it hit.
+    a_store, b_store = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
+    try:
+        a, b = AuditTrail(a_store, clock), AuditTrail(b_store, clock)
+        for i in range(10):
+            for trail, store in ((a, a_store), (b, b_store)):
+                clock.advance(1)
+                trail.append(status=200, reason="ok", tenant="acme", request_id=f"{trail.chain}-{i}")
+                store.flush()
+        records = list(a_store.audit_records())
+        assert [r.chain for r in records[:4]] == [a.chain, b.chain, a.chain, b.chain]
+        assert a.verify() == [] and b.verify() == []
+        tamper(a_store, "DELETE FROM audit WHERE chain = ? AND seq = 4", b.chain)
+        assert [(p.chain, p.seq, p.kind) for p in a.verify()] == [(b.chain, 4, "deleted")]
+    finally:
+        a_store.close()
+        b_store.close()
 
 
 def test_edited_field_is_caught(store: SqliteStore, clock: FakeClock) -> None:
@@ -141,11 +163,15 @@ def test_rules_version_is_chained_and_older_records_keep_their_hashes(store: Sql
     store.flush()
     older, _, newest = store.audit_records()
     assert newest.rules_version == "overrides@1,markup@2" and older.rules_version is None
-    # A record without a rules version hashes exactly as before the field existed.
+    # A record without a rules version or a chain name hashes exactly as before those fields existed;
+    # the name, when there is one, is covered as a tagged pair.
     fields = (older.seq, older.time, older.tenant, older.token_id, older.client, older.model, older.status,
               older.reason, older.input_tokens, older.output_tokens, older.verdict, older.request_id,
               older.prompt_digest, older.prev_hash)
-    assert record_hash(older) == older.hash == hashlib.sha256(msgspec.json.encode(fields)).hexdigest()
+    unnamed = msgspec.structs.replace(older, chain="")
+    assert record_hash(unnamed) == hashlib.sha256(msgspec.json.encode(fields)).hexdigest()
+    named = fields + (("chain", older.chain),)
+    assert record_hash(older) == older.hash == hashlib.sha256(msgspec.json.encode(named)).hexdigest()
     assert trail.verify() == []
     tamper(store, "UPDATE audit SET rules_version = 'overrides@0' WHERE seq = 3")
     assert kinds(trail) == [(3, "edited")]

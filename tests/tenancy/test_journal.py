@@ -60,9 +60,10 @@ def test_rows_only_in_the_journal_are_replayed_with_an_exact_chain(tmp_path: Pat
         assert [r.request_id for r in tenancy.store.usage("acme", 0)] == [f"r{i}" for i in range(20)]
         assert [r.seq for r in tenancy.store.audit_records()] == list(range(1, 21))
         assert tenancy.audit.verify() == []
-        assert tenancy.store.audit_head()[0] == 20
+        # The killed process's chain, whole: its 20 records and their head.
+        assert [seq for c, (seq, _) in tenancy.store.audit_heads().items() if c != tenancy.audit.chain] == [20]
         assert journal_size(db) == 0  # truncated once replayed
-        # The chain goes on from the replayed head.
+        # This process's own chain starts beside it.
         p = tenancy.local_principal()
         a = tenancy.admit(p, "qwen3:8b", prompt_tokens=1, max_tokens=1, request_id="after")
         tenancy.finish(a, Counts(1, 0, 1, 0)).result()
