@@ -109,6 +109,17 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return store, config, TokenService(store, SystemClock(), config.token_policy)
 
 
+def _audited(store, reason: str, tenant: str, token_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The change in the audit trail, as the admin API records it (client "cli"), durable on return."""
+    from gateway.tenancy import SystemClock
+    from gateway.tenancy.audit import AuditTrail
+
+    written = AuditTrail(store, SystemClock()).append(status=200, reason=reason, tenant=tenant, token_id=token_id,
+                                                       client="cli")
+    written.result()
+    store.flush()
+
+
 def _fail(message: str) -> int:
     print(f"llmaas: error: {message}", file=sys.stderr)
     return 2
@@ -121,6 +132,7 @@ def run_create(args: argparse.Namespace) -> int:
     try:
         config.tier(args.tier)
         secret, record = tokens.create(args.tenant, args.tier, parse_patterns(args.models), args.expires, args.name)
+        _audited(store, "token_created", record.tenant, record.id)
     except ValueError as exc:
         return _fail(str(exc))
     finally:
@@ -165,6 +177,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     store, _, tokens = _open(args)
     try:
         record = tokens.revoke(args.token_id)
+        _audited(store, "token_revoked", record.tenant, record.id)
     except KeyError as exc:
         return _fail(str(exc.args[0]))
     finally:
@@ -177,6 +190,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     store, _, tokens = _open(args)
     try:
         secret, new, old = tokens.rotate(args.token_id, args.grace)
+        _audited(store, "token_rotated", new.tenant, new.id)
     except (KeyError, ValueError) as exc:
         return _fail(str(exc.args[0]))
     finally:

@@ -12,7 +12,9 @@ from LLMAAS_ADMIN_TOKEN or the caller); tenant tokens never open them.
     GET|PUT|DELETE /admin/v1/tenants/{tenant}/security-policy, GET /admin/v1/security-policies
                                           per-tenant prompt security (security_policies.py)
 
-A bad body is a 400 whose `param` names the field at fault.
+A bad body is a 400 whose `param` names the field at fault. Each change (a token created, revoked
+or rotated, a policy set or deleted, prompts purged) leaves an audit record beside the requests',
+with the operator's address as its client.
 
 The store calls run in a worker thread, so the event loop never waits on a commit.
 """
@@ -109,8 +111,8 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("GET", "/admin/v1/security-policies", guarded(list_policies))
     policy_path = "/admin/v1/tenants/{tenant}/security-policy"
     router.add("GET", policy_path, guarded(get_policy))
-    router.add("PUT", policy_path, guarded(put_policy))
-    router.add("DELETE", policy_path, guarded(delete_policy))
+    router.add("PUT", policy_path, guarded(functools.partial(put_policy, audited=_audited)))
+    router.add("DELETE", policy_path, guarded(functools.partial(delete_policy, audited=_audited)))
 
 
 class FieldError(ValueError):
@@ -167,6 +169,15 @@ def _duration(text: str | None) -> float | None:
         raise ValueError(f"not a duration: {text!r} (try 90d, 12h, 30m)") from None
 
 
+async def _audited(t: Tenancy, request: Request, status: int, reason: str, tenant: str | None,
+                   token_id: str | None = None) -> None:
+    """An operator's change, in the audit trail with the requests (durable before the answer)."""
+    written = t.audit.append(status=status, reason=reason, tenant=tenant, token_id=token_id,
+                             client=request.client[0] if request.client else None,
+                             request_id=request.headers.get("x-request-id", ""))
+    await asyncio.wrap_future(written)
+
+
 async def create_token(t: Tenancy, request: Request) -> Response:
     body = _CREATE.decode(request.body or b"{}")
     _field("tenant", check_tenant, body.tenant)
@@ -175,6 +186,7 @@ async def create_token(t: Tenancy, request: Request) -> Response:
     expires = _field("expires_in", _duration, body.expires_in)
     _field("expires_in", check_lifetime, expires)
     secret, record = await asyncio.to_thread(t.tokens.create, body.tenant, body.tier, body.models, expires, body.name)
+    await _audited(t, request, 201, "token_created", record.tenant, record.id)
     return _json({**_token_view(record), "secret": secret}, status=201)
 
 
@@ -185,6 +197,7 @@ async def list_tokens(t: Tenancy, request: Request) -> Response:
 
 async def revoke_token(t: Tenancy, request: Request) -> Response:
     record = await asyncio.to_thread(t.tokens.revoke, request.path_params["token_id"])
+    await _audited(t, request, 200, "token_revoked", record.tenant, record.id)
     return _json(_token_view(record))
 
 
@@ -192,6 +205,7 @@ async def rotate_token(t: Tenancy, request: Request) -> Response:
     body = _ROTATE.decode(request.body or b"{}")
     grace = _field("grace", _duration, body.grace)
     secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], grace)
+    await _audited(t, request, 201, "token_rotated", new.tenant, new.id)  # new.rotated_from names the old
     return _json({**_token_view(new), "secret": secret, "replaces": _token_view(old)}, status=201)
 
 
@@ -227,4 +241,6 @@ async def audit_export(t: Tenancy, request: Request) -> Response:
 
 
 async def audit_purge(t: Tenancy, request: Request) -> Response:
-    return _json({"purged": await asyncio.to_thread(t.audit.purge)})
+    purged = await asyncio.to_thread(t.audit.purge)
+    await _audited(t, request, 200, "prompts_purged", None)
+    return _json({"purged": purged})

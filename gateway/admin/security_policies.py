@@ -13,6 +13,7 @@ A change applies from the tenant's next request. Only the admin token opens thes
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -23,6 +24,8 @@ from gateway.tenancy import Tenancy
 from gateway.tenancy.store import PolicyRecord
 
 _POLICY = msgspec.json.Decoder(security.Policy)
+# routes.py's recorder of an operator's change: (tenancy, request, status, reason, tenant).
+Audited = Callable[[Tenancy, Request, int, str, str], Awaitable[None]]
 _ENC = msgspec.json.Encoder()
 
 
@@ -50,14 +53,16 @@ async def get_policy(t: Tenancy, request: Request) -> Response:
     return _json(_view(record))
 
 
-async def put_policy(t: Tenancy, request: Request) -> Response:
+async def put_policy(t: Tenancy, request: Request, audited: Audited) -> Response:
     policy = _POLICY.decode(request.body or b"")
     record = await asyncio.to_thread(t.security_policies.put, request.path_params["tenant"], policy)
+    await audited(t, request, 200, "security_policy_set", record.tenant)
     return _json(_view(record))
 
 
-async def delete_policy(t: Tenancy, request: Request) -> Response:
+async def delete_policy(t: Tenancy, request: Request, audited: Audited) -> Response:
     tenant = request.path_params["tenant"]
     if not await asyncio.to_thread(t.security_policies.delete, tenant):
         raise _not_set(tenant)
+    await audited(t, request, 200, "security_policy_deleted", tenant)
     return _json({"tenant": tenant, "deleted": True})

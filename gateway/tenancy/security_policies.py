@@ -55,16 +55,21 @@ class SecurityPolicies:
         self._records, self._policies = records, policies
         self._loaded_at = self._clock.time()
 
-    def get(self, tenant: str | None) -> security.Policy | None:
-        """The operator's policy for `tenant`, None when none was set (the config's applies)."""
+    def _fresh(self) -> None:
         if self._clock.time() - self._loaded_at > self._refresh_s:
             self._load()  # what another process changed since (a small table, a read every refresh_s)
+
+    def get(self, tenant: str | None) -> security.Policy | None:
+        """The operator's policy for `tenant`, None when none was set (the config's applies)."""
+        self._fresh()
         return self._policies.get(tenant or "")
 
     def record(self, tenant: str) -> PolicyRecord | None:
+        self._fresh()  # the admin API's view, as current as the requests' (a gateway may not run security)
         return self._records.get(tenant)
 
     def records(self) -> list[PolicyRecord]:
+        self._fresh()
         return [self._records[t] for t in sorted(self._records)]
 
     def put(self, tenant: str, policy: security.Policy) -> PolicyRecord:

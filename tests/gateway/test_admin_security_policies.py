@@ -84,8 +84,12 @@ def test_admin_sets_flag_only_and_the_next_blocking_prompt_is_served_flagged(tmp
         assert (await call(port, "PUT", POLICY, ADMIN, FLAG_ONLY)).status == 200
 
     run(tenancy, test)
-    [served] = [a for a in tenancy.store.audit_records() if a.tenant == "lenient" and a.status == 200]
+    records = [a for a in tenancy.store.audit_records() if a.tenant == "lenient"]
+    [served] = [a for a in records if a.reason == "ok"]
     assert served.verdict == "flag"
+    # Each change of the policy is in the audit trail too, with the operator's address.
+    changes = [a for a in records if a.reason == "security_policy_set"]
+    assert len(changes) == 3 and all(a.client == "127.0.0.1" and a.token_id is None for a in changes)
     tenancy.close()
 
     reopened = open_tenancy(tmp_path / "t.db")  # a restart keeps the policy

@@ -138,3 +138,17 @@ def test_over_a_real_server(tenancy: Tenancy) -> None:
     (created, c_body), (unauth, _), (listed, l_body) = asyncio.run(scenario())
     assert (created, unauth, listed) == (201, 401, 200)
     assert json.loads(l_body)["data"][0]["id"] == json.loads(c_body)["id"]
+
+
+def test_operators_changes_are_audited(router: Router, tenancy: Tenancy) -> None:
+    created = json.loads(call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small"}).body)
+    rotated = json.loads(call(router, "POST", f"/admin/v1/tokens/{created['id']}/rotate", {}).body)
+    call(router, "DELETE", f"/admin/v1/tokens/{rotated['id']}")
+    call(router, "POST", "/admin/v1/audit/purge")
+    tenancy.store.flush()
+    trail = [(a.reason, a.tenant, a.token_id, a.client) for a in tenancy.store.audit_records()]
+    assert trail == [("token_created", "acme", created["id"], "127.0.0.1"),
+                     ("token_rotated", "acme", rotated["id"], "127.0.0.1"),
+                     ("token_revoked", "acme", rotated["id"], "127.0.0.1"),
+                     ("prompts_purged", None, None, "127.0.0.1")]
+    assert tenancy.audit.verify() == []

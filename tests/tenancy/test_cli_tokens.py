@@ -55,6 +55,10 @@ def test_create_use_list_rotate_revoke(db: str, capsys: pytest.CaptureFixture[st
         served.tokens._cache.clear()  # as if the refresh interval passed
         with pytest.raises(AuthenticationError, match="revoked"):
             served.authenticate(f"Bearer {secret}")
+        # Each change in the audit trail, by the CLI, and the chains intact.
+        changes = [(a.reason, a.client) for a in served.store.audit_records() if a.reason.startswith("token_")]
+        assert changes == [("token_created", "cli"), ("token_rotated", "cli"), ("token_revoked", "cli")]
+        assert served.audit.verify() == []
     finally:
         served.close()
 

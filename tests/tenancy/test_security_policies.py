@@ -58,5 +58,12 @@ def test_a_change_made_by_another_process_applies_within_the_refresh_delay(tmp_p
     theirs.delete("acme")
     clock.advance(2.5)
     assert ours.get("acme") is None
+    # The admin API's view too, on a gateway whose requests never ask (security off there).
+    theirs.put("globex", lenient)
+    clock.advance(2.5)
+    assert [r.tenant for r in ours.records()] == ["globex"] and ours.record("globex") is not None
+    theirs.delete("globex")
+    clock.advance(2.5)
+    assert ours.records() == [] and ours.record("globex") is None
     store.close()
     other_store.close()
