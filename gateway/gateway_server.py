@@ -49,7 +49,9 @@ class Gateway:
             for name, hosts in self.fleet.by_model.items():
                 tenancy.catalog.set_hosts(name, [h.name for h in hosts])
             self.tenancy_stage = TenancyStage(tenancy, t.require_auth)
-        self.recorder = Recorder(self.tenancy.clock if self.tenancy is not None else None)
+        # Series for the models served here and in the catalog; any other name is counted as `other`.
+        models = set(self.fleet.model_names) | (set(self.tenancy.catalog.names()) if self.tenancy is not None else set())
+        self.recorder = Recorder(self.tenancy.clock if self.tenancy is not None else None, models=models)
         # Metrics and the recorder first: they see every admitted request end, whichever later
         # stage refuses it (the recorder reads the tenant that the tenancy stage finds).
         stages: list[Stage] = [self.metrics, self.recorder]
@@ -117,12 +119,13 @@ class Gateway:
         if self.tenancy is not None:
             self.tenancy.close()
 
-    def _visible(self, request: Request) -> list[str]:
-        """The models this caller may see: the catalog's that its token allows, or the fleet's."""
+    def _visible(self, request: Request) -> tuple[list[str], list[tuple[str, str]]]:
+        """The models this caller may see (the catalog's that its token allows, or the fleet's), and
+        the headers its answer carries: a token rotated by this very call sends its new secret."""
         if self.tenancy_stage is None:
-            return self.fleet.model_names
+            return self.fleet.model_names, []
         principal = self.tenancy_stage.principal(request.headers.get("authorization"))
-        return self.tenancy_stage.tenancy.visible_models(principal)
+        return self.tenancy_stage.tenancy.visible_models(principal), list(principal.rotation_headers)
 
     def _card(self, name: str) -> dict[str, object]:
         card: dict[str, object] = {"id": name, "object": "model", "created": self.created, "owned_by": "llmaas"}
@@ -132,22 +135,27 @@ class Gateway:
 
     async def list_models(self, request: Request) -> Response:
         try:
-            names = self._visible(request)
+            names, headers = self._visible(request)
         except GatewayError as exc:
             return exc.response()
         if self.tenancy is None:
             cards = [ModelCard(id=name, created=self.created) for name in names]
             return Response(body=_ENCODER.encode(ModelList(data=cards)))
-        return Response(body=_ENCODER.encode({"object": "list", "data": [self._card(n) for n in names]}))
+        body = _ENCODER.encode({"object": "list", "data": [self._card(n) for n in names]})
+        return Response(body=body, headers=headers)
 
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
         try:
-            if name not in self._visible(request):
-                raise GatewayError(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
+            names, headers = self._visible(request)
         except GatewayError as exc:
             return exc.response()
-        return Response(body=_ENCODER.encode(self._card(name)))
+        if name not in names:
+            response = GatewayError(404, f"The model `{name[:256]}` does not exist.", code="model_not_found",
+                                    param="model").response()
+            response.headers.extend(headers)
+            return response
+        return Response(body=_ENCODER.encode(self._card(name)), headers=headers)
 
     async def health(self, request: Request) -> Response:
         """200 while every model has a healthy host; 503 naming the models that have none."""

@@ -130,6 +130,7 @@ void Loop::start_request(ClientConn* c) {
   const RequestFields& f = c->fields;
   int64_t max_tokens = (f.has_max_completion_tokens && f.max_completion_tokens != 0) ? f.max_completion_tokens
                        : (f.has_max_tokens && f.max_tokens != 0)                    ? f.max_tokens
+                       : c->head.target == kCompletionsPath                         ? kCompletionsDefaultMaxTokens
                                                                                     : config_.default_max_tokens;
   int64_t n = (f.has_n && f.n != 0) ? f.n : 1;
   int64_t output = 0;

@@ -3,9 +3,10 @@ a per-minute bucket of its (tenant, model) series.
 
 Put it right after the metrics stage: it then sees every admitted request end, refusals included,
 and reads the tenant from `exchange.state["principal"]` when the tenancy stage got that far.
-Memory is bounded: `retention_minutes` buckets per series and at most `max_series` series (a
-client inventing model names cannot grow it; past the cap, new pairs are counted under the model
-`other`).
+Memory is bounded: `retention_minutes` buckets per series and at most `max_series` series; past
+the cap, new pairs are counted under the model `other`. Given the gateway's models, every other
+name a request gives is counted as `other` too: a client inventing model names (refused, without
+a key even) can neither grow the recorder nor fill its cap before the real models' series.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ OVERFLOW_TENANT = "\x00overflow"
 
 
 class Recorder:
-    def __init__(self, clock: Clock | None = None, retention_minutes: int = 180, max_series: int = 2048) -> None:
+    def __init__(self, clock: Clock | None = None, retention_minutes: int = 180, max_series: int = 2048,
+                 models: Iterable[str] | None = None) -> None:
+        """models: the names that get series of their own (None: any name)."""
         self.clock = clock or SystemClock()
         self.retention = retention_minutes
         self.max_series = max_series
+        self._models = frozenset(models) if models is not None else None
         self._series: dict[tuple[str, str], Series] = {}
 
     async def admit(self, exchange: Exchange) -> None:
@@ -55,6 +59,7 @@ class Recorder:
     def observe(self, tenant: str, model: str, status: int, ttft_s: float | None, e2e_s: float,
                 prompt_tokens: int = 0, completion_tokens: int = 0, reasoning_tokens: int = 0) -> None:
         minute = int(self.clock.time() // 60)
+        model = self._named(model)
         ttft_bin = bin_of(ttft_s) if ttft_s is not None else None
         e2e_bin = bin_of(e2e_s) if status < 400 else None  # a refusal's few microseconds would flatter the latency
         for key in ((tenant, model), (ALL, model)):
@@ -77,7 +82,8 @@ class Recorder:
         minute = int(self.clock.time() // 60)
         ttft_bins = Counter(map(bin_of, batch.ttft_s))
         e2e_bins = Counter(map(bin_of, batch.e2e_s)) if batch.status < 400 else None
-        for key in ((batch.tenant, batch.model), (ALL, batch.model)):
+        model = self._named(batch.model)
+        for key in ((batch.tenant, model), (ALL, model)):
             b = self._bucket(key, minute)
             b.requests += batch.count
             if batch.status >= 500:
@@ -92,6 +98,9 @@ class Recorder:
             if e2e_bins is not None:
                 for index, n in e2e_bins.items():
                     b.e2e.add(index, n)
+
+    def _named(self, model: str) -> str:
+        return model if self._models is None or model in self._models else OVERFLOW
 
     def _bucket(self, key: tuple[str, str], minute: int) -> MinuteBucket:
         series = self._series.get(key)

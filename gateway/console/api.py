@@ -33,7 +33,8 @@ from gateway.tenancy.history import HistoryQuery
 from gateway.tenancy.ledger import summarize
 
 _ENC = msgspec.json.Encoder()
-_NO_STORE = [("cache-control", "no-store")]
+# On every answer, refusals included: tenant data is never cached, and never sniffed as HTML.
+_NO_STORE = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
 _QS = (0.5, 0.99)
 ViewerHandler = Callable[[Viewer, Request], Awaitable[object]]
 
@@ -55,10 +56,13 @@ class ConsoleApi:
                 body = await handler(viewer, request)
             except ConsoleDenied as exc:
                 code = "invalid_console_token" if exc.status == 401 else "forbidden"
-                return error_response(exc.status, exc.message, code)
+                response = error_response(exc.status, exc.message, code)
             except BadQuery as exc:
-                return error_response(400, str(exc), "invalid_query")
-            return Response(body=_ENC.encode(body), headers=list(_NO_STORE))
+                response = error_response(400, str(exc), "invalid_query")
+            else:
+                response = Response(body=_ENC.encode(body))
+            response.headers.extend(_NO_STORE)
+            return response
         return wrapper
 
     def _now(self) -> float:

@@ -60,7 +60,8 @@ class ConsoleAuth:
             raise ConsoleDenied("Only the admin token opens this console (tenancy is off).")
         client = request.client[0] if request.client else None
         try:
-            principal = self._tenancy.authenticate(header, client=client)
+            # Never rotated here: the console's answers do not carry a new secret to its owner.
+            principal = self._tenancy.authenticate(header, client=client, rotate=False)
         except TenancyError as exc:
             raise ConsoleDenied(exc.message) from None
         return Viewer(principal.tenant, principal)

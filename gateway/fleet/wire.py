@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.openai.protocol import ModelName
+
 
 class ContentPart(msgspec.Struct):
     type: str = "text"
@@ -25,7 +27,7 @@ class RoutingFields(msgspec.Struct):
     """Read from a chat or completions body: the model, streaming, sizes, and the prompt text
     (for the token estimate and the prefix key)."""
 
-    model: str
+    model: ModelName
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None

@@ -5,12 +5,15 @@ Unknown request fields are ignored (msgspec's default), so newer clients keep wo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 # OpenAI's max_tokens for a completions request that gives none (chat's runs to the context's end).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+# A model's name, as a request may give it: longer ones are refused before anything echoes or keeps
+# them (a 404's message, the console's per-model series).
+ModelName = Annotated[str, msgspec.Meta(max_length=256)]
 
 # -- requests --------------------------------------------------------------------------------
 
@@ -22,7 +25,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 class SamplingFields(msgspec.Struct, kw_only=True):
     """Fields both endpoints share; None means "the OpenAI default"."""
 
-    model: str
+    model: ModelName
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

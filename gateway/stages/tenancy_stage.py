@@ -27,7 +27,8 @@ class TenancyStage:
         self.require_auth = require_auth
 
     def principal(self, authorization: str | None, request_id: str = "", client: str | None = None) -> Principal:
-        """The caller (401 without a valid token, unless auth is off)."""
+        """The caller (401 without a valid token, unless auth is off). Its rotation_headers go on
+        the answer: they may carry the token's new secret."""
         if not self.require_auth:
             return self.tenancy.local_principal()
         try:

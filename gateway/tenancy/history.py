@@ -10,6 +10,8 @@ holds, not what the trail holds: `HistoryQuery.before` takes `cursor_after` the 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import msgspec
@@ -54,7 +56,10 @@ def parse_cursor(text: str) -> tuple[float, int]:
     time, sep, row_id = text.partition(":")
     if not sep:
         raise ValueError(f"not a history cursor: {text!r}")
-    return float(time), int(row_id)
+    moment, number = float(time), int(row_id)
+    if not (math.isfinite(moment) and 0 <= number < 2**63):  # SQLite's integers, and real instants
+        raise ValueError(f"not a history cursor: {text!r}")
+    return moment, number
 
 
 def sql_glob(pattern: str) -> str:

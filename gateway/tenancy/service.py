@@ -133,9 +133,11 @@ class Tenancy:
         return secret, record.id
 
     # -- stage 1: who ------------------------------------------------------------------------------
-    def authenticate(self, authorization: str | None, *, request_id: str = "", client: str | None = None) -> Principal:
+    def authenticate(self, authorization: str | None, *, request_id: str = "", client: str | None = None,
+                     rotate: bool = True) -> Principal:
         """The caller of an `Authorization: Bearer ...` header; AuthenticationError (401) otherwise,
-        recorded in the audit trail."""
+        recorded in the audit trail. A token due for rotation is rotated here, its new secret in
+        `principal.rotation_headers`: a caller whose answer cannot carry them passes rotate=False."""
         try:
             if not authorization or not authorization[:7].lower() == "bearer ":
                 raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer llmaas-...'.")
@@ -152,7 +154,7 @@ class Tenancy:
             self.audit.append(status=401, reason="auth", client=client, request_id=request_id)
             raise AuthenticationError("This API key's tier is no longer configured.") from None
         principal = Principal(record.id, record.tenant, tier, cached.patterns)
-        if self.tokens.due_for_rotation(record):
+        if rotate and self.tokens.due_for_rotation(record):
             # Rare (once per max age per token), so its blocking commit on this path is acceptable.
             rotated = self.tokens.rotate_if_due(record)
             if rotated is not None:

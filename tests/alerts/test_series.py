@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.alerts.recorder import OVERFLOW, Recorder
+from gateway.alerts.recorder import ALL, OVERFLOW, Recorder
 from gateway.alerts.series import LogHistogram
 from gateway.tenancy import FakeClock
 
@@ -55,3 +55,14 @@ def test_series_count_is_capped() -> None:
     assert admin[OVERFLOW].requests == 9 and admin["invented-0"].requests == 1
     assert set(rec.window(60, tenant="t")) == {"invented-0", "invented-1"}
     assert rec.window(60, tenant=OVERFLOW) == {}  # a tenant called "other" sees nobody's overflow
+
+
+def test_names_outside_the_gateways_models_are_other() -> None:
+    # A client inventing model names, refused without a key even, gets no series of its own: it can
+    # neither grow the recorder nor fill its cap before the real models.
+    rec = Recorder(FakeClock(), max_series=4, models={"real"})
+    for i in range(100):
+        rec.observe("", f"invented-{i}" + "x" * 1000, 401, None, 0.0)
+    rec.observe("acme", "real", 200, 0.1, 0.2)
+    assert set(rec._series) == {("", OVERFLOW), (ALL, OVERFLOW), ("acme", "real"), (ALL, "real")}
+    assert rec.window(60)[OVERFLOW].requests == 100 and rec.window(60, tenant="acme")["real"].requests == 1

@@ -65,7 +65,7 @@ async def console_gateway(tenancy: Tenancy, clock: FakeClock, engine_delay_s: fl
     await engine.start()
     config = GatewayConfig(models=[ModelEntry(name=m, hosts=[engine.url]) for m in MODELS])
     gateway = Gateway(config, tenancy=tenancy)
-    recorder = Recorder(clock)
+    recorder = Recorder(clock, models=set(MODELS) | set(tenancy.catalog.names()))  # as Gateway makes its own
     gateway.proxy.stages.insert(1, recorder)  # right after the metrics stage, as the lead wires it
     alerts = AlertEvaluator(AlertsSection(rules=rules()), Sources(recorder, gateway.fleet, tenancy), clock)
     router = gateway.router()

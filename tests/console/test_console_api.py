@@ -160,3 +160,40 @@ def test_page_and_static_files_are_served(tenancy: Tenancy, clock: FakeClock) ->
         assert (await h.request("/console/static/vendor/uPlot.LICENSE")).content.startswith(b"The MIT License")
 
     run(tenancy, clock, test)
+
+
+def test_a_secret_rotated_on_a_read_reaches_its_owner(tenancy: Tenancy, clock: FakeClock) -> None:
+    # A key past its max age rotates on its next use; the console never rotates it (its answers
+    # would drop the new secret), the models list does and hands the secret over.
+    secret, record = tenancy.tokens.create("acme", "small")
+    clock.advance(91 * 86400)
+
+    async def test(h: Harness) -> None:
+        assert (await h.request("/console/api/me", secret)).status == 200
+        assert tenancy.store.get_token(record.id).rotated_to is None
+        listed = await h.request("/v1/models", secret)
+        assert listed.status == 200 and tenancy.store.get_token(record.id).rotated_to is not None
+        new_secret = listed.headers["x-llmaas-new-api-key"]
+        assert (await h.request("/v1/models/qwen3:8b", new_secret)).status == 200
+
+    run(tenancy, clock, test)
+
+
+def test_what_could_flood_or_break_the_console_is_refused(tenancy: Tenancy, clock: FakeClock) -> None:
+    acme, _ = tenancy.tokens.create("acme", "small")
+
+    async def test(h: Harness) -> None:
+        # Invented model names, without a key: refused, and no series of their own.
+        for i in range(50):
+            assert (await h.chat("nope", model=f"junk-{i}")).status == 401
+        huge = await h.chat(acme, model="x" * 5000)
+        assert huge.status == 400 and huge.json()["error"]["param"] == "model" and len(huge.content) < 1000
+        assert (await h.chat(acme)).status == 200
+        series = (await h.api("/console/api/series?minutes=5", ADMIN))["models"]
+        assert set(series) == {"other", MODELS[0]} and sum(series["other"]["requests"]) == 50
+        # A cursor no history page wrote: a 400, not a 500.
+        for cursor in ("1:99999999999999999999", "1:-5", "nan:1", "x"):
+            response = await h.request(f"/console/api/history?before={cursor}", ADMIN)
+            assert response.status == 400, (cursor, response.content)
+
+    run(tenancy, clock, test)
