@@ -204,6 +204,8 @@ def run_rotate(args: argparse.Namespace) -> int:
 def run_usage(args: argparse.Namespace) -> int:
     from gateway.tenancy.ledger import render, summarize
 
+    if args.until is not None and args.until < args.since:
+        return _fail("--until is before --since")
     store, _, _ = _open(args)
     try:
         rows = store.usage(args.tenant, args.since, args.until)

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from gateway.admin.fields import FieldError, field
 from gateway.admin.security_policies import delete_policy, get_policy, list_policies, put_policy
 from gateway.cli_tokens import iso_time, parse_duration, parse_since
 from gateway.http import Request, Response, Router, error_response
@@ -115,22 +116,6 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("DELETE", policy_path, guarded(functools.partial(delete_policy, audited=_audited)))
 
 
-class FieldError(ValueError):
-    """A bad value in one field of a request: a 400 naming it as `param`."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _field(param: str, check: Callable[..., object], *args: object) -> object:
-    """check(*args), with its ValueError charged to `param`."""
-    try:
-        return check(*args)
-    except ValueError as exc:
-        raise FieldError(param, str(exc)) from None
-
-
 def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> Response:
     """400 with the field at fault as `param` (msgspec names it: "... - at `$.patterns`", "unknown
     field `x`", "missing required field `tier`"); None when the body as a whole is wrong."""
@@ -149,7 +134,7 @@ def _query(request: Request) -> dict[str, str]:
 def _tenant(q: dict[str, str]) -> str | None:
     tenant = q.get("tenant")
     if tenant is not None:
-        _field("tenant", check_tenant, tenant)
+        field("tenant", check_tenant, tenant)
     return tenant
 
 
@@ -180,11 +165,11 @@ async def _audited(t: Tenancy, request: Request, status: int, reason: str, tenan
 
 async def create_token(t: Tenancy, request: Request) -> Response:
     body = _CREATE.decode(request.body or b"{}")
-    _field("tenant", check_tenant, body.tenant)
-    _field("tier", t.config.tier, body.tier)
-    _field("models", ModelPatterns, body.models)
-    expires = _field("expires_in", _duration, body.expires_in)
-    _field("expires_in", check_lifetime, expires)
+    field("tenant", check_tenant, body.tenant)
+    field("tier", t.config.tier, body.tier)
+    field("models", ModelPatterns, body.models)
+    expires = field("expires_in", _duration, body.expires_in)
+    field("expires_in", check_lifetime, expires)
     secret, record = await asyncio.to_thread(t.tokens.create, body.tenant, body.tier, body.models, expires, body.name)
     await _audited(t, request, 201, "token_created", record.tenant, record.id)
     return _json({**_token_view(record), "secret": secret}, status=201)
@@ -203,7 +188,7 @@ async def revoke_token(t: Tenancy, request: Request) -> Response:
 
 async def rotate_token(t: Tenancy, request: Request) -> Response:
     body = _ROTATE.decode(request.body or b"{}")
-    grace = _field("grace", _duration, body.grace)
+    grace = field("grace", _duration, body.grace)
     secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], grace)
     await _audited(t, request, 201, "token_rotated", new.tenant, new.id)  # new.rotated_from names the old
     return _json({**_token_view(new), "secret": secret, "replaces": _token_view(old)}, status=201)
@@ -211,8 +196,8 @@ async def rotate_token(t: Tenancy, request: Request) -> Response:
 
 async def usage(t: Tenancy, request: Request) -> Response:
     q = _query(request)
-    since = _field("since", _moment, q.get("since", "30d"))
-    until = _field("until", _moment, q["until"]) if "until" in q else None
+    since = field("since", _moment, q.get("since", "30d"))
+    until = field("until", _moment, q["until"]) if "until" in q else None
     if until is not None and until < since:
         raise FieldError("until", "until is before since")
     by, fmt = q.get("by"), q.get("format", "json")

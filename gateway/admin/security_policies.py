@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 import security
+from gateway.admin.fields import field
 from gateway.cli_tokens import iso_time
 from gateway.http import Request, Response
 from gateway.tenancy import Tenancy
 from gateway.tenancy.store import PolicyRecord
+from gateway.tenancy.tokens import check_tenant
 
 _POLICY = msgspec.json.Decoder(security.Policy)
 # routes.py's recorder of an operator's change: (tenancy, request, status, reason, tenant).
@@ -54,8 +56,10 @@ async def get_policy(t: Tenancy, request: Request) -> Response:
 
 
 async def put_policy(t: Tenancy, request: Request, audited: Audited) -> Response:
+    tenant = request.path_params["tenant"]
+    field("tenant", check_tenant, tenant)  # a name no token could carry would set a policy for nobody
     policy = _POLICY.decode(request.body or b"")
-    record = await asyncio.to_thread(t.security_policies.put, request.path_params["tenant"], policy)
+    record = await asyncio.to_thread(t.security_policies.put, tenant, policy)
     await audited(t, request, 200, "security_policy_set", record.tenant)
     return _json(_view(record))
 

@@ -141,6 +141,8 @@ def test_bad_bodies_are_400s_naming_the_field(tmp_path: Path) -> None:
         assert (await call(port, "GET", POLICY, ADMIN)).status == 404  # nothing was stored
         missing = await call(port, "POST", "/admin/v1/tokens", ADMIN, {"tenant": "acme"})
         assert missing.status == 400 and missing.json()["error"]["param"] == "tier"
+        nobody = await call(port, "PUT", "/admin/v1/tenants/a%20b/security-policy", ADMIN, {"patterns": "off"})
+        assert nobody.status == 400 and nobody.json()["error"]["param"] == "tenant"
 
     run(tenancy, test)
     tenancy.close()
