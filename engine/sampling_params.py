@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from engine.errors import InvalidRequestError
 
 _MAX_LOGPROBS = 20
+# Below this a temperature is greedy decoding (vLLM's bound): logits divided by a float32 denormal
+# overflow to inf and NaN, and the "sample" is garbage.
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(slots=True)
@@ -38,6 +41,8 @@ class SamplingParams:
         _check(1 <= self.n <= 128, "n must be between 1 and 128", "n")
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be at least 1", "max_tokens")
         _check(0.0 <= self.temperature <= 100.0, "temperature must be in [0, 100]", "temperature")
+        if self.temperature < _GREEDY_BELOW:
+            self.temperature = 0.0
         _check(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]", "top_p")
         _check(self.top_k >= 0, "top_k must be -1 (disabled) or a positive integer", "top_k")
         _check(0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]", "min_p")

@@ -37,6 +37,15 @@ def test_greedy_is_argmax() -> None:
     assert run(logits, seqs).tolist() == logits.argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("temperature", [1e-6, 2e-39, 5e-324])
+def test_a_vanishing_temperature_is_greedy(temperature: float) -> None:
+    # Dividing by a float32 denormal gives inf and NaN logits: such a temperature means greedy.
+    logits = random_logits(4)
+    seqs = [make_seq(SamplingParams(temperature=temperature)) for _ in range(4)]
+    assert all(s.params.greedy for s in seqs)
+    assert run(logits, seqs).tolist() == logits.argmax(-1).tolist()
+
+
 def test_top_k_1_equals_greedy_at_any_temperature() -> None:
     logits = random_logits(8, seed=1)
     seqs = [make_seq(SamplingParams(temperature=1.5, top_k=1)) for _ in range(8)]

@@ -91,7 +91,7 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
                 return error_response(401, "A valid admin token is required.", "invalid_admin_token")
             try:
                 return await handler(tenancy, request)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
                 return _invalid_body(exc)
             except FieldError as exc:
                 return error_response(400, str(exc), param=exc.param)
@@ -116,7 +116,7 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("DELETE", policy_path, guarded(functools.partial(delete_policy, audited=_audited)))
 
 
-def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> Response:
+def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError) -> Response:
     """400 with the field at fault as `param` (msgspec names it: "... - at `$.patterns`", "unknown
     field `x`", "missing required field `tier`"); None when the body as a whole is wrong."""
     message = str(exc)

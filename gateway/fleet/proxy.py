@@ -101,9 +101,11 @@ class Proxy:
     def _exchange(self, request: Request) -> Exchange:
         try:
             fields = _ROUTING.decode(request.body)
+            # JSON is UTF-8; the decoder checks only the strings it reads, the stages read others.
+            request.body.decode()
         except msgspec.ValidationError as exc:
             raise GatewayError(400, str(exc), param=_param(str(exc))) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise GatewayError(400, f"Invalid JSON body: {exc}") from None
         routing = self.fleet.routing
         text = _prompt_text(fields)

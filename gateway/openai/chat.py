@@ -59,7 +59,7 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         prompt = _render(ctx, req)
         prompt_ids = ctx.tokenizer.encode(prompt, add_special_tokens=False)
-        max_tokens = capped_max_tokens(max_tokens, req.max_tokens_cap, ctx.max_model_len - len(prompt_ids))
+        max_tokens = capped_max_tokens(max_tokens, req.max_tokens_cap, ctx.max_model_len - len(prompt_ids), req.n)
         params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
         outputs = await ctx.generate(prompt_ids, params, request_id, req.priority)
     except InvalidRequestError as exc:

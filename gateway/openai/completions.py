@@ -54,14 +54,17 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
         if comments:  # the engine's own encoding, done here so the comments count prompts from the start
             prompts = [ctx.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
         max_tokens = capped_max_tokens(COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
-                                       req.max_tokens_cap, ctx.max_model_len)
+                                       req.max_tokens_cap, ctx.max_model_len, req.n)
         params = sampling_params(req, max_tokens, req.logprobs)
         for i, prompt in enumerate(prompts):
             started.append(await ctx.generate(prompt, params, f"{request_id}-{i}", req.priority))
     except (InvalidRequestError, ApiError) as exc:
         for outputs in started:  # a later prompt was refused: abort the ones already running
             await outputs.aclose()  # type: ignore[attr-defined]
-        return ApiError.from_invalid(exc).response() if isinstance(exc, InvalidRequestError) else exc.response()
+        error = ApiError.from_invalid(exc) if isinstance(exc, InvalidRequestError) else exc
+        if error.param == "messages":  # the engine's name for a prompt too long for the context
+            error.param = "prompt"
+        return error.response()
     created = int(time.time())
     if req.stream:
         tally = UsageTally([len(p) for p in prompts]) if comments else None

@@ -106,7 +106,7 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
     except msgspec.ValidationError as exc:
         match = _FIELD.search(str(exc))
         raise ApiError(400, str(exc), param=match.group(1) if match else None) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8 is the latter
         raise ApiError(400, f"Invalid JSON body: {exc}") from None
 
 
@@ -139,14 +139,14 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
         raise ApiError(400, "logit_bias keys must be token ids", param="logit_bias") from None
 
 
-def capped_max_tokens(max_tokens: int | None, cap: int | None, room: int) -> int | None:
+def capped_max_tokens(max_tokens: int | None, cap: int | None, room: int, n: int = 1) -> int | None:
     """max_tokens lowered to `cap`; None (up to the context's end, `room` tokens) stays None when
     the cap leaves all the room."""
     if cap is None:
         return max_tokens
-    if cap < 1:
-        raise ApiError(400, "max_tokens_cap must be at least 1: the prompt leaves no completion tokens under "
-                            "this request's token limit", param="max_tokens")
+    if cap < 1:  # the tier's tokens a request, shared by n choices, leave each none
+        raise ApiError(400, f"the prompt leaves no completion tokens for each of the {n} choice(s) under this "
+                            "request's token limit (max_tokens_cap)", param="n" if n > 1 else "max_tokens")
     if max_tokens is None:
         return cap if cap < room else None
     return min(max_tokens, cap)

@@ -101,7 +101,8 @@ def too_large(tier: Tier, tokens: int) -> RequestTooLarge | None:
     """The refusal of a request larger than one tier's request may be, if it is."""
     if tokens > tier.max_tokens_per_request or tokens > tier.tokens_per_minute:
         return RequestTooLarge(
-            f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this tier's limit of "
+            f"Request too large: {tokens} tokens (the prompt, and max_tokens for each of the n choices) exceed this "
+            f"tier's limit of "
             f"{min(tier.max_tokens_per_request, tier.tokens_per_minute)} per request.", param="max_tokens")
     return None
 

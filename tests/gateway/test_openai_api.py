@@ -152,6 +152,8 @@ def test_the_engine_lowers_max_tokens_to_its_cap(running: Running, path: str) ->
         assert answer["choices"][0]["finish_reason"] == "length"
     status, answer = usage(max_tokens_cap=0)
     assert status == 400 and answer["error"]["param"] == "max_tokens"
+    status, answer = usage(max_tokens_cap=0, n=3)
+    assert status == 400 and answer["error"]["param"] == "n"
 
 
 def test_models_are_those_the_key_may_use_with_their_lifecycle(client: openai.OpenAI) -> None:
@@ -254,8 +256,8 @@ def test_what_is_harmless_is_served(client: openai.OpenAI) -> None:
         {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "user", "content": "And Italy?"}]
     result = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, tools=[TOOL],
-                                            tool_choice="none", response_format={"type": "text"})
-    assert result.choices[0].message.content
+                                            tool_choice="none", response_format={"type": "text"}, temperature=0)
+    assert result.choices[0].message.role == "assistant" and result.usage.completion_tokens >= 1
 
 
 def test_logit_bias_steers_the_answer(running: Running, client: openai.OpenAI) -> None:
@@ -288,6 +290,23 @@ def test_completions_refuse_what_they_cannot_honour(running: Running, fields: di
     body = {"model": MODEL, "prompt": "Paris is", "max_tokens": 2, **fields}
     status, answer = raw_post(running, "/v1/completions", json.dumps(body).encode())
     assert status == 400 and json.loads(answer)["error"]["param"] == param
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", b'{"model":"smollm2:135m","messages":[{"role":"user","content":"\xff\xfe"}]}'),
+    ("/v1/chat/completions", b'{"model":"smollm2:135m","messages":[{"role":"user","content":"hi"}],"user":"\xc3"}'),
+    ("/v1/completions", b'{"model":"smollm2:135m","prompt":"\xff"}'),
+])
+def test_a_body_that_is_not_utf8_is_400(running: Running, path: str, body: bytes) -> None:
+    status, answer = raw_post(running, path, body)
+    error = json.loads(answer)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error" and "JSON" in error["message"]
+
+
+def test_a_prompt_too_long_names_the_prompt(running: Running) -> None:
+    body = {"model": MODEL, "prompt": "hello " * 9000, "max_tokens": 1}
+    status, answer = raw_post(running, "/v1/completions", json.dumps(body).encode())
+    assert status == 400 and json.loads(answer)["error"]["param"] == "prompt"
 
 
 def test_malformed_json_is_400(running: Running) -> None:
