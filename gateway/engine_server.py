@@ -30,9 +30,17 @@ def build_router(engine: AsyncLLMEngine, model_names: list[str] | None = None,
     """Routes for `engine`, served under `model_names` (default: the name it was loaded by),
     counted in `metrics` (default: a registry of their own)."""
     router = Router()
-    add_openai_routes(router, ServingContext(engine, model_names or [engine.engine.model_name], metrics=metrics))
+    ctx = ServingContext(engine, model_names or [engine.engine.model_name], metrics=metrics)
+    add_openai_routes(router, ctx)
     router.add("GET", "/internal/load", functools.partial(load_report, engine))
+    router.add("POST", "/internal/abort/{tag}", functools.partial(abort_tagged, ctx))
     return router
+
+
+async def abort_tagged(ctx: ServingContext, request: Request) -> Response:
+    """Stops the whole answer a gateway tagged (its client left); the answer then goes out at once,
+    with the usage of what was generated, for the gateway to bill."""
+    return Response(body=_ENCODER.encode({"aborted": ctx.abort_tagged(request.path_params["tag"])}))
 
 
 def pending_tokens(engine: LLMEngine) -> int:

@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import os
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 
@@ -34,7 +35,7 @@ from gateway.fleet.http_client import UpstreamError
 from gateway.fleet.sse import event_data, sse_events, usage_comment
 from gateway.fleet.wire import CompletionTokensDetails, PromptTokensDetails, RoutingFields, Usage, UsageFields
 from gateway.http import Request, Response, StreamingResponse
-from gateway.openai.protocol import COMPLETIONS_DEFAULT_MAX_TOKENS
+from gateway.openai.protocol import ABORT_TAG_HEADER, COMPLETIONS_DEFAULT_MAX_TOKENS
 
 _ROUTING = msgspec.json.Decoder(RoutingFields)
 _USAGE = msgspec.json.Decoder(UsageFields)
@@ -70,7 +71,7 @@ class Proxy:
     def __init__(self, fleet: Fleet, stages: list[Stage] | None = None) -> None:
         self.fleet = fleet
         self.stages = stages or []
-        self._settling: set[asyncio.Future[None]] = set()  # ledger writes of requests whose client left
+        self._settling: set[asyncio.Future[None]] = set()  # ledger writes and aborts of requests whose client left
 
     async def handle(self, request: Request) -> Response | StreamingResponse:
         try:
@@ -153,13 +154,18 @@ class Proxy:
         try:
             headers = [("x-request-id", exchange.request_id)]
             if not exchange.stream:
+                tag = secrets.token_hex(12)  # ours, not the client's request id: nobody else can name it
+                headers.append((ABORT_TAG_HEADER, tag))
                 fetch = asyncio.ensure_future(_whole_answer(host, exchange.path, exchange.body, headers))
                 try:
                     status, content_type, body = await asyncio.shield(fetch)
                 except asyncio.CancelledError:
-                    # The client left: the answer, once it comes, bills the engine's exact counts.
+                    # The client left: our engines stop the request (its answer then comes at once),
+                    # and the answer, once it comes, bills the engine's exact counts.
                     handed_over = True
                     self._bill_when_answered(exchange, host, fetch, admitted)
+                    if host.kind == "llmaas" and not fetch.done():
+                        self._keep(asyncio.ensure_future(_abort(host, tag)))
                     raise
                 if status in _RETRY_STATUSES:
                     raise _Retry(f"{host.name} answered {status}: {body[:200]!r}")
@@ -204,6 +210,10 @@ class Proxy:
         await _settle(exchange, admitted)
         return Response(status=status, body=body, content_type=content_type, headers=list(exchange.response_headers))
 
+    def _keep(self, future: asyncio.Future[None]) -> None:
+        self._settling.add(future)  # held until done: nobody else waits on it
+        future.add_done_callback(self._settling.discard)
+
     def _bill_when_answered(self, exchange: Exchange, host: HostState, fetch: asyncio.Future[_Whole],
                             admitted: list[Stage]) -> None:
         """Takes the stages over from a request whose client left while its whole answer was on its
@@ -223,8 +233,7 @@ class Proxy:
                 exchange.usage = _usage(body) if status == 200 else None
             for pending in _finish(exchange, stages):  # a commit still to wait on (no journal)
                 future = asyncio.ensure_future(pending)
-                self._settling.add(future)  # held until done: nobody else waits on it
-                future.add_done_callback(self._settling.discard)
+                self._keep(future)
 
         fetch.add_done_callback(settle)
 
@@ -275,6 +284,19 @@ class Proxy:
 
 class _Retry(Exception):
     pass
+
+
+async def _abort(host: HostState, tag: str) -> None:
+    """Asks an engine of ours to stop the whole answer tagged `tag`; best effort (an engine that
+    does not answer finishes the request, which is then billed all the same)."""
+    try:
+        response = await host.backend.request("POST", f"/internal/abort/{tag}")
+        try:
+            await response.read()
+        finally:
+            response.close()
+    except (UpstreamError, OSError):
+        pass
 
 
 _Whole = tuple[int, str, bytes]  # a whole answer: status, content type, body

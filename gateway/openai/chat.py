@@ -73,7 +73,8 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
     if req.stream:
         tally = UsageTally([len(prompt_ids)]) if wants_usage_comments(request) else None
         return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs, splitters, tally))
-    return json_response(await _collect(ctx.tokenizer, req, request_id, created, outputs, splitters))
+    return json_response(await ctx.whole(request, [request_id],
+                                         _collect(ctx.tokenizer, req, request_id, created, outputs, splitters)))
 
 
 def _render(ctx: ServingContext, req: ChatCompletionRequest) -> str:

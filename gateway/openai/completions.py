@@ -69,8 +69,9 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
     if req.stream:
         tally = UsageTally([len(p) for p in prompts]) if comments else None
         return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, started, echoes, tally))
-    results = await asyncio.gather(*(_collect(ctx.tokenizer, req, outputs, echo)
-                                     for outputs, echo in zip(started, echoes)))
+    ids = [f"{request_id}-{i}" for i in range(len(started))]
+    results = await ctx.whole(request, ids, asyncio.gather(*(_collect(ctx.tokenizer, req, outputs, echo)
+                                                             for outputs, echo in zip(started, echoes))))
     choices = [choice for prompt_choices, _ in results for choice in prompt_choices]
     for index, choice in enumerate(choices):  # choices of prompt p are numbered p * n + i
         choice.index = index

@@ -15,6 +15,10 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # them (a 404's message, the console's per-model series).
 ModelName = Annotated[str, msgspec.Meta(max_length=256)]
 
+# Sent by a gateway with each request whose whole answer it awaits: a random name under which it
+# can stop that request (POST /internal/abort/{tag}) when its own client leaves.
+ABORT_TAG_HEADER = "x-llmaas-abort-tag"
+
 # -- requests --------------------------------------------------------------------------------
 
 

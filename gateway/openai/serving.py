@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -18,6 +18,7 @@ from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response
 from gateway.metrics import ServingMetrics
 from gateway.openai.protocol import (
+    ABORT_TAG_HEADER,
     CompletionTokensDetails,
     ErrorBody,
     ErrorInfo,
@@ -52,6 +53,8 @@ class ServingContext:
     chat_template: str | None = None
     reasoning_markers: ReasoningMarkers | Literal["auto"] | None = "auto"
     metrics: ServingMetrics | None = None
+    # Engine request ids of whole answers being made, by their caller's abort tag.
+    tagged: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.reasoning_markers == "auto":
@@ -73,6 +76,25 @@ class ServingContext:
         arrival = time.perf_counter()
         outputs = await start(self.engine.generate(prompt, params, request_id=request_id, priority=priority))
         return outputs if self.metrics is None else self.metrics.track(outputs, arrival)
+
+    async def whole(self, request: Request, request_ids: list[str], answer: Awaitable[T]) -> T:
+        """Awaits a whole answer made of `request_ids`, which the caller's abort tag (if it sent
+        one) names meanwhile: a gateway whose client left then stops them, and gets the answer at
+        once, with the usage of what they had generated."""
+        tag = request.headers.get(ABORT_TAG_HEADER)
+        if tag:
+            self.tagged[tag] = request_ids
+        try:
+            return await answer
+        finally:
+            if tag:
+                self.tagged.pop(tag, None)
+
+    def abort_tagged(self, tag: str) -> int:
+        request_ids = self.tagged.get(tag, [])
+        for request_id in request_ids:
+            self.engine.abort(request_id)
+        return len(request_ids)
 
     @property
     def max_model_len(self) -> int:

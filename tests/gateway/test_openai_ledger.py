@@ -3,6 +3,7 @@ and the engine's cumulative usage comments, on the real model."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -99,6 +100,31 @@ def test_a_client_leaving_mid_stream_pays_what_the_engine_produced(running: Runn
     # billed, and no more than the engine sampled (the step in flight when the abort landed is not).
     assert row.input_tokens == prompt_tokens
     assert received.count(b'"content":"') - 1 <= row.output_tokens <= generated(running) - sampled < 500
+
+
+@pytest.mark.parametrize("path,fields", [("/v1/chat/completions", {"messages": CAPITAL}),
+                                         ("/v1/completions", {"prompt": ["Once upon a time", "Paris is"], "n": 2})])
+def test_a_client_leaving_a_whole_answer_stops_it_and_pays_what_was_made(running: Running, path: str,
+                                                                         fields: dict) -> None:
+    # Our engine stops the request at the gateway's word (its abort tag) instead of generating its
+    # 1000 tokens for nobody, and answers the gateway with what was made, which is billed.
+    before, sampled = len(ledger_rows(running)), generated(running)
+    body = json.dumps({"model": MODEL, **fields, "max_tokens": 1000, "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                 f"authorization: Bearer {running.api_key}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + 10
+    while generated(running) - sampled < 8 and time.monotonic() < deadline:  # the engine is at work on it
+        time.sleep(0.01)
+    assert generated(running) - sampled >= 8, sock.recv(65536)
+    sock.close()
+    deadline = time.monotonic() + 10
+    while (len(ledger_rows(running)) == before or not all_blocks_free(running.engine)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all_blocks_free(running.engine)
+    row = ledger_rows(running)[-1]
+    assert len(ledger_rows(running)) == before + 1 and row.status == 499
+    assert 8 <= row.output_tokens <= generated(running) - sampled < 500
 
 
 def client_usage(running: Running) -> dict:
