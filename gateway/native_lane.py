@@ -130,7 +130,8 @@ class NativeLane:
             assert isinstance(host.backend, HttpBackend)
             name, port = host.backend.address
             ip = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][4][0]
-            index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port)
+            index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port,
+                                                    abortable=host.kind == "llmaas")
             self._hosts.append(host)
         for model, hosts in fleet.by_model.items():
             self._plane.add_model(model, [index[h.name] for h in hosts])

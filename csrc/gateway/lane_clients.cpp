@@ -52,8 +52,12 @@ void Loop::on_client(ClientConn* c, uint32_t events) {
   bool hangup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   bool busy = c->phase == ClientConn::Phase::kBusy || c->phase == ClientConn::Phase::kWriting;
   if (busy) {
-    // The answer is on its way; a client that hangs up now is billed what the engine produced.
-    if (hangup) c->gone = true;
+    // The answer is on its way; a client that hangs up now is billed what the engine produced,
+    // which our engines cut short when told (their answer then comes at once).
+    if (hangup && !c->gone) {
+      c->gone = true;
+      if (c->upstream != nullptr && hosts_.host(c->host).abortable) send_abort(c->host, c->abort_tag);
+    }
     else if (events & EPOLLIN) c->pending_read = true;
     return;
   }

@@ -4,6 +4,10 @@
 // (`pending_read`) and served when the answer is written.
 #include "lane_loop.h"
 
+#include <sys/random.h>
+
+#include <cstdlib>
+
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -27,6 +31,10 @@ Loop::Loop(DataPlane& plane, const PlaneConfig& config, HostTable& hosts, int co
       listen_(Endpoint::Kind::kListen, config.listen_fd),
       control_(Endpoint::Kind::kControl, control_fd) {
   idle_.resize(hosts.num_hosts());
+  unsigned char random[12] = {};
+  if (getrandom(random, sizeof random, 0) != static_cast<ssize_t>(sizeof random)) std::abort();
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned char b : random) tag_prefix_.append({kHex[b >> 4], kHex[b & 15]});
   watch(&listen_, EPOLLIN);
   watch(&control_, EPOLLIN);
 }

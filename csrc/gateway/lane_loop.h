@@ -39,6 +39,7 @@ struct ClientConn : Endpoint {
   size_t request_bytes = 0;
   RequestFields fields;
   std::string path, request_id;
+  std::string abort_tag;          // sent with the request: our engines stop it by this name if the client leaves
   std::string client_ip;          // the peer's address, for the audit trail
   // Under the tenant stages: what the request was granted, and its body with the stages' overrides.
   TenantGrant grant;
@@ -110,6 +111,7 @@ class Loop {
   void attempt_failed(ClientConn* c, const std::string& error);
   void upstream_failed(UpstreamConn* u, const std::string& error);
   void upstream_answered(UpstreamConn* u, bool reusable);
+  void send_abort(int host, const std::string& tag);
   // time and shutdown
   void sweep();
   void begin_shutdown();
@@ -126,6 +128,8 @@ class Loop {
   bool shutting_down_ = false;
   bool accept_paused_ = false;  // out of descriptors: the listening socket is unwatched until the next sweep
   uint64_t next_id_ = 0;
+  std::string tag_prefix_;  // random, from the kernel at start: abort tags nobody else can name
+  uint64_t next_tag_ = 0;
   double now_ = 0;
 };
 

@@ -64,6 +64,8 @@ void Loop::send_upstream(ClientConn* c, bool fresh) {
   u->out.append("POST ").append(c->path).append(" HTTP/1.1\r\nhost: ").append(h.address);
   u->out.append("\r\ncontent-length: ").append(std::to_string(body.size()));
   u->out.append("\r\ncontent-type: application/json\r\nx-request-id: ").append(c->request_id);
+  c->abort_tag.assign(tag_prefix_).append(std::to_string(next_tag_++));
+  u->out.append("\r\nx-llmaas-abort-tag: ").append(c->abort_tag);
   u->out.append("\r\n\r\n").append(body);
   u->out_pos = 0;
   u->in.clear();
@@ -212,6 +214,17 @@ void Loop::upstream_answered(UpstreamConn* u, bool reusable) {
     return;
   }
   answer(c, status, content_type, body, has_usage ? &usage : nullptr);
+}
+
+void Loop::send_abort(int host, const std::string& tag) {
+  // proxy.py's _abort: on a connection of its own, closed at the answer's first byte, whatever it
+  // says. Best effort: an engine that cannot be told finishes the request, billed all the same.
+  std::string error;
+  UpstreamConn* u = connect_to(host, &error);
+  if (u == nullptr) return;
+  u->out.assign("POST /internal/abort/").append(tag).append(" HTTP/1.1\r\nhost: ").append(hosts_.host(host).address);
+  u->out.append("\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+  u->deadline = now_ + config_.connect_timeout_s;
 }
 
 }  // namespace llmaas::gw

@@ -54,7 +54,8 @@ std::unique_ptr<DataPlane> make_plane(const py::dict& c) {
   return std::make_unique<DataPlane>(std::move(config));
 }
 
-int add_host(DataPlane& plane, const std::string& name, const std::string& address, const std::string& ip, int port) {
+int add_host(DataPlane& plane, const std::string& name, const std::string& address, const std::string& ip, int port,
+             bool abortable) {
   sockaddr_storage storage{};
   socklen_t len = 0;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
@@ -70,7 +71,9 @@ int add_host(DataPlane& plane, const std::string& name, const std::string& addre
   } else {
     throw std::invalid_argument("not an IP address: " + ip);
   }
-  return plane.hosts().add_host(name, address, storage, len);
+  int index = plane.hosts().add_host(name, address, storage, len);
+  plane.hosts().host(index).abortable = abortable;
+  return index;
 }
 
 py::list take_handoffs(DataPlane& plane) {
@@ -179,7 +182,8 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "The gateway's native lane (csrc/gateway) and its JSON scanner.";
   py::class_<DataPlane>(m, "DataPlane")
       .def(py::init(&make_plane), py::arg("config"))
-      .def("add_host", &add_host, py::arg("name"), py::arg("address"), py::arg("ip"), py::arg("port"))
+      .def("add_host", &add_host, py::arg("name"), py::arg("address"), py::arg("ip"), py::arg("port"),
+           py::arg("abortable") = true)
       .def("add_model", [](DataPlane& p, const std::string& model, const std::vector<int>& hosts) {
         p.hosts().add_model(model, hosts);
       })

@@ -22,6 +22,7 @@ namespace llmaas::gw {
 struct Host {
   std::string name;     // the configured URL, e.g. http://10.0.0.5:8001 (the rendezvous input)
   std::string address;  // host:port, as the Host header
+  bool abortable = true;  // one of our engines (kind llmaas): it stops a tagged request on demand
   sockaddr_storage sockaddr{};
   socklen_t sockaddr_len = 0;
   std::atomic<bool> healthy{true};

@@ -32,6 +32,8 @@ class FakeEngine:
     prompt_tokens: int = 5
     cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
+    abort_tags: list[str] = field(default_factory=list)  # each request's x-llmaas-abort-tag, if any
+    aborts: list[str] = field(default_factory=list)  # tags the gateway asked to stop
     clients: set[tuple[str, int] | None] = field(default_factory=set)
     aborted: int = 0
     produced: int = 0  # content events (tokens) yielded, over all streams
@@ -44,6 +46,7 @@ class FakeEngine:
         router.add("POST", "/v1/chat/completions", self.complete)
         router.add("POST", "/v1/completions", self.complete)
         router.add("GET", "/internal/load", self.load)
+        router.add("POST", "/internal/abort/{tag}", self.abort)
         router.add("GET", "/health", self.load)
         return router
 
@@ -74,9 +77,15 @@ class FakeEngine:
                   "num_blocks": 100, "block_size": 16, "num_pending_tokens": 0}
         return Response(body=msgspec.json.encode(report))
 
+    async def abort(self, request: Request) -> Response:
+        self.aborts.append(request.path_params["tag"])
+        return Response(body=b'{"aborted":0}')  # a double: the answer still comes when it was to
+
     async def complete(self, request: Request) -> Response | StreamingResponse:
         body = msgspec.json.decode(request.body)
         self.requests.append(body)
+        if "x-llmaas-abort-tag" in request.headers:
+            self.abort_tags.append(request.headers["x-llmaas-abort-tag"])
         self.clients.add(request.client)
         if self.status != 200:
             return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')

@@ -336,6 +336,32 @@ def test_what_cannot_begin_a_served_request_is_answered_at_once() -> None:
     run(test)
 
 
+def test_a_client_leaving_a_whole_answer_asks_the_engine_to_stop_it() -> None:
+    # Both servers tag each whole answer (a random name, a new one per request) and, when the
+    # client leaves while it is out, ask the engine to stop it by that name.
+    async def test() -> None:
+        engine = FakeEngine("slow", delay_s=0.1, tokens=5)
+        async with engines(engine) as urls, gateways(urls) as (python, native, _gateway):
+            for port in (python, native):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request(chat()))
+                for _ in range(200):
+                    if len(engine.abort_tags) > len(engine.aborts):
+                        break
+                    await asyncio.sleep(0.01)
+                writer.transport.abort()
+                for _ in range(200):
+                    if len(engine.aborts) == len(engine.abort_tags):
+                        break
+                    await asyncio.sleep(0.01)
+                assert engine.aborts == engine.abort_tags, port
+            assert len(set(engine.abort_tags)) == 2 and all(len(t) >= 24 for t in engine.abort_tags)
+            # A client that stays gets its answer, and no abort is sent.
+            assert parse_response(await exchange(native, request(chat()))).status == 200
+            assert len(engine.aborts) == 2
+    run(test)
+
+
 def test_whole_answers_survive_an_engine_dying_under_them() -> None:
     async def test() -> None:
         dying, survivor = FakeEngine("dying", delay_s=0.2, tokens=1), FakeEngine("ok")
