@@ -19,7 +19,7 @@ def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
 def run_gateway(args: argparse.Namespace) -> int:
     from gateway.fleet.config import ConfigError, load_config
     from gateway.gateway_server import Gateway
-    from gateway.http import run
+    from gateway.http import ServerLimits, run
 
     try:
         config = load_config(args.config)
@@ -39,7 +39,8 @@ def run_gateway(args: argparse.Namespace) -> int:
     try:
         print(f"llmaas: gateway for {', '.join(gateway.fleet.model_names)} at http://{host}:{port}/v1 "
               f"(native lane: {lane_state})", flush=True)
-        run(router, host, port, certfile=config.server.certfile, keyfile=config.server.keyfile,
+        limits = ServerLimits(cors_origins=tuple(config.server.cors_allowed_origins))
+        run(router, host, port, limits, certfile=config.server.certfile, keyfile=config.server.keyfile,
             on_startup=gateway.start, on_shutdown=gateway.stop, connections=gateway.metrics.connections, lane=lane)
     except (OSError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)

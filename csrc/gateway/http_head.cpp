@@ -128,7 +128,9 @@ HeadStatus parse_request_head(std::string_view buf, size_t max_head_bytes, Reque
       has_length = true;
       return parse_length(h.value, &out->content_length);
     }
-    if (iequals(h.name, "transfer-encoding") || iequals(h.name, "expect") || iequals(h.name, "upgrade"))
+    // A browser's request (Origin) gets its CORS headers from the Python server (gateway/http/cors.py).
+    if (iequals(h.name, "transfer-encoding") || iequals(h.name, "expect") || iequals(h.name, "upgrade") ||
+        iequals(h.name, "origin"))
       return false;
     if (iequals(h.name, "connection")) {
       if (has_token(h.value, "upgrade")) return false;

@@ -18,6 +18,8 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     # Serve the hot path (non-streaming completions, no prompt security, no TLS) from the native lane
     # (gateway/native_lane.py) where it is built; everything else is served by the Python server.
     native_lane: bool = True
+    # Browser origins that may call the API (CORS, gateway/http/cors.py): "*" every one, [] none.
+    cors_allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class RoutingSection(msgspec.Struct, forbid_unknown_fields=True):

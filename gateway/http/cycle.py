@@ -12,6 +12,7 @@ import logging
 
 from gateway.http.app import (Request, Response, RouteError, StreamingResponse, encode_head, encode_response,
                               error_response)
+from gateway.http import cors
 from gateway.http.limits import ServerState
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,15 @@ class RequestCycle:
                 503, "Server is overloaded, retry later", "server_overloaded", type_="server_error"
             )
             return write_response(self._transport, state, overloaded, self.keep_alive)
+        origin = request.headers.get("origin")
+        allow = cors.allowed_origin(origin, state.limits.cors_origins) if origin is not None else None
+        if origin is not None and cors.is_preflight(request):
+            return write_response(self._transport, state, cors.preflight(request, allow), self.keep_alive)
         try:
             handler, request.path_params = state.router.resolve(request.method, request.path)
         except RouteError as exc:
+            if allow is not None:
+                exc.response.headers.extend(cors.answer_headers(allow))
             return write_response(self._transport, state, exc.response, self.keep_alive)
         state.in_flight += 1
         try:
@@ -80,6 +87,8 @@ class RequestCycle:
             except Exception:
                 log.exception("handler failed: %s %s", request.method, request.path)
                 response = error_response(500, "Internal server error", "internal_error", type_="server_error")
+            if allow is not None:
+                response.headers.extend(cors.answer_headers(allow))
             if isinstance(response, StreamingResponse):
                 return await self._stream(response)
             return write_response(self._transport, state, response, self.keep_alive)

@@ -26,6 +26,8 @@ class ServerLimits:
     max_pipelined: int = 16
     read_high_water: int = 1024 * 1024
     write_high_water: int = 256 * 1024
+    # Browser origins that may call the server (gateway/http/cors.py): "*" every one, () none.
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 class ServerState:
