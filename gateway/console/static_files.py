@@ -15,9 +15,10 @@ STATIC_DIR = Path(__file__).with_name("static")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".LICENSE": "text/plain; charset=utf-8"}
 # The page loads nothing from elsewhere: a tight policy costs nothing and blunts injected markup.
+# X-Frame-Options for browsers that predate frame-ancestors; no Referer leaves the console.
 _PAGE_HEADERS = [("content-security-policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; "
                   "base-uri 'none'; frame-ancestors 'none'"), ("x-content-type-options", "nosniff"),
-                 ("cache-control", "no-cache")]
+                 ("x-frame-options", "DENY"), ("referrer-policy", "no-referrer"), ("cache-control", "no-cache")]
 
 
 def _serve(body: bytes, content_type: str) -> Callable[[Request], Awaitable[Response]]:

@@ -148,6 +148,7 @@ def test_page_and_static_files_are_served(tenancy: Tenancy, clock: FakeClock) ->
         page = await h.request("/console")
         assert page.status == 200 and page.headers["content-type"].startswith("text/html")
         assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
         html = page.content.decode()
         for src in ("/console/static/vendor/uPlot.iife.min.js", "/console/static/console.js",
                     "/console/static/console.css", "/console/static/vendor/uPlot.min.css"):
