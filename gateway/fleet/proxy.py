@@ -35,7 +35,7 @@ from gateway.fleet.http_client import UpstreamError
 from gateway.fleet.sse import event_data, sse_events, usage_comment
 from gateway.fleet.wire import CompletionTokensDetails, PromptTokensDetails, RoutingFields, Usage, UsageFields
 from gateway.http import Request, Response, StreamingResponse
-from gateway.openai.protocol import ABORT_TAG_HEADER, COMPLETIONS_DEFAULT_MAX_TOKENS
+from gateway.openai.protocol import ABORT_TAG_HEADER, default_max_tokens
 
 _ROUTING = msgspec.json.Decoder(RoutingFields)
 _USAGE = msgspec.json.Decoder(UsageFields)
@@ -110,8 +110,8 @@ class Proxy:
             raise GatewayError(400, f"Invalid JSON body: {exc}") from None
         routing = self.fleet.routing
         text = _prompt_text(fields)
-        default = COMPLETIONS_DEFAULT_MAX_TOKENS if request.path == "/v1/completions" else routing.default_max_tokens
-        max_tokens = fields.max_completion_tokens or fields.max_tokens or default
+        max_tokens = (fields.max_completion_tokens or fields.max_tokens or default_max_tokens(request.path)
+                      or routing.default_max_tokens)
         num_prompts = len(fields.prompt) if isinstance(fields.prompt, list) and fields.prompt and \
             not isinstance(fields.prompt[0], int) else 1
         prompt_estimate = (len(text) // 4 + 8) * num_prompts

@@ -11,6 +11,12 @@ import msgspec
 
 # OpenAI's max_tokens for a completions request that gives none (chat's runs to the context's end).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def default_max_tokens(path: str) -> int | None:
+    """What a request to `path` without max_tokens generates at most: None (up to the context's end)
+    for chat; the gateway's estimates and reservations read it."""
+    return COMPLETIONS_DEFAULT_MAX_TOKENS if path == "/v1/completions" else None
 # A model's name, as a request may give it: longer ones are refused before anything echoes or keeps
 # them (a 404's message, the console's per-model series).
 ModelName = Annotated[str, msgspec.Meta(max_length=256)]

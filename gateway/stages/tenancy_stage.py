@@ -9,11 +9,10 @@ from concurrent.futures import Future
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
-from gateway.openai.protocol import COMPLETIONS_DEFAULT_MAX_TOKENS
+from gateway.openai.protocol import default_max_tokens
 from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError
 
 STATE_KEY = "tenancy"
-COMPLETIONS_PATH = "/v1/completions"
 
 
 def gateway_error(exc: TenancyError) -> GatewayError:
@@ -43,9 +42,8 @@ class TenancyStage:
         state = exchange.state
         state["principal"] = principal
         fields = exchange.fields
-        asked = fields.max_completion_tokens or fields.max_tokens
-        if asked is None and exchange.path == COMPLETIONS_PATH:
-            asked = COMPLETIONS_DEFAULT_MAX_TOKENS  # what the engine will generate: reserve that, cap nothing
+        # Completions without a max generate OpenAI's 16: reserved as such, no ceiling to send.
+        asked = fields.max_completion_tokens or fields.max_tokens or default_max_tokens(exchange.path)
         try:
             admission = self.tenancy.admit(principal, exchange.model, prompt_tokens=exchange.estimated_prompt_tokens,
                                            max_tokens=asked, n=max(fields.n or 1, 1) * exchange.num_prompts,
