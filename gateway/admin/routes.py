@@ -35,6 +35,7 @@ from gateway.admin.fields import FieldError, field
 from gateway.admin.security_policies import delete_policy, get_policy, list_policies, put_policy
 from gateway.cli_tokens import iso_time, parse_duration, parse_since
 from gateway.http import Request, Response, Router, error_response
+from gateway.http.json_errors import invalid_json_message
 from gateway.tenancy import Tenancy
 from gateway.tenancy.audit import export_jsonl, verify
 from gateway.tenancy.ledger import render, summarize
@@ -92,7 +93,7 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
             try:
                 return await handler(tenancy, request)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-                return _invalid_body(exc)
+                return _invalid_body(exc, request.body)
             except FieldError as exc:
                 return error_response(400, str(exc), param=exc.param)
             except ValueError as exc:  # a refusal no one field explains (rotating a revoked token)
@@ -116,10 +117,10 @@ def add_admin_routes(router: Router, tenancy: Tenancy, admin_token: str) -> None
     router.add("DELETE", policy_path, guarded(functools.partial(delete_policy, audited=_audited)))
 
 
-def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError) -> Response:
+def _invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError | UnicodeDecodeError, body: bytes) -> Response:
     """400 with the field at fault as `param` (msgspec names it: "... - at `$.patterns`", "unknown
     field `x`", "missing required field `tier`"); None when the body as a whole is wrong."""
-    message = str(exc)
+    message = str(exc) if isinstance(exc, msgspec.ValidationError) else invalid_json_message(body, exc)
     found = _AT_FIELD.search(message) or _NAMED_FIELD.search(message)
     body = {"error": {"message": f"Invalid body: {message}", "type": "invalid_request_error",
                       "param": found.group(1) if found else None, "code": None}}

@@ -35,6 +35,7 @@ from gateway.fleet.http_client import UpstreamError
 from gateway.fleet.sse import event_data, sse_events, usage_comment
 from gateway.fleet.wire import CompletionTokensDetails, PromptTokensDetails, RoutingFields, Usage, UsageFields
 from gateway.http import Request, Response, StreamingResponse
+from gateway.http.json_errors import invalid_json_message
 from gateway.openai.protocol import ABORT_TAG_HEADER, default_max_tokens
 
 _ROUTING = msgspec.json.Decoder(RoutingFields)
@@ -107,7 +108,7 @@ class Proxy:
         except msgspec.ValidationError as exc:
             raise GatewayError(400, str(exc), param=_param(str(exc))) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise GatewayError(400, f"Invalid JSON body: {exc}") from None
+            raise GatewayError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
         routing = self.fleet.routing
         text = _prompt_text(fields)
         max_tokens = (fields.max_completion_tokens or fields.max_tokens or default_max_tokens(request.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -16,6 +17,7 @@ from engine.outputs import RequestOutput, Usage
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response
+from gateway.http.json_errors import invalid_json_message
 from gateway.metrics import ServingMetrics
 from gateway.openai.protocol import (
     ABORT_TAG_HEADER,
@@ -37,6 +39,11 @@ _DONE = b"data: [DONE]\n\n"
 _FIELD = re.compile(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)")
 
 T = TypeVar("T")
+# An abort can reach the engine before the answer it names is registered (the client left while its
+# request was still on its way, or being tokenized): such tags are kept this long, this many at most,
+# and the answer stops as soon as it starts.
+EARLY_ABORT_S = 60.0
+EARLY_ABORTS_MAX = 4096
 
 
 @dataclass(slots=True)
@@ -55,6 +62,8 @@ class ServingContext:
     metrics: ServingMetrics | None = None
     # Engine request ids of whole answers being made, by their caller's abort tag.
     tagged: dict[str, list[str]] = field(default_factory=dict)
+    # Tags aborted before their answer was registered: tag -> when (time.monotonic()).
+    early_aborts: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if self.reasoning_markers == "auto":
@@ -84,6 +93,8 @@ class ServingContext:
         tag = request.headers.get(ABORT_TAG_HEADER)
         if tag:
             self.tagged[tag] = request_ids
+            if self.early_aborts.pop(tag, None) is not None:
+                self.abort_tagged(tag)
         try:
             return await answer
         finally:
@@ -91,10 +102,23 @@ class ServingContext:
                 self.tagged.pop(tag, None)
 
     def abort_tagged(self, tag: str) -> int:
-        request_ids = self.tagged.get(tag, [])
+        """Aborts the answer `tag` names; returns how many engine requests that stopped (0 when the
+        answer is not registered yet: it is then stopped as it starts, within EARLY_ABORT_S)."""
+        request_ids = self.tagged.get(tag)
+        if request_ids is None:
+            self._remember_early_abort(tag)
+            return 0
         for request_id in request_ids:
             self.engine.abort(request_id)
         return len(request_ids)
+
+    def _remember_early_abort(self, tag: str) -> None:
+        now = time.monotonic()
+        early = self.early_aborts
+        early[tag] = now
+        early.move_to_end(tag)
+        while early and (len(early) > EARLY_ABORTS_MAX or next(iter(early.values())) < now - EARLY_ABORT_S):
+            early.popitem(last=False)
 
     @property
     def max_model_len(self) -> int:
@@ -129,7 +153,7 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
         match = _FIELD.search(str(exc))
         raise ApiError(400, str(exc), param=match.group(1) if match else None) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8 is the latter
-        raise ApiError(400, f"Invalid JSON body: {exc}") from None
+        raise ApiError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
 
 
 def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:

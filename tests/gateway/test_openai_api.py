@@ -303,6 +303,17 @@ def test_a_body_that_is_not_utf8_is_400(running: Running, path: str, body: bytes
     assert status == 400 and error["type"] == "invalid_request_error" and "JSON" in error["message"]
 
 
+@pytest.mark.parametrize("content", [b"\\ud800", b"a\\ud83dz", b"\\uDBFF\\u0041"])
+def test_a_lone_surrogate_is_named_as_such(running: Running, content: bytes) -> None:
+    # msgspec calls a lone high surrogate "Input data was truncated": the client is told what it is.
+    body = b'{"model":"smollm2:135m","messages":[{"role":"user","content":"%b"}]}' % content
+    status, answer = raw_post(running, "/v1/chat/completions", body)
+    error = json.loads(answer)["error"]
+    assert status == 400 and "surrogate" in error["message"] and "truncated" not in error["message"]
+    status, answer = raw_post(running, "/v1/completions", b'{"model":"smollm2:135m","prompt":')
+    assert status == 400 and "truncated" in json.loads(answer)["error"]["message"]
+
+
 def test_a_prompt_too_long_names_the_prompt(running: Running) -> None:
     body = {"model": MODEL, "prompt": "hello " * 9000, "max_tokens": 1}
     status, answer = raw_post(running, "/v1/completions", json.dumps(body).encode())

@@ -142,6 +142,42 @@ def engine_front(running: Running) -> Running:
     return running.start(router)
 
 
+def test_an_abort_that_comes_before_its_answer_stops_it_as_it_starts(running: Running) -> None:
+    # The gateway's client left while the request was still on its way: the engine keeps the tag and
+    # stops the answer as soon as it is registered, instead of generating 1000 tokens for nobody.
+    ctx = ServingContext(running.engine, [MODEL])
+    router = Router()
+    add_openai_routes(router, ctx)
+    front = running.start(router)
+    assert ctx.abort_tagged("left-early") == 0
+    sampled = generated(running)
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 1000, "ignore_eos": True}).encode()
+    status, answer = raw_post(front, "/v1/chat/completions", body, {"x-llmaas-abort-tag": "left-early"})
+    assert status == 200, answer
+    usage = json.loads(answer)["usage"]
+    assert usage["completion_tokens"] == generated(running) - sampled < 50
+    assert "left-early" not in ctx.early_aborts and not ctx.tagged
+    # Another tag is not stopped by it.
+    status, answer = raw_post(front, "/v1/chat/completions", json.dumps(
+        {"model": MODEL, "messages": CAPITAL, "max_tokens": 5, "ignore_eos": True}).encode(),
+        {"x-llmaas-abort-tag": "stays"})
+    assert status == 200 and json.loads(answer)["usage"]["completion_tokens"] == 5
+
+
+def test_early_aborts_are_bounded_in_number_and_time(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.openai import serving
+
+    ctx = ServingContext(running.engine, [MODEL])
+    monkeypatch.setattr(serving, "EARLY_ABORTS_MAX", 3)
+    for n in range(5):
+        ctx.abort_tagged(f"t{n}")
+    assert list(ctx.early_aborts) == ["t2", "t3", "t4"]
+    now = time.monotonic()
+    monkeypatch.setattr(serving.time, "monotonic", lambda: now + serving.EARLY_ABORT_S + 1)
+    ctx.abort_tagged("late")
+    assert list(ctx.early_aborts) == ["late"]
+
+
 def comments(answer: bytes) -> list[dict]:
     return [json.loads(e[len(b": usage "):]) for e in answer.split(b"\n\n") if e.startswith(b": usage ")]
 
