@@ -90,6 +90,7 @@ def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConf
         "header_timeout_s": limits.header_timeout_s,
         "body_timeout_s": limits.body_timeout_s,
         "keepalive_timeout_s": limits.keepalive_timeout_s,
+        "send_timeout_s": limits.send_timeout_s,
         "max_concurrency": limits.max_concurrency,
         "connect_timeout_s": routing.connect_timeout_s,
         "first_byte_timeout_s": routing.first_byte_timeout_s,

@@ -34,6 +34,8 @@ struct PlaneConfig {
   size_t max_header_bytes = 16 * 1024;
   size_t max_body_bytes = 8 * 1024 * 1024;
   double header_timeout_s = 10, body_timeout_s = 30, keepalive_timeout_s = 5;
+  // An answer of which the client reads nothing for this long is dropped, its connection closed.
+  double send_timeout_s = 30;
   int64_t max_concurrency = 1024;
   double connect_timeout_s = 5, first_byte_timeout_s = 300;
   int max_attempts = 2;

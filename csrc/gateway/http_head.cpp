@@ -86,9 +86,15 @@ size_t head_end(std::string_view buf) {
 // longer than max_head_bytes is kUnsupported.
 HeadStatus split_head(std::string_view buf, size_t max_head_bytes, std::string_view* head,
                       std::string_view* first_line) {
-  size_t end = head_end(buf.substr(0, std::min(buf.size(), max_head_bytes)));
-  if (end == std::string_view::npos)
+  std::string_view window = buf.substr(0, std::min(buf.size(), max_head_bytes));
+  size_t end = head_end(window);
+  if (end == std::string_view::npos) {
+    // A bare LF (no CR before it) never ends a line here: the Python server answers it at once,
+    // instead of a 408 once the header timeout has passed.
+    for (size_t lf = window.find('\n'); lf != std::string_view::npos; lf = window.find('\n', lf + 1))
+      if (lf == 0 || window[lf - 1] != '\r') return HeadStatus::kUnsupported;
     return buf.size() >= max_head_bytes ? HeadStatus::kUnsupported : HeadStatus::kIncomplete;
+  }
   *head = buf.substr(0, end);
   *first_line = head->substr(0, head->find("\r\n"));
   return HeadStatus::kComplete;

@@ -236,15 +236,19 @@ void Loop::send_client(ClientConn* c, std::string data, bool keep_alive) {
   c->out_pos = 0;
   c->keep_alive = keep_alive;
   c->phase = ClientConn::Phase::kWriting;
+  c->deadline = now_ + config_.send_timeout_s;
   flush_client(c);
 }
 
 void Loop::flush_client(ClientConn* c) {
   bool error = false;
+  size_t before = c->out_pos;
   if (write_available(c->fd, c->out, &c->out_pos, &error)) {
     answer_done(c);
   } else if (error) {
     kill(c);
+  } else if (c->out_pos > before) {
+    c->deadline = now_ + config_.send_timeout_s;  // the client reads: its time runs from here
   }
 }
 

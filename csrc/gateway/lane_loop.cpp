@@ -133,8 +133,8 @@ void Loop::sweep() {
     if (e->kind == Endpoint::Kind::kClient) {
       auto* c = static_cast<ClientConn*>(e);
       if (now_ < c->deadline) continue;
-      if (c->phase == ClientConn::Phase::kIdle) {
-        kill(c);
+      if (c->phase == ClientConn::Phase::kIdle || c->phase == ClientConn::Phase::kWriting) {
+        kill(c);  // idle past the keep-alive, or reading nothing of its answer for send_timeout_s
       } else if (c->phase == ClientConn::Phase::kHead || c->phase == ClientConn::Phase::kBody) {
         bool head = c->phase == ClientConn::Phase::kHead;
         c->request_bytes = 0;

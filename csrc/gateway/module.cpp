@@ -35,6 +35,7 @@ std::unique_ptr<DataPlane> make_plane(const py::dict& c) {
   read(c, "header_timeout_s", &config.header_timeout_s);
   read(c, "body_timeout_s", &config.body_timeout_s);
   read(c, "keepalive_timeout_s", &config.keepalive_timeout_s);
+  read(c, "send_timeout_s", &config.send_timeout_s);
   read(c, "max_concurrency", &config.max_concurrency);
   read(c, "connect_timeout_s", &config.connect_timeout_s);
   read(c, "first_byte_timeout_s", &config.first_byte_timeout_s);

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import unquote
 
 import msgspec
 
@@ -22,6 +23,7 @@ class Request:
     body: bytes
     client: tuple[str, int] | None
     path_params: dict[str, str] = field(default_factory=dict)
+    http_version: str = "1.1"
 
 
 @dataclass(slots=True)
@@ -65,14 +67,21 @@ def encode_head(
     content_type: str,
     keep_alive: bool,
     length: int | None,
+    chunked: bool = True,
 ) -> bytes:
-    """The status line and headers; `length` None means a chunked body."""
+    """The status line and headers; `length` None means a chunked body, or with `chunked` False
+    (an HTTP/1.0 client, which does not decode chunks) a body that ends when the connection closes."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = ""
     lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}"]
-    lines.append("transfer-encoding: chunked" if length is None else f"content-length: {length}")
+    if status in (204, 304):
+        pass  # no body, and no Content-Length either (RFC 9110 8.6)
+    elif length is not None:
+        lines.append(f"content-length: {length}")
+    elif chunked:
+        lines.append("transfer-encoding: chunked")
     if not keep_alive:
         lines.append("connection: close")
     for name, value in headers:
@@ -83,10 +92,10 @@ def encode_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def encode_response(response: Response, keep_alive: bool) -> bytes:
-    """A whole response as it goes on the wire: head and body."""
+def encode_response(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    """A whole response as it goes on the wire: head and body (the head alone answers a HEAD)."""
     head = encode_head(response.status, response.headers, response.content_type, keep_alive, len(response.body))
-    return head + response.body
+    return head if head_only else head + response.body
 
 
 class RouteError(Exception):
@@ -125,7 +134,9 @@ class Router:
         return out
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """Return the handler and path parameters, or raise RouteError (404/405)."""
+        """Return the handler and path parameters, or raise RouteError (404/405). `path` as it came
+        (percent-encoded): `%2F` is not a `/` (RFC 3986), so an encoded form never reaches a route
+        that a proxy in front of us filters by its plain path; parameters are decoded."""
         methods = self._exact.get(path)
         params: dict[str, str] = {}
         if methods is None:
@@ -133,6 +144,8 @@ class Router:
         if methods is None:
             raise RouteError(error_response(404, f"Not found: {path}", "not_found"))
         handler = methods.get(method)
+        if handler is None and method == "HEAD":  # a GET without its body (RFC 9110 9.3.2)
+            handler = methods.get("GET")
         if handler is None:
             response = error_response(405, f"Method {method} not allowed", "method_not_allowed")
             response.headers.append(("allow", ", ".join(sorted(methods))))
@@ -149,7 +162,7 @@ class Router:
                 if want.startswith("{") and want.endswith("}"):
                     if not got:
                         break
-                    params[want[1:-1]] = got
+                    params[want[1:-1]] = unquote(got)
                 elif want != got:
                     break
             else:

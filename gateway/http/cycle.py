@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from gateway.http.app import (Request, Response, RouteError, StreamingResponse, encode_head, encode_response,
                               error_response)
@@ -19,14 +20,18 @@ log = logging.getLogger(__name__)
 
 
 class FlowControl:
-    """The transport's write gate: writers await drain() while its buffer is above the high-water mark."""
+    """The transport's write gate: writers await drain() while its buffer is above the high-water
+    mark. A client that reads nothing of it for `send_timeout_s` is cut off (`on_stall`)."""
 
-    __slots__ = ("_writable", "closed")
+    __slots__ = ("_writable", "closed", "_send_timeout_s", "_buffered", "_on_stall")
 
-    def __init__(self) -> None:
+    def __init__(self, send_timeout_s: float = 30.0, buffered: Callable[[], int] = lambda: 0,
+                 on_stall: Callable[[], None] = lambda: None) -> None:
         self._writable = asyncio.Event()
         self._writable.set()
         self.closed = False
+        self._send_timeout_s = send_timeout_s
+        self._buffered, self._on_stall = buffered, on_stall
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -40,14 +45,21 @@ class FlowControl:
         self._writable.set()
 
     async def drain(self) -> None:
-        if not self.closed:
-            await self._writable.wait()
+        while not self.closed and not self._writable.is_set():
+            before = self._buffered()
+            try:
+                await asyncio.wait_for(self._writable.wait(), self._send_timeout_s)
+            except asyncio.TimeoutError:
+                if self._buffered() >= before:  # not a byte read in all that time
+                    self._on_stall()
+                    self.close()
 
 
-def write_response(transport: asyncio.Transport, state: ServerState, response: Response, keep_alive: bool) -> bool:
-    """Writes a whole response; returns whether the connection stays open."""
+def write_response(transport: asyncio.Transport, state: ServerState, response: Response, keep_alive: bool,
+                   head_only: bool = False) -> bool:
+    """Writes a whole response (its head alone answers a HEAD); returns whether the connection stays open."""
     keep_alive = keep_alive and not state.shutting_down
-    transport.write(encode_response(response, keep_alive))
+    transport.write(encode_response(response, keep_alive, head_only))
     return keep_alive
 
 
@@ -65,11 +77,12 @@ class RequestCycle:
     async def run(self) -> bool:
         """Runs the handler and writes its response; returns whether the connection stays open."""
         state, request = self._state, self.request
+        head_only = request.method == "HEAD"
         if state.in_flight >= state.limits.max_concurrency:
             overloaded = error_response(
                 503, "Server is overloaded, retry later", "server_overloaded", type_="server_error"
             )
-            return write_response(self._transport, state, overloaded, self.keep_alive)
+            return write_response(self._transport, state, overloaded, self.keep_alive, head_only)
         origin = request.headers.get("origin")
         allow = cors.allowed_origin(origin, state.limits.cors_origins) if origin is not None else None
         if origin is not None and cors.is_preflight(request):
@@ -79,7 +92,7 @@ class RequestCycle:
         except RouteError as exc:
             if allow is not None:
                 exc.response.headers.extend(cors.answer_headers(allow))
-            return write_response(self._transport, state, exc.response, self.keep_alive)
+            return write_response(self._transport, state, exc.response, self.keep_alive, head_only)
         state.in_flight += 1
         try:
             try:
@@ -90,28 +103,32 @@ class RequestCycle:
             if allow is not None:
                 response.headers.extend(cors.answer_headers(allow))
             if isinstance(response, StreamingResponse):
-                return await self._stream(response)
-            return write_response(self._transport, state, response, self.keep_alive)
+                return await self._stream(response, head_only)
+            return write_response(self._transport, state, response, self.keep_alive, head_only)
         finally:
             state.in_flight -= 1
 
-    async def _stream(self, response: StreamingResponse) -> bool:
+    async def _stream(self, response: StreamingResponse, head_only: bool) -> bool:
         transport, flow = self._transport, self._flow
-        keep_alive = self.keep_alive and not self._state.shutting_down
+        # An HTTP/1.0 client does not decode chunks (RFC 9112 6.1): its body ends with the connection.
+        chunked = self.request.http_version != "1.0"
+        keep_alive = self.keep_alive and chunked and not self._state.shutting_down
         chunks = response.chunks
-        transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None))
+        transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None,
+                                    chunked))
         try:
+            if head_only:  # not even the last chunk: a HEAD's answer has no body at all
+                return keep_alive
             async for chunk in chunks:
                 if flow.closed:
                     return False
                 if chunk:  # an empty chunk would end the chunked body early
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                     # A slow reader blocks its stream here instead of growing our write buffer.
                     await flow.drain()
             if flow.closed:
                 return False
-            transport.write(b"0\r\n\r\n")
-            return keep_alive
+            return self._terminate(chunked) and keep_alive
         except Exception:
             # Headers are out; closing without the terminating chunk tells the client it is cut.
             log.exception("stream failed mid-response")
@@ -120,3 +137,9 @@ class RequestCycle:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    def _terminate(self, chunked: bool) -> bool:
+        """Ends a streamed body: the last chunk, or nothing when the close ends it."""
+        if chunked:
+            self._transport.write(b"0\r\n\r\n")
+        return chunked

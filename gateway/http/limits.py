@@ -20,6 +20,9 @@ class ServerLimits:
     # From the end of the headers to the end of the body: a client trickling its body is cut off.
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
+    # An answer of which the client reads nothing for this long is dropped and its connection
+    # closed: a client that never reads cannot hold a socket and an answer's memory for ever.
+    send_timeout_s: float = 30.0
     # In-flight requests across all connections; beyond it requests get an early 503.
     max_concurrency: int = 1024
     # Parsed-but-unanswered requests per connection; beyond either bound reading pauses.

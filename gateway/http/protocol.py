@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
-from urllib.parse import unquote
 
 import httptools
 
@@ -70,7 +69,8 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
         self._closed = False
-        self._flow = FlowControl()
+        self._flow = FlowControl(self._limits.send_timeout_s, self._buffered, self.abort)
+        self._flush_timer: asyncio.TimerHandle | None = None
         # The request being parsed must arrive in time: its headers from its first byte, then its body.
         self._request_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -81,6 +81,12 @@ class HttpConnection(asyncio.Protocol):
         self._began_this_feed = False
         # No more requests will be parsed (error, upgrade): close once the queue drains.
         self._stop_parsing = False
+        # A request that asked for a protocol upgrade (Upgrade: h2c, as `curl --http2` sends), which
+        # we ignore (RFC 9110 7.8) and serve as HTTP/1.1: the parser stops at its head, so its body
+        # (Content-Length bytes) is read here; the connection closes after its answer.
+        self._upgrade_request: Request | None = None
+        self._upgrade_body_left = 0
+        self._upgrade_size = 0  # its head's bytes, for the queue's accounting; -1 once queued
         # Parsed requests awaiting their answer, and the task answering them.
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
@@ -130,17 +136,25 @@ class HttpConnection(asyncio.Protocol):
         self._flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrade_request is not None:
+            self._read_upgrade_body(data)
+            return
         if self._stop_parsing:
             return
-        self._cancel_idle()
         self._began_this_feed = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             self._stop_parsing = True  # no protocol upgrades; answer what was parsed, then close
+            if self._upgrade_request is not None:
+                self._read_upgrade_body(data[exc.args[0]:])
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _Reject):
-                raise
+                # A bug of ours in a callback: the client still gets an answer, and the socket its
+                # close (raised from here, a handed-over connection's would never close).
+                log.error("failed to parse a request", exc_info=exc.__context__)
+                self._reject(error_response(400, "Malformed HTTP request", "bad_request"))
+                return
             self._reject(exc.__context__.response)
             return
         except httptools.HttpParserError as exc:
@@ -190,7 +204,8 @@ class HttpConnection(asyncio.Protocol):
             if lname == b"expect" and value.lower() == b"100-continue":
                 expects_continue = True
         # An interim 100 is only safe when no earlier response could interleave with it.
-        if expects_continue and self._worker is None and not self._queue:
+        if expects_continue and self._worker is None and not self._queue and \
+                self._parser.get_http_version() != "1.0":  # an HTTP/1.0 client knows no 1xx
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -201,22 +216,55 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._incoming is not None
+        incoming = self._incoming
+        try:
+            url = httptools.parse_url(bytes(incoming.url))
+        except httptools.HttpParserInvalidURLError:
+            raise _Reject(error_response(400, "Malformed HTTP request: invalid request target", "bad_request")) from None
         self._cancel_request_timer()
-        incoming, self._incoming = self._incoming, None
-        url = httptools.parse_url(bytes(incoming.url))
+        self._incoming = None
         headers: dict[str, str] = {}
         for name, value in incoming.headers:
             key, text = name.decode("latin-1").lower(), value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        method = self._parser.get_method().decode("ascii")
         request = Request(
-            method=self._parser.get_method().decode("ascii"),
-            path=unquote((url.path or b"").decode("latin-1")),
+            method=method,
+            path=(url.path or b"").decode("latin-1"),
             query_string=(url.query or b"").decode("latin-1"),
             headers=headers,
             body=bytes(incoming.body),
             client=self._client,
+            http_version=self._parser.get_http_version(),
         )
+        if self._parser.should_upgrade() and method != "CONNECT":
+            if "transfer-encoding" in headers:
+                raise _Reject(error_response(400, "Malformed HTTP request: a chunked body with Upgrade",
+                                             "bad_request"))
+            self._upgrade_request = request
+            self._upgrade_body_left = int(headers.get("content-length", "0"))
+            self._upgrade_size = incoming.header_bytes
+            if self._upgrade_body_left == 0:
+                self._read_upgrade_body(b"")
+            return
         self._enqueue((request, incoming.keep_alive, len(incoming.body) + incoming.header_bytes))
+
+    def _read_upgrade_body(self, data: bytes) -> None:
+        request = self._upgrade_request
+        assert request is not None
+        if self._upgrade_body_left <= 0:
+            if self._upgrade_size < 0:
+                return  # answered already; anything after it is not read
+        else:
+            take = data[:self._upgrade_body_left]
+            request.body += take
+            self._upgrade_body_left -= len(take)
+            if self._upgrade_body_left > 0:
+                return
+        self._cancel_request_timer()
+        self._stop_parsing = True
+        self._enqueue((request, False, len(request.body) + self._upgrade_size))
+        self._upgrade_size = -1
 
     # -- answering ------------------------------------------------------------------------
 
@@ -232,6 +280,26 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+    def _buffered(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def _close(self) -> None:
+        """Closes once the write buffer is flushed, as transport.close() does, but drops it when the
+        client reads nothing of it for send_timeout_s."""
+        assert self._transport is not None
+        self._transport.close()
+        self._watch_flush(-1)
+
+    def _watch_flush(self, before: int) -> None:
+        self._flush_timer = None
+        buffered = self._buffered()
+        if self._closed or buffered == 0:
+            return
+        if 0 <= before <= buffered:
+            self.abort()
+            return
+        self._flush_timer = self._loop.call_later(self._limits.send_timeout_s, self._watch_flush, buffered)
 
     def _enqueue(self, item: _Queued) -> None:
         assert self._transport is not None
@@ -263,6 +331,7 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_request_timer()
         self._stop_parsing = True
         self._incoming = None
+        self._upgrade_request = None
         self._enqueue((response, False, 0))
 
     async def _answer_queue(self) -> None:
@@ -270,6 +339,11 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None
         try:
             while self._queue and not self._closed:
+                # Pipelined requests from a client that does not read are answered no faster than it
+                # reads: the write buffer stays near its high-water mark.
+                await self._flow.drain()
+                if self._closed or self._flow.closed:
+                    return
                 item, keep_alive, size = self._queue.popleft()
                 self._queued_bytes -= size
                 self._maybe_resume_reading()
@@ -279,14 +353,14 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     keep_alive = await RequestCycle(self._state, transport, self._flow, item, keep_alive).run()
                 if not keep_alive or self._state.shutting_down:
-                    transport.close()
+                    self._close()
                     return
             if self._stop_parsing:
-                transport.close()
+                self._close()
         except Exception:
             # A bug on our side (e.g. a bad response header): the stream state is unknown.
             log.exception("failed to answer a request")
-            transport.close()
+            self._close()
         finally:
             self._worker = None
             self._maybe_arm_idle()
@@ -310,7 +384,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         self._request_timer = None
-        if self._closed or self._incoming is None:
+        if self._closed or (self._incoming is None and self._upgrade_request is None):
             return
         if self._reading_paused:
             self._request_timer = self._loop.call_later(self._limits.body_timeout_s, self._on_body_timeout)
@@ -318,15 +392,17 @@ class HttpConnection(asyncio.Protocol):
         self._reject(error_response(408, "Request body not received in time", "request_timeout"))
 
     def _maybe_arm_idle(self) -> None:
-        if self._closed or self._worker is not None or self._queue or self._incoming is not None:
+        """Arms the keep-alive timer unless it runs: bytes that start no request (empty lines,
+        which RFC 9112 2.2 lets a server skip) do not push it back."""
+        if self._closed or self._worker is not None or self._queue or self._incoming is not None \
+                or self._idle_timer is not None:
             return
-        self._cancel_idle()
         self._idle_timer = self._loop.call_later(self._limits.keepalive_timeout_s, self._on_idle_timeout)
 
     def _on_idle_timeout(self) -> None:
         self._idle_timer = None
         if self._transport is not None and self._worker is None and not self._queue and self._incoming is None:
-            self._transport.close()
+            self._close()
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
@@ -341,6 +417,9 @@ class HttpConnection(asyncio.Protocol):
     def _cancel_timers(self) -> None:
         self._cancel_idle()
         self._cancel_request_timer()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
 
 
 def _too_large_headers() -> Response:

@@ -47,6 +47,7 @@ def test_an_allowed_origin_gets_its_preflight_and_readable_answers(origins: tupl
     async def test(port: int) -> None:
         status, headers, _ = await ask(port, PREFLIGHT)
         assert status == 204 and headers["access-control-allow-origin"] == allow
+        assert "content-length" not in headers  # a 204 has no body, and says no length (RFC 9110 8.6)
         assert "POST" in headers["access-control-allow-methods"]
         assert headers["access-control-allow-headers"] == "authorization, content-type"
         assert int(headers["access-control-max-age"]) > 0

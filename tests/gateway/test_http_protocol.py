@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
@@ -18,6 +19,7 @@ LIMITS = ServerLimits(
     body_timeout_s=0.4,
     keepalive_timeout_s=0.3,
     max_concurrency=2,
+    send_timeout_s=0.6,
 )
 TIMEOUT = 3.0
 
@@ -67,7 +69,12 @@ def make_router(probe: Probe) -> Router:
     router.add("GET", "/v1/models/{model}", model)
     router.add("GET", "/boom", boom)
     router.add("GET", "/slow", slow)
+    async def big(request: Request) -> Response:
+        size = int(request.query_string[len("bytes="):]) if request.query_string.startswith("bytes=") else 65536
+        return Response(200, b"x" * size, content_type="text/plain")
+
     router.add("GET", "/stream", stream)
+    router.add("GET", "/big", big)
     return router
 
 
@@ -105,7 +112,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
             await reader.readexactly(2)
         await reader.readexactly(2)
         return status, headers, b"".join(chunks), chunks
-    return status, headers, await reader.readexactly(int(headers["content-length"])), chunks
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0))), chunks
 
 
 def error_of(body: bytes) -> dict[str, object]:
@@ -404,3 +411,143 @@ def test_keep_alive_stream_and_disconnect_under_uvloop() -> None:
         await probe.stream_closed.wait()
 
     run_with_server(check, uvloop=True)
+
+
+def test_head_is_a_get_without_its_body() -> None:
+    # A body after a HEAD's answer would be read as the next answer: the connection would desync.
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        for status, framing in ((200, "content-length"), (404, "content-length"), (200, "transfer-encoding")):
+            assert (await reader.readuntil(b"\r\n")).split()[1] == b"%d" % status
+            head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+            assert framing in head
+        status, _, body, _ = await read_response(reader)  # the next answer starts right there
+        assert (status, body) == (200, b"after")
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_a_stream_to_an_http10_client_is_not_chunked() -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"GET /stream HTTP/1.0\r\n\r\n")
+        raw = await reader.read()  # until the close, which ends the body
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+        assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        writer.close()
+
+    run_with_server(check)
+
+
+@pytest.mark.parametrize("target", [b"http://x:abc/echo", b"http://"])
+def test_a_request_target_the_parser_lets_through_but_no_url_parses_is_400(target: bytes) -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        status, headers, body, _ = await read_response(reader)
+        assert status == 400 and headers["connection"] == "close" and "request target" in error_of(body)["message"]
+        await assert_closed(reader)
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_routes_match_the_path_as_sent_and_parameters_are_decoded() -> None:
+    # %2F is not a "/": an encoded path must not reach a route a proxy filters by its plain form.
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        for target, want in ((b"/%65cho", 404), (b"/v1%2Fmodels%2Fm", 404), (b"/v1/models/a%2Fb%20c", 200)):
+            writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+            status, _, body, _ = await read_response(reader)
+            assert status == want, target
+        assert body == b"a/b c"
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_an_upgrade_we_do_not_speak_is_ignored_and_the_body_read() -> None:
+    # `curl --http2 -d ...` on http:// asks for h2c: the request is served as HTTP/1.1 (RFC 9110 7.8).
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        head = (b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\n")
+        writer.write(head + b"hello")
+        await asyncio.sleep(0.05)
+        writer.write(b" world")  # the body in two pieces
+        status, headers, body, _ = await read_response(reader)
+        assert status == 200 and msgspec.json.decode(body)["body"] == "hello world"
+        assert headers["connection"] == "close"
+        await assert_closed(reader)
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_empty_lines_do_not_keep_an_idle_connection_open() -> None:
+    # RFC 9112 2.2 lets a server skip CRLFs before a request: they must not re-arm the idle timer.
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        started = asyncio.get_running_loop().time()
+        closed = asyncio.ensure_future(reader.read())
+        while not closed.done():
+            writer.write(b"\r\n")
+            await asyncio.sleep(0.05)
+        assert closed.result() == b""
+        assert asyncio.get_running_loop().time() - started < LIMITS.keepalive_timeout_s + 0.3
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_a_client_that_does_not_read_holds_neither_memory_nor_its_socket() -> None:
+    # Cheap pipelined requests, big answers, a client that never reads: answering waits at the
+    # write buffer's high-water mark instead of holding every answer in memory, and the connection
+    # is dropped once the client has read nothing for send_timeout_s.
+    async def check(server: Server, probe: Probe) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
+        await asyncio.sleep(LIMITS.send_timeout_s / 2)
+        buffered = [c._buffered() for c in server._state.connections]
+        assert buffered and max(buffered) <= ServerLimits().write_high_water + 2 * 65536
+        await asyncio.sleep(LIMITS.send_timeout_s * 1.5)
+        assert not server._state.connections
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_a_whole_answer_nobody_reads_is_dropped_after_the_send_timeout() -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /big?bytes=33554432 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await asyncio.sleep(0.2)
+        assert server._state.connections  # closing, its answer still buffered
+        await asyncio.sleep(LIMITS.send_timeout_s * 2.5)
+        assert not server._state.connections
+        writer.close()
+
+    run_with_server(check)
+
+
+def test_an_http10_client_gets_no_interim_100() -> None:
+    async def check(server: Server, probe: Probe) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
+        status, _, body, _ = await read_response(reader)
+        assert status == 200 and msgspec.json.decode(body)["body"] == "hi"
+        writer.close()
+
+    run_with_server(check)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -330,9 +331,30 @@ def test_what_cannot_begin_a_served_request_is_answered_at_once() -> None:
     async def test() -> None:
         limits = ServerLimits(header_timeout_s=30.0)
         async with engines(FakeEngine("a")) as urls, gateways(urls, limits) as (python, native, _gateway):
-            for sample in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), b"hello\r\n"):
+            bare_lf = b"POST /v1/chat/completions HTTP/1.1\nhost: t\ncontent-length: 2\n\n{}"
+            for sample in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), b"hello\r\n", bare_lf):
                 a, b = await exchange(python, sample, timeout_s=2), await exchange(native, sample, timeout_s=2)
                 assert a == b and b.startswith(b"HTTP/1.1 400 "), (sample, b)
+    run(test)
+
+
+def test_an_answer_nobody_reads_is_dropped_after_the_send_timeout() -> None:
+    # A client that never reads its (here 32 MB) answer holds neither the socket nor the memory.
+    async def test() -> None:
+        limits = ServerLimits(send_timeout_s=0.5)
+        async with engines(FakeEngine("x" * 32 * 2**20)) as urls, gateways(urls, limits) as (_, native, gateway):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", native))
+            sock.sendall(request(chat(), close=False))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while gateway.metrics.connections.total() == 0 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            while gateway.metrics.connections.total() > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            assert gateway.metrics.connections.total() == 0
+            sock.close()
     run(test)
 
 
