@@ -63,7 +63,20 @@ def unavailable(config: GatewayConfig, fleet: Fleet, tenancy: TenancyStage | Non
         return f"the tenant stages cannot run on it: {why}"
     if not all(isinstance(host.backend, HttpBackend) for host in fleet.hosts.values()):
         return "an engine is served in process"
+    for host in fleet.hosts.values():
+        if _address(host) is None:  # the lane connects by address: the Python server resolves at each connect
+            return f"{host.name} does not resolve"
     return None
+
+
+def _address(host: HostState) -> str | None:
+    """The first address a host's name resolves to, or None."""
+    assert isinstance(host.backend, HttpBackend)
+    name, port = host.backend.address
+    try:
+        return str(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError:
+        return None
 
 
 class _HandedOver(HttpConnection):
@@ -130,7 +143,8 @@ class NativeLane:
         for host in fleet.hosts.values():
             assert isinstance(host.backend, HttpBackend)
             name, port = host.backend.address
-            ip = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][4][0]
+            ip = _address(host)
+            assert ip is not None  # unavailable() checked it
             index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port,
                                                     abortable=host.kind == "llmaas")
             self._hosts.append(host)

@@ -153,6 +153,7 @@ void Loop::start_request(ClientConn* c) {
   c->started = now_;
   c->attempts = 0;
   c->tried.clear();
+  c->last_error.assign("no healthy host");
   c->gone = false;
   c->phase = ClientConn::Phase::kBusy;
   plane_.in_flight_.fetch_add(1);
@@ -165,9 +166,7 @@ void Loop::try_host(ClientConn* c) {
                                config_.policy)
                  : -1;
   if (host < 0) {
-    // No host left to try: the Python path takes the request over, tries again and answers
-    // (its 503 names the model and the last error).
-    hand_off(c);
+    answer_unavailable(c);  // handing it over would have the Python path try every host again
     return;
   }
   c->tried.push_back(host);
@@ -178,6 +177,16 @@ void Loop::try_host(ClientConn* c) {
   h.native_outstanding.fetch_add(c->cost);
   h.native_in_flight.fetch_add(1);
   send_upstream(c, false);
+}
+
+void Loop::answer_unavailable(ClientConn* c) {
+  // proxy.py's `unavailable(...)`, byte for byte: GatewayError's body, its keys in that order.
+  std::string message = "No engine could serve model `";
+  message.append(hosts_.model_name(c->model)).append("` (").append(c->last_error).append(").");
+  std::string body = "{\"error\":{\"message\":";
+  append_json_string(&body, message);
+  body.append(",\"type\":\"server_error\",\"param\":null,\"code\":\"engine_unavailable\"}}");
+  answer(c, 503, "application/json", body, nullptr);
 }
 
 void Loop::end_attempt(ClientConn* c) {

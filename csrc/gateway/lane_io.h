@@ -38,6 +38,13 @@ bool write_available(int fd, const std::string& data, size_t* pos, bool* error);
 
 void set_nodelay(int fd);
 
+// Appends `s` as a JSON string, escaped as msgspec escapes it (so both servers answer alike).
+void append_json_string(std::string* out, std::string_view s);
+
+// Whether a 200's body looks like a completion (a JSON object), not HTML or nothing: proxy.py's
+// _json_object, so both paths retry the same answers.
+bool json_object(std::string_view body);
+
 inline bool retry_status(int status) { return status == 502 || status == 503 || status == 504; }
 
 }  // namespace llmaas::gw::lane

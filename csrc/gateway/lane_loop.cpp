@@ -142,12 +142,16 @@ void Loop::sweep() {
       }
     } else {
       auto* u = static_cast<UpstreamConn*>(e);
-      if (u->client == nullptr || u->head_done || now_ < u->deadline) continue;
+      if (u->client == nullptr || now_ < u->deadline) continue;
       const std::string& address = hosts_.host(u->host).address;
       char seconds[32];
+      u->reused = false;  // a timeout is the host's failure, never a stale connection to retry
       if (u->phase == UpstreamConn::Phase::kConnecting) {
         std::snprintf(seconds, sizeof seconds, "%g", config_.connect_timeout_s);
         upstream_failed(u, "cannot connect to " + address + ": timed out after " + seconds + " s");
+      } else if (u->head_done) {
+        std::snprintf(seconds, sizeof seconds, "%g", config_.first_byte_timeout_s);
+        upstream_failed(u, address + " sent nothing for " + seconds + " s");
       } else {
         std::snprintf(seconds, sizeof seconds, "%g", config_.first_byte_timeout_s);
         upstream_failed(u, address + " sent no response within " + seconds + " s");

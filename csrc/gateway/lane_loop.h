@@ -48,6 +48,7 @@ struct ClientConn : Endpoint {
   std::string forward_body;
   int model = -1, host = -1, attempts = 0;
   std::vector<int> tried;
+  std::string last_error;         // why the last host tried did not serve it (its 503 names it)
   int64_t cost = 0;
   double started = 0, first_byte = 0;
   bool fresh_retry = false;       // already retried once on a new connection after a stale one
@@ -90,6 +91,7 @@ class Loop {
   void start_request(ClientConn* c);
   void try_host(ClientConn* c);
   void end_attempt(ClientConn* c);
+  void answer_unavailable(ClientConn* c);  // every host tried: proxy.py's 503
   void answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
               const UsageCounts* usage);
   void record(ClientConn* c, int status, const UsageCounts* usage, double cost_eur);

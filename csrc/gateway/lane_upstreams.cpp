@@ -131,6 +131,7 @@ void Loop::read_upstream(UpstreamConn* u) {
     }
     u->head_done = true;
   }
+  u->deadline = now_ + config_.first_byte_timeout_s;  // the same bound on each silence after the head
   std::string_view raw = std::string_view(u->in).substr(u->head.head_bytes);
   bool complete = false, extra = false;
   switch (u->head.body_kind) {
@@ -168,6 +169,7 @@ void Loop::read_upstream(UpstreamConn* u) {
 void Loop::attempt_failed(ClientConn* c, const std::string& error) {
   c->upstream = nullptr;
   plane_.push_host_event(c->host, true, error);
+  c->last_error = error;
   end_attempt(c);
   if (c->gone) finish_gone(c, nullptr);
   else try_host(c);
@@ -202,11 +204,19 @@ void Loop::upstream_answered(UpstreamConn* u, bool reusable) {
   if (c == nullptr) return;
   c->upstream = nullptr;
   end_attempt(c);
-  if (retry_status(status) && !c->gone) {
-    try_host(c);  // overloaded or going down: another host may serve it (no failure counted)
+  const std::string& name = hosts_.host(c->host).name;
+  if (!c->gone && (retry_status(status) || (status == 200 && !json_object(body)))) {
+    // Overloaded or going down, or a 200 that is no completion (an HTML page, nothing): it counts
+    // against the host (proxy.py's _failed) and another host may serve it.
+    c->last_error = name + " answered " + std::to_string(status) +
+                    (status == 200 ? " with a body that is not a completion" : "");
+    plane_.push_host_event(c->host, true, c->last_error);
+    try_host(c);
     return;
   }
-  plane_.push_host_event(c->host, false, std::string());
+  // A server error is relayed (it may have done work) and counts against the host.
+  if (status >= 500) plane_.push_host_event(c->host, true, name + " answered " + std::to_string(status));
+  else plane_.push_host_event(c->host, false, std::string());
   UsageCounts usage;
   bool has_usage = status == 200 && scan_usage(body, &usage);
   if (c->gone) {

@@ -30,7 +30,8 @@ class RoutingSection(msgspec.Struct, forbid_unknown_fields=True):
     # Consecutive request failures that take a host out until a health probe succeeds.
     failure_threshold: int = 2
     connect_timeout_s: float = 5.0
-    # From sending a request to the engine's first byte (queueing and prefill included).
+    # From sending a request to the engine's first byte, and to a stream's first event (queueing and
+    # prefill included); then the longest silence allowed in a body or a stream.
     first_byte_timeout_s: float = 600.0
     # A prompt prefix at least this long (characters) pins requests to one host...
     affinity_min_chars: int = 512

@@ -32,6 +32,12 @@ async def probe(host: HostState, timeout_s: float, slow_threshold: int = 2) -> N
 
 
 async def probe_forever(hosts: list[HostState], interval_s: float, timeout_s: float) -> None:
+    """Each host on a schedule of its own: one that answers its probe late (a frozen engine holds it
+    for timeout_s) never delays another's return to service."""
+    await asyncio.gather(*(_probe_host_forever(h, interval_s, timeout_s) for h in hosts))
+
+
+async def _probe_host_forever(host: HostState, interval_s: float, timeout_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        await asyncio.gather(*(probe(h, timeout_s) for h in hosts))
+        await probe(host, timeout_s)

@@ -7,6 +7,9 @@ more than a few chunks behind, so a slow client cannot make the gateway buffer a
 A connection goes back to the pool only when its response was read to the end and both sides
 agreed to keep it alive; anything else closes it, which an engine takes as the client leaving
 (it aborts the request and frees its KV blocks).
+
+The first-byte timeout also bounds each silence after it: a body or a stream that stops coming (a
+frozen engine, a partition without a reset) fails like a lost connection instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,18 +29,22 @@ _EOF = object()
 
 class UpstreamError(Exception):
     """The connection failed. `response_started`: some of the response had arrived (status line
-    at least); when False, no response byte came and the request may be retried elsewhere."""
+    at least); when False, no response byte came and the request may be retried elsewhere.
+    `stale`: the server closed the connection without a byte, before any timeout: a pooled
+    connection it had closed while idle, which cannot have carried the request to it."""
 
-    def __init__(self, message: str, response_started: bool) -> None:
+    def __init__(self, message: str, response_started: bool, stale: bool = False) -> None:
         super().__init__(message)
         self.response_started = response_started
+        self.stale = stale
 
 
 class UpstreamResponse:
     """Status and headers as soon as they arrive; the body as an async iterator of chunks."""
 
-    def __init__(self, conn: UpstreamConnection) -> None:
+    def __init__(self, conn: UpstreamConnection, idle_timeout_s: float) -> None:
         self._conn = conn
+        self._idle_timeout_s = idle_timeout_s
         self.status = 0
         self.headers: dict[str, str] = {}
         self._chunks: deque[object] = deque()
@@ -46,10 +53,16 @@ class UpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
+        loop = asyncio.get_running_loop()
         while True:
             while not self._chunks:
                 self._ready.clear()
-                await self._ready.wait()
+                # A timer rather than asyncio.wait_for, which costs a task per chunk.
+                timer = loop.call_later(self._idle_timeout_s, conn.stalled, self._idle_timeout_s)
+                try:
+                    await self._ready.wait()
+                finally:
+                    timer.cancel()
             item = self._chunks.popleft()
             if len(self._chunks) <= _RESUME_AT:
                 conn.resume_reading()
@@ -83,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers_done: asyncio.Future[None] | None = None
         self._paused = False
         self._keep_alive = False
+        self._received = False  # any byte of the current request's response
         self.closed = False
 
     # -- transport callbacks -------------------------------------------------------------
@@ -96,8 +110,14 @@ class UpstreamConnection(asyncio.Protocol):
         response = self._response
         if response is None:
             return
+        headers_done = self._headers_done is not None and self._headers_done.done()
+        if headers_done and exc is None and not response.complete and _ends_at_close(response):
+            response.complete = True  # a body without a length or chunks ends with the connection
+            response._push(_EOF)
+            return
         started = response.status != 0
-        error = UpstreamError(f"connection to {self._pool.address} lost: {exc or 'closed by the server'}", started)
+        error = UpstreamError(f"connection to {self._pool.address} lost: {exc or 'closed by the server'}", started,
+                              stale=not self._received)
         if self._headers_done is not None and not self._headers_done.done():
             self._headers_done.set_exception(error)
         elif not response.complete:
@@ -107,6 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._response is None:  # bytes nobody asked for: the connection is unusable
             self.abort()
             return
+        self._received = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -143,8 +164,9 @@ class UpstreamConnection(asyncio.Protocol):
     async def request(self, method: str, path: str, body: bytes, headers: list[tuple[str, str]],
                       first_byte_timeout_s: float) -> UpstreamResponse:
         assert self._response is None and self._transport is not None, "one request at a time"
-        response = UpstreamResponse(self)
+        response = UpstreamResponse(self, first_byte_timeout_s)
         self._response = response
+        self._received = False
         self._headers_done = asyncio.get_running_loop().create_future()
         head = [f"{method} {path} HTTP/1.1", f"host: {self._pool.address}", f"content-length: {len(body)}"]
         head.extend(f"{name}: {value}" for name, value in headers)
@@ -165,6 +187,10 @@ class UpstreamConnection(asyncio.Protocol):
         if not headers_done.done():
             headers_done.set_exception(
                 UpstreamError(f"{self._pool.address} sent no response within {timeout_s:g} s", False))
+
+    def stalled(self, timeout_s: float) -> None:
+        """No byte of the body for timeout_s: the answer fails, the connection is dropped."""
+        self._fail(UpstreamError(f"{self._pool.address} sent nothing for {timeout_s:g} s", True))
 
     def release(self, response: UpstreamResponse) -> None:
         if self._response is not response:
@@ -216,14 +242,15 @@ class ConnectionPool:
     async def request(self, method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
                       first_byte_timeout_s: float = 300.0) -> UpstreamResponse:
         """Sends one request. A reused connection that the server had already closed is retried
-        once on a fresh connection: the server cannot have seen that request."""
+        once on a fresh connection: the server cannot have seen that request. A timeout or bytes
+        that came back are the host's failure, never retried here."""
         headers = headers or []
         conn = self._take_idle()
         if conn is not None:
             try:
                 return await conn.request(method, path, body, headers, first_byte_timeout_s)
             except UpstreamError as exc:
-                if exc.response_started:
+                if not exc.stale:
                     raise
         conn = await self._connect()
         return await conn.request(method, path, body, headers, first_byte_timeout_s)
@@ -266,3 +293,10 @@ class ConnectionPool:
         self._all.add(conn)
         self.num_open += 1
         return conn
+
+
+def _ends_at_close(response: UpstreamResponse) -> bool:
+    """Whether the body is delimited by the close (RFC 9112 6.3: no length, not chunked)."""
+    headers = response.headers
+    return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower() \
+        and response.status not in (204, 304) and response.status >= 200

@@ -50,6 +50,8 @@ _FORCE_USAGE = b',"stream_options":{"include_usage":true}}'
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _CONTENT = re.compile(rb'"(?:content|reasoning_content|text)"\s*:\s*"[^"]')
+# How an event stream's first event may begin (a field of the SSE format, or a comment).
+_SSE_STARTS = (b"data:", b":", b"event:", b"id:", b"retry:")
 # Request ids: unique per process start, cheaper than a uuid4 each.
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count()
@@ -169,14 +171,15 @@ class Proxy:
                         self._keep(asyncio.ensure_future(_abort(host, tag)))
                     raise
                 if status in _RETRY_STATUSES:
-                    raise _Retry(f"{host.name} answered {status}: {body[:200]!r}")
+                    raise self._failed(host, f"{host.name} answered {status}")
+                if status == 200 and not _json_object(body):
+                    raise self._failed(host, f"{host.name} answered 200 with a body that is not a completion")
                 exchange.host = host.name
                 return await self._answer(exchange, host, status, content_type, body, admitted)
             headers.extend(_STREAM_HEADERS)
             upstream = await host.backend.request("POST", exchange.path, exchange.body, headers)
             if upstream.status in _RETRY_STATUSES:
-                body = await upstream.read()
-                raise _Retry(f"{host.name} answered {upstream.status}: {body[:200]!r}")
+                raise self._failed(host, f"{host.name} answered {upstream.status}")
             exchange.host = host.name
             if upstream.status != 200:
                 return await self._answer(exchange, host, upstream.status,
@@ -184,6 +187,8 @@ class Proxy:
                                           await upstream.read(), admitted)
             events = sse_events(upstream.chunks())
             first = await anext(events, b"")
+            if not first.startswith(_SSE_STARTS):  # nothing, or not an event stream (an HTML page)
+                raise self._failed(host, f"{host.name} answered 200 with no event stream")
             host.record_success()
             exchange.first_byte = time.monotonic()
             handed_over = True
@@ -198,10 +203,17 @@ class Proxy:
                     upstream.close()
                 host.end(cost)
 
+    def _failed(self, host: HostState, error: str) -> _Retry:
+        """A host's answer that counts against it (the breaker) and goes to the next host."""
+        host.record_failure(error, self.fleet.routing.failure_threshold)
+        return _Retry(error)
+
     async def _answer(self, exchange: Exchange, host: HostState, status: int, content_type: str, body: bytes,
                       admitted: list[Stage]) -> Response:
-        """A whole answer: accounted for (durably) before it is sent."""
-        host.record_success()
+        """A whole answer: accounted for (durably) before it is sent. A server error (relayed: it
+        may have done work) counts against the host, so that one failing at every request leaves
+        the rotation instead of drawing it by answering fastest."""
+        _record_answer(host, status, self.fleet.routing.failure_threshold)
         exchange.first_byte = time.monotonic()
         exchange.status = status
         if status == 200:
@@ -230,7 +242,7 @@ class Proxy:
                 host.record_failure(str(error), self.fleet.routing.failure_threshold)
             elif error is None and not done.cancelled():
                 status, _, body = done.result()
-                host.record_success()
+                _record_answer(host, status, self.fleet.routing.failure_threshold)
                 exchange.usage = _usage(body) if status == 200 else None
             for pending in _finish(exchange, stages):  # a commit still to wait on (no journal)
                 future = asyncio.ensure_future(pending)
@@ -242,6 +254,7 @@ class Proxy:
                      events: AsyncIterator[bytes], first: bytes, admitted: list[Stage]) -> AsyncIterator[bytes]:
         exchange.status = 499  # until the stream ends well
         warning = exchange.warning  # goes into the first chunk
+        done = False
         try:
             event = first
             while event:
@@ -263,16 +276,20 @@ class Proxy:
                     exchange.note_content(time.monotonic())
                     yield event
                 elif data == b"[DONE]":
-                    exchange.status = 200
+                    exchange.status, done = 200, True
                     await _settle(exchange, admitted)  # accounted for before the client sees the end
                     yield event
                 else:
                     yield event
                 event = await anext(events, b"")
+            if not done and host.kind == "llmaas":  # ours always end with it: the stream was cut
+                raise UpstreamError(f"{host.name} ended a stream without [DONE]", True)
             if exchange.status == 499:  # ended without [DONE]: a server that does not send it
                 exchange.status = 200
         except UpstreamError as exc:
             host.record_failure(str(exc), self.fleet.routing.failure_threshold)
+            if done:  # the client has its whole answer: nothing to add after [DONE]
+                return
             exchange.status, exchange.error_code = 502, "upstream_stream_error"
             error = GatewayError(502, "The engine failed while streaming; the response is incomplete.",
                                  code="upstream_stream_error", type_="server_error")
@@ -311,6 +328,20 @@ async def _whole_answer(host: HostState, path: str, body: bytes, headers: list[t
         return upstream.status, upstream.headers.get("content-type", "application/json"), await upstream.read()
     finally:
         upstream.close()
+
+
+def _record_answer(host: HostState, status: int, threshold: int) -> None:
+    if status >= 500:
+        host.record_failure(f"{host.name} answered {status}", threshold)
+    else:
+        host.record_success()
+
+
+def _json_object(body: bytes) -> bool:
+    """Whether a 200's body looks like a completion (a JSON object), not HTML or nothing: the same
+    test as the native lane's, so both paths retry the same answers."""
+    body = body.strip()
+    return body[:1] == b"{" and body[-1:] == b"}"
 
 
 def _with_warning(body: bytes, warning: str) -> bytes:

@@ -29,6 +29,8 @@ class FakeEngine:
     fail_after: int | None = None  # cut each stream's connection after this many events
     usage_comments: bool = True  # answer the gateway's request for usage comments
     spaced_json: bool = False  # stream events as json.dumps writes them ("key": value), as some servers do
+    page: bytes | None = None  # answer every request 200 with this text/html page instead
+    stall_after: int | None = None  # a stream stops after this many events, never ending
     prompt_tokens: int = 5
     cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
@@ -89,6 +91,8 @@ class FakeEngine:
         self.clients.add(request.client)
         if self.status != 200:
             return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
+        if self.page is not None:
+            return Response(body=self.page, content_type="text/html")
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.tokens,
                  "total_tokens": self.prompt_tokens + self.tokens,
                  "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
@@ -116,6 +120,8 @@ class FakeEngine:
         finished = False
         try:
             for i in range(self.tokens):
+                if self.stall_after is not None and i == self.stall_after:
+                    await asyncio.Event().wait()
                 if self.fail_after is not None and i == self.fail_after:
                     assert self.server is not None
                     for conn in list(self.server._state.connections):

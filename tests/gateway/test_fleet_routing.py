@@ -167,6 +167,92 @@ def test_no_host_left_is_a_clear_503() -> None:
     run(test)
 
 
+def test_no_host_left_tries_each_host_once() -> None:
+    # The native lane answers this 503 itself: handed over, the Python path would try them all again.
+    async def test() -> None:
+        a, b = FakeEngine("a", status=503), FakeEngine("b", status=503)
+        async with fleet([a, b], max_attempts=3) as (_, client):
+            response = await client.post("/v1/chat/completions", json=chat())
+        assert response.status == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        assert "answered 503" in response.json()["error"]["message"]
+        assert (len(a.requests), len(b.requests)) == (1, 1)
+    run(test)
+
+
+def test_a_host_that_does_not_answer_in_time_is_asked_once() -> None:
+    # A first-byte timeout on a pooled connection is the host's failure, not a stale connection to
+    # retry on a fresh one: the host would run the request twice, the client wait twice as long.
+    async def test() -> None:
+        slow, ok = FakeEngine("slow", tokens=1), FakeEngine("ok", tokens=1)
+        async with fleet([slow, ok], first_byte_timeout_s=0.5, failure_threshold=100) as (_, client):
+            for i in range(4):  # pooled connections to both
+                assert (await client.post("/v1/chat/completions", json=chat(f"warm{i}"))).status == 200
+            assert slow.requests and ok.requests
+            slow.delay_s = 30.0
+            loop = asyncio.get_running_loop()
+            for i in range(4):
+                started = loop.time()
+                response = await client.post("/v1/chat/completions", json=chat(f"q{i}"))
+                assert response.status == 200 and response.json()["choices"][0]["message"]["content"] == "ok"
+                assert loop.time() - started < 0.9
+            asked = [r["messages"][0]["content"] for r in slow.requests]
+            assert len(asked) == len(set(asked))
+    run(test)
+
+
+def test_a_stream_that_sends_no_event_in_time_goes_to_another_host() -> None:
+    async def test() -> None:
+        stuck, ok = FakeEngine("stuck", stall_after=0), FakeEngine("ok")
+        async with fleet([stuck, ok], first_byte_timeout_s=0.5) as (_, client):
+            for i in range(3):
+                events = await stream_events(client, chat(f"q{i}", stream=True))
+                assert events[-1] == b"[DONE]" and b'"ok"' in events[0]
+            assert stuck.requests, "the stuck host was tried"
+    run(test)
+
+
+def test_a_stream_that_stalls_midway_ends_with_an_error_event() -> None:
+    async def test() -> None:
+        async with fleet([FakeEngine("a", tokens=5, stall_after=2)], first_byte_timeout_s=0.5) as (_, client):
+            events = await stream_events(client, chat(stream=True))
+        assert b"upstream_stream_error" in events[-1] and b"[DONE]" not in events
+    run(test)
+
+
+def test_a_host_answering_500_leaves_the_rotation() -> None:
+    # It answers fastest, so least-loaded routing would send it most requests, all failing.
+    async def test() -> None:
+        bad, ok = FakeEngine("bad", status=500), FakeEngine("ok", delay_s=0.01)
+        async with fleet([bad, ok], failure_threshold=2, health_interval_s=30.0) as (gateway, client):
+            statuses = [(await client.post("/v1/chat/completions", json=chat(f"q{i}"))).status for i in range(10)]
+            assert statuses.count(500) == 2 and statuses[-6:] == [200] * 6
+            assert not gateway.fleet.hosts[bad.url].healthy
+    run(test)
+
+
+def test_a_200_that_is_not_a_completion_is_served_by_another_host() -> None:
+    async def test() -> None:
+        html, ok = FakeEngine("html", page=b"<html>maintenance</html>"), FakeEngine("ok")
+        async with fleet([html, ok], failure_threshold=100) as (_, client):
+            for i in range(4):
+                response = await client.post("/v1/chat/completions", json=chat(f"q{i}"))
+                assert response.status == 200 and response.json()["choices"][0]["message"]["content"] == "ok"
+            assert html.requests, "the broken host was tried"
+    run(test)
+
+
+def test_a_frozen_probe_does_not_hold_back_another_hosts_return() -> None:
+    async def test() -> None:
+        frozen, ok = FakeEngine("frozen", load_delay_s=30.0), FakeEngine("ok")
+        async with fleet([frozen, ok], health_interval_s=0.05, health_timeout_s=10.0) as (gateway, _):
+            await asyncio.sleep(0.2)  # the frozen host's probe is under way
+            host = gateway.fleet.hosts[ok.url]
+            host.healthy = False
+            await asyncio.sleep(0.5)
+            assert host.healthy
+    run(test)
+
+
 def test_failure_mid_stream_ends_with_an_error_event() -> None:
     async def test() -> None:
         async with fleet([FakeEngine("a", tokens=5, fail_after=2)]) as (_, client):

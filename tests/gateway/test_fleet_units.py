@@ -121,3 +121,60 @@ def test_sse_events_are_whole_whatever_the_chunking(split: int) -> None:
     events = asyncio.run(collect())
     assert events == [b'data: {"a":1}\n\n', b'data: {"b":2}\r\n\r\n', b": comment\n\n", b"data: [DONE]\n\n"]
     assert [event_data(e) for e in events] == [b'{"a":1}', b'{"b":2}', None, b"[DONE]"]
+
+
+def test_a_body_that_ends_with_the_connection_is_whole() -> None:
+    # RFC 9112 6.3: no Content-Length, not chunked: the body is what comes before the close.
+    from gateway.fleet.http_client import ConnectionPool
+
+    async def test() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"a":')
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"1}")
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        pool = ConnectionPool("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            response = await pool.request("GET", "/x")
+            assert (response.status, await response.read()) == (200, b'{"a":1}')
+            response.close()
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(test(), 10))
+
+
+def test_a_timeout_on_a_pooled_connection_is_not_retried_on_a_fresh_one() -> None:
+    from gateway.fleet.http_client import ConnectionPool, UpstreamError
+
+    async def test() -> None:
+        seen: list[bytes] = []
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b" ")[1])
+                if b"/slow" in head:
+                    await asyncio.sleep(5)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        pool = ConnectionPool("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            response = await pool.request("GET", "/fast")
+            await response.read()
+            response.close()  # pooled
+            with pytest.raises(UpstreamError, match="no response within"):
+                await pool.request("GET", "/slow", first_byte_timeout_s=0.2)
+            assert seen == [b"/fast", b"/slow"]
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(test(), 10))

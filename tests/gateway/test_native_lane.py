@@ -181,7 +181,20 @@ def test_slow_requests_and_overload_get_the_python_servers_answers() -> None:
     run(test)
 
 
-def test_a_host_down_is_retried_then_handed_over_with_the_python_503() -> None:
+def test_a_host_name_that_does_not_resolve_keeps_the_lane_off_not_the_gateway() -> None:
+    async def test() -> None:
+        async with engines(FakeEngine("ok")) as urls:
+            gateway = Gateway(_config(["http://engine-that-does-not-resolve.invalid:9000", *urls]))
+            await gateway.start()
+            try:
+                factory, why = gateway.native_lane()
+                assert factory is None and "does not resolve" in why
+            finally:
+                await gateway.stop()
+    run(test)
+
+
+def test_a_host_down_is_retried_then_no_host_left_is_the_python_503() -> None:
     async def test() -> None:
         async with engines(FakeEngine("ok")) as urls:
             async with gateways(["http://127.0.0.1:9", *urls]) as (_, native, gateway):
