@@ -394,15 +394,21 @@ def _prompt_text(fields: RoutingFields) -> str:
                 parts.extend(p.text for p in message.content if p.text)
         return "\x00".join(parts)
     prompt = fields.prompt
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        return prompt[0]
-    if isinstance(prompt, list) and prompt:
-        # Token ids: a prefix key from their text form, four characters per token for the estimate.
-        ids = prompt if isinstance(prompt[0], int) else prompt[0]
-        return " ".join(map(str, ids))
-    return ""
+    if prompt is None or isinstance(prompt, str):
+        return prompt or ""
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return prompt[0] if prompt else ""
+    # Token ids: a prefix key from their text form, four characters per token for the estimate.
+    if isinstance(prompt, list) and _token_ids(prompt):
+        return " ".join(map(str, prompt))
+    if isinstance(prompt, list) and all(isinstance(p, list) and _token_ids(p) for p in prompt):
+        return " ".join(map(str, prompt[0]))
+    raise GatewayError(400, "`prompt` must be a string, a list of strings, a list of token ids or a list of lists of "
+                            "token ids", param="prompt")
+
+
+def _token_ids(items: list[object]) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
 def _param(message: str) -> str | None:

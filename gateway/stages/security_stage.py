@@ -44,6 +44,8 @@ class SecurityStage:
         if isinstance(messages, list):
             verdict = security.check([m for m in messages if isinstance(m, dict)], tenant=tenant, policy=policy,
                                      history=self.history)
+        elif _token_ids(payload):
+            verdict = _unscannable(policy)
         else:
             verdict = security.check_text(_prompt_texts(payload), tenant=tenant, policy=policy, history=self.history)
         exchange.state["verdict"] = verdict.action
@@ -51,10 +53,33 @@ class SecurityStage:
         exchange.state["security_rules_version"] = security.rules_version()
         if verdict.blocked:
             exchange.state["blocked"] = True
+            if verdict.rules == (UNSCANNABLE_RULE,):
+                raise GatewayError(400, UNSCANNABLE_MESSAGE, code="prompt_not_scannable", param="prompt")
             raise GatewayError(400, security.BLOCK_MESSAGE, code=security.BLOCK_CODE)
 
     def finish(self, exchange: Exchange) -> None:
         return None
+
+
+# A completions prompt of token ids: the gateway serves many models and holds no tokenizer, so it
+# cannot read what they say (an injection, a forged `<|im_start|>system` turn by its special ids).
+# The structure layer's mode decides: on refuses them, flag_only lets them through flagged, off
+# lets them through.
+UNSCANNABLE_RULE = "structure.token_ids"
+UNSCANNABLE_MESSAGE = ("Prompt security reads text: send the prompt as text. Prompts of token ids are refused "
+                       "under this key's security policy.")
+
+
+def _token_ids(payload: object) -> bool:
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    return isinstance(prompt, list) and any(isinstance(p, (int, list)) for p in prompt)
+
+
+def _unscannable(policy: security.Policy) -> security.Verdict:
+    mode = policy.mode("structure")
+    if mode == "off":
+        return security.Verdict("allow", 0.0)
+    return security.Verdict("block" if mode == "on" else "flag", 1.0, (UNSCANNABLE_RULE,))  # one whole rule
 
 
 def _prompt_texts(payload: object) -> str:

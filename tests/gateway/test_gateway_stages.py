@@ -128,3 +128,36 @@ def test_a_tenant_set_to_flag_only_is_served_and_flagged(tmp_path: Path) -> None
     flagged = [a for a in tenancy.store.audit_records() if a.tenant == "lenient"]
     assert flagged and flagged[-1].verdict == "flag"
     tenancy.close()
+
+
+def test_a_prompt_of_token_ids_is_judged_by_the_structure_layers_mode(tmp_path: Path) -> None:
+    # The gateway holds no tokenizer: it cannot read token ids (an injection, a forged special-token
+    # turn), so it refuses them unless the tenant's policy lets unreadable prompts through.
+    ids = {"model": CURRENT, "prompt": [1, 9690, 198, 39886, 2]}
+
+    async def test(port: int, tenancy: Tenancy, engine: FakeEngine) -> None:
+        keys = {name: tenancy.tokens.create(name, "standard")[0] for name in ("strict", "flagged", "open")}
+        refused = await raw_post(port, "/v1/completions", ids, keys["strict"])
+        assert refused.status == 400 and refused.json()["error"]["code"] == "prompt_not_scannable"
+        assert refused.json()["error"]["param"] == "prompt" and not engine.requests
+        assert (await raw_post(port, "/v1/completions", {**ids, "prompt": [ids["prompt"]]}, keys["strict"])).status == 400
+        assert (await raw_post(port, "/v1/completions", {**ids, "prompt": "text"}, keys["strict"])).status == 200
+        assert (await raw_post(port, "/v1/completions", ids, keys["flagged"])).status == 200
+        assert (await raw_post(port, "/v1/completions", ids, keys["open"])).status == 200
+
+    tenancy = run(tmp_path, test, {"flagged": security.Policy(structure="flag_only"),
+                                   "open": security.Policy(structure="off")})
+    verdicts = {a.tenant: a.verdict for a in tenancy.store.audit_records() if a.reason in ("ok", "security")}
+    assert verdicts == {"strict": "allow", "flagged": "flag", "open": "allow"}
+    tenancy.close()
+
+
+def test_a_prompt_that_is_no_prompt_is_a_400_naming_it(tmp_path: Path) -> None:
+    async def test(port: int, tenancy: Tenancy, engine: FakeEngine) -> None:
+        key, _ = tenancy.tokens.create("t", "standard")
+        for prompt in ([1.5], [None], [1.5, 2], [None, "x"], [[1], "x"], [True], {"a": 1}):
+            answer = await raw_post(port, "/v1/completions", {"model": CURRENT, "prompt": prompt}, key)
+            assert answer.status == 400 and answer.json()["error"]["param"] == "prompt", prompt
+        assert not engine.requests
+
+    run(tmp_path, test).close()
