@@ -21,6 +21,10 @@ class ChatTemplateError(InvalidRequestError):
         super().__init__(message, param="messages")
 
 
+class TemplateRefusal(jinja2.TemplateError):
+    """Raised by a template's raise_exception(message), e.g. "Conversation roles must alternate"."""
+
+
 def render_chat_template(
     source: str,
     messages: Sequence[Mapping[str, object]],
@@ -36,24 +40,34 @@ def render_chat_template(
     """
     template = _compile(source)
     variables: dict[str, object] = {"tools": None, "documents": None, **(special_tokens or {}), **kwargs}
+    normalized = [_normalize_message(message) for message in messages]
     try:
         return template.render(
-            messages=[_normalize_message(message) for message in messages],
+            messages=normalized,
             add_generation_prompt=add_generation_prompt,
             **variables,
         )
-    except jinja2.UndefinedError as exc:  # e.g. a turn without content, where this template needs one
-        raise ChatTemplateError(f"this model's chat template cannot render these messages: {exc}") from exc
-    except jinja2.TemplateError as exc:
-        raise ChatTemplateError(f"chat template failed: {exc}") from exc
+    except TemplateRefusal as exc:  # the template's own raise_exception: words written for the caller
+        raise ChatTemplateError(f"this model's chat template refuses these messages: {exc}") from exc
+    except Exception as exc:
+        # Jinja's and Python's errors ("'dict object' has no attribute 'x'") describe the template's
+        # internals, which the client neither sees nor can change.
+        raise ChatTemplateError("this model's chat template cannot render these messages: a message lacks a "
+                                "field the template needs, or holds a value it cannot use") from exc
 
 
 def _normalize_message(message: Mapping[str, object]) -> dict[str, object]:
-    # OpenAI clients send `"content": null` next to tool calls; templates test for a missing key instead.
+    # Null fields are dropped (templates test for a missing key, `is defined`, not for none), but
+    # for content: OpenAI's tool-call and refusal turns have `"content": null`, and templates read
+    # message['content'] regardless. vLLM renders it as empty text; a refusal turn renders as what
+    # the assistant said, its refusal.
     normalized = {key: value for key, value in message.items() if value is not None}
-    content = normalized.get("content")
+    content = message.get("content")
+    refusal = message.get("refusal")
     if isinstance(content, list):
         normalized["content"] = _flatten_content(content)
+    elif content is None:
+        normalized["content"] = refusal if isinstance(refusal, str) else ""
     return normalized
 
 
@@ -64,6 +78,8 @@ def _flatten_content(parts: list[object]) -> str:
             texts.append(part)
         elif isinstance(part, Mapping) and part.get("type") == "text":
             texts.append(str(part.get("text", "")))
+        elif isinstance(part, Mapping) and part.get("type") == "refusal":  # an assistant turn's, read as text by vLLM
+            texts.append(str(part.get("refusal", "")))
         else:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
             raise ChatTemplateError(f"content part of type {kind!r} is not supported: the model reads text only")
@@ -89,7 +105,7 @@ def _compile(source: str) -> jinja2.Template:
 
 
 def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
+    raise TemplateRefusal(message)
 
 
 def _tojson(

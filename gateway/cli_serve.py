@@ -4,8 +4,10 @@ model's engine in one process)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.cli_generate import DEFAULT_MODEL
@@ -94,7 +96,8 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         router = build_router(engine, names, engine_metrics)
         startup = shutdown = connections = None
         if with_gateway:
-            gateway = _local_gateway(names[0], router, require_auth=not args.no_auth)
+            gateway = _local_gateway(names[0], router, require_auth=not args.no_auth,
+                                     detokenize=functools.partial(engine.tokenizer.decode, skip_special_tokens=False))
             gateway.metrics.registry.register(RegistryCollector(engine_metrics.registry))
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
             connections = gateway.metrics.connections
@@ -110,14 +113,16 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     return 0
 
 
-def _local_gateway(model: str, engine_router: Router, require_auth: bool) -> Gateway:
+def _local_gateway(model: str, engine_router: Router, require_auth: bool,
+                   detokenize: Callable[[list[int]], str]) -> Gateway:
     from gateway.fleet.backend import LocalBackend
     from gateway.fleet.config import GatewayConfig, ModelEntry, TenancySection
     from gateway.gateway_server import Gateway
 
     config = GatewayConfig(models=[ModelEntry(name=model, hosts=[LOCAL_ENGINE_URL])],
                            tenancy=TenancySection(require_auth=require_auth))
-    return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url))
+    return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url),
+                   detokenizers={model: detokenize})
 
 
 def _announce_key(gateway: Gateway, no_auth: bool) -> bool:
@@ -129,7 +134,7 @@ def _announce_key(gateway: Gateway, no_auth: bool) -> bool:
     assert gateway.tenancy is not None
     try:
         secret, _ = gateway.tenancy.local_token(os.environ.get(API_KEY_ENV))
-    except ValueError as exc:  # too short to be a key
+    except ValueError as exc:  # not usable as a key (too short, or posing as one made here)
         print(f"llmaas: error: {API_KEY_ENV}: {exc}", file=sys.stderr)
         return False
     if secret is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import msgspec
 
@@ -19,13 +20,13 @@ from gateway.fleet.exchange import Stage
 from gateway.fleet.fleet import BackendFactory, Fleet
 from gateway.fleet.metrics import GatewayMetrics
 from gateway.fleet.proxy import Proxy
-from gateway.fleet.wire import ModelCard, ModelList
 from gateway.http import LaneFactory, Request, Response, Router
 from gateway.http.limits import ServerState
 from gateway.http.protocol import ConnectionCount
 from gateway.http.server import Lane
 from gateway.openai.openapi import openapi_endpoint
-from gateway.stages.security_stage import SecurityStage
+from gateway.openai.protocol import Health, ModelCard, ModelList
+from gateway.stages.security_stage import Detokenize, SecurityStage
 from gateway.stages.tenancy_stage import TenancyStage
 from gateway.tenancy import Tenancy
 
@@ -34,9 +35,10 @@ _ENCODER = msgspec.json.Encoder()
 
 class Gateway:
     def __init__(self, config: GatewayConfig, backend_for: BackendFactory | None = None,
-                 tenancy: Tenancy | None = None) -> None:
+                 tenancy: Tenancy | None = None, detokenizers: Mapping[str, Detokenize] | None = None) -> None:
         """tenancy: an open Tenancy to use (tests, `llmaas serve`); by default one is opened from
-        the config's [tenancy] section when it is enabled."""
+        the config's [tenancy] section when it is enabled. detokenizers: the tokenizers of models
+        served in process, by model, with which prompt security reads prompts of token ids."""
         self.config = config
         self.fleet = Fleet(config, backend_for)
         self.metrics = GatewayMetrics(self.fleet)
@@ -60,7 +62,8 @@ class Gateway:
         if config.security.enabled:
             overrides = self.tenancy.security_policies if self.tenancy is not None else None
             stages.append(SecurityStage(default_policy=config.security.policy,
-                                        tenant_policies=config.security.tenants, overrides=overrides))
+                                        tenant_policies=config.security.tenants, overrides=overrides,
+                                        detokenizers=detokenizers))
         self.proxy = Proxy(self.fleet, stages)
         self.alerts = (AlertEvaluator(config.alerts, Sources(self.recorder, self.fleet, self.tenancy),
                                       self.recorder.clock) if config.alerts.enabled else None)
@@ -127,22 +130,16 @@ class Gateway:
         principal = self.tenancy_stage.principal(request.headers.get("authorization"))
         return self.tenancy_stage.tenancy.visible_models(principal), list(principal.rotation_headers)
 
-    def _card(self, name: str) -> dict[str, object]:
-        card: dict[str, object] = {"id": name, "object": "model", "created": self.created, "owned_by": "llmaas"}
-        if self.tenancy is not None:
-            card.update(self.tenancy.catalog.card_fields(name))
-        return card
+    def _card(self, name: str) -> ModelCard:
+        lifecycle = self.tenancy.catalog.card_fields(name) if self.tenancy is not None else {}
+        return ModelCard(id=name, created=self.created, **lifecycle)  # type: ignore[arg-type]
 
     async def list_models(self, request: Request) -> Response:
         try:
             names, headers = self._visible(request)
         except GatewayError as exc:
             return exc.response()
-        if self.tenancy is None:
-            cards = [ModelCard(id=name, created=self.created) for name in names]
-            return Response(body=_ENCODER.encode(ModelList(data=cards)))
-        body = _ENCODER.encode({"object": "list", "data": [self._card(n) for n in names]})
-        return Response(body=body, headers=headers)
+        return Response(body=_ENCODER.encode(ModelList(data=[self._card(n) for n in names])), headers=headers)
 
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
@@ -160,5 +157,5 @@ class Gateway:
     async def health(self, request: Request) -> Response:
         """200 while every model has a healthy host; 503 naming the models that have none."""
         down = [name for name, hosts in self.fleet.by_model.items() if not any(h.healthy for h in hosts)]
-        body = {"status": "degraded" if down else "ok", "models_down": down}
+        body = Health(status="degraded" if down else "ok", models_down=down)
         return Response(status=503 if down else 200, body=_ENCODER.encode(body))

@@ -144,6 +144,32 @@ def test_chat_template_flattens_content_parts(tok: Tokenizer) -> None:
         tok.apply_chat_template(image)
 
 
+CALL = {"id": "call_1", "type": "function", "function": {"name": "calc", "arguments": "{}"}}
+
+
+def test_null_content_renders_as_text(tok: Tokenizer) -> None:
+    # OpenAI's own shapes for a tool-call turn and a refusal turn; SmolLM2's template reads
+    # message['content'] whatever the turn holds.
+    calls = [{"role": "user", "content": "6*7?"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "42"}]
+    empty = [calls[0], {"role": "assistant", "content": "", "tool_calls": [CALL]}, calls[2]]
+    assert tok.apply_chat_template(calls) == tok.apply_chat_template(empty)
+    refusal = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "refusal": "I can't."}]
+    said = [refusal[0], {"role": "assistant", "content": "I can't."}]
+    assert tok.apply_chat_template(refusal) == tok.apply_chat_template(said)
+    parts = [refusal[0], {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]}]
+    assert tok.apply_chat_template(parts) == tok.apply_chat_template(said)
+
+
+def test_a_template_that_cannot_render_is_named_without_jinja_internals() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    for template in ("{{ messages[0]['name'] + 1 }}", "{{ messages[0].content + 1 }}", "{{ 1 / 0 }}"):
+        with pytest.raises(ChatTemplateError) as info:
+            render_chat_template(template, msgs)
+        assert info.value.param == "messages" and "cannot render these messages" in str(info.value)
+        assert "dict object" not in str(info.value) and "unsupported operand" not in str(info.value)
+
+
 def test_missing_template_raises(metadata: dict[str, object]) -> None:
     bare = Tokenizer.from_gguf_metadata({k: v for k, v in metadata.items() if k != "tokenizer.chat_template"})
     assert bare.chat_template is None

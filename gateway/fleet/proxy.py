@@ -35,7 +35,7 @@ from gateway.fleet.http_client import UpstreamError
 from gateway.fleet.sse import event_data, sse_events, usage_comment
 from gateway.fleet.wire import CompletionTokensDetails, PromptTokensDetails, RoutingFields, Usage, UsageFields
 from gateway.http import Request, Response, StreamingResponse
-from gateway.http.json_errors import invalid_json_message
+from gateway.http.json_errors import invalid_json_message, validation_param
 from gateway.openai.protocol import ABORT_TAG_HEADER, default_max_tokens
 
 _ROUTING = msgspec.json.Decoder(RoutingFields)
@@ -108,7 +108,7 @@ class Proxy:
             # JSON is UTF-8; the decoder checks only the strings it reads, the stages read others.
             request.body.decode()
         except msgspec.ValidationError as exc:
-            raise GatewayError(400, str(exc), param=_param(str(exc))) from None
+            raise GatewayError(400, str(exc), param=validation_param(str(exc))) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise GatewayError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
         routing = self.fleet.routing
@@ -410,10 +410,3 @@ def _prompt_text(fields: RoutingFields) -> str:
 def _token_ids(items: list[object]) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
-
-def _param(message: str) -> str | None:
-    start = message.find("`$.")
-    if start < 0:
-        return None
-    name = message[start + 3:].split("`")[0]
-    return name.split(".")[0].split("[")[0] or None

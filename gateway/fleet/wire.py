@@ -67,14 +67,3 @@ class UsageFields(msgspec.Struct):
     usage: Usage | None = None
     choices: list[msgspec.Raw] = []
 
-
-class ModelCard(msgspec.Struct):
-    id: str
-    created: int
-    object: str = "model"
-    owned_by: str = "llmaas"
-
-
-class ModelList(msgspec.Struct):
-    data: list[ModelCard]
-    object: str = "list"

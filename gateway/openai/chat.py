@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,9 +40,9 @@ from gateway.openai.serving import (
     sampling_params,
     sse,
     sse_done,
-    token_text,
     usage_info,
 )
+from gateway.openai.token_bytes import token_bytes, token_string
 from gateway.openai.usage_comments import UsageTally, wants_usage_comments
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)
@@ -51,6 +52,9 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     try:
         req = decode_body(request, _DECODER)
+    except ApiError as exc:
+        return exc.response()
+    try:
         ctx.check_model(req.model)
         check_messages(req.messages)
         check_unsupported(req.tools, req.tool_choice, req.response_format)
@@ -62,10 +66,9 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
         max_tokens = capped_max_tokens(max_tokens, req.max_tokens_cap, ctx.max_model_len - len(prompt_ids), req.n)
         params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
         outputs = await ctx.generate(prompt_ids, params, request_id, req.priority)
-    except InvalidRequestError as exc:
-        return ApiError.from_invalid(exc).response()
-    except ApiError as exc:
-        return exc.response()
+    except (InvalidRequestError, ApiError) as exc:
+        error = ApiError.from_invalid(exc) if isinstance(exc, InvalidRequestError) else exc
+        return _named_as_sent(error, req).response()
     created = int(time.time())
     markers = ctx.markers
     splitters = ([ReasoningSplitter(markers, markers.starts_thinking(prompt)) for _ in range(req.n)]
@@ -75,6 +78,20 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
         return StreamingResponse(_stream(ctx.tokenizer, req, request_id, created, outputs, splitters, tally))
     return json_response(await ctx.whole(request, [request_id],
                                          _collect(ctx.tokenizer, req, request_id, created, outputs, splitters)))
+
+
+def _named_as_sent(error: ApiError, req: ChatCompletionRequest) -> ApiError:
+    """The error with the engine's field names turned into the ones this request sent: chat's
+    top_logprobs is the engine's logprobs, and max_completion_tokens, which wins when given, its
+    max_tokens."""
+    names = {"logprobs": "top_logprobs"}
+    if req.max_completion_tokens is not None:
+        names["max_tokens"] = "max_completion_tokens"
+    sent = names.get(error.param or "")
+    if sent is not None:
+        error.message = re.sub(rf"\b{error.param}\b", sent, error.message)
+        error.param = sent
+    return error
 
 
 def _render(ctx: ServingContext, req: ChatCompletionRequest) -> str:
@@ -183,10 +200,11 @@ async def _stream(tok: Tokenizer, req: ChatCompletionRequest, request_id: str, c
 def _logprobs(tok: Tokenizer, logprobs: list[TokenLogprob]) -> ChatLogprobs:
     content = []
     for lp in logprobs:
-        text, raw = token_text(tok, lp.token_id)
         top = []
         for token_id, value in lp.top:
-            top_text, top_raw = token_text(tok, token_id)
-            top.append(TopLogprob(token=top_text, logprob=value, bytes=top_raw))
-        content.append(ChatTokenLogprob(token=text, logprob=lp.logprob, bytes=raw, top_logprobs=top))
+            top_raw = token_bytes(tok, token_id)
+            top.append(TopLogprob(token=token_string(top_raw), logprob=value, bytes=list(top_raw)))
+        raw = token_bytes(tok, lp.token_id)
+        content.append(ChatTokenLogprob(token=token_string(raw), logprob=lp.logprob, bytes=list(raw),
+                                        top_logprobs=top))
     return ChatLogprobs(content=content)

@@ -33,9 +33,9 @@ from gateway.openai.serving import (
     sampling_params,
     sse,
     sse_done,
-    token_text,
     usage_info,
 )
+from gateway.openai.token_bytes import TextOffsets, token_bytes, token_string
 from gateway.openai.usage_comments import UsageTally, wants_usage_comments
 
 _DECODER = msgspec.json.Decoder(CompletionRequest)
@@ -105,21 +105,21 @@ def _echo(tok: Tokenizer, prompt: str | list[int]) -> str:
 
 
 class _Logprobs:
-    """Builds the legacy logprobs lists for one choice; text_offset counts from the choice's start."""
+    """Builds the legacy logprobs lists for one choice; text_offset counts from the choice's start.
+    Tokens are named as gateway/openai/token_bytes.py says, so top_logprobs keys never collide."""
 
     def __init__(self, tok: Tokenizer) -> None:
         self._tok = tok
-        self.offset = 0
+        self._offsets = TextOffsets()
 
     def convert(self, logprobs: list[TokenLogprob]) -> CompletionLogprobs:
         out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
         for lp in logprobs:
-            text = token_text(self._tok, lp.token_id)[0]
-            out.tokens.append(text)
+            raw = token_bytes(self._tok, lp.token_id)
+            out.tokens.append(token_string(raw))
             out.token_logprobs.append(lp.logprob)
-            out.top_logprobs.append({token_text(self._tok, t)[0]: value for t, value in lp.top})
-            out.text_offset.append(self.offset)
-            self.offset += len(text)
+            out.top_logprobs.append({token_string(token_bytes(self._tok, t)): value for t, value in lp.top})
+            out.text_offset.append(self._offsets.next(raw))
         return out
 
 

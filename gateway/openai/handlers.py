@@ -10,7 +10,7 @@ from gateway.metrics import ServingMetrics, metrics_endpoint
 from gateway.openai.chat import create_chat_completion
 from gateway.openai.completions import create_completion
 from gateway.openai.openapi import openapi_endpoint
-from gateway.openai.protocol import ModelCard, ModelList
+from gateway.openai.protocol import Health, ModelCard, ModelList
 from gateway.openai.serving import ApiError, ServingContext, json_response
 
 
@@ -56,4 +56,4 @@ async def get_model(ctx: ServingContext, request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return Response(body=b'{"status":"ok"}')
+    return json_response(Health(status="ok"))

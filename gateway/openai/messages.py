@@ -23,9 +23,11 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
                            param="messages")
         content = message.get("content")
         if content is None:
-            # An assistant turn may be only its tool calls; every other turn says something.
-            if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
-                continue
+            if role == "assistant":
+                if _acts_without_content(message):
+                    continue
+                raise ApiError(400, f"messages[{i}].content is required for an assistant message without "
+                                    "tool_calls or a refusal", param="messages")
             raise ApiError(400, f"messages[{i}].content is required for a {role} message", param="messages")
         if isinstance(content, list):
             _check_parts(i, content)
@@ -34,12 +36,19 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
                            param="messages")
 
 
+def _acts_without_content(message: dict[str, Any]) -> bool:
+    """An assistant turn may be only its tool calls, or a refusal (rendered as its text)."""
+    return bool(message.get("tool_calls") or message.get("function_call")) or isinstance(message.get("refusal"), str)
+
+
 def _check_parts(i: int, parts: list[Any]) -> None:
     for j, part in enumerate(parts):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise ApiError(400, f"messages[{i}].content[{j}] must be an object with a type", param="messages")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             raise ApiError(400, f"messages[{i}].content[{j}].text must be a string", param="messages")
+        if part["type"] == "refusal" and not isinstance(part.get("refusal"), str):
+            raise ApiError(400, f"messages[{i}].content[{j}].refusal must be a string", param="messages")
 
 
 def check_unsupported(tools: list[Any] | None, tool_choice: Any, response_format: dict[str, Any] | None) -> None:

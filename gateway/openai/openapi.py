@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.http import Request, Response, Router
 from gateway.openai.protocol import (
@@ -21,15 +22,13 @@ from gateway.openai.protocol import (
     Completion,
     CompletionRequest,
     ErrorBody,
+    Health,
     ModelCard,
     ModelList,
+    SamplingFields,
 )
 
 _REF = "#/components/schemas/{name}"
-
-
-class Health(msgspec.Struct):
-    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +36,11 @@ class Operation:
     method: str
     path: str
     summary: str
-    request: type | None = None
+    request: type[SamplingFields] | None = None
     response: type | None = None  # a JSON body
     stream_event: type | None = None  # the event type when the body may be server-sent events
-    text_response: str | None = None  # a non-JSON body's media type
+    other_body: tuple[str, dict[str, Any]] | None = None  # a body no Struct describes: media type, schema
+    also: tuple[str, str] | None = None  # another status answered with the same body, and when
 
 
 OPERATIONS = (
@@ -49,9 +49,11 @@ OPERATIONS = (
     Operation("POST", "/v1/completions", "Create a completion", CompletionRequest, Completion, Completion),
     Operation("GET", "/v1/models", "List models", response=ModelList),
     Operation("GET", "/v1/models/{model}", "Retrieve a model", response=ModelCard),
-    Operation("GET", "/health", "Liveness", response=Health),
-    Operation("GET", "/metrics", "Prometheus metrics", text_response="text/plain; version=0.0.4"),
-    Operation("GET", "/openapi.json", "This document", text_response="application/json"),
+    Operation("GET", "/health", "Liveness", response=Health, also=("503", "Some model has no healthy host")),
+    # The exposition format prometheus_client writes, the very header both servers send.
+    Operation("GET", "/metrics", "Prometheus metrics", other_body=(CONTENT_TYPE_LATEST, {"type": "string"})),
+    Operation("GET", "/openapi.json", "This document",
+              other_body=("application/json", {"type": "object", "description": "An OpenAPI 3.1 document"})),
 )
 
 
@@ -66,6 +68,8 @@ def openapi_document(routes: list[tuple[str, str]] | None = None, title: str = "
         types.extend(t for t in (op.request, op.response, op.stream_event) if t is not None)
     types = list(dict.fromkeys(types))
     refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+    for request in {op.request for op in operations if op.request is not None}:
+        _leave_out(components[request.__name__], request.INTERNAL)
     ref_of = dict(zip(types, refs))
     error = {"description": "An OpenAI-style error", "content": {"application/json": {"schema": ref_of[ErrorBody]}}}
     paths: dict[str, dict[str, Any]] = {}
@@ -76,15 +80,16 @@ def openapi_document(routes: list[tuple[str, str]] | None = None, title: str = "
         if op.stream_event is not None:
             # Each `data:` line carries one event of this type; the stream ends with `data: [DONE]`.
             content["text/event-stream"] = {"itemSchema": ref_of[op.stream_event]}
-        if op.text_response is not None:
-            content[op.text_response] = {"schema": {"type": "string"}}
+        if op.other_body is not None:
+            media, schema = op.other_body
+            content[media] = {"schema": schema}
         if not content:
             content["application/json"] = {"schema": {}}
-        entry: dict[str, Any] = {
-            "summary": op.summary,
-            "operationId": _operation_id(op),
-            "responses": {"200": {"description": "OK", "content": content}, "default": error},
-        }
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
+        if op.also is not None:
+            responses[op.also[0]] = {"description": op.also[1], "content": content}
+        entry: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op),
+                                 "responses": {**responses, "default": error}}
         params = [seg[1:-1] for seg in op.path.split("/") if seg.startswith("{") and seg.endswith("}")]
         if params:
             entry["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -98,6 +103,14 @@ def openapi_document(routes: list[tuple[str, str]] | None = None, title: str = "
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+def _leave_out(schema: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Drops fields a request type decodes but clients are not to send (the gateway's own)."""
+    for name in fields:
+        schema["properties"].pop(name, None)
+    if "required" in schema:
+        schema["required"] = [name for name in schema["required"] if name not in fields]
 
 
 def _operation_id(op: Operation) -> str:

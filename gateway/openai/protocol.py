@@ -5,9 +5,10 @@ Unknown request fields are ignored (msgspec's default), so newer clients keep wo
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 # OpenAI's max_tokens for a completions request that gives none (chat's runs to the context's end).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -33,20 +34,21 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class SamplingFields(msgspec.Struct, kw_only=True):
-    """Fields both endpoints share; None means "the OpenAI default"."""
+    """Fields both endpoints share; None means "the OpenAI default". Every field OpenAI declares
+    nullable accepts null as "not given" (its client sends None as null)."""
 
     model: ModelName
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
+    n_given: int | None = msgspec.field(default=1, name="n")  # read as `n`, where null is 1
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's form) -> bias
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     # vLLM-style extensions.
     top_k: int | None = None
@@ -60,12 +62,19 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     # finish_reason "length" instead of being refused.
     max_tokens_cap: int | None = None
 
+    # The gateway's fields above, which clients do not set: the OpenAPI document leaves them out.
+    INTERNAL: ClassVar[tuple[str, ...]] = ("priority", "max_tokens_cap")
+
+    @property
+    def n(self) -> int:
+        return 1 if self.n_given is None else self.n_given
+
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     # Plain dicts: the chat template consumes OpenAI's message shape as is.
     messages: list[dict[str, Any]]
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: int | None = None
     # Read only to refuse what this server cannot honour (gateway/openai/messages.py).
     tools: list[Any] | None = None
@@ -77,7 +86,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     # A string, a list of strings, one list of token ids, or a list of such lists.
     prompt: str | list[str | int | list[int]]
     logprobs: int | None = None
-    echo: bool = False  # each choice's text starts with its prompt
+    echo: bool | None = False  # each choice's text starts with its prompt
     # Read only to refuse what this server cannot honour: insertion, and best-of-n reranking.
     suffix: str | None = None
     best_of: int | None = None
@@ -204,11 +213,25 @@ class ModelCard(msgspec.Struct):
     created: int
     owned_by: str = "llmaas"
     object: Literal["model"] = "model"
+    # A gateway with a model catalog (gateway/tenancy/catalog.py) adds each model's lifecycle; the
+    # fields are absent elsewhere. Dates are ISO dates (2025-12-31).
+    publisher: str | UnsetType = UNSET
+    phase: Literal["experimental", "production", "deprecated", "retired"] | UnsetType = UNSET
+    go_live: str | UnsetType = UNSET
+    end_of_support: str | None | UnsetType = UNSET  # None: no end announced
+    replacement: str | None | UnsetType = UNSET  # the model to move to, if the catalog names one
+    served: bool | UnsetType = UNSET  # whether a host serves it here (a catalogued model may not be)
 
 
 class ModelList(msgspec.Struct):
     data: list[ModelCard]
     object: Literal["list"] = "list"
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "degraded"]
+    # A gateway's: the models without a healthy host (it answers 503 while any is listed).
+    models_down: list[str] | UnsetType = UNSET
 
 
 class ErrorInfo(msgspec.Struct):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
@@ -17,7 +16,7 @@ from engine.outputs import RequestOutput, Usage
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from gateway.http import Request, Response
-from gateway.http.json_errors import invalid_json_message
+from gateway.http.json_errors import invalid_json_message, validation_param
 from gateway.metrics import ServingMetrics
 from gateway.openai.protocol import (
     ABORT_TAG_HEADER,
@@ -35,9 +34,6 @@ SYSTEM_FINGERPRINT = "llmaas-0.1.0"
 # Built once: msgspec encoders and decoders are cheap to call, costly to create.
 ENCODER = msgspec.json.Encoder()
 _DONE = b"data: [DONE]\n\n"
-# msgspec's validation messages end with "- at `$.field...`"; the first key is OpenAI's `param`.
-_FIELD = re.compile(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)")
-
 T = TypeVar("T")
 # An abort can reach the engine before the answer it names is registered (the client left while its
 # request was still on its way, or being tokenized): such tags are kept this long, this many at most,
@@ -150,8 +146,7 @@ def decode_body(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
     try:
         return decoder.decode(request.body)
     except msgspec.ValidationError as exc:
-        match = _FIELD.search(str(exc))
-        raise ApiError(400, str(exc), param=match.group(1) if match else None) from None
+        raise ApiError(400, str(exc), param=validation_param(str(exc))) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8 is the latter
         raise ApiError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
 
@@ -212,13 +207,6 @@ def usage_info(usages: list[Usage], reasoning_tokens: int = 0) -> UsageInfo:
 def finish_reason(reason: str | None) -> str | None:
     # The engine's "abort" only reaches a client whose stream we cut; OpenAI has no such value.
     return "stop" if reason == "abort" else reason
-
-
-def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
-    """A token as text and as UTF-8 bytes; a token that is part of a multi-byte character decodes
-    to U+FFFD, since the tokenizer gives us no raw bytes."""
-    text = tokenizer.decode([token_id], skip_special_tokens=False)
-    return text, list(text.encode("utf-8"))
 
 
 def sse(event: msgspec.Struct) -> bytes:

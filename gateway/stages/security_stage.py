@@ -3,7 +3,7 @@ stable code that tells an attacker nothing to tune against."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import security
@@ -17,14 +17,20 @@ class PolicyOverrides(Protocol):
     def get(self, tenant: str | None) -> security.Policy | None: ...
 
 
+# A model's tokenizer, where the gateway has one (`llmaas serve`'s in-process engine): token ids ->
+# their text, special tokens written out.
+Detokenize = Callable[[list[int]], str]
+
+
 class SecurityStage:
     def __init__(self, history: security.History | None = None, default_policy: security.Policy | None = None,
                  tenant_policies: Mapping[str, security.Policy] | None = None,
-                 overrides: PolicyOverrides | None = None) -> None:
+                 overrides: PolicyOverrides | None = None, detokenizers: Mapping[str, Detokenize] | None = None) -> None:
         self.history = history if history is not None else security.History()
         self.default_policy = default_policy or security.Policy()
         self.tenant_policies = dict(tenant_policies or {})
         self.overrides = overrides
+        self.detokenizers = dict(detokenizers or {})
 
     def policy(self, tenant: str | None) -> security.Policy:
         """The operator's policy for the tenant (admin API), else the config's, else the default;
@@ -45,7 +51,9 @@ class SecurityStage:
             verdict = security.check([m for m in messages if isinstance(m, dict)], tenant=tenant, policy=policy,
                                      history=self.history)
         elif _token_ids(payload):
-            verdict = _unscannable(policy)
+            text = _read_token_ids(payload, self.detokenizers.get(exchange.model))
+            verdict = _unscannable(policy) if text is None else \
+                security.check_text(text, tenant=tenant, policy=policy, history=self.history)
         else:
             verdict = security.check_text(_prompt_texts(payload), tenant=tenant, policy=policy, history=self.history)
         exchange.state["verdict"] = verdict.action
@@ -61,10 +69,10 @@ class SecurityStage:
         return None
 
 
-# A completions prompt of token ids: the gateway serves many models and holds no tokenizer, so it
-# cannot read what they say (an injection, a forged `<|im_start|>system` turn by its special ids).
-# The structure layer's mode decides: on refuses them, flag_only lets them through flagged, off
-# lets them through.
+# A completions prompt of token ids is read with the model's tokenizer where the gateway has one;
+# a fleet's gateway holds none, so it cannot read what they say (an injection, a forged
+# `<|im_start|>system` turn by its special ids), and the structure layer's mode decides: on refuses
+# them, flag_only lets them through flagged, off lets them through.
 UNSCANNABLE_RULE = "structure.token_ids"
 UNSCANNABLE_MESSAGE = ("Prompt security reads text: send the prompt as text. Prompts of token ids are refused "
                        "under this key's security policy.")
@@ -73,6 +81,18 @@ UNSCANNABLE_MESSAGE = ("Prompt security reads text: send the prompt as text. Pro
 def _token_ids(payload: object) -> bool:
     prompt = payload.get("prompt") if isinstance(payload, dict) else None
     return isinstance(prompt, list) and any(isinstance(p, (int, list)) for p in prompt)
+
+
+def _read_token_ids(payload: dict, detokenize: Detokenize | None) -> str | None:
+    """The prompts' text, or None when it cannot be read here (no tokenizer, ids it does not know)."""
+    if detokenize is None:
+        return None
+    prompt = payload["prompt"]
+    lists = prompt if all(isinstance(p, list) for p in prompt) else [prompt]
+    try:
+        return "\n".join(detokenize(ids) for ids in lists)
+    except Exception:  # ids out of the vocabulary, a bad shape: the engine refuses those, unread
+        return None
 
 
 def _unscannable(policy: security.Policy) -> security.Verdict:

@@ -67,6 +67,16 @@ def split_secret(secret: str) -> tuple[str, str] | None:
     return token_id, key
 
 
+def _unusable(secret: str) -> str:
+    """Why `secret` cannot be a key. The prefix marks secrets made here, whose id is their public part;
+    a chosen key in that form is refused rather than read as foreign, so a secret's form always
+    says which it is (the native lane parses them the same way, csrc/gateway/tenants.cpp)."""
+    if secret.startswith(PREFIX):
+        return (f"an API key starting with {PREFIX!r} must be one this server made ({PREFIX}<12-character id>_<key>); "
+                f"choose a key without that prefix")
+    return f"an API key needs at least {MIN_FOREIGN_LEN} characters"
+
+
 def check_tenant(tenant: str) -> None:
     if not isinstance(tenant, str) or TENANT_NAME.fullmatch(tenant) is None:
         raise ValueError(f"a tenant name is 1 to 128 letters, digits or . _ @ : + -; got {tenant!r}")
@@ -136,7 +146,7 @@ class TokenService:
         """Stores (the hash of) a secret chosen outside, e.g. LLMAAS_API_KEY; idempotent."""
         parts = self.parse(secret)
         if parts is None:
-            raise ValueError(f"an API key needs at least {MIN_FOREIGN_LEN} characters")
+            raise ValueError(_unusable(secret))
         token_id, key = parts
         existing = self._store.get_token(token_id)
         if existing is not None and existing.revoked_at is None:

@@ -54,8 +54,10 @@ def start_serve_stack(folder: Path) -> tuple[Running, Callable[[], None]]:
     tenancy = Tenancy.open(str(folder / "llmaas.db"))
     api_key, _ = tenancy.tokens.create("test", "standard", models=["smollm2:*"])
     engine_router = build_router(engine)
+    # As `llmaas serve` builds it: prompt security reads token ids with the engine's tokenizer.
     gateway = Gateway(GatewayConfig(models=[ModelEntry(name=MODEL, hosts=[LOCAL_ENGINE_URL])]),
-                      backend_for=lambda url: LocalBackend(engine_router, url), tenancy=tenancy)
+                      backend_for=lambda url: LocalBackend(engine_router, url), tenancy=tenancy,
+                      detokenizers={MODEL: lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=False)})
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()

@@ -134,6 +134,37 @@ def test_served_document_is_the_generated_one() -> None:
     assert "/v1/chat/completions" in served["paths"] and "/metrics" in served["paths"]
 
 
+def test_internal_request_fields_are_not_advertised() -> None:
+    # The gateway sets priority and max_tokens_cap for the engine; a client has no business sending them.
+    schemas = openapi_document()["components"]["schemas"]
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        assert not {"priority", "max_tokens_cap"} & set(schemas[name]["properties"])
+        assert {"model", "n", "max_tokens"} <= set(schemas[name]["properties"])
+
+
+def test_bodies_no_struct_describes_are_documented_as_served() -> None:
+    router = served_engine_router()
+
+    async def main() -> dict[str, tuple[str, bytes]]:
+        server = await serve(router, "127.0.0.1", 0)
+        try:
+            def get(path: str) -> tuple[str, bytes]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as response:
+                    return response.headers["content-type"], response.read()
+            return {path: await asyncio.to_thread(get, path) for path in ("/metrics", "/openapi.json", "/health")}
+        finally:
+            await server.shutdown(1.0)
+
+    served = asyncio.run(main())
+    document = openapi_document(router.routes())
+    components = document["components"]["schemas"]
+    for path, (content_type, body) in served.items():
+        [(media, described)] = document["paths"][path]["get"]["responses"]["200"]["content"].items()
+        assert media == content_type
+        value = json.loads(body) if media == "application/json" else body.decode()
+        assert validate(described["schema"], value, components), path
+
+
 def _walk(node: Any) -> list[Any]:
     out = [node]
     children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []

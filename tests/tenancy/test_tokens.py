@@ -190,8 +190,18 @@ def test_foreign_key_from_environment(tenancy: Tenancy) -> None:
     assert tenancy.authenticate(bearer("my-own-local-key-123")).tenant == "local"
     with pytest.raises(AuthenticationError):
         tenancy.authenticate(bearer("my-own-local-key-124"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 16 characters"):
         tenancy.tokens.register("short", "local", "local")
+
+
+def test_a_chosen_key_in_our_secrets_namespace_is_refused_for_what_it_is(tenancy: Tenancy) -> None:
+    # Long enough, but `llmaas-` marks the secrets made here (llmaas-<id>_<key>), which it is not.
+    with pytest.raises(ValueError, match="starting with 'llmaas-' must be one this server made") as info:
+        tenancy.tokens.register("llmaas-probe-key-0123456789abcdef0123456789", "local", "local")
+    assert "16 characters" not in str(info.value)
+    # A secret made here may be given back as LLMAAS_API_KEY: it is that token.
+    secret, record = tenancy.tokens.create("local", "local")
+    assert tenancy.tokens.register(secret, "local", "local").id == record.id
 
 
 def test_concurrent_auto_rotation_makes_one_successor(tenancy: Tenancy, clock: FakeClock) -> None:
