@@ -27,6 +27,9 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--served-model-name", nargs="+", metavar="NAME",
                         help="names the API serves the model under (default: --model as given)")
+    engine.add_argument("--api-key", default=os.environ.get("LLMAAS_ENGINE_API_KEY"),
+                        help="a bearer token every /v1 and /internal request must carry (default: "
+                             "$LLMAAS_ENGINE_API_KEY; none: open to whoever reaches the port)")
     _add_common(engine, host="127.0.0.1")
     engine.set_defaults(run=run_engine)
 
@@ -93,7 +96,7 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     try:
         names = getattr(args, "served_model_name", None) or [args.model]
         engine_metrics = ServingMetrics(engine)
-        router = build_router(engine, names, engine_metrics)
+        router = build_router(engine, names, engine_metrics, api_key=getattr(args, "api_key", None))
         startup = shutdown = connections = None
         if with_gateway:
             gateway = _local_gateway(names[0], router, require_auth=not args.no_auth,

@@ -4,6 +4,9 @@ report gateways route by (GET /internal/load)."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+from collections.abc import Callable
 
 import msgspec
 
@@ -11,7 +14,8 @@ from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from gateway.fleet.host import LoadReport
-from gateway.http import Request, Response, Router
+from gateway.http import Request, Response, Router, StreamingResponse, error_response
+from gateway.http.app import Handler
 from gateway.metrics import ServingMetrics
 from gateway.openai import ServingContext, add_openai_routes
 
@@ -26,15 +30,39 @@ def load_engine(model: str, config: EngineConfig) -> AsyncLLMEngine:
 
 
 def build_router(engine: AsyncLLMEngine, model_names: list[str] | None = None,
-                 metrics: ServingMetrics | None = None) -> Router:
+                 metrics: ServingMetrics | None = None, api_key: str | None = None) -> Router:
     """Routes for `engine`, served under `model_names` (default: the name it was loaded by),
-    counted in `metrics` (default: a registry of their own)."""
+    counted in `metrics` (default: a registry of their own). With `api_key`, the /v1 and /internal
+    routes answer only requests that carry it as a bearer token (as vLLM's --api-key: /health,
+    /metrics and /openapi.json stay open)."""
     router = Router()
+    guard = keyed(api_key)
     ctx = ServingContext(engine, model_names or [engine.engine.model_name], metrics=metrics)
-    add_openai_routes(router, ctx)
-    router.add("GET", "/internal/load", functools.partial(load_report, engine))
-    router.add("POST", "/internal/abort/{tag}", functools.partial(abort_tagged, ctx))
+    add_openai_routes(router, ctx, guard)
+    router.add("GET", "/internal/load", guard(functools.partial(load_report, engine)))
+    router.add("POST", "/internal/abort/{tag}", guard(functools.partial(abort_tagged, ctx)))
     return router
+
+
+def keyed(api_key: str | None) -> Callable[[Handler], Handler]:
+    """Wraps a handler so that it answers only requests bearing `api_key` (none: the handler as is)."""
+    if not api_key:
+        return lambda handler: handler
+    expected = hashlib.sha256(api_key.encode()).digest()
+
+    def guard(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response | StreamingResponse:
+            header = request.headers.get("authorization", "")
+            presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+            # Digests of equal length, compared in constant time: the key's length does not show.
+            if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), expected):
+                return error_response(401, "A valid API key is required: send it as `Authorization: Bearer KEY`.",
+                                      "invalid_api_key")
+            return await handler(request)
+
+        return guarded
+
+    return guard
 
 
 async def abort_tagged(ctx: ServingContext, request: Request) -> Response:

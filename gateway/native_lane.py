@@ -146,7 +146,8 @@ class NativeLane:
             ip = _address(host)
             assert ip is not None  # unavailable() checked it
             index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port,
-                                                    abortable=host.kind == "llmaas")
+                                                    abortable=host.kind == "llmaas",
+                                                    authorization=host.backend.authorization or "")
             self._hosts.append(host)
         for model, hosts in fleet.by_model.items():
             self._plane.add_model(model, [index[h.name] for h in hosts])

@@ -66,6 +66,7 @@ void Loop::send_upstream(ClientConn* c, bool fresh) {
   u->out.append("\r\ncontent-type: application/json\r\nx-request-id: ").append(c->request_id);
   c->abort_tag.assign(tag_prefix_).append(std::to_string(next_tag_++));
   u->out.append("\r\nx-llmaas-abort-tag: ").append(c->abort_tag);
+  if (!h.authorization.empty()) u->out.append("\r\nauthorization: ").append(h.authorization);
   u->out.append("\r\n\r\n").append(body);
   u->out_pos = 0;
   u->in.clear();
@@ -232,8 +233,11 @@ void Loop::send_abort(int host, const std::string& tag) {
   std::string error;
   UpstreamConn* u = connect_to(host, &error);
   if (u == nullptr) return;
-  u->out.assign("POST /internal/abort/").append(tag).append(" HTTP/1.1\r\nhost: ").append(hosts_.host(host).address);
-  u->out.append("\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+  const Host& h = hosts_.host(host);
+  u->out.assign("POST /internal/abort/").append(tag).append(" HTTP/1.1\r\nhost: ").append(h.address);
+  u->out.append("\r\ncontent-length: 0\r\nconnection: close");
+  if (!h.authorization.empty()) u->out.append("\r\nauthorization: ").append(h.authorization);
+  u->out.append("\r\n\r\n");
   u->deadline = now_ + config_.connect_timeout_s;
 }
 

@@ -56,7 +56,7 @@ std::unique_ptr<DataPlane> make_plane(const py::dict& c) {
 }
 
 int add_host(DataPlane& plane, const std::string& name, const std::string& address, const std::string& ip, int port,
-             bool abortable) {
+             bool abortable, const std::string& authorization) {
   sockaddr_storage storage{};
   socklen_t len = 0;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
@@ -74,6 +74,7 @@ int add_host(DataPlane& plane, const std::string& name, const std::string& addre
   }
   int index = plane.hosts().add_host(name, address, storage, len);
   plane.hosts().host(index).abortable = abortable;
+  plane.hosts().host(index).authorization = authorization;
   return index;
 }
 
@@ -184,7 +185,7 @@ PYBIND11_MODULE(_native, m) {
   py::class_<DataPlane>(m, "DataPlane")
       .def(py::init(&make_plane), py::arg("config"))
       .def("add_host", &add_host, py::arg("name"), py::arg("address"), py::arg("ip"), py::arg("port"),
-           py::arg("abortable") = true)
+           py::arg("abortable") = true, py::arg("authorization") = std::string())
       .def("add_model", [](DataPlane& p, const std::string& model, const std::vector<int>& hosts) {
         p.hosts().add_model(model, hosts);
       })

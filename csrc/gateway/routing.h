@@ -23,6 +23,7 @@ struct Host {
   std::string name;     // the configured URL, e.g. http://10.0.0.5:8001 (the rendezvous input)
   std::string address;  // host:port, as the Host header
   bool abortable = true;  // one of our engines (kind llmaas): it stops a tagged request on demand
+  std::string authorization;  // "Bearer KEY" for an engine that wants a key, else empty
   sockaddr_storage sockaddr{};
   socklen_t sockaddr_len = 0;
   std::atomic<bool> healthy{true};

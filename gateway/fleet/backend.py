@@ -40,16 +40,21 @@ class Backend(Protocol):
 class HttpBackend:
     """An engine host at http://host:port, through a pool of keep-alive connections."""
 
-    def __init__(self, url: str, connect_timeout_s: float, first_byte_timeout_s: float) -> None:
+    def __init__(self, url: str, connect_timeout_s: float, first_byte_timeout_s: float,
+                 api_key: str | None = None) -> None:
         host, port = split_url(url)
         self.name = url.rstrip("/")
         self._pool = ConnectionPool(host, port, connect_timeout_s)
         self._first_byte_timeout_s = first_byte_timeout_s
+        # The engine's key (`llmaas engine --api-key`), last of every request's headers.
+        self.authorization = f"Bearer {api_key}" if api_key else None
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: list[tuple[str, str]] | None = None) -> UpstreamResponse:
         all_headers = [("content-type", "application/json")] if body else []
         all_headers.extend(headers or ())
+        if self.authorization is not None:
+            all_headers.append(("authorization", self.authorization))
         return await self._pool.request(method, path, body, all_headers, self._first_byte_timeout_s)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import msgspec
@@ -46,6 +47,17 @@ class HostEntry(msgspec.Struct, forbid_unknown_fields=True):
     url: str
     # "llmaas": an `llmaas engine` (load reports at /internal/load); "openai": any OpenAI-compatible server.
     kind: str = "llmaas"
+    # The environment variable that holds the engine's API key (`llmaas engine --api-key`, vLLM's
+    # --api-key), sent as a bearer token with every request to it; the key itself stays out of files.
+    api_key_env: str | None = None
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"host {self.url!r}: api_key_env names {self.api_key_env}, which is not set")
+        return key
 
 
 class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,5 +135,6 @@ def _check(config: GatewayConfig) -> None:
             split_url(host.url)
             if host.kind not in ("llmaas", "openai"):
                 raise ConfigError(f"host {host.url!r}: kind must be llmaas or openai")
+            host.api_key()
     if config.routing.max_attempts < 1 or config.routing.failure_threshold < 1:
         raise ConfigError("invalid gateway config: max_attempts and failure_threshold must be >= 1")

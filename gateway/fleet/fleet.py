@@ -19,7 +19,6 @@ class Fleet:
         """backend_for: url -> Backend (default: pooled HTTP); `llmaas serve` maps its engine's url
         to the in-process backend."""
         routing = config.routing
-        make = backend_for or (lambda url: HttpBackend(url, routing.connect_timeout_s, routing.first_byte_timeout_s))
         self.routing = routing
         self.hosts: dict[str, HostState] = {}
         self.by_model: dict[str, list[HostState]] = {}
@@ -28,7 +27,9 @@ class Fleet:
                 url = entry.url.rstrip("/")
                 host = self.hosts.get(url)
                 if host is None:
-                    host = self.hosts[url] = HostState(make(url), entry.kind)
+                    backend = backend_for(url) if backend_for is not None else \
+                        HttpBackend(url, routing.connect_timeout_s, routing.first_byte_timeout_s, entry.api_key())
+                    host = self.hosts[url] = HostState(backend, entry.kind)
                 host.models.add(model.name)
                 self.by_model.setdefault(model.name, []).append(host)
         self._task: asyncio.Task[None] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from gateway.http import Request, Response, Router, StreamingResponse
 from gateway.http.app import Handler
@@ -14,13 +15,15 @@ from gateway.openai.protocol import Health, ModelCard, ModelList
 from gateway.openai.serving import ApiError, ServingContext, json_response
 
 
-def add_openai_routes(router: Router, ctx: ServingContext) -> None:
-    """Every route of the engine server; /openapi.json documents exactly these (see tests)."""
+def add_openai_routes(router: Router, ctx: ServingContext,
+                      guard: Callable[[Handler], Handler] = lambda handler: handler) -> None:
+    """Every route of the engine server; /openapi.json documents exactly these (see tests).
+    `guard` wraps the /v1 routes (the engine's API key)."""
     metrics = ctx.metrics
     assert metrics is not None, "ServingContext makes one"
 
     def add(method: str, path: str, handler: Handler) -> None:
-        router.add(method, path, _counted(metrics, path, handler))
+        router.add(method, path, _counted(metrics, path, guard(handler)))
 
     add("POST", "/v1/chat/completions", functools.partial(create_chat_completion, ctx))
     add("POST", "/v1/completions", functools.partial(create_completion, ctx))

@@ -31,6 +31,8 @@ class FakeEngine:
     spaced_json: bool = False  # stream events as json.dumps writes them ("key": value), as some servers do
     page: bytes | None = None  # answer every request 200 with this text/html page instead
     stall_after: int | None = None  # a stream stops after this many events, never ending
+    api_key: str | None = None  # answer only requests bearing it (`llmaas engine --api-key`)
+    unauthorized: int = 0  # requests refused for want of the key
     prompt_tokens: int = 5
     cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
@@ -70,7 +72,15 @@ class FakeEngine:
         if self.server is not None:
             await self.server.shutdown(0.0)
 
+    def _refused(self, request: Request) -> Response | None:
+        if self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}":
+            return None
+        self.unauthorized += 1
+        return Response(status=401, body=b'{"error":{"message":"key","type":"invalid_request_error"}}')
+
     async def load(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         self.clients.add(request.client)
         await asyncio.sleep(self.load_delay_s)
         if self.load_status != 200:
@@ -80,10 +90,14 @@ class FakeEngine:
         return Response(body=msgspec.json.encode(report))
 
     async def abort(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         self.aborts.append(request.path_params["tag"])
         return Response(body=b'{"aborted":0}')  # a double: the answer still comes when it was to
 
     async def complete(self, request: Request) -> Response | StreamingResponse:
+        if (refused := self._refused(request)) is not None:
+            return refused
         body = msgspec.json.decode(request.body)
         self.requests.append(body)
         if "x-llmaas-abort-tag" in request.headers:

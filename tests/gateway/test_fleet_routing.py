@@ -5,6 +5,7 @@ test runs twice: through the Python server alone, and through the native lane in
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,12 +13,13 @@ from contextlib import asynccontextmanager
 import msgspec
 import pytest
 
-from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection, SecuritySection, TenancySection
+from gateway.fleet.config import (GatewayConfig, HostEntry, ModelEntry, RoutingSection, SecuritySection,
+                                  TenancySection)
 from gateway.fleet.health import probe
 from gateway.gateway_server import Gateway
 from gateway.http import serve
 from tests.gateway.fake_engine import FakeEngine
-from tests.gateway.raw_client import RawResponse, get, post, post_and_leave
+from tests.gateway.raw_client import RawResponse, encode_request, get, post, post_and_leave
 
 MODEL = "m"
 LANES = ["python", "native"]
@@ -39,13 +41,14 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 
 
 @asynccontextmanager
-async def fleet(engines: list[FakeEngine], extra_urls: tuple[str, ...] = (), **routing: object
-                ) -> AsyncIterator[tuple[Gateway, Client]]:
+async def fleet(engines: list[FakeEngine], extra_urls: tuple[str, ...] = (), api_key_env: str | None = None,
+                **routing: object) -> AsyncIterator[tuple[Gateway, Client]]:
     for engine in engines:
         await engine.start()
     urls = [e.url for e in engines] + list(extra_urls)
+    hosts: list[str | HostEntry] = [HostEntry(url, api_key_env=api_key_env) for url in urls] if api_key_env else urls
     # Routing alone: the tenant stages have their own tests.
-    config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)],
+    config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=hosts)],
                            routing=RoutingSection(**{"health_interval_s": 0.05, **routing}),  # type: ignore[arg-type]
                            tenancy=TenancySection(enabled=False), security=SecuritySection(enabled=False))
     gateway = Gateway(config)
@@ -164,6 +167,31 @@ def test_no_host_left_is_a_clear_503() -> None:
             response = await client.post("/v1/chat/completions", json=chat())
         assert response.status == 503
         assert response.json()["error"]["code"] == "engine_unavailable"
+    run(test)
+
+
+def test_engines_that_want_a_key_get_it_with_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_ENGINE_KEY", "engine-secret")
+
+    async def test() -> None:
+        a, b = FakeEngine("a", api_key="engine-secret"), FakeEngine("b", api_key="engine-secret")
+        async with fleet([a, b], api_key_env="TEST_ENGINE_KEY") as (gateway, client):
+            for i in range(4):
+                response = await client.post("/v1/chat/completions", json=chat(f"q{i}", stream=i % 2 == 1))
+                assert response.status == 200
+            await asyncio.sleep(0.2)  # health probes carry it too
+            assert all(h.healthy for h in gateway.fleet.hosts.values())
+            a.delay_s = b.delay_s = 0.3  # a whole answer a client leaves: the abort carries it too
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            writer.write(encode_request("POST", "/v1/chat/completions", json.dumps(chat("bye")).encode()))
+            await asyncio.sleep(0.2)
+            writer.transport.abort()
+            for _ in range(50):
+                if a.aborts or b.aborts:
+                    break
+                await asyncio.sleep(0.05)
+        assert a.aborts or b.aborts
+        assert a.unauthorized == b.unauthorized == 0 and a.requests and b.requests
     run(test)
 
 

@@ -178,3 +178,13 @@ def test_a_timeout_on_a_pooled_connection_is_not_retried_on_a_fresh_one() -> Non
             server.close()
 
     asyncio.run(asyncio.wait_for(test(), 10))
+
+
+def test_a_host_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = '[[models]]\nname = "m"\nhosts = [{url = "http://10.0.0.1:9000", api_key_env = "ENGINE_KEY_FOR_TEST"}]\n'
+    monkeypatch.delenv("ENGINE_KEY_FOR_TEST", raising=False)
+    with pytest.raises(ConfigError, match="ENGINE_KEY_FOR_TEST, which is not set"):
+        parse_config(text)
+    monkeypatch.setenv("ENGINE_KEY_FOR_TEST", "k")
+    [host] = parse_config(text).models[0].hosts
+    assert not isinstance(host, str) and host.api_key() == "k"

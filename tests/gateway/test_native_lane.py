@@ -126,6 +126,7 @@ def test_engine_errors_are_relayed() -> None:
     json.dumps(chat(stream=True)).encode(), json.dumps({"model": "nope", "prompt": "x"}).encode(),
     json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}).encode(),
     json.dumps(chat(max_tokens=2**62, n=4)).encode(),  # an estimate beyond int64: Python's integers
+    json.dumps(chat(stream=None, n=None, max_tokens=None)).encode(),  # null: not given, as OpenAI declares
 ])
 def test_what_the_lane_does_not_serve_the_python_server_answers(body: bytes) -> None:
     async def test() -> None:

@@ -483,3 +483,28 @@ def test_prompts_of_token_ids_are_read_by_prompt_security(running: Running) -> N
         assert code == status, (prompt, answer)
         if status == 400:
             assert json.loads(answer)["error"]["code"] == "prompt_injection_detected"
+
+
+def test_an_engine_with_an_api_key_answers_only_who_bears_it(running: Running) -> None:
+    from gateway.engine_server import build_router
+
+    engine = running.start(build_router(running.engine, [MODEL], api_key="engine-secret"))
+    body = json.dumps({"model": MODEL, "messages": CAPITAL, "max_tokens": 1}).encode()
+
+    def ask(method: str, path: str, key: str | None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=30)
+        headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+        conn.request(method, path, body=body if method == "POST" else None, headers=headers)
+        answer = conn.getresponse()
+        status, data = answer.status, answer.read()
+        conn.close()
+        return status, data
+
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/internal/load"),
+                         ("POST", "/internal/abort/x")):
+        for key in (None, "wrong", "engine-secre"):
+            status, data = ask(method, path, key)
+            assert status == 401 and json.loads(data)["error"]["code"] == "invalid_api_key", (path, key)
+        assert ask(method, path, "engine-secret")[0] == 200, path
+    for path in ("/health", "/metrics", "/openapi.json"):  # as vLLM's --api-key leaves them
+        assert ask("GET", path, None)[0] == 200
