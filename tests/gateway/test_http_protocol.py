@@ -504,16 +504,22 @@ def test_empty_lines_do_not_keep_an_idle_connection_open() -> None:
     run_with_server(check)
 
 
+async def non_reading_client(server: Server) -> asyncio.StreamWriter:
+    """A connection whose receive buffer is small, so that what it does not read stays with us."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    return writer
+
+
 def test_a_client_that_does_not_read_holds_neither_memory_nor_its_socket() -> None:
     # Cheap pipelined requests, big answers, a client that never reads: answering waits at the
     # write buffer's high-water mark instead of holding every answer in memory, and the connection
     # is dropped once the client has read nothing for send_timeout_s.
     async def check(server: Server, probe: Probe) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
+        writer = await non_reading_client(server)
         writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
         await asyncio.sleep(LIMITS.send_timeout_s / 2)
         buffered = [c._buffered() for c in server._state.connections]
@@ -527,11 +533,7 @@ def test_a_client_that_does_not_read_holds_neither_memory_nor_its_socket() -> No
 
 def test_a_whole_answer_nobody_reads_is_dropped_after_the_send_timeout() -> None:
     async def check(server: Server, probe: Probe) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
+        writer = await non_reading_client(server)
         writer.write(b"GET /big?bytes=33554432 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await asyncio.sleep(0.2)
         assert server._state.connections  # closing, its answer still buffered
