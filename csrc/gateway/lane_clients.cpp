@@ -130,8 +130,13 @@ void Loop::start_request(ClientConn* c) {
     send_client(c, keep_alive ? config_.overload_response : config_.overload_close_response, keep_alive);
     return;
   }
-  // The Python path's estimate (proxy.py _exchange): `or` there skips zeros as well as nulls.
   const RequestFields& f = c->fields;
+  if ((f.has_max_tokens && f.max_tokens < 1) || (f.has_max_completion_tokens && f.max_completion_tokens < 1) ||
+      (f.has_n && f.n < 1)) {
+    hand_off(c);  // sizes proxy.py refuses (_check_sizes), with its words
+    return;
+  }
+  // The Python path's estimate (proxy.py _exchange).
   int64_t max_tokens = (f.has_max_completion_tokens && f.max_completion_tokens != 0) ? f.max_completion_tokens
                        : (f.has_max_tokens && f.max_tokens != 0)                    ? f.max_tokens
                        : c->head.target == kCompletionsPath                         ? kCompletionsDefaultMaxTokens
@@ -151,6 +156,7 @@ void Loop::start_request(ClientConn* c) {
   if (!c->head.request_id.empty()) c->request_id.assign(c->head.request_id);
   else c->request_id = config_.id_prefix + std::to_string(next_id_++);
   c->started = now_;
+  c->first_byte = 0;
   c->attempts = 0;
   c->tried.clear();
   c->last_error.assign("no healthy host");

@@ -50,7 +50,7 @@ struct ClientConn : Endpoint {
   std::vector<int> tried;
   std::string last_error;         // why the last host tried did not serve it (its 503 names it)
   int64_t cost = 0;
-  double started = 0, first_byte = 0;
+  double started = 0, first_byte = 0;  // first_byte: when an engine's answer came (0: none yet)
   bool fresh_retry = false;       // already retried once on a new connection after a stale one
   UpstreamConn* upstream = nullptr;
 };

@@ -36,12 +36,13 @@ bool Loop::admit_tenant(ClientConn* c) {
 
 bool Loop::settle_tenant(ClientConn* c, int status, const UsageCounts* usage, double* cost) {
   // tenancy_stage.py finish: the engine's counts, else the prompt estimate for an answer it gave
-  // (a client that left before any answer is billed nothing).
+  // (a client that left before any answer, or the lane's own 503 when no engine answered, is
+  // billed nothing).
   TenantCounts counts;
   if (usage != nullptr) {
     counts = TenantCounts{usage->prompt_tokens, usage->cached_tokens, usage->completion_tokens,
                           usage->reasoning_tokens};
-  } else if (status != 499) {
+  } else if (status != 499 && c->first_byte > 0) {
     counts.input = c->prompt_estimate;
   }
   const TenantGrant& grant = c->grant;

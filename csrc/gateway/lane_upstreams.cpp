@@ -215,6 +215,7 @@ void Loop::upstream_answered(UpstreamConn* u, bool reusable) {
     try_host(c);
     return;
   }
+  c->first_byte = now_;  // an engine's answer: relayed, or billed for a client that left
   // A server error is relayed (it may have done work) and counts against the host.
   if (status >= 500) plane_.push_host_event(c->host, true, name + " answered " + std::to_string(status));
   else plane_.push_host_event(c->host, false, std::string());

@@ -111,6 +111,7 @@ class Proxy:
             raise GatewayError(400, str(exc), param=validation_param(str(exc))) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise GatewayError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
+        _check_sizes(fields)
         routing = self.fleet.routing
         text = _prompt_text(fields)
         max_tokens = (fields.max_completion_tokens or fields.max_tokens or default_max_tokens(request.path)
@@ -405,6 +406,15 @@ def _prompt_text(fields: RoutingFields) -> str:
         return " ".join(map(str, prompt[0]))
     raise GatewayError(400, "`prompt` must be a string, a list of strings, a list of token ids or a list of lists of "
                             "token ids", param="prompt")
+
+
+def _check_sizes(fields: RoutingFields) -> None:
+    """Sizes the engine would refuse, refused before a stage reserves them: a negative max_tokens
+    would reserve negative tokens, and leave the tenant's limits in debt for hours."""
+    for name, value in (("max_tokens", fields.max_tokens), ("max_completion_tokens", fields.max_completion_tokens),
+                        ("n", fields.n)):
+        if value is not None and value < 1:
+            raise GatewayError(400, f"{name} must be at least 1, got {value}", param=name)
 
 
 def _token_ids(items: list[object]) -> bool:

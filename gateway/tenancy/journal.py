@@ -31,6 +31,7 @@ import fcntl
 import mmap
 import os
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -96,16 +97,23 @@ def parse(data: bytes) -> list[Entry]:
 class Journal:
     """Not thread-safe: the store serialises `write`, `switch` and `truncate` under its own lock."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, wait_s: float = 0.0) -> None:
+        """wait_s: how long to wait for another process to let it go (a CLI command holds it for
+        the moments it runs; another gateway, for good)."""
         self.path = path
         self.paths = (f"{path}-0", f"{path}-1")
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         first = os.open(self.paths[0], flags, 0o600)
-        try:
-            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)  # on the first file: it guards both
-        except BlockingIOError:
-            os.close(first)
-            raise JournalBusy(path) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)  # on the first file: it guards both
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(first)
+                    raise JournalBusy(path) from None
+                time.sleep(0.05)
         self._fds = [first, os.open(self.paths[1], flags, 0o600)]
         self._maps: list[mmap.mmap | None] = [None, None]
         # Where each file's next frame goes: after the frames already there (a replay truncates them).

@@ -33,6 +33,8 @@ LOCAL_TENANT, LOCAL_TIER = "local", "local"
 # ~8-13 us a row on this machine, so at a few thousand requests/s a 50 ms batch (~250 rows) costs
 # ~10 us a row where a 10 ms one (~30-50 rows) costs 17-25.
 JOURNAL_COMMIT_INTERVAL_S = 0.05
+# A gateway waits this long for the ledger journal that a CLI command holds while it runs.
+JOURNAL_WAIT_S = 2.0
 
 
 def default_db_path() -> str:
@@ -111,7 +113,8 @@ class Tenancy:
     def open(cls, db_path: str | None = None, tiers_path: str | None = None, catalog_path: str | None = None,
              clock: Clock | None = None, prompt_retention_s: float | None = None) -> Tenancy:
         clock = clock or SystemClock()
-        store = SqliteStore(db_path or default_db_path(), flush_interval_s=JOURNAL_COMMIT_INTERVAL_S)
+        store = SqliteStore(db_path or default_db_path(), flush_interval_s=JOURNAL_COMMIT_INTERVAL_S,
+                            journal_wait_s=JOURNAL_WAIT_S)
         tenancy = cls(store, load_config(tiers_path or os.environ.get(TIERS_ENV)), Catalog.load(clock, catalog_path),
                       clock, load_key(), prompt_retention_s)
         tenancy.audit.purge()  # the gateway should also call this periodically (e.g. hourly)

@@ -52,7 +52,9 @@ _HISTORY_FIELDS = list(HistoryEntry.__struct_fields__)
 
 class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], synchronous: str | None = None, batch_max: int = 512,
-                 journal: bool = True, flush_interval_s: float = 0.01) -> None:
+                 journal: bool = True, flush_interval_s: float = 0.01, journal_wait_s: float = 0.0) -> None:
+        """journal_wait_s: how long to wait for the ledger journal's lock (a gateway waits out a CLI
+        command that holds it; without the journal its native lane would stay off)."""
         self.path = str(path)
         synchronous = (synchronous or os.environ.get(SYNC_ENV) or "NORMAL").upper()
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
@@ -64,7 +66,7 @@ class SqliteStore:
         ledger_journal: Journal | None = None
         if journal and self.path != ":memory:" and synchronous == "NORMAL":
             try:
-                ledger_journal = Journal(self.path + SUFFIX)
+                ledger_journal = Journal(self.path + SUFFIX, journal_wait_s)
             except JournalBusy:
                 pass  # another process owns it: write directly, replay nothing
         self.writer = SqliteWriter(writer_conn, ledger_journal, batch_max, flush_interval_s)

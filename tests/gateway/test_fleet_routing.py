@@ -272,7 +272,7 @@ def test_a_200_that_is_not_a_completion_is_served_by_another_host() -> None:
 def test_a_frozen_probe_does_not_hold_back_another_hosts_return() -> None:
     async def test() -> None:
         frozen, ok = FakeEngine("frozen", load_delay_s=30.0), FakeEngine("ok")
-        async with fleet([frozen, ok], health_interval_s=0.05, health_timeout_s=10.0) as (gateway, _):
+        async with fleet([frozen, ok], health_interval_s=0.05, health_timeout_s=2.0) as (gateway, _):
             await asyncio.sleep(0.2)  # the frozen host's probe is under way
             host = gateway.fleet.hosts[ok.url]
             host.healthy = False

@@ -20,9 +20,10 @@ import pytest
 from gateway.fleet.config import GatewayConfig, ModelEntry, RoutingSection, SecuritySection, ServerSection, TenancySection
 from gateway.gateway_server import Gateway
 from gateway.http import serve
-from gateway.tenancy import SqliteStore, Tenancy
+from gateway.tenancy import SqliteStore, SystemClock, Tenancy
 from gateway.tenancy.lane_ledger import parse
 from gateway.tenancy.store import TokenRecord
+from gateway.tenancy.tokens import TokenService
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.raw_client import RawResponse, get, parse_response
 
@@ -367,10 +368,10 @@ def test_a_revocation_by_another_process_reaches_the_lane_within_a_second(tmp_pa
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
             secret, record = await served_key(lane)
-            # The CLI's way: its own store on the database, no word to the gateway.
-            cli = Tenancy.open(lane.tenancy.store.path)  # type: ignore[attr-defined]
+            # The CLI's way (cli_tokens.py): its own store on the database, no word to the gateway.
+            cli = SqliteStore(lane.tenancy.store.path)  # type: ignore[attr-defined]
             try:
-                cli.tokens.revoke(record.id)
+                TokenService(cli, SystemClock(), lane.tenancy.config.token_policy).revoke(record.id)
             finally:
                 cli.close()
             deadline = time.monotonic() + 3
@@ -378,4 +379,37 @@ def test_a_revocation_by_another_process_reaches_the_lane_within_a_second(tmp_pa
                 assert time.monotonic() < deadline, "the lane still serves a revoked key"
                 await asyncio.sleep(0.05)
             assert answer.status == 401 and b"revoked" in answer.content
+    run(test)
+
+
+def test_a_503_that_no_engine_answered_bills_nothing_on_either_path(tmp_path: Path) -> None:
+    # The lane answers it itself (each host tried once): as the Python path, no tokens, no cost,
+    # and the tokens it reserved given back.
+    async def test() -> None:
+        async with engine(status=503) as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python)
+            answers = [await call(s.port, chat(max_tokens=50), key) for s in (python, lane)]
+            assert [a.status for a in answers] == [503, 503] and handed_off(lane) == 0
+            assert answers[0].json() == answers[1].json()
+            for s in (python, lane):
+                s.sync()
+                [row] = s.tenancy.store.usage("acme", since=0.0)
+                assert (row.status, row.input_tokens, row.output_tokens, row.cost_eur) == (503, 0, 0, 0.0)
+            ok = [await call(s.port, chat(max_tokens=1), key) for s in (python, lane)]
+            assert ok[0].headers["x-ratelimit-remaining-tokens"] == ok[1].headers["x-ratelimit-remaining-tokens"]
+    run(test)
+
+
+@pytest.mark.parametrize("field,value", [("max_tokens", -1000000), ("max_completion_tokens", 0), ("n", 0)])
+def test_sizes_below_one_are_refused_before_anything_is_reserved(tmp_path: Path, field: str, value: int) -> None:
+    # A negative max_tokens used to reserve negative tokens: the tenant's limits fell into debt for hours.
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane, tier="tight")
+            refused = await call(lane.port, chat(**{field: value}), key)
+            assert refused.status == 400 and refused.json()["error"]["param"] == field
+            served = await call(lane.port, chat(max_tokens=5), key)
+            assert served.status == 200 and int(served.headers["x-ratelimit-remaining-tokens"]) < 1000000
+            assert not any(r.get(field) == value for r in fake.requests)
     run(test)

@@ -144,3 +144,20 @@ def test_a_committed_batch_is_truncated_while_writes_go_on(tmp_path: Path) -> No
         assert journal.read() == []
     finally:
         journal.close()
+
+
+def test_a_gateway_waits_out_a_cli_command_that_holds_the_journal(tmp_path: Path) -> None:
+    # A CLI command holds the journal for the moments it runs: a gateway starting then would get no
+    # journal (and no native lane) for its whole life, had it not waited.
+    import threading
+
+    db = str(tmp_path / "t.db")
+    SqliteStore(db).close()
+    held = Journal(db + SUFFIX)
+    cli = SqliteStore(db)  # the CLI's way: no wait
+    assert not cli.journaled
+    cli.close()
+    threading.Timer(0.3, held.close).start()
+    store = SqliteStore(db, journal_wait_s=2.0)
+    assert store.journaled
+    store.close()
