@@ -119,6 +119,7 @@ class Gateway:
         if self.alerts is not None:
             await self.alerts.stop()
         await self.fleet.stop()
+        await self.proxy.settled()  # rows of requests whose clients left (or were cut at the deadline)
         if self.tenancy is not None:
             self.tenancy.close()
 

@@ -41,7 +41,18 @@ Loop::Loop(DataPlane& plane, const PlaneConfig& config, HostTable& hosts, int co
 
 Loop::~Loop() {
   for (Endpoint* e : live_) {
-    if (!e->dead) kill(e);
+    if (e->dead) continue;
+    auto* c = e->kind == Endpoint::Kind::kClient ? static_cast<ClientConn*>(e) : nullptr;
+    if (c != nullptr && c->upstream != nullptr) {
+      // Stopped past the deadline with a request out: journaled and audited as a client that left
+      // (proxy.py does the same), its engine connection closed, which our engines take as an abort.
+      c->upstream->client = nullptr;
+      c->upstream = nullptr;
+      end_attempt(c);
+      finish_gone(c, nullptr);
+      continue;
+    }
+    kill(e);
   }
   for (Endpoint* e : graveyard_) delete e;
   close(epoll_fd_);

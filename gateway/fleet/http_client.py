@@ -97,6 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused = False
         self._keep_alive = False
         self._received = False  # any byte of the current request's response
+        self._aborted = False  # closed by us, not by the server
         self.closed = False
 
     # -- transport callbacks -------------------------------------------------------------
@@ -117,7 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         started = response.status != 0
         error = UpstreamError(f"connection to {self._pool.address} lost: {exc or 'closed by the server'}", started,
-                              stale=not self._received)
+                              stale=not self._received and not self._aborted)
         if self._headers_done is not None and not self._headers_done.done():
             self._headers_done.set_exception(error)
         elif not response.complete:
@@ -215,6 +216,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None and not self.closed:
+            self._aborted = True
             self._transport.abort()
         self.closed = True
         self._pool.forget(self)
@@ -238,6 +240,7 @@ class ConnectionPool:
         self._idle: deque[UpstreamConnection] = deque()
         self.num_open = 0
         self._all: set[UpstreamConnection] = set()
+        self._closed = False  # the gateway is stopping: no new connections
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
                       first_byte_timeout_s: float = 300.0) -> UpstreamResponse:
@@ -271,6 +274,7 @@ class ConnectionPool:
             pass
 
     def close(self) -> None:
+        self._closed = True
         for conn in list(self._all):
             conn.abort()
 
@@ -282,6 +286,8 @@ class ConnectionPool:
         return None
 
     async def _connect(self) -> UpstreamConnection:
+        if self._closed:
+            raise UpstreamError(f"connections to {self.address} are closed: the gateway is stopping", False)
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(

@@ -22,6 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import msgspec
 
@@ -74,9 +75,17 @@ class Proxy:
     def __init__(self, fleet: Fleet, stages: list[Stage] | None = None) -> None:
         self.fleet = fleet
         self.stages = stages or []
-        self._settling: set[asyncio.Future[None]] = set()  # ledger writes and aborts of requests whose client left
+        self._settling: set[asyncio.Future[Any]] = set()  # answers, ledger writes and aborts of requests whose client left
+        self._handling = 0  # requests in handle() now
 
     async def handle(self, request: Request) -> Response | StreamingResponse:
+        self._handling += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self._handling -= 1
+
+    async def _handle(self, request: Request) -> Response | StreamingResponse:
         try:
             exchange = self._exchange(request)
         except GatewayError as exc:
@@ -168,6 +177,7 @@ class Proxy:
                     # and the answer, once it comes, bills the engine's exact counts.
                     handed_over = True
                     self._bill_when_answered(exchange, host, fetch, admitted)
+                    self._keep(fetch)
                     if host.kind == "llmaas" and not fetch.done():
                         self._keep(asyncio.ensure_future(_abort(host, tag)))
                     raise
@@ -224,7 +234,20 @@ class Proxy:
         await _settle(exchange, admitted)
         return Response(status=status, body=body, content_type=content_type, headers=list(exchange.response_headers))
 
-    def _keep(self, future: asyncio.Future[None]) -> None:
+    async def settled(self, timeout_s: float = 5.0) -> None:
+        """Waits (at most timeout_s) for what requests whose clients left still have to do: their
+        answers, then their rows. At shutdown, after the engines' connections are closed, so that
+        the rows are written before the store closes."""
+        deadline = time.monotonic() + timeout_s
+        # Handlers cancelled by the stop run their endings (and hand their answers over) first.
+        while (self._handling or self._settling) and time.monotonic() < deadline:
+            if self._settling:
+                await asyncio.wait(list(self._settling), timeout=max(deadline - time.monotonic(), 0.0))
+            else:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the done callbacks of the last ones
+
+    def _keep(self, future: asyncio.Future[Any]) -> None:
         self._settling.add(future)  # held until done: nobody else waits on it
         future.add_done_callback(self._settling.discard)
 

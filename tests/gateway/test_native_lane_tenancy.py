@@ -413,3 +413,26 @@ def test_sizes_below_one_are_refused_before_anything_is_reserved(tmp_path: Path,
             assert served.status == 200 and int(served.headers["x-ratelimit-remaining-tokens"]) < 1000000
             assert not any(r.get(field) == value for r in fake.requests)
     run(test)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_request_cut_by_a_stop_past_its_deadline_keeps_its_row(tmp_path: Path, native: bool) -> None:
+    # The stop's deadline passes while the engine still works on a whole answer: the request is
+    # billed and audited as one whose client left (it used to leave no row at all).
+    async def test() -> None:
+        async with engine(delay_s=20.0, tokens=1) as fake:
+            async with stack(tmp_path, fake.url, "db", native=native) as s:
+                key = share_token(s)
+                asked = asyncio.ensure_future(call(s.port, chat(), key))
+                while not fake.requests:
+                    await asyncio.sleep(0.02)
+            with pytest.raises(Exception):
+                await asked  # cut: no answer
+        store = SqliteStore(tmp_path / "db.db")
+        try:
+            [row] = store.usage("acme", since=0.0)
+            assert row.status == 499 and row.output_tokens == 0
+            assert [r.reason for r in store.audit_records() if r.tenant == "acme"] == ["aborted"]
+        finally:
+            store.close()
+    run(test)
