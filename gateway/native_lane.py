@@ -108,6 +108,7 @@ def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConf
         "connect_timeout_s": routing.connect_timeout_s,
         "first_byte_timeout_s": routing.first_byte_timeout_s,
         "max_attempts": routing.max_attempts,
+        "failure_threshold": routing.failure_threshold,
         "default_max_tokens": routing.default_max_tokens,
         "affinity_min_chars": routing.affinity_min_chars,
         "slack_ratio": routing.affinity_slack_ratio,

@@ -39,6 +39,7 @@ struct PlaneConfig {
   int64_t max_concurrency = 1024;
   double connect_timeout_s = 5, first_byte_timeout_s = 300;
   int max_attempts = 2;
+  int failure_threshold = 2;  // consecutive failures that take a host out at once (host.py's breaker)
   int64_t default_max_tokens = 256;
   int64_t affinity_min_chars = 256;
   RoutingPolicy policy;

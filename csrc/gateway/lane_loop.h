@@ -114,6 +114,10 @@ class Loop {
   void upstream_failed(UpstreamConn* u, const std::string& error);
   void upstream_answered(UpstreamConn* u, bool reusable);
   void send_abort(int host, const std::string& tag);
+  // A host's outcome, told to Python's breaker each tick; the lane takes a failing host out at once
+  // (Python's probe brings it back), so a host failing fast does not draw a tick's worth of requests.
+  void host_failed(int host, const std::string& error);
+  void host_answered(int host);
   // time and shutdown
   void sweep();
   void begin_shutdown();

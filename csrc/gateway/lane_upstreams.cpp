@@ -169,7 +169,7 @@ void Loop::read_upstream(UpstreamConn* u) {
 
 void Loop::attempt_failed(ClientConn* c, const std::string& error) {
   c->upstream = nullptr;
-  plane_.push_host_event(c->host, true, error);
+  host_failed(c->host, error);
   c->last_error = error;
   end_attempt(c);
   if (c->gone) finish_gone(c, nullptr);
@@ -211,14 +211,14 @@ void Loop::upstream_answered(UpstreamConn* u, bool reusable) {
     // against the host (proxy.py's _failed) and another host may serve it.
     c->last_error = name + " answered " + std::to_string(status) +
                     (status == 200 ? " with a body that is not a completion" : "");
-    plane_.push_host_event(c->host, true, c->last_error);
+    host_failed(c->host, c->last_error);
     try_host(c);
     return;
   }
   c->first_byte = now_;  // an engine's answer: relayed, or billed for a client that left
   // A server error is relayed (it may have done work) and counts against the host.
-  if (status >= 500) plane_.push_host_event(c->host, true, name + " answered " + std::to_string(status));
-  else plane_.push_host_event(c->host, false, std::string());
+  if (status >= 500) host_failed(c->host, name + " answered " + std::to_string(status));
+  else host_answered(c->host);
   UsageCounts usage;
   bool has_usage = status == 200 && scan_usage(body, &usage);
   if (c->gone) {
@@ -226,6 +226,20 @@ void Loop::upstream_answered(UpstreamConn* u, bool reusable) {
     return;
   }
   answer(c, status, content_type, body, has_usage ? &usage : nullptr);
+}
+
+void Loop::host_failed(int host, const std::string& error) {
+  Host& h = hosts_.host(host);
+  if (++h.failures >= config_.failure_threshold) {
+    h.failures = 0;
+    h.healthy.store(false);
+  }
+  plane_.push_host_event(host, true, error);
+}
+
+void Loop::host_answered(int host) {
+  hosts_.host(host).failures = 0;
+  plane_.push_host_event(host, false, std::string());
 }
 
 void Loop::send_abort(int host, const std::string& tag) {

@@ -32,6 +32,7 @@ struct Host {
   std::atomic<int64_t> native_outstanding{0};  // this lane's
   std::atomic<int64_t> native_in_flight{0};
   int64_t picks = 0;  // the lane's thread only
+  int failures = 0;   // the lane's thread only: consecutive failures it saw since the last success
 
   int64_t load_tokens() const {
     int64_t ours = python_outstanding.load(std::memory_order_relaxed) + native_outstanding.load(std::memory_order_relaxed);

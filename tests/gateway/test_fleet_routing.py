@@ -258,6 +258,20 @@ def test_a_host_answering_500_leaves_the_rotation() -> None:
     run(test)
 
 
+def test_a_host_failing_fast_under_concurrent_load_leaves_at_once() -> None:
+    # The lane takes the host out itself at the threshold: Python's breaker hears of it only at its
+    # next tick, by which time a host failing in microseconds would have drawn dozens of requests.
+    async def test() -> None:
+        bad, ok = FakeEngine("bad", status=500), FakeEngine("ok", delay_s=0.005)
+        async with fleet([bad, ok], failure_threshold=2, health_interval_s=30.0) as (_, client):
+            async def worker(w: int) -> list[int]:
+                return [(await client.post("/v1/chat/completions", json=chat(f"w{w}q{i}"))).status for i in range(10)]
+
+            statuses = [s for batch in await asyncio.gather(*(worker(w) for w in range(4))) for s in batch]
+        assert statuses.count(500) <= 2 + 4  # the threshold, and what was in flight when it tripped
+    run(test)
+
+
 def test_a_200_that_is_not_a_completion_is_served_by_another_host() -> None:
     async def test() -> None:
         html, ok = FakeEngine("html", page=b"<html>maintenance</html>"), FakeEngine("ok")
