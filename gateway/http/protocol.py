@@ -395,7 +395,7 @@ class HttpConnection(asyncio.Protocol):
         """Arms the keep-alive timer unless it runs: bytes that start no request (empty lines,
         which RFC 9112 2.2 lets a server skip) do not push it back."""
         if self._closed or self._worker is not None or self._queue or self._incoming is not None \
-                or self._idle_timer is not None:
+                or self._upgrade_request is not None or self._idle_timer is not None:
             return
         self._idle_timer = self._loop.call_later(self._limits.keepalive_timeout_s, self._on_idle_timeout)
 
