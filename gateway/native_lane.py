@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.fleet.backend import HttpBackend
 from gateway.fleet.config import GatewayConfig
+from gateway.fleet.errors import retry_after_s
 from gateway.fleet.exchange import BatchStage, FinishedBatch
 from gateway.fleet.fleet import Fleet
 from gateway.fleet.host import HostState
@@ -108,6 +109,7 @@ def _plane_config(sock: socket.socket, limits: ServerLimits, config: GatewayConf
         "connect_timeout_s": routing.connect_timeout_s,
         "first_byte_timeout_s": routing.first_byte_timeout_s,
         "max_attempts": routing.max_attempts,
+        "unavailable_headers": f"retry-after: {retry_after_s(routing.health_interval_s)}\r\n",
         "failure_threshold": routing.failure_threshold,
         "default_max_tokens": routing.default_max_tokens,
         "affinity_min_chars": routing.affinity_min_chars,

@@ -48,6 +48,7 @@ struct PlaneConfig {
   // Whole responses rendered by the Python server, so both paths answer byte for byte alike.
   std::string header_timeout_response, body_timeout_response;  // 408, connection: close
   std::string overload_response, overload_close_response;      // 503, keep-alive or not
+  std::string unavailable_headers;  // the no-engine 503's own header lines (proxy.py's Retry-After)
   std::unordered_map<int, std::string> reasons;                // status -> reason phrase
 };
 

@@ -192,7 +192,7 @@ void Loop::answer_unavailable(ClientConn* c) {
   std::string body = "{\"error\":{\"message\":";
   append_json_string(&body, message);
   body.append(",\"type\":\"server_error\",\"param\":null,\"code\":\"engine_unavailable\"}}");
-  answer(c, 503, "application/json", body, nullptr);
+  answer(c, 503, "application/json", body, nullptr, config_.unavailable_headers);
 }
 
 void Loop::end_attempt(ClientConn* c) {
@@ -202,7 +202,7 @@ void Loop::end_attempt(ClientConn* c) {
 }
 
 void Loop::answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
-                  const UsageCounts* usage) {
+                  const UsageCounts* usage, std::string_view headers) {
   double cost = 0;
   if (c->granted && !settle_tenant(c, status, usage, &cost)) {
     hand_off(c);  // no room to journal its usage: Python serves it again, and bills that
@@ -217,6 +217,7 @@ void Loop::answer(ClientConn* c, int status, const std::string& content_type, st
   out.append("\r\ncontent-type: ").append(content_type);
   out.append("\r\ncontent-length: ").append(std::to_string(body.size())).append("\r\n");
   if (!keep_alive) out.append("connection: close\r\n");
+  out.append(headers);
   if (c->grant.token != nullptr) out.append(c->grant.headers);
   out.append("\r\n").append(body);
   record(c, status, usage, cost);

@@ -92,8 +92,9 @@ class Loop {
   void try_host(ClientConn* c);
   void end_attempt(ClientConn* c);
   void answer_unavailable(ClientConn* c);  // every host tried: proxy.py's 503
+  // `headers`: the answer's own header lines, each ending in CRLF, before the tenant stages'.
   void answer(ClientConn* c, int status, const std::string& content_type, std::string_view body,
-              const UsageCounts* usage);
+              const UsageCounts* usage, std::string_view headers = {});
   void record(ClientConn* c, int status, const UsageCounts* usage, double cost_eur);
   void send_client(ClientConn* c, std::string data, bool keep_alive);
   void flush_client(ClientConn* c);

@@ -41,6 +41,7 @@ std::unique_ptr<DataPlane> make_plane(const py::dict& c) {
   read(c, "first_byte_timeout_s", &config.first_byte_timeout_s);
   read(c, "max_attempts", &config.max_attempts);
   read(c, "failure_threshold", &config.failure_threshold);
+  read(c, "unavailable_headers", &config.unavailable_headers);
   read(c, "default_max_tokens", &config.default_max_tokens);
   read(c, "affinity_min_chars", &config.affinity_min_chars);
   read(c, "slack_ratio", &config.policy.slack_ratio);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from gateway.http import Response
@@ -25,5 +27,12 @@ class GatewayError(Exception):
         return Response(status=self.status, body=_ENCODER.encode(self.body()), headers=list(self.headers))
 
 
-def unavailable(message: str) -> GatewayError:
-    return GatewayError(503, message, code="engine_unavailable", type_="server_error")
+def unavailable(message: str, retry_after_s: int) -> GatewayError:
+    """No engine could serve: try again once a health probe may have brought a host back."""
+    return GatewayError(503, message, code="engine_unavailable", type_="server_error",
+                        headers=[("retry-after", str(retry_after_s))])
+
+
+def retry_after_s(health_interval_s: float) -> int:
+    """Whole seconds until the next health probe: when a host taken out may be back."""
+    return max(1, math.ceil(health_interval_s))

@@ -28,7 +28,7 @@ import msgspec
 
 from gateway.fleet.backend import BackendResponse
 from gateway.fleet.balancer import pick_host, prefix_key
-from gateway.fleet.errors import GatewayError, unavailable
+from gateway.fleet.errors import GatewayError, retry_after_s, unavailable
 from gateway.fleet.exchange import Exchange, Stage
 from gateway.fleet.fleet import Fleet
 from gateway.fleet.host import HostState
@@ -155,7 +155,8 @@ class Proxy:
                 return await self._attempt(exchange, host, admitted)
             except _Retry as retry:
                 last_error = str(retry)
-        raise unavailable(f"No engine could serve model `{exchange.model}` ({last_error}).")
+        raise unavailable(f"No engine could serve model `{exchange.model}` ({last_error}).",
+                          retry_after_s(routing.health_interval_s))
 
     async def _attempt(self, exchange: Exchange, host: HostState, admitted: list[Stage]) -> Response | StreamingResponse:
         """One host's try. Raises _Retry when another host may still serve the request."""

@@ -163,10 +163,11 @@ def test_an_overloaded_engine_is_retried_on_another() -> None:
 
 def test_no_host_left_is_a_clear_503() -> None:
     async def test() -> None:
-        async with fleet([FakeEngine("busy", status=503)]) as (_, client):
+        async with fleet([FakeEngine("busy", status=503)], health_interval_s=2.5) as (_, client):
             response = await client.post("/v1/chat/completions", json=chat())
         assert response.status == 503
         assert response.json()["error"]["code"] == "engine_unavailable"
+        assert response.headers["retry-after"] == "3"  # when the next probe may have brought a host back
     run(test)
 
 
