@@ -15,21 +15,27 @@ token writes, and the count is read every second), as in tokens.py's cache:
   Python adds);
 - the limits are not copied: both sides use one native table (gateway/tenancy/native_limits.py).
 
-Back, every tick: the usage the lane journaled for each request it served (lane_ledger.py), made
-audit records and ledger rows here, and the tenant and cost of what it finished, for the metrics.
+Every tick the lane records the usage it journaled for each request it served: its ledger rows
+and audit records, in an audit chain of its own, committed by native code (csrc/gateway/lane_ledger.h)
+while the interpreter runs on. Back comes the tenant and cost of what it finished, for the metrics.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 
 from gateway.stages.tenancy_stage import TenancyStage
-from gateway.tenancy import lane_ledger
 from gateway.tenancy.clock import SystemClock
 from gateway.tenancy.native_limits import NativeRateLimiter
 from gateway.tenancy.permissions import ModelPatterns
 from gateway.tenancy.service import LOCAL_TENANT, LOCAL_TIER, Tenancy, rfc3339
+
+try:
+    from gateway._native import sqlite_version as _native_sqlite_version
+except ImportError:  # not built: native_lane.unavailable() says so first
+    _native_sqlite_version = None
 
 REFRESH_S = 1.0
 _NO_HASH = bytes(32)
@@ -43,6 +49,11 @@ def unavailable(tenancy: Tenancy) -> str | None:
         return "the tenancy runs on a test clock"
     if not getattr(tenancy.store, "journaled", False):
         return "the store has no ledger journal (synchronous=FULL, or another process owns it)"
+    if _native_sqlite_version is not None and not _native_sqlite_version():
+        return "gateway._native was built without SQLite (libsqlite3-dev)"
+    if _native_sqlite_version is not None and _native_sqlite_version() != sqlite3.sqlite_version:
+        # Two copies of SQLite in one process would not see each other's locks on the file.
+        return f"its SQLite ({_native_sqlite_version()}) is not Python's ({sqlite3.sqlite_version})"
     return None
 
 
@@ -56,8 +67,9 @@ class LaneTenancy:
         self._models = models
         self._limiter: NativeRateLimiter = tenancy.limiter  # type: ignore[assignment]
         # Whatever a killed gateway's lane left there was recorded when the store opened.
+        self.chain = f"{tenancy.audit.chain}-lane"
         plane.enable_tenancy(self._limiter.table, tenancy.tokens.pepper,  # type: ignore[attr-defined]
-                             tenancy.lane_journal_path)
+                             tenancy.lane_journal_path, tenancy.store.path, self.chain)  # type: ignore[attr-defined]
         self._checked_at = -math.inf
         self._version = -1  # the store's tokens_version the view was built from
         self._stale = True
@@ -69,7 +81,7 @@ class LaneTenancy:
 
     def sync(self) -> None:
         """Records what the lane journaled; pushes a new view when one is due."""
-        self._drain()
+        self._record()
         now = time.monotonic()
         if self._stale or now - self._checked_at >= REFRESH_S:
             self._checked_at = now
@@ -81,20 +93,17 @@ class LaneTenancy:
                 self._push()
 
     def close(self) -> None:
-        self._drain()
+        self._record()
         self.tenancy.tokens.listeners.remove(self.mark_stale)
 
     def names(self, limit_index: int) -> tuple[str, str]:
         """(tenant, tier) of a limit state the lane reports."""
         return self._limiter.keys[limit_index] if limit_index >= 0 else ("", "")
 
-    def _drain(self) -> None:
-        plane = self._plane
-        entries = lane_ledger.parse_taken(plane.journal_take())  # type: ignore[attr-defined]
-        if entries:
-            # Committed on return; should that fail, the lane's file is kept and taken again.
-            lane_ledger.record(self.tenancy.audit, entries)
-        plane.journal_release()  # type: ignore[attr-defined]
+    def _record(self) -> None:
+        # Committed on return, the interpreter's lock released meanwhile; should that fail (raises
+        # RuntimeError), the lane's file is kept and taken again next time.
+        self._plane.ledger_flush()  # type: ignore[attr-defined]
 
     def _push(self) -> None:
         tenancy = self.tenancy

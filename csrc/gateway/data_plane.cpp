@@ -33,9 +33,13 @@ DataPlane::~DataPlane() {
   close(control_fd_);
 }
 
-void DataPlane::enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path) {
+void DataPlane::enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path,
+                               const std::string& db_path, const std::string& chain) {
   if (thread_.joinable()) throw std::logic_error("the lane is running");
-  journal_ = std::make_unique<LaneJournal>(journal_path);
+  auto journal = std::make_unique<LaneJournal>(journal_path);
+  // A lock held past this wait fails one flush, not the lane: the entries wait in the journal.
+  ledger_ = std::make_unique<LaneLedger>(journal.get(), db_path, chain, 2000);
+  journal_ = std::move(journal);
   tenancy_ = std::move(tenancy);
 }
 

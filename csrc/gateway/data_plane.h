@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lane_journal.h"
+#include "lane_ledger.h"
 #include "routing.h"
 #include "tenants.h"
 
@@ -84,10 +85,13 @@ class DataPlane {
 
   HostTable& hosts() { return hosts_; }
   // Runs the tenant stages (tenants.h) on every request, journaling each one's usage at `journal_path`
-  // (lane_journal.h); before start. Throws when the journal cannot be had.
-  void enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path);
+  // (lane_journal.h), recorded in the store at `db_path` under the audit chain `chain`
+  // (lane_ledger.h); before start. Throws when the journal or the store cannot be had.
+  void enable_tenancy(std::shared_ptr<NativeTenancy> tenancy, const std::string& journal_path,
+                      const std::string& db_path, const std::string& chain);
   NativeTenancy* tenancy() { return tenancy_.get(); }
   LaneJournal* journal() { return journal_.get(); }
+  LaneLedger* ledger() { return ledger_.get(); }
   void start();
   // Stops accepting and closes idle connections; busy ones close after their answer.
   void begin_shutdown();
@@ -112,6 +116,7 @@ class DataPlane {
   HostTable hosts_;
   std::shared_ptr<NativeTenancy> tenancy_;
   std::unique_ptr<LaneJournal> journal_;
+  std::unique_ptr<LaneLedger> ledger_;  // after the journal: it goes first
   std::thread thread_;
   int wake_fd_ = -1;
   int control_fd_ = -1;

@@ -156,28 +156,17 @@ bool LaneJournal::append(const LedgerEntry& e) {
   if (!reserve(n, ends_[n] + f.size())) return false;
   std::memcpy(maps_[n] + ends_[n], f.data(), f.size());
   ends_[n] += f.size();
+  entries_[n].push_back(e);
   return true;
 }
 
-std::string LaneJournal::take() {
+const std::vector<LedgerEntry>& LaneJournal::take() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (taken_ < 0) {  // else the last take was not released (Python failed to record it): again
+  if (taken_ < 0) {  // else the last take was not released (its commit failed): again
     taken_ = active_;
     active_ = 1 - active_;
   }
-  // The frames' payloads behind an array32 header: the frames were written whole by this object.
-  std::string out(5, '\0');
-  uint32_t count = 0;
-  const uint8_t* data = maps_[taken_];
-  for (size_t pos = 0; pos + 8 <= ends_[taken_]; ++count) {
-    uint32_t length = uint32_t(data[pos]) | uint32_t(data[pos + 1]) << 8 | uint32_t(data[pos + 2]) << 16 |
-                      uint32_t(data[pos + 3]) << 24;
-    out.append(reinterpret_cast<const char*>(data + pos + 8), length);
-    pos += 8 + length;
-  }
-  out[0] = static_cast<char>(0xdd);
-  for (int i = 0; i < 4; ++i) out[1 + i] = static_cast<char>(count >> (24 - 8 * i));
-  return out;
+  return entries_[taken_];
 }
 
 void LaneJournal::release() {
@@ -186,6 +175,7 @@ void LaneJournal::release() {
   // Zeroed, not shrunk: the mapping and its blocks serve the next batch (journal.py truncate).
   if (maps_[taken_] != nullptr) std::memset(maps_[taken_], 0, ends_[taken_]);
   ends_[taken_] = 0;
+  entries_[taken_].clear();
   taken_ = -1;
 }
 

@@ -4,18 +4,20 @@
 // MAP_SHARED mapping of the file, whose bytes are then the kernel's.
 //
 // Frames are journal.py's: u32 length | u32 crc32(payload) | payload, payload a msgpack array
-// (gateway/tenancy/lane_ledger.py LaneEntry, in field order). The Python side chains these entries
-// into the audit trail and the ledger every tick: `take` switches the lane to the other of the two
-// files and returns the entries of the one it was writing, as one msgpack array of them (one
-// decode on the Python side, no framing to walk there); once Python has committed them to the
-// store, `release` empties that file (until then, `take` returns the same entries again). At start, before the lane opens them, Python replays
-// whatever both files still hold and empties them (gateway/tenancy/lane_ledger.py).
+// (gateway/tenancy/lane_ledger.py LaneEntry, in field order). Every tick the lane's ledger
+// (lane_ledger.h) chains these entries into the audit trail and the ledger: `take` switches the
+// lane to the other of the two files and returns the entries of the one it was writing (kept in
+// memory beside their frames: nothing is decoded back); once they are committed to the store,
+// `release` empties that file (until then, `take` returns the same entries again). At start,
+// before the lane opens them, Python replays whatever both files still hold and empties them
+// (gateway/tenancy/lane_ledger.py).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace llmaas::gw {
 
@@ -43,7 +45,8 @@ class LaneJournal {
 
   // False when the disk refused room for it (the caller then must not answer as if it were kept).
   bool append(const LedgerEntry& entry);
-  std::string take();
+  // The entries of the file taken; valid until `release`. Only one thread takes and releases.
+  const std::vector<LedgerEntry>& take();
   void release();
 
  private:
@@ -54,6 +57,7 @@ class LaneJournal {
   uint8_t* maps_[2] = {nullptr, nullptr};
   size_t sizes_[2] = {0, 0};  // mapped bytes
   size_t ends_[2] = {0, 0};   // where the next frame goes
+  std::vector<LedgerEntry> entries_[2];  // the frames' entries, in order
   int active_ = 0;
   int taken_ = -1;
   std::string frame_;  // reused between appends

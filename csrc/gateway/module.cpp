@@ -212,24 +212,25 @@ PYBIND11_MODULE(_native, m) {
       .def("host_in_flight", [](DataPlane& p, int host) { return p.hosts().host(host).native_in_flight.load(); })
       .def("enable_tenancy",
            [](DataPlane& p, std::shared_ptr<llmaas::gw::LimitTable> limits, const py::bytes& pepper,
-              const std::string& journal_path) {
+              const std::string& journal_path, const std::string& db_path, const std::string& chain) {
              try {
                p.enable_tenancy(std::make_shared<llmaas::gw::NativeTenancy>(std::string_view(pepper), std::move(limits)),
-                                journal_path);
+                                journal_path, db_path, chain);
              } catch (const std::runtime_error& e) {
                throw py::value_error(e.what());
              }
            })
       .def("set_tenant_view", &set_tenant_view, py::arg("require_auth"), py::arg("tokens"), py::arg("local"),
            py::arg("tiers"), py::arg("serve_from"), py::arg("serve_until"), py::arg("prices"))
-      .def("journal_take", [](DataPlane& p) {
-        if (p.journal() == nullptr) throw std::logic_error("the tenant stages are not enabled on this lane");
-        std::string data = p.journal()->take();
-        return py::bytes(data);
-      })
-      .def("journal_release", [](DataPlane& p) {
-        if (p.journal() != nullptr) p.journal()->release();
-      });
+      // Records what the lane journaled (lane_ledger.h); how many requests. RuntimeError when the
+      // commit failed (the entries are taken again next time).
+      .def("ledger_flush",
+           [](DataPlane& p) {
+             if (p.ledger() == nullptr) throw std::logic_error("the tenant stages are not enabled on this lane");
+             py::gil_scoped_release released;
+             return p.ledger()->flush();
+           })
+      .def_property_readonly("ledger_seq", [](DataPlane& p) { return p.ledger() != nullptr ? p.ledger()->seq() : 0; });
   bind_json_fields(m);
   bind_tenancy(m);
 }

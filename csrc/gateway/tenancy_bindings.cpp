@@ -4,6 +4,11 @@
 
 #include <pybind11/stl.h>
 
+#include <optional>
+#include <string>
+
+#include "audit_hash.h"
+#include "lane_ledger.h"
 #include "rate_limits.h"
 #include "sha256.h"
 
@@ -57,4 +62,28 @@ void bind_tenancy(py::module_& m) {
     hmac.digest(std::string_view(message), out);
     return py::bytes(reinterpret_cast<const char*>(out), sizeof out);
   });
+  m.def("sqlite_version", &llmaas::gw::sqlite_version);
+  // audit_hash.h on one record; None for client is null (the lane writes no empty client).
+  m.def("audit_record_hash",
+        [](int64_t seq, double time, const std::string& tenant, const std::string& token_id,
+           std::optional<std::string> client, const std::string& model, int64_t status, const std::string& reason,
+           int64_t input_tokens, int64_t output_tokens, const std::string& request_id, const std::string& prev_hash,
+           const std::string& chain) {
+          llmaas::gw::AuditFields f;
+          f.seq = seq;
+          f.time = time;
+          f.tenant = tenant;
+          f.token_id = token_id;
+          if (client) f.client = *client;
+          f.model = model;
+          f.status = status;
+          f.reason = reason;
+          f.input_tokens = input_tokens;
+          f.output_tokens = output_tokens;
+          f.request_id = request_id;
+          f.prev_hash = prev_hash;
+          f.chain = chain;
+          std::string scratch;
+          return llmaas::gw::audit_record_hash(f, &scratch);
+        });
 }

@@ -1,14 +1,13 @@
 """The native lane's ledger journal (csrc/gateway/lane_journal.h) on the Python side: its entries,
-and how they join the audit trail and the ledger.
+and the replay of what a killed gateway left in it.
 
 The lane journals the usage of each request it served under the tenant stages before it answers,
-so the entry survives a kill -9 of the gateway. Every tick the gateway takes what the lane wrote
-and records each entry as the tenancy stage records a request it ended itself (`Tenancy.finish`):
-one audit record chained after the last and one ledger row, committed to the store in one
-transaction before the lane's file is emptied (they skip the store's own journal: the lane's
-already keeps them). At start, `replay` records what a killed
-gateway left in the lane's files and had not recorded yet: the store that owns the database's journal does it as it opens (a
-gateway's, or the CLI's when no gateway runs), when no lane can be writing them.
+so the entry survives a kill -9 of the gateway. Every tick the lane records them itself
+(csrc/gateway/lane_ledger.h): one audit record and one ledger row each, committed before its file
+is emptied. At start, `replay` records what a killed gateway left in the lane's files and had not
+recorded yet, each entry as the tenancy stage records a request it ended itself (`Tenancy.finish`):
+the store that owns the database's journal does it as it opens (a gateway's, or the CLI's when no
+gateway runs), when no lane can be writing them.
 """
 
 from __future__ import annotations
@@ -35,17 +34,11 @@ class LaneEntry(UsageRow, array_like=True, kw_only=True):
 
 
 _DECODER = msgspec.msgpack.Decoder(LaneEntry)
-_TAKEN = msgspec.msgpack.Decoder(list[LaneEntry])
 
 
 def parse(data: bytes) -> list[LaneEntry]:
     """The entries of a lane journal's bytes, up to the first torn or corrupt frame."""
     return scan_frames(data, _DECODER)[0]
-
-
-def parse_taken(data: bytes) -> list[LaneEntry]:
-    """The entries the running lane hands over (`journal_take`): one msgpack array of them."""
-    return _TAKEN.decode(data)
 
 
 def record(audit: AuditTrail, entries: list[LaneEntry]) -> None:

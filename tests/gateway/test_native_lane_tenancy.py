@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -435,4 +436,62 @@ def test_a_request_cut_by_a_stop_past_its_deadline_keeps_its_row(tmp_path: Path,
             assert [r.reason for r in store.audit_records() if r.tenant == "acme"] == ["aborted"]
         finally:
             store.close()
+    run(test)
+
+
+def test_the_lane_records_its_requests_in_an_audit_chain_of_its_own(tmp_path: Path) -> None:
+    # The lane's native ledger (csrc/gateway/lane_ledger.h) chains its records apart from the
+    # Python path's: seqs from 1, each linked to the one before, its head in meta. `verify` checks
+    # them with the Python hash, so an edit or a deletion shows up in that chain, where it was made.
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane, models=["m"])
+            assert (await call(lane.port, chat("n"), key)).status == 403  # Python's chain
+            for i in range(12):
+                assert (await call(lane.port, chat(), key, extra=f"x-request-id: c{i}\r\n")).status == 200
+            lane.sync()
+            tenancy = lane.tenancy
+            chain = lane.gateway.lane.tenancy.chain  # type: ignore[union-attr]
+            assert chain == f"{tenancy.audit.chain}-lane"
+            records = [r for r in tenancy.store.audit_records() if r.chain == chain]
+            assert [r.seq for r in records] == list(range(1, 13))
+            assert [r.request_id for r in records] == [f"c{i}" for i in range(12)]
+            assert [r.prev_hash for r in records] == [""] + [r.hash for r in records[:-1]]
+            assert tenancy.store.audit_heads()[chain] == (12, records[-1].hash)
+            assert [(r.status, r.reason) for r in tenancy.store.audit_records() if r.chain != chain] == \
+                [(403, "permission")]
+            assert tenancy.audit.verify() == []
+            db = sqlite3.connect(tenancy.store.path)  # type: ignore[attr-defined]
+            with db:
+                db.execute("UPDATE audit SET output_tokens = 99 WHERE chain = ? AND seq = 5", (chain,))
+                db.execute("DELETE FROM audit WHERE chain = ? AND seq = 9", (chain,))
+            db.close()
+            problems = [(p.chain, p.seq, p.kind) for p in tenancy.audit.verify()]
+            assert problems == [(chain, 5, "edited"), (chain, 9, "deleted")]
+    run(test)
+
+
+def test_a_commit_that_fails_loses_nothing(tmp_path: Path) -> None:
+    # Another writer holds the database past the lane's busy timeout: the flush fails and records
+    # nothing, the entries stay journaled, and the next flush records each once, chained in order.
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            lane.gateway.lane._tenancy = None  # type: ignore[union-attr]  # no tick records them meanwhile
+            for i in range(3):
+                assert (await call(lane.port, chat(), key, extra=f"x-request-id: f{i}\r\n")).status == 200
+            plane = lane.gateway.lane._plane  # type: ignore[union-attr]
+            holder = sqlite3.connect(lane.tenancy.store.path, isolation_level=None)  # type: ignore[attr-defined]
+            holder.execute("BEGIN IMMEDIATE")
+            with pytest.raises(RuntimeError, match="locked"):
+                await asyncio.to_thread(plane.ledger_flush)
+            holder.execute("ROLLBACK")
+            holder.close()
+            assert (await call(lane.port, chat(), key, extra="x-request-id: f3\r\n")).status == 200
+            assert await asyncio.to_thread(plane.ledger_flush) == 3  # the entries it failed on first
+            assert await asyncio.to_thread(plane.ledger_flush) == 1
+            rows = lane.tenancy.store.usage("acme", since=0.0)
+            assert [r.request_id for r in rows] == ["f0", "f1", "f2", "f3"]
+            assert [r.seq for r in lane.tenancy.store.audit_records() if r.request_id.startswith("f")] == [1, 2, 3, 4]
+            assert lane.tenancy.audit.verify() == []
     run(test)
