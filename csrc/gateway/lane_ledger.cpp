@@ -32,7 +32,7 @@ LaneLedger::LaneLedger(LaneJournal* journal, const std::string& db_path, const s
                        int busy_timeout_ms)
     : journal_(journal), chain_(chain), head_key_("audit_head:" + chain) {
   if (chain.empty()) throw std::runtime_error("the lane's audit chain needs a name");
-  int rc = sqlite3_open_v2(db_path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  int rc = sqlite3_open_v2(db_path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
   try {
     check(rc, "open");
     sqlite3_busy_timeout(db_, busy_timeout_ms);
@@ -102,6 +102,7 @@ void LaneLedger::insert(const LedgerEntry& e, int64_t seq, const std::string& pr
 }
 
 int64_t LaneLedger::flush() {
+  std::lock_guard<std::mutex> lock(mutex_);  // the connection's only lock (opened NOMUTEX)
   const std::vector<LedgerEntry>& entries = journal_->take();
   if (entries.empty()) {
     journal_->release();

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "lane_journal.h"
@@ -46,6 +47,7 @@ class LaneLedger {
   void check(int rc, const char* what);
   void insert(const LedgerEntry& e, int64_t seq, const std::string& prev, const std::string& hash);
 
+  std::mutex mutex_;  // one flush at a time
   LaneJournal* journal_;
   std::string chain_, head_key_;
   sqlite3* db_ = nullptr;

@@ -1,8 +1,14 @@
-// See sha256.h. A plain, portable implementation: the lane hashes one short key a request.
+// See sha256.h. A portable compression, and one with the x86 SHA extensions (SHA-NI: Zen, Ice
+// Lake and later), chosen at run time: the lane hashes a key (two compressions) and an audit
+// record (four or five) a request, ~5x faster that way.
 #include "sha256.h"
 
 #include <algorithm>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace llmaas::gw {
 namespace {
@@ -19,12 +25,63 @@ constexpr uint32_t kRound[64] = {
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+#if defined(__x86_64__)
+// The state as h[0..7] (A..H); the instructions want it as ABEF and CDGH. Each group of four
+// rounds adds the round constants to four message words (the schedule extended four words at a
+// time by sha256msg1/msg2) and runs two sha256rnds2 of two rounds each.
+__attribute__((target("sha,sse4.1"))) void compress_sha_ni(uint32_t h[8], const uint8_t block[64]) {
+  const __m128i byte_swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), 0xB1);  // CDAB
+  __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 4)), 0x1B);  // HGFE
+  __m128i abef = _mm_alignr_epi8(abcd, efgh, 8);
+  __m128i cdgh = _mm_blend_epi16(efgh, abcd, 0xF0);
+  const __m128i abef_before = abef, cdgh_before = cdgh;
+  __m128i w[4];  // message words 4g..4g+3 of the last four groups, group g at w[g % 4]
+#pragma GCC unroll 16
+  for (int g = 0; g < 16; ++g) {
+    if (g < 4) {
+      w[g] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * g)), byte_swap);
+    } else {
+      __m128i t = _mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]);
+      t = _mm_add_epi32(t, _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4));
+      w[g & 3] = _mm_sha256msg2_epu32(t, w[(g + 3) & 3]);
+    }
+    __m128i message = _mm_add_epi32(w[g & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(kRound + 4 * g)));
+    cdgh = _mm_sha256rnds2_epu32(cdgh, abef, message);
+    abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(message, 0x0E));
+  }
+  abef = _mm_add_epi32(abef, abef_before);
+  cdgh = _mm_add_epi32(cdgh, cdgh_before);
+  __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+  __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), _mm_blend_epi16(feba, dchg, 0xF0));  // DCBA
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 4), _mm_alignr_epi8(dchg, feba, 8));  // HGFE
+}
+
+const bool kHasShaNi = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+#endif
+
 }  // namespace
 
-Sha256::Sha256()
-    : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+bool sha_ni_available() {
+#if defined(__x86_64__)
+  return kHasShaNi;
+#else
+  return false;
+#endif
+}
+
+Sha256::Sha256(bool hardware)
+    : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19},
+      sha_ni_(hardware && sha_ni_available()) {}
 
 void Sha256::compress(const uint8_t block[64]) {
+#if defined(__x86_64__)
+  if (sha_ni_) {
+    compress_sha_ni(h_, block);
+    return;
+  }
+#endif
   uint32_t w[64];
   for (int i = 0; i < 16; ++i)
     w[i] = uint32_t(block[4 * i]) << 24 | uint32_t(block[4 * i + 1]) << 16 | uint32_t(block[4 * i + 2]) << 8 |

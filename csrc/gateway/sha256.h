@@ -11,7 +11,8 @@ namespace llmaas::gw {
 
 class Sha256 {
  public:
-  Sha256();
+  // hardware: with the SHA extensions where the CPU has them (false: the portable code, for tests).
+  explicit Sha256(bool hardware = true);
   void update(const void* data, size_t size);
   // Writes 32 bytes to out; the object must not be updated afterwards.
   void final(uint8_t out[32]);
@@ -23,7 +24,11 @@ class Sha256 {
   uint64_t length_ = 0;  // bytes hashed so far
   uint8_t block_[64];
   size_t filled_ = 0;
+  bool sha_ni_;
 };
+
+// Whether this CPU has the SHA extensions (Sha256 then uses them).
+bool sha_ni_available();
 
 // HMAC-SHA256 with its key set up once: each digest copies the two keyed states (the ipad and
 // opad blocks already hashed), so a 43-byte message costs two compressions, not four.

@@ -62,6 +62,16 @@ void bind_tenancy(py::module_& m) {
     hmac.digest(std::string_view(message), out);
     return py::bytes(reinterpret_cast<const char*>(out), sizeof out);
   });
+  // sha256.h's two compressions, against hashlib in the tests.
+  m.def("sha256", [](const py::bytes& data, bool hardware) {
+    llmaas::gw::Sha256 sha(hardware);
+    std::string_view view(data);
+    sha.update(view.data(), view.size());
+    uint8_t out[32];
+    sha.final(out);
+    return py::bytes(reinterpret_cast<const char*>(out), sizeof out);
+  }, py::arg("data"), py::arg("hardware") = true);
+  m.def("sha_ni_available", &llmaas::gw::sha_ni_available);
   m.def("sqlite_version", &llmaas::gw::sqlite_version);
   // audit_hash.h on one record; None for client is null (the lane writes no empty client).
   m.def("audit_record_hash",

@@ -58,6 +58,8 @@ class Fleet:
             try:
                 await self._task
             except asyncio.CancelledError:
-                pass
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller's own cancellation, not the probes'
         for host in self.hosts.values():
             host.backend.close()

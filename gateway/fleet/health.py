@@ -38,6 +38,12 @@ async def probe_forever(hosts: list[HostState], interval_s: float, timeout_s: fl
 
 
 async def _probe_host_forever(host: HostState, interval_s: float, timeout_s: float) -> None:
+    task = asyncio.current_task()
+    assert task is not None
     while True:
         await asyncio.sleep(interval_s)
         await probe(host, timeout_s)
+        if task.cancelling():
+            # Python 3.11's wait_for drops a cancellation that arrives as its awaitable completes:
+            # the probe then returns, and without this the loop would run on and the stop wait for ever.
+            raise asyncio.CancelledError

@@ -188,3 +188,32 @@ def test_a_host_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ENGINE_KEY_FOR_TEST", "k")
     [host] = parse_config(text).models[0].hosts
     assert not isinstance(host, str) and host.api_key() == "k"
+
+
+def test_a_probe_loop_ends_when_cancelled_even_if_a_probe_swallowed_the_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python 3.11's wait_for returns its awaitable's result, dropping the cancellation, when the two
+    # meet: the probe then returned normally, the loop ran on, and the gateway's stop hung for ever.
+    from gateway.fleet import health
+
+    entered = asyncio.Event()
+    swallowed = []
+
+    async def swallowing_probe(host: object, timeout_s: float) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)  # once, as wait_for does when the request completed at that very moment
+
+    monkeypatch.setattr(health, "probe", swallowing_probe)
+
+    async def test() -> None:
+        task = asyncio.create_task(health.probe_forever([object()], 0.0, 1.0))  # type: ignore[list-item]
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+
+    asyncio.run(test())
