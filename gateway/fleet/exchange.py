@@ -97,7 +97,10 @@ class Stage(Protocol):
     before routing and refuses by raising GatewayError; `finish` runs once for every stage whose
     admit returned, when the exchange ends (status and usage set), whatever the outcome. What
     `finish` returns, if anything, is awaited before the answer's last byte when the answer ends
-    well (a ledger row made durable before the client sees the end)."""
+    well (a ledger row made durable before the client sees the end). A stage may also have
+    `refuse_unread(request, error) -> GatewayError`: told of a request whose body could not be read
+    (no admit, no finish), it returns the answer to send instead (the tenancy stage: 401 for a bad key,
+    else the error with the caller's headers, audited)."""
 
     async def admit(self, exchange: Exchange) -> None: ...
 

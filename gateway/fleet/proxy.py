@@ -89,6 +89,10 @@ class Proxy:
         try:
             exchange = self._exchange(request)
         except GatewayError as exc:
+            for stage in self.stages:  # the caller first (a bad key is a 401 whatever the body)
+                refuse_unread = getattr(stage, "refuse_unread", None)
+                if refuse_unread is not None:
+                    exc = refuse_unread(request, exc)
             return exc.response()
         admitted: list[Stage] = []
         try:

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
+from gateway.http.app import Request
 from gateway.openai.protocol import default_max_tokens
 from gateway.tenancy import Admission, Counts, Principal, Tenancy, TenancyError
 
@@ -34,6 +35,20 @@ class TenancyStage:
             return self.tenancy.authenticate(authorization, request_id=request_id, client=client)
         except TenancyError as exc:
             raise gateway_error(exc) from None
+
+    def refuse_unread(self, request: Request, error: GatewayError) -> GatewayError:
+        """The answer to a request whose body could not be read: the caller is checked first, as
+        OpenAI does (a bad key is a 401 whatever the body), and a known one's refusal is audited and
+        carries its x-ratelimit-* headers."""
+        client = request.client[0] if request.client else None
+        request_id = request.headers.get("x-request-id") or ""
+        try:
+            principal = self.principal(request.headers.get("authorization"), request_id, client)
+        except GatewayError as refused:
+            return refused
+        error.headers = [*error.headers, *principal.rotation_headers,
+                         *self.tenancy.refuse_unread(principal, error.status, request_id=request_id, client=client)]
+        return error
 
     async def admit(self, exchange: Exchange) -> None:
         request = exchange.request

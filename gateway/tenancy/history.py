@@ -25,7 +25,7 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     token_id: str | None
     model: str | None
     status: int
-    reason: str  # ok, error, aborted, auth, permission, limit, budget, security, lifecycle...
+    reason: str  # ok, error, aborted, auth, invalid_request, permission, limit, budget, security, lifecycle...
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int

@@ -144,7 +144,7 @@ class Tenancy:
         try:
             if not authorization or not authorization[:7].lower() == "bearer ":
                 raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer llmaas-...'.")
-            cached = self.tokens.verify(authorization[7:].strip())
+            cached = self.tokens.verify(authorization[7:].strip(" \t"))  # as the lane: HTTP's own whitespace only
             record = cached.record
             known = self._principals.get(record.id)
             if known is not None and known[0] is cached and not self.tokens.due_for_rotation(record):
@@ -213,6 +213,15 @@ class Tenancy:
             raise
         return Admission(principal, model, request_id, client, grant, lifecycle, prices, completion,
                          time.perf_counter())
+
+    def refuse_unread(self, principal: Principal, status: int, *, request_id: str = "",
+                      client: str | None = None) -> list[tuple[str, str]]:
+        """A known caller's request refused before its fields could be read (a body that is no JSON,
+        or not the request's shape): audited as such, reserving nothing; returns the
+        x-ratelimit-* headers its answer carries, as every answer to a known tenant does."""
+        self.audit.append(status=status, reason="invalid_request", tenant=principal.tenant,
+                          token_id=principal.token_id, client=client, request_id=request_id)
+        return self.limiter.snapshot(principal.tenant, principal.tier)
 
     # -- stage 3: settle ---------------------------------------------------------------------------
     def finish(self, admission: Admission, counts: Counts, status: int = 200, *, verdict: str | None = None,

@@ -55,7 +55,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     client: str | None
     model: str | None
     status: int
-    reason: str                   # ok, auth, permission, limit, budget, security, lifecycle, ...
+    reason: str                   # ok, auth, invalid_request, permission, limit, budget, security, lifecycle, ...
     input_tokens: int = 0
     output_tokens: int = 0
     verdict: str | None = None    # the prompt-security verdict, when one was given

@@ -495,3 +495,62 @@ def test_a_commit_that_fails_loses_nothing(tmp_path: Path) -> None:
             assert [r.seq for r in lane.tenancy.store.audit_records() if r.request_id.startswith("f")] == [1, 2, 3, 4]
             assert lane.tenancy.audit.verify() == []
     run(test)
+
+
+def test_only_http_whitespace_around_a_key_is_ignored_on_both_paths(tmp_path: Path) -> None:
+    # A trailing NBSP (0xA0, which str.strip() removes) made a different key on the lane (401) and
+    # the same key on the Python path (200).
+    async def raw(port: int, authorization: bytes) -> int:
+        data = json.dumps(chat()).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                     b"authorization: " + authorization + b"\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%b" % (len(data), data))
+        try:
+            return parse_response(await asyncio.wait_for(reader.read(), 10)).status
+        finally:
+            writer.close()
+
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python).encode()
+            for value, status in ((b"Bearer " + key + b" \t", 200), (b"bearer \t" + key, 200),
+                                  (b"Bearer " + key + b"\xa0", 401), (b"Bearer \x0b" + key, 400)):  # VT: no header byte
+                assert [await raw(s.port, value) for s in (python, lane)] == [status, status], value
+    run(test)
+
+
+def test_an_unreadable_body_is_answered_after_the_key_is_checked(tmp_path: Path) -> None:
+    # As OpenAI: a bad key is a 401 whatever the body. A known caller's 400 carries its
+    # x-ratelimit-* headers (as every answer to a known tenant does), is audited, and takes nothing
+    # from its limits. Both paths alike (the lane hands these bodies over).
+    async def raw(port: int, body: bytes, key: str | None) -> RawResponse:
+        auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n" + auth +
+                     b"x-request-id: bad-body\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
+        try:
+            return parse_response(await asyncio.wait_for(reader.read(), 10))
+        finally:
+            writer.close()
+
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python, tier="tight")
+            for body in (b"{bad", b'{"model": 5}', json.dumps(chat(max_tokens=0)).encode()):
+                for s in (python, lane):
+                    assert (await raw(s.port, body, None)).status == 401
+                    assert (await raw(s.port, body, key + "x")).status == 401
+                    refused = await raw(s.port, body, key)
+                    assert refused.status == 400, (body, refused.content)
+                    assert refused.headers["x-ratelimit-limit-requests"] == "5"
+                    assert refused.headers["x-ratelimit-remaining-requests"] == "5"  # nothing taken
+            for s in (python, lane):
+                s.sync()
+                records = [(r.status, r.reason, r.tenant) for r in s.tenancy.store.audit_records()
+                           if r.request_id == "bad-body"]
+                assert records == [(401, "auth", None), (401, "auth", None), (400, "invalid_request", "acme")] * 3
+                assert (await call(s.port, chat(), key)).headers["x-ratelimit-remaining-requests"] == "4"
+    run(test)
