@@ -103,7 +103,8 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise CommandError("--db and --tiers need a path")
     try:
         config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
-        store = SqliteStore(args.db or default_db_path())
+        # The ledger journal only for its replay: a gateway starting meanwhile must get it.
+        store = SqliteStore(args.db or default_db_path(), hold_journal=False)
     except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's
         raise CommandError(str(exc)) from None
     return store, config, TokenService(store, SystemClock(), config.token_policy)

@@ -52,9 +52,12 @@ _HISTORY_FIELDS = list(HistoryEntry.__struct_fields__)
 
 class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], synchronous: str | None = None, batch_max: int = 512,
-                 journal: bool = True, flush_interval_s: float = 0.01, journal_wait_s: float = 0.0) -> None:
+                 journal: bool = True, flush_interval_s: float = 0.01, journal_wait_s: float = 0.0,
+                 hold_journal: bool = True) -> None:
         """journal_wait_s: how long to wait for the ledger journal's lock (a gateway waits out a CLI
-        command that holds it; without the journal its native lane would stay off)."""
+        command that holds it; without the journal its native lane would stay off). hold_journal
+        False (the CLI): the journal is taken only for the replays at open, then let go, so that a
+        gateway starting while a long command runs (an audit export) still gets it."""
         self.path = str(path)
         synchronous = (synchronous or os.environ.get(SYNC_ENV) or "NORMAL").upper()
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
@@ -76,6 +79,8 @@ class SqliteStore:
             # The owner of the journal: no gateway's native lane is writing its own journal either,
             # so what a killed one left there is recorded now, chained after the last record.
             lane_ledger.replay(self, AuditTrail(self, SystemClock()), self.path + lane_ledger.SUFFIX)
+            if not hold_journal:
+                self.writer.release_journal()
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so batching is explicit.

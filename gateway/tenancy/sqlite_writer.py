@@ -183,6 +183,15 @@ class SqliteWriter:
                 self._journal_done()
         future.result()
 
+    def release_journal(self) -> None:
+        """Gives the journal up, its replay done and nothing journaled since: writes commit
+        directly from now on, and another process (a gateway starting) may take it."""
+        with self._write_lock, self._jlock:
+            assert self._journaled == 0, "rows were journaled: the journal is needed until they commit"
+            journal, self.journal = self.journal, None
+        if journal is not None:
+            journal.close()
+
     def set_head(self, chain: str, head: str) -> None:
         """move_head's "seq:hash", for rows written as tuples."""
         self._head = (head_key(chain), head)

@@ -161,3 +161,25 @@ def test_a_gateway_waits_out_a_cli_command_that_holds_the_journal(tmp_path: Path
     store = SqliteStore(db, journal_wait_s=2.0)
     assert store.journaled
     store.close()
+
+
+def test_a_cli_command_lets_the_journal_go_after_its_replay(tmp_path: Path) -> None:
+    # A long command (an audit export of a large database) held the journal for all its run: a
+    # gateway starting meanwhile ran without it, and without its native lane, for its whole life.
+    from gateway.tenancy import SystemClock
+    from gateway.tenancy.audit import AuditTrail
+
+    db = str(tmp_path / "t.db")
+    cli = SqliteStore(db, hold_journal=False)  # the CLI's way (replays happen at open, then it lets go)
+    try:
+        assert not cli.journaled
+        gateway = SqliteStore(db)  # no wait needed
+        try:
+            assert gateway.journaled
+            AuditTrail(cli, SystemClock()).append(status=200, reason="token_created", tenant="acme").result()
+            cli.flush()
+            assert [r.reason for r in gateway.audit_records()] == ["token_created"]
+        finally:
+            gateway.close()
+    finally:
+        cli.close()
