@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -45,6 +46,9 @@ _KEY_BYTES = 32
 # (an empty name reads as "no filter" in too many places), no spaces or control characters.
 TENANT_NAME = re.compile(r"[\w.@:+\-]{1,128}")
 MAX_LIFETIME_S = 100 * 365 * 86400.0  # a lifetime, beyond which dates stop being printable
+# How often a key with an unknown id may make the view check the store for new tokens (made by the
+# CLI or another gateway: usable at once, not after the next refresh), whatever number of them come.
+MISS_CHECK_S = 0.05
 
 
 def new_secret() -> tuple[str, str, str]:
@@ -111,10 +115,17 @@ class TokenService:
         self._pepper = pepper if pepper is not None else load_pepper(store)
         # Keyed once; each verify copies it (a third cheaper than a one-shot HMAC, whose key setup it skips).
         self._keyed = hmac.new(self._pepper, digestmod=hashlib.sha256)
-        # Records are cached; a cached one is re-read after refresh_s so that a revocation made by
-        # another process (the CLI, another gateway) takes effect within that delay.
+        # Every token is held in memory, so that a key's id is found, or not, without reading the
+        # store: an unknown id costs what a known one does (no timing tells ids apart, no flood of
+        # made-up ids turns into reads). The view is re-read when the store's count of token
+        # writes moves (a trigger counts them, whoever writes): checked every refresh_s, so a
+        # revocation by another process (the CLI, another gateway) takes effect within that delay,
+        # and on an unknown id at most every MISS_CHECK_S, so a token just made is usable at once.
         self._refresh_s = refresh_s
-        self._cache: dict[str, CachedToken] = {}
+        self._tokens: dict[str, CachedToken] = {}
+        self._version = -1
+        self._stale = True  # changed through this object: re-read at the next lookup
+        self._checked_at = self._miss_checked_at = -math.inf
         self._rotate_lock = threading.RLock()  # rotate_if_due holds it around rotate
         # Called after each change made through this object (the native lane re-reads the tokens).
         self.listeners: list[Callable[[], None]] = []
@@ -124,6 +135,7 @@ class TokenService:
         return self._pepper
 
     def _changed(self) -> None:
+        self._stale = True
         for listener in self.listeners:
             listener()
 
@@ -154,7 +166,6 @@ class TokenService:
         record = TokenRecord(id=token_id, tenant=tenant, tier=tier, secret_hash=self.hash_key(key),
                              models=models or ["*"], name=name, created_at=self._clock.time())
         self._store.put_token(record).result()
-        self._cache.pop(token_id, None)
         self._changed()
         return record
 
@@ -182,7 +193,6 @@ class TokenService:
         if record.revoked_at is None:
             record.revoked_at = self._clock.time()
             self._store.put_token(record).result()
-        self._cache.pop(token_id, None)
         self._changed()
         return record
 
@@ -205,7 +215,6 @@ class TokenService:
             old.rotated_to = new.id
             old.expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
             self._store.put_token(old).result()
-            self._cache.pop(token_id, None)
             self._changed()
             return secret, new, old
 
@@ -218,15 +227,31 @@ class TokenService:
     # -- the hot path -----------------------------------------------------------------------------
     def lookup(self, token_id: str) -> CachedToken | None:
         now = self._clock.time()
-        cached = self._cache.get(token_id)
-        if cached is None or now - cached.loaded_at > self._refresh_s:
-            record = self._store.get_token(token_id)
-            if record is None:
-                self._cache.pop(token_id, None)
-                return None
-            cached = CachedToken(record, ModelPatterns(record.models), now)
-            self._cache[token_id] = cached
+        if self._stale or now - self._checked_at >= self._refresh_s:
+            self._check(now)
+        cached = self._tokens.get(token_id)
+        if cached is None and now - self._miss_checked_at >= MISS_CHECK_S:
+            self._miss_checked_at = now
+            self._check(now)
+            cached = self._tokens.get(token_id)
         return cached
+
+    def _check(self, now: float) -> None:
+        """Re-reads the tokens if they changed since the view was built."""
+        self._checked_at = now
+        # Read before the tokens: a write in between moves it again, so the next check re-reads.
+        version = self._store.tokens_version()
+        if not self._stale and version == self._version:
+            return
+        self._stale, self._version = False, version
+        old = self._tokens
+        tokens: dict[str, CachedToken] = {}
+        for record in self._store.list_tokens():
+            cached = old.get(record.id)
+            if cached is None or cached.record != record:  # unchanged ones keep their object (and patterns)
+                cached = CachedToken(record, ModelPatterns(record.models), now)
+            tokens[record.id] = cached
+        self._tokens = tokens
 
     def verify(self, secret: str) -> CachedToken:
         """The token of a presented secret, or AuthenticationError (one message for every failure

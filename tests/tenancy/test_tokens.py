@@ -236,3 +236,31 @@ def test_local_token_for_serve(tenancy: Tenancy) -> None:
         tenancy.authenticate(bearer(first))
     chosen, _ = tenancy.local_token("from-the-environment-123")
     assert chosen is None and tenancy.authenticate(bearer("from-the-environment-123")).tier.name == "local"
+
+
+def test_an_unknown_id_costs_what_a_known_one_does(tenancy: Tenancy, clock: FakeClock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every token is in memory: a key with a made-up id is refused without reading the store (a
+    # read made unknown ids slower than known ones, and a flood of them a flood of reads), except
+    # one check for new tokens every MISS_CHECK_S whatever their number.
+    secret, record = tenancy.tokens.create("acme", "small")
+    tenancy.authenticate(bearer(secret))
+    reads = []
+    for name in ("get_token", "list_tokens", "tokens_version"):
+        real = getattr(tenancy.store, name)
+        monkeypatch.setattr(tenancy.store, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
+    for _ in range(200):
+        with pytest.raises(AuthenticationError, match="Incorrect"):
+            tenancy.tokens.verify(tokens_module.new_secret()[0])
+        tenancy.tokens.verify(secret)
+    assert reads == ["tokens_version"]  # the one miss check of this instant; nothing changed
+    # A token made by another process (the CLI) is usable at once: the next miss looks again.
+    other = tokens_module.TokenService(tenancy.store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+    fresh, _ = other.create("acme", "small")
+    clock.advance(2 * tokens_module.MISS_CHECK_S)
+    assert tenancy.tokens.verify(fresh).record.tenant == "acme"
+    # Its revocation by that process holds within the refresh interval.
+    other.revoke(record.id)
+    clock.advance(1.0)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tenancy.authenticate(bearer(secret))
