@@ -4,36 +4,10 @@
 #include <charconv>
 #include <cmath>
 
+#include "lane_io.h"
 #include "sha256.h"
 
 namespace llmaas::gw {
-
-void append_json_string(std::string* out, std::string_view s) {
-  static const char kHex[] = "0123456789abcdef";
-  out->push_back('"');
-  size_t run = 0;  // start of the bytes copied as they are
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    out->append(s.data() + run, i - run);
-    run = i + 1;
-    switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\b': out->append("\\b"); break;
-      case '\t': out->append("\\t"); break;
-      case '\n': out->append("\\n"); break;
-      case '\f': out->append("\\f"); break;
-      case '\r': out->append("\\r"); break;
-      default:
-        out->append("\\u00");
-        out->push_back(kHex[c >> 4]);
-        out->push_back(kHex[c & 15]);
-    }
-  }
-  out->append(s.data() + run, s.size() - run);
-  out->push_back('"');
-}
 
 void append_json_double(std::string* out, double v) {
   char buffer[64];
@@ -64,28 +38,28 @@ std::string audit_record_hash(const AuditFields& r, std::string* scratch) {
   j.push_back(',');
   append_json_double(&j, r.time);
   j.push_back(',');
-  append_json_string(&j, r.tenant);
+  lane::append_json_string(&j, r.tenant);
   j.push_back(',');
-  append_json_string(&j, r.token_id);
+  lane::append_json_string(&j, r.token_id);
   j.push_back(',');
   if (r.client.empty()) j.append("null");
-  else append_json_string(&j, r.client);
+  else lane::append_json_string(&j, r.client);
   j.push_back(',');
-  append_json_string(&j, r.model);
+  lane::append_json_string(&j, r.model);
   j.push_back(',');
   j.append(std::to_string(r.status));
   j.push_back(',');
-  append_json_string(&j, r.reason);
+  lane::append_json_string(&j, r.reason);
   j.push_back(',');
   j.append(std::to_string(r.input_tokens));
   j.push_back(',');
   j.append(std::to_string(r.output_tokens));
   j.append(",null,");
-  append_json_string(&j, r.request_id);
+  lane::append_json_string(&j, r.request_id);
   j.append(",null,");
-  append_json_string(&j, r.prev_hash);
+  lane::append_json_string(&j, r.prev_hash);
   j.append(",[\"chain\",");
-  append_json_string(&j, r.chain);
+  lane::append_json_string(&j, r.chain);
   j.append("]]");
   Sha256 sha;
   sha.update(j.data(), j.size());

@@ -26,7 +26,7 @@ struct AuditFields {
   std::string_view request_id, prev_hash, chain;
 };
 
-void append_json_string(std::string* out, std::string_view s);
+// The float as msgspec writes it (strings: lane_io.h append_json_string, which escapes as msgspec does).
 void append_json_double(std::string* out, double v);
 
 // The record's hash as hex; `scratch` is reused between calls (the JSON is built there).
