@@ -22,6 +22,7 @@ while the interpreter runs on. Back comes the tenant and cost of what it finishe
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 import time
@@ -38,6 +39,7 @@ except ImportError:  # not built: native_lane.unavailable() says so first
     _native_sqlite_version = None
 
 REFRESH_S = 1.0
+log = logging.getLogger(__name__)
 _NO_HASH = bytes(32)
 
 
@@ -73,6 +75,7 @@ class LaneTenancy:
         self._checked_at = -math.inf
         self._version = -1  # the store's tokens_version the view was built from
         self._stale = True
+        self._failing: str | None = None  # the ledger's last commit error, until one succeeds
         tenancy.tokens.listeners.append(self.mark_stale)
         self.sync()
 
@@ -80,8 +83,7 @@ class LaneTenancy:
         self._stale = True
 
     def sync(self) -> None:
-        """Records what the lane journaled; pushes a new view when one is due."""
-        self._record()
+        """Pushes a new view when one is due."""
         now = time.monotonic()
         if self._stale or now - self._checked_at >= REFRESH_S:
             self._checked_at = now
@@ -93,17 +95,28 @@ class LaneTenancy:
                 self._push()
 
     def close(self) -> None:
-        self._record()
+        self.record()
         self.tenancy.tokens.listeners.remove(self.mark_stale)
 
     def names(self, limit_index: int) -> tuple[str, str]:
         """(tenant, tier) of a limit state the lane reports."""
         return self._limiter.keys[limit_index] if limit_index >= 0 else ("", "")
 
-    def _record(self) -> None:
-        # Committed on return, the interpreter's lock released meanwhile; should that fail (raises
-        # RuntimeError), the lane's file is kept and taken again next time.
-        self._plane.ledger_flush()  # type: ignore[attr-defined]
+    def record(self) -> None:
+        """Commits what the lane journaled, the interpreter's lock released meanwhile (any thread).
+        Should that fail (another writer holding the database past the busy timeout, a full disk),
+        the entries stay in the lane's journal, durable, and are taken again next time: said
+        once, not every tick."""
+        try:
+            self._plane.ledger_flush()  # type: ignore[attr-defined]
+        except RuntimeError as exc:
+            if str(exc) != self._failing:
+                log.error("the native lane's ledger rows wait in its journal: %s", exc)
+            self._failing = str(exc)
+            return
+        if self._failing is not None:
+            log.warning("the native lane's ledger rows are committed again")
+            self._failing = None
 
     def _push(self) -> None:
         tenancy = self.tenancy

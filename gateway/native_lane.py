@@ -160,6 +160,8 @@ class NativeLane:
         self._loop = asyncio.get_running_loop()
         self._adopting: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._ticking: asyncio.Task[None] | None = None
+        self._stopped = False
         if connections is not None:
             connections.native = lambda: int(self._plane.open_connections)
 
@@ -186,8 +188,10 @@ class NativeLane:
         self._plane.start()
         self._timer = self._loop.call_later(_TICK_S, self._tick)
 
-    def sync(self) -> None:
-        """Exchanges state with the lane: health and load out; finished requests and failures in."""
+    def sync(self, record: bool = True) -> None:
+        """Exchanges state with the lane: health and load out; finished requests and failures in.
+        record: the lane's ledger rows committed first, on this thread (the tick commits them on a
+        worker thread instead, so that a database locked by another writer never stalls the loop)."""
         plane, threshold = self._plane, self._fleet.routing.failure_threshold
         for index, failed, error in plane.take_host_events():
             host = self._hosts[index]
@@ -202,7 +206,9 @@ class NativeLane:
             host.lane_outstanding_tokens = plane.host_outstanding(i)
             host.lane_in_flight = plane.host_in_flight(i)
         if self._tenancy is not None:
-            self._tenancy.sync()  # the usage rows first: what is finished is in the ledger
+            if record:
+                self._tenancy.record()  # the usage rows first: what is finished is in the ledger
+            self._tenancy.sync()
         for finished in plane.take_finished():
             self._finish(*finished)
         handed_off = int(plane.handed_off)
@@ -223,11 +229,17 @@ class NativeLane:
             stage.finish_batch(batch)
 
     def _tick(self) -> None:
+        self._ticking = self._loop.create_task(self._tick_async())
+
+    async def _tick_async(self) -> None:
         try:
-            self.sync()
+            if self._tenancy is not None:
+                await asyncio.to_thread(self._tenancy.record)
+            self.sync(record=False)
         except Exception:  # a stage's bug must not stop the lane's bookkeeping
             log.exception("native lane sync failed")
-        self._timer = self._loop.call_later(_TICK_S, self._tick)
+        if not self._stopped:
+            self._timer = self._loop.call_later(_TICK_S, self._tick)
 
     def _adopt_handed_over(self) -> None:
         for fd, data in self._plane.take_handoffs():
@@ -257,8 +269,11 @@ class NativeLane:
         state.abort_connections()
         await asyncio.to_thread(self._plane.stop)
         self._loop.remove_reader(self._plane.wake_fd)
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._ticking is not None:
+            await self._ticking  # a tick's commit in flight ends before the last one
         self.sync()  # what the lane finished last still reaches the stages
         if self._tenancy is not None:
             self._tenancy.close()

@@ -471,29 +471,34 @@ def test_the_lane_records_its_requests_in_an_audit_chain_of_its_own(tmp_path: Pa
     run(test)
 
 
-def test_a_commit_that_fails_loses_nothing(tmp_path: Path) -> None:
-    # Another writer holds the database past the lane's busy timeout: the flush fails and records
-    # nothing, the entries stay journaled, and the next flush records each once, chained in order.
+def test_a_commit_that_fails_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Another writer holds the database past the lane's busy timeout: the ticks' commits fail and
+    # record nothing (said once), the entries stay journaled, the event loop keeps serving (the
+    # commit waits on a worker thread), and once the lock goes each is recorded once, in order.
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
             key = share_token(lane)
-            lane.gateway.lane._tenancy = None  # type: ignore[union-attr]  # no tick records them meanwhile
-            for i in range(3):
-                assert (await call(lane.port, chat(), key, extra=f"x-request-id: f{i}\r\n")).status == 200
-            plane = lane.gateway.lane._plane  # type: ignore[union-attr]
             holder = sqlite3.connect(lane.tenancy.store.path, isolation_level=None)  # type: ignore[attr-defined]
             holder.execute("BEGIN IMMEDIATE")
-            with pytest.raises(RuntimeError, match="locked"):
-                await asyncio.to_thread(plane.ledger_flush)
+            for i in range(3):
+                assert (await call(lane.port, chat(), key, extra=f"x-request-id: f{i}\r\n")).status == 200
+            started = time.monotonic()
+            while not any("wait in its journal" in r.message for r in caplog.records):
+                assert time.monotonic() - started < 10
+                assert (await get(lane.port, "/health")).status == 200  # the Python server answers meanwhile
+                await asyncio.sleep(0.05)
+            assert (await call(lane.port, chat(), key, extra="x-request-id: f3\r\n")).status == 200
             holder.execute("ROLLBACK")
             holder.close()
-            assert (await call(lane.port, chat(), key, extra="x-request-id: f3\r\n")).status == 200
-            assert await asyncio.to_thread(plane.ledger_flush) == 3  # the entries it failed on first
-            assert await asyncio.to_thread(plane.ledger_flush) == 1
+            while not any("committed again" in r.message for r in caplog.records):
+                assert time.monotonic() - started < 20
+                await asyncio.sleep(0.05)
+            lane.sync()  # f3 went to the journal's other file: the next commit takes it
             rows = lane.tenancy.store.usage("acme", since=0.0)
             assert [r.request_id for r in rows] == ["f0", "f1", "f2", "f3"]
             assert [r.seq for r in lane.tenancy.store.audit_records() if r.request_id.startswith("f")] == [1, 2, 3, 4]
             assert lane.tenancy.audit.verify() == []
+            assert sum("wait in its journal" in r.message for r in caplog.records) == 1
     run(test)
 
 
