@@ -160,7 +160,7 @@ class NativeLane:
         self._loop = asyncio.get_running_loop()
         self._adopting: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._ticking: asyncio.Task[None] | None = None
+        self._recording: asyncio.Task[None] | None = None  # the worker thread's commit in flight
         self._stopped = False
         if connections is not None:
             connections.native = lambda: int(self._plane.open_connections)
@@ -188,10 +188,11 @@ class NativeLane:
         self._plane.start()
         self._timer = self._loop.call_later(_TICK_S, self._tick)
 
-    def sync(self, record: bool = True) -> None:
+    def sync(self, record: bool = False) -> None:
         """Exchanges state with the lane: health and load out; finished requests and failures in.
-        record: the lane's ledger rows committed first, on this thread (the tick commits them on a
-        worker thread instead, so that a database locked by another writer never stalls the loop)."""
+        record: the lane's ledger rows committed first, on this thread. Not by default: the ticks
+        commit them on a worker thread, and a metrics scrape (this, as the gateway's refresh) would
+        stall the loop for as long as another writer holds the database (twice the busy timeout)."""
         plane, threshold = self._plane, self._fleet.routing.failure_threshold
         for index, failed, error in plane.take_host_events():
             host = self._hosts[index]
@@ -229,17 +230,25 @@ class NativeLane:
             stage.finish_batch(batch)
 
     def _tick(self) -> None:
-        self._ticking = self._loop.create_task(self._tick_async())
-
-    async def _tick_async(self) -> None:
+        # The commit goes on beside the ticks, not before them: a database locked by another writer
+        # holds it up to the lane's busy timeout (2 s), and a revocation must reach the lane, and
+        # the hosts' health the lane and the breaker, within a tick or a second meanwhile.
         try:
-            if self._tenancy is not None:
-                await asyncio.to_thread(self._tenancy.record)
             self.sync(record=False)
         except Exception:  # a stage's bug must not stop the lane's bookkeeping
             log.exception("native lane sync failed")
+        if self._tenancy is not None and self._recording is None:
+            self._recording = self._loop.create_task(self._record(self._tenancy))
         if not self._stopped:
             self._timer = self._loop.call_later(_TICK_S, self._tick)
+
+    async def _record(self, tenancy: LaneTenancy) -> None:
+        try:
+            await asyncio.to_thread(tenancy.record)
+        except Exception:
+            log.exception("native lane ledger commit failed")
+        finally:
+            self._recording = None
 
     def _adopt_handed_over(self) -> None:
         for fd, data in self._plane.take_handoffs():
@@ -272,9 +281,9 @@ class NativeLane:
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._ticking is not None:
-            await self._ticking  # a tick's commit in flight ends before the last one
+        if self._recording is not None:
+            await self._recording  # a tick's commit in flight ends before the last one
         self.sync()  # what the lane finished last still reaches the stages
         if self._tenancy is not None:
-            self._tenancy.close()
+            self._tenancy.close()  # and is recorded
         self._sock.close()

@@ -78,6 +78,24 @@ uint32_t crc32(const void* data, size_t size) {
   return c ^ 0xffffffffu;
 }
 
+void latin1_to_utf8(std::string* bytes) {
+  size_t high = 0;
+  for (char c : *bytes) high += static_cast<unsigned char>(c) >> 7;
+  if (high == 0) return;  // ASCII, nearly always
+  std::string text;
+  text.reserve(bytes->size() + high);
+  for (char c : *bytes) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x80) {
+      text.push_back(c);
+    } else {
+      text.push_back(static_cast<char>(0xc0 | (u >> 6)));
+      text.push_back(static_cast<char>(0x80 | (u & 0x3f)));
+    }
+  }
+  bytes->swap(text);
+}
+
 LaneJournal::LaneJournal(const std::string& path) {
   for (int n = 0; n < 2; ++n) {
     std::string name = path + "-" + std::to_string(n);
@@ -128,7 +146,10 @@ bool LaneJournal::reserve(int n, size_t needed) {
   return true;
 }
 
-bool LaneJournal::append(const LedgerEntry& e) {
+bool LaneJournal::append(LedgerEntry e) {
+  // A header's bytes are not always UTF-8: as they came, they made the usage and audit tables
+  // unreadable to Python (and a replay stopped at the frame, the entries after it lost).
+  latin1_to_utf8(&e.request_id);
   std::lock_guard<std::mutex> lock(mutex_);
   std::string& f = frame_;
   f.assign(8, '\0');
@@ -156,7 +177,7 @@ bool LaneJournal::append(const LedgerEntry& e) {
   if (!reserve(n, ends_[n] + f.size())) return false;
   std::memcpy(maps_[n] + ends_[n], f.data(), f.size());
   ends_[n] += f.size();
-  entries_[n].push_back(e);
+  entries_[n].push_back(std::move(e));
   return true;
 }
 

@@ -23,7 +23,7 @@ namespace llmaas::gw {
 
 // Packed in this order: a usage row's twelve columns, then the audit record's client and reason.
 struct LedgerEntry {
-  std::string request_id;
+  std::string request_id;  // the x-request-id header's bytes (append makes them Python's text)
   double time = 0;  // seconds since the epoch, at the end
   std::string tenant, token_id, model;
   int64_t input = 0, cached_input = 0, output = 0, reasoning = 0;
@@ -44,7 +44,8 @@ class LaneJournal {
   LaneJournal& operator=(const LaneJournal&) = delete;
 
   // False when the disk refused room for it (the caller then must not answer as if it were kept).
-  bool append(const LedgerEntry& entry);
+  // The request id is kept as Python reads a header (latin-1: each byte one character), in UTF-8.
+  bool append(LedgerEntry entry);
   // The entries of the file taken; valid until `release`. Only one thread takes and releases.
   const std::vector<LedgerEntry>& take();
   void release();
@@ -64,5 +65,8 @@ class LaneJournal {
 };
 
 uint32_t crc32(const void* data, size_t size);
+
+// Header bytes as text the way the Python server decodes them (latin-1), written in UTF-8.
+void latin1_to_utf8(std::string* bytes);
 
 }  // namespace llmaas::gw

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import math
 import os
 import re
@@ -49,6 +50,13 @@ MAX_LIFETIME_S = 100 * 365 * 86400.0  # a lifetime, beyond which dates stop bein
 # How often a key with an unknown id may make the view check the store for new tokens (made by the
 # CLI or another gateway: usable at once, not after the next refresh), whatever number of them come.
 MISS_CHECK_S = 0.05
+log = logging.getLogger(__name__)
+
+
+def _within(now: float, since: float, period_s: float) -> bool:
+    """Whether `now` is less than `period_s` after `since`; not when the wall clock stepped back
+    past it (else the view would wait for the clock to come back: an hour's step, an hour)."""
+    return 0.0 <= now - since < period_s
 
 
 def new_secret() -> tuple[str, str, str]:
@@ -124,8 +132,11 @@ class TokenService:
         self._refresh_s = refresh_s
         self._tokens: dict[str, CachedToken] = {}
         self._version = -1
-        self._stale = True  # changed through this object: re-read at the next lookup
+        # Changes made through this object, and how many of them the view has read: it is re-read
+        # at the next lookup when they differ.
+        self._changes, self._seen = 1, 0
         self._checked_at = self._miss_checked_at = -math.inf
+        self._view_lock = threading.Lock()  # one re-read at a time; lookups meanwhile wait for it
         self._rotate_lock = threading.RLock()  # rotate_if_due holds it around rotate
         # Called after each change made through this object (the native lane re-reads the tokens).
         self.listeners: list[Callable[[], None]] = []
@@ -135,7 +146,7 @@ class TokenService:
         return self._pepper
 
     def _changed(self) -> None:
-        self._stale = True
+        self._changes += 1
         for listener in self.listeners:
             listener()
 
@@ -227,31 +238,37 @@ class TokenService:
     # -- the hot path -----------------------------------------------------------------------------
     def lookup(self, token_id: str) -> CachedToken | None:
         now = self._clock.time()
-        if self._stale or now - self._checked_at >= self._refresh_s:
+        if self._changes != self._seen or not _within(now, self._checked_at, self._refresh_s):
             self._check(now)
         cached = self._tokens.get(token_id)
-        if cached is None and now - self._miss_checked_at >= MISS_CHECK_S:
+        if cached is None and not _within(now, self._miss_checked_at, MISS_CHECK_S):
             self._miss_checked_at = now
             self._check(now)
             cached = self._tokens.get(token_id)
         return cached
 
     def _check(self, now: float) -> None:
-        """Re-reads the tokens if they changed since the view was built."""
-        self._checked_at = now
-        # Read before the tokens: a write in between moves it again, so the next check re-reads.
-        version = self._store.tokens_version()
-        if not self._stale and version == self._version:
-            return
-        self._stale, self._version = False, version
-        old = self._tokens
-        tokens: dict[str, CachedToken] = {}
-        for record in self._store.list_tokens():
-            cached = old.get(record.id)
-            if cached is None or cached.record != record:  # unchanged ones keep their object (and patterns)
-                cached = CachedToken(record, ModelPatterns(record.models), now)
-            tokens[record.id] = cached
-        self._tokens = tokens
+        """Re-reads the tokens if they changed since the view was built. The view is marked current
+        only once it is in place: a lookup on another thread meanwhile waits for it, instead of
+        finding the old view (at start, an empty one) current and a new key unknown."""
+        with self._view_lock:
+            changes = self._changes
+            # Read before the tokens: a write in between moves it again, so the next check re-reads.
+            version = self._store.tokens_version()
+            if changes != self._seen or version != self._version:
+                old = self._tokens
+                tokens: dict[str, CachedToken] = {}
+                for record in self._store.list_tokens():
+                    cached = old.get(record.id)
+                    if cached is None or cached.record != record:  # unchanged ones keep their object (and patterns)
+                        try:
+                            cached = CachedToken(record, ModelPatterns(record.models), now)
+                        except ValueError as exc:  # a record no CLI would write: its key alone is refused
+                            log.warning("token %s is refused: its models are unusable (%s)", record.id, exc)
+                            continue
+                    tokens[record.id] = cached
+                self._tokens, self._version, self._seen = tokens, version, changes
+            self._checked_at = now
 
     def verify(self, secret: str) -> CachedToken:
         """The token of a presented secret, or AuthenticationError (one message for every failure

@@ -92,7 +92,7 @@ class Stack:
         if lane is not None:
             if push:
                 lane.tenancy.mark_stale()  # type: ignore[attr-defined]
-            lane.sync()  # type: ignore[attr-defined]
+            lane.sync(record=True)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -345,6 +345,43 @@ def test_a_killed_gateways_lane_journal_is_recorded_at_the_next_open(tmp_path: P
     run(test)
 
 
+def test_request_ids_of_any_bytes_are_recorded_as_the_python_path_records_them(tmp_path: Path) -> None:
+    # The lane kept an x-request-id's bytes as they came: one that was not UTF-8 made the usage
+    # and audit tables unreadable to Python (usage, verify, history raised), and the replay of its
+    # journal stopped at that entry, losing those after it. Python reads header bytes as latin-1.
+    ids = [b'q"uote \\ and\ttab', "\u00e9\u4e2d".encode(), b"\xff\xfe not utf-8", b"after"]
+
+    async def raw(port: int, key: str, request_id: bytes) -> int:
+        data = json.dumps(chat()).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer " + key.encode() +
+                     b"\r\nx-request-id: " + request_id + b"\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%b" % (len(data), data))
+        try:
+            return parse_response(await asyncio.wait_for(reader.read(), 10)).status
+        finally:
+            writer.close()
+
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
+                stack(tmp_path, fake.url, "python", native=False) as python:
+            key = share_token(lane, python)
+            for request_id in ids:
+                assert [await raw(s.port, key, request_id) for s in (python, lane)] == [200, 200]
+            assert handed_off(lane) == 0
+            lane.sync()
+            recorded = [[r.request_id for r in s.tenancy.store.usage("acme", since=0.0)] for s in (python, lane)]
+            assert recorded[0] == recorded[1] == [i.decode("latin-1") for i in ids]
+            assert lane.tenancy.audit.verify() == []
+            lane.gateway.lane._tenancy = None  # type: ignore[union-attr]  # as if no tick ran again
+            for request_id in ids:
+                assert await raw(lane.port, key, request_id) == 200
+            path = lane.tenancy.lane_journal_path
+            journaled = [e.request_id for n in (0, 1) for e in parse(Path(f"{path}-{n}").read_bytes())]
+            assert journaled == [i.decode("latin-1") for i in ids]  # what the next start replays
+    run(test)
+
+
 def test_the_scheme_and_header_name_in_any_case(tmp_path: Path) -> None:
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
@@ -380,6 +417,28 @@ def test_a_revocation_by_another_process_reaches_the_lane_within_a_second(tmp_pa
                 assert time.monotonic() < deadline, "the lane still serves a revoked key"
                 await asyncio.sleep(0.05)
             assert answer.status == 401 and b"revoked" in answer.content
+    run(test)
+
+
+def test_a_revocation_reaches_the_lane_within_a_second_while_another_writer_holds_the_database(
+        tmp_path: Path) -> None:
+    # The tick pushed the tokens only once its ledger commit had given up on the lock (the lane's
+    # 2 s busy timeout): a revoked key was served for two seconds, not one.
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            secret, record = await served_key(lane)
+            path = lane.tenancy.store.path  # type: ignore[attr-defined]
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (time.time(), record.id))
+            revoked = time.monotonic()
+            other.execute("BEGIN IMMEDIATE")  # and holds the database from then on
+            try:
+                while (await call(lane.port, chat(), secret)).status == 200:  # each one a row to commit
+                    assert time.monotonic() - revoked < 1.5, "the lane still serves a revoked key"
+                    await asyncio.sleep(0.02)
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
     run(test)
 
 
@@ -499,6 +558,30 @@ def test_a_commit_that_fails_loses_nothing(tmp_path: Path, caplog: pytest.LogCap
             assert [r.seq for r in lane.tenancy.store.audit_records() if r.request_id.startswith("f")] == [1, 2, 3, 4]
             assert lane.tenancy.audit.verify() == []
             assert sum("wait in its journal" in r.message for r in caplog.records) == 1
+    run(test)
+
+
+def test_a_metrics_scrape_does_not_wait_on_a_locked_database(tmp_path: Path) -> None:
+    # A scrape brings the lane's finished requests in (the gateway's metrics refresh): it committed
+    # the lane's ledger too, on the event loop, which stood still ~4 s while another writer held
+    # the database (the tick's commit in flight, then its own, each up to the busy timeout).
+    async def test() -> None:
+        async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            holder = sqlite3.connect(lane.tenancy.store.path, isolation_level=None)  # type: ignore[attr-defined]
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                for _ in range(3):
+                    assert (await call(lane.port, chat(), key)).status == 200
+                await asyncio.sleep(0.1)  # a tick's commit waits on the lock now
+                started = time.monotonic()
+                assert (await get(lane.port, "/metrics")).status == 200
+                assert time.monotonic() - started < 0.5
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            lane.sync()
+            assert len(lane.tenancy.store.usage("acme", since=0.0)) == 3
     run(test)
 
 

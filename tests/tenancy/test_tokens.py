@@ -264,3 +264,62 @@ def test_an_unknown_id_costs_what_a_known_one_does(tenancy: Tenancy, clock: Fake
     clock.advance(1.0)
     with pytest.raises(AuthenticationError, match="revoked"):
         tenancy.authenticate(bearer(secret))
+
+
+def test_a_malformed_token_record_refuses_its_key_alone(tenancy: Tenancy, clock: FakeClock) -> None:
+    # A record whose models no CLI would write (none left once blanks are stripped) is one the lane
+    # leaves to Python; the view in memory failed whole on it, and every key was refused with it.
+    secret, record = tenancy.tokens.create("acme", "small")
+    bad_secret, bad = tenancy.tokens.create("acme", "small")
+    bad.models = [" "]
+    tenancy.store.put_token(bad).result()  # behind the service's back
+    restarted = tokens_module.TokenService(tenancy.store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+    for _ in range(2):
+        assert restarted.verify(secret).record.id == record.id
+        with pytest.raises(AuthenticationError, match="Incorrect"):
+            restarted.verify(bad_secret)
+        clock.advance(2.0)
+
+
+def test_a_revocation_holds_when_the_wall_clock_steps_back(tenancy: Tenancy, clock: FakeClock) -> None:
+    # The view's checks were timed on the wall clock: stepped back an hour (NTP, a VM resumed), it
+    # waited an hour before it looked at the store again, serving a key revoked meanwhile.
+    secret, record = tenancy.tokens.create("acme", "small")
+    tenancy.authenticate(bearer(secret))
+    clock.set(clock.time() - 3600)
+    other = tokens_module.TokenService(tenancy.store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+    other.revoke(record.id)  # the CLI's way: another process
+    fresh, _ = other.create("acme", "small")
+    clock.advance(1.0)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tenancy.authenticate(bearer(secret))
+    assert tenancy.tokens.verify(fresh).record.tenant == "acme"
+
+
+def test_lookups_on_other_threads_wait_for_a_re_read_instead_of_refusing(tenancy: Tenancy, clock: FakeClock,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The view was marked current before it was read: a lookup on another thread meanwhile found
+    # the old one (at start, empty) current, and a valid key was refused as unknown.
+    import threading
+    import time
+
+    secret, record = tenancy.tokens.create("acme", "small")
+    restarted = tokens_module.TokenService(tenancy.store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+    real = tenancy.store.list_tokens
+    monkeypatch.setattr(tenancy.store, "list_tokens", lambda *a, **k: time.sleep(0.05) or real(*a, **k))
+    barrier = threading.Barrier(8)
+    found: list[str] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            found.append(restarted.verify(secret).record.id)
+        except AuthenticationError as exc:
+            found.append(str(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [record.id] * 8
