@@ -7,9 +7,11 @@ so they may run while it serves: a new token works at once, a revocation within 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 
 import msgspec
@@ -35,6 +37,34 @@ def parse_since(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or duration: {text!r}") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# A name is shown in every list of tokens, a terminal's among them: no control characters (a newline
+# or an escape sequence would forge or hide rows), and short enough to stay a label.
+MAX_NAME_LEN = 256
+# SQLite's files beside a database, and ours (the ledger's and the native lane's journals, -0 and -1).
+_SIDECARS = ("-wal", "-shm", "-journal", "-ledger-journal", "-lane-journal")
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME_LEN or any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError(f"a token's name is at most {MAX_NAME_LEN} characters, none of them control characters")
+
+
+def check_grace(seconds: float | None) -> None:
+    """A grace period: zero (the old secret ends now) up to a token's longest lifetime; past that its
+    expiry is no date (every request with the old secret would fail to say when it ends)."""
+    from gateway.tenancy.tokens import MAX_LIFETIME_S
+
+    if seconds is not None and not 0.0 <= seconds <= MAX_LIFETIME_S:
+        raise ValueError(f"a grace period must be at most {MAX_LIFETIME_S / 86400:.0f} days")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: control and format characters (newlines, escape sequences, bidi
+    overrides) written as escapes, so that a stored value cannot redraw the table around it."""
+    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode()
+                   for c in text)
 
 
 class CommandError(Exception):
@@ -92,19 +122,29 @@ def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(run=run_export)
 
 
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    # Imported here: `llmaas --help` should not pay for the store.
-    import os
-
-    from gateway.tenancy import SqliteStore, SystemClock, default_db_path, load_config
-    from gateway.tenancy.tokens import TokenService
+def _db_path(args: argparse.Namespace) -> str:
+    from gateway.tenancy import default_db_path
 
     if args.db == "" or args.tiers == "":
         raise CommandError("--db and --tiers need a path")
+    return args.db or default_db_path()
+
+
+def _open(args: argparse.Namespace, existing: bool = True):  # type: ignore[no-untyped-def]
+    """The store, config and token service. existing: the command only reads or changes what is
+    there, so a database that is not there is a mistyped path, said as such, not made (empty, it
+    would list no tokens and verify as intact)."""
+    # Imported here: `llmaas --help` should not pay for the store.
+    from gateway.tenancy import SqliteStore, SystemClock, load_config
+    from gateway.tenancy.tokens import TokenService
+
+    path = _db_path(args)
+    if existing and not os.path.exists(path):
+        raise CommandError(f"no database at {path} (made by the first `llmaas tokens create` or gateway start)")
     try:
         config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
         # The ledger journal only for its replay: a gateway starting meanwhile must get it.
-        store = SqliteStore(args.db or default_db_path(), hold_journal=False)
+        store = SqliteStore(path, hold_journal=False)
     except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's
         raise CommandError(str(exc)) from None
     return store, config, TokenService(store, SystemClock(), config.token_policy)
@@ -129,9 +169,10 @@ def _fail(message: str) -> int:
 def run_create(args: argparse.Namespace) -> int:
     from gateway.tenancy.permissions import parse_patterns
 
-    store, config, tokens = _open(args)
+    store, config, tokens = _open(args, existing=False)
     try:
         config.tier(args.tier)
+        check_name(args.name)
         secret, record = tokens.create(args.tenant, args.tier, parse_patterns(args.models), args.expires, args.name)
         _audited(store, "token_created", record.tenant, record.id)
     except ValueError as exc:
@@ -149,7 +190,20 @@ def run_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_filter(tenant: str | None) -> None:
+    """A --tenant no token can carry (an empty one from an unset variable) matches nothing: an error,
+    as in the admin API, rather than an empty answer that reads as "none"."""
+    from gateway.tenancy.tokens import check_tenant
+
+    if tenant is not None:
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise CommandError(f"--tenant: {exc}") from None
+
+
 def run_list(args: argparse.Namespace) -> int:
+    _tenant_filter(args.tenant)
     store, _, _ = _open(args)
     try:
         records = store.list_tokens(args.tenant)
@@ -167,7 +221,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(rows).decode())
         return 0
     cols = ["id", "tenant", "tier", "models", "state", "created", "expires", "successor", "name"]
-    table = [cols, *[[str(row[c]) for c in cols] for row in rows]]
+    table = [cols, *[[printable(str(row[c])) for c in cols] for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -188,6 +242,10 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_rotate(args: argparse.Namespace) -> int:
+    try:
+        check_grace(args.grace)
+    except ValueError as exc:
+        return _fail(str(exc))
     store, _, tokens = _open(args)
     try:
         secret, new, old = tokens.rotate(args.token_id, args.grace)
@@ -207,6 +265,7 @@ def run_usage(args: argparse.Namespace) -> int:
 
     if args.until is not None and args.until < args.since:
         return _fail("--until is before --since")
+    _tenant_filter(args.tenant)
     store, _, _ = _open(args)
     try:
         rows = store.usage(args.tenant, args.since, args.until)
@@ -240,6 +299,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from gateway.tenancy.audit import export_jsonl
 
+    if args.output and _is_store_file(args.output, _db_path(args)):
+        raise CommandError(f"--output {args.output} is one of the store's own files: it would be overwritten")
     store, _, _ = _open(args)
     try:
         out = open(args.output, "wb") if args.output else sys.stdout.buffer
@@ -252,3 +313,15 @@ def run_export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _is_store_file(path: str, db: str) -> bool:
+    """Whether writing `path` would write over the database or one of its sidecars (`<db>-wal`,
+    the journals), by any name for them (a relative path, a link)."""
+    out, base = os.path.realpath(path), os.path.realpath(db)
+    if out == base or out.startswith(tuple(base + suffix for suffix in _SIDECARS)):
+        return True
+    try:
+        return os.path.samefile(path, db)  # a hard link to the database
+    except OSError:  # either is not there
+        return False

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
+T = TypeVar("T")
 
 
 class FieldError(ValueError):
@@ -19,3 +25,20 @@ def field(param: str, check: Callable[..., object], *args: object) -> object:
         return check(*args)
     except ValueError as exc:
         raise FieldError(param, str(exc)) from None
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise FieldError(key, f"Invalid body: the field `{key}` is given twice")
+        seen.add(key)
+    return dict(pairs)
+
+
+def decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """The body as `decoder`'s type, a field given twice refused: msgspec keeps the last one, so
+    `{"patterns": "off", "patterns": "on"}` would be set to whichever a reader of it did not expect."""
+    value = decoder.decode(body)  # msgspec's refusals first: they name the field at fault
+    json.loads(body, object_pairs_hook=_unique)  # a small body, read twice only once it is valid
+    return value

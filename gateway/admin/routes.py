@@ -31,9 +31,9 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from gateway.admin.fields import FieldError, field
+from gateway.admin.fields import FieldError, decode, field
 from gateway.admin.security_policies import delete_policy, get_policy, list_policies, put_policy
-from gateway.cli_tokens import iso_time, parse_duration, parse_since
+from gateway.cli_tokens import check_grace, check_name, iso_time, parse_duration, parse_since
 from gateway.http import Request, Response, Router, error_response
 from gateway.http.json_errors import invalid_json_message
 from gateway.tenancy import Tenancy
@@ -165,8 +165,9 @@ async def _audited(t: Tenancy, request: Request, status: int, reason: str, tenan
 
 
 async def create_token(t: Tenancy, request: Request) -> Response:
-    body = _CREATE.decode(request.body or b"{}")
+    body = decode(_CREATE, request.body or b"{}")
     field("tenant", check_tenant, body.tenant)
+    field("name", check_name, body.name)
     field("tier", t.config.tier, body.tier)
     field("models", ModelPatterns, body.models)
     expires = field("expires_in", _duration, body.expires_in)
@@ -188,8 +189,9 @@ async def revoke_token(t: Tenancy, request: Request) -> Response:
 
 
 async def rotate_token(t: Tenancy, request: Request) -> Response:
-    body = _ROTATE.decode(request.body or b"{}")
+    body = decode(_ROTATE, request.body or b"{}")
     grace = field("grace", _duration, body.grace)
+    field("grace", check_grace, grace)
     secret, new, old = await asyncio.to_thread(t.tokens.rotate, request.path_params["token_id"], grace)
     await _audited(t, request, 201, "token_rotated", new.tenant, new.id)  # new.rotated_from names the old
     return _json({**_token_view(new), "secret": secret, "replaces": _token_view(old)}, status=201)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 import security
-from gateway.admin.fields import field
+from gateway.admin.fields import decode, field
 from gateway.cli_tokens import iso_time
 from gateway.http import Request, Response
 from gateway.tenancy import Tenancy
@@ -58,7 +58,7 @@ async def get_policy(t: Tenancy, request: Request) -> Response:
 async def put_policy(t: Tenancy, request: Request, audited: Audited) -> Response:
     tenant = request.path_params["tenant"]
     field("tenant", check_tenant, tenant)  # a name no token could carry would set a policy for nobody
-    policy = _POLICY.decode(request.body or b"")
+    policy = decode(_POLICY, request.body or b"")
     record = await asyncio.to_thread(t.security_policies.put, tenant, policy)
     await audited(t, request, 200, "security_policy_set", record.tenant)
     return _json(_view(record))

@@ -62,13 +62,17 @@ def record_hash(r: AuditRecord) -> str:
     return hashlib.sha256(_ENCODER.encode(fields)).hexdigest()
 
 
-def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+def _gaps(seen: Iterable[int], last: int) -> list[tuple[int, int]]:
+    """The runs of 1..last missing from `seen`, found without walking the numbers: a tampered seq or
+    head may be any integer (10**12 would take hours to walk)."""
     out: list[tuple[int, int]] = []
-    for n in sorted(seqs):
-        if out and out[-1][1] == n - 1:
-            out[-1] = (out[-1][0], n)
-        else:
-            out.append((n, n))
+    expected = 1
+    for n in sorted(n for n in set(seen) if 1 <= n <= last):
+        if n > expected:
+            out.append((expected, n - 1))
+        expected = n + 1
+    if expected <= last:
+        out.append((expected, last))
     return out
 
 
@@ -77,7 +81,8 @@ def verify(records: Iterable[AuditRecord], heads: dict[str, tuple[int, str]]) ->
     keeps them. A chain with records and no head lost its head: the two are written together."""
     chains: dict[str, list[AuditRecord]] = {}
     for r in records:
-        chains.setdefault(r.chain, []).append(r)
+        # An edit may store a blob as the chain's name: it sorts with the others as its repr.
+        chains.setdefault(r.chain if isinstance(r.chain, str) else repr(r.chain), []).append(r)
     problems: list[Problem] = []
     for chain in sorted(chains.keys() | heads.keys()):
         found = verify_chain(chains.get(chain, []), heads.get(chain, (0, "")))
@@ -93,9 +98,14 @@ def verify_chain(records: Iterable[AuditRecord], head: tuple[int, str]) -> list[
     hashes: dict[int, str] = {0: ""}  # seq -> hash of the records seen so far
     expected, top = 1, 0
     for r in records:
+        if type(r.seq) is not int:  # SQLite keeps whatever an edit stores: a tampering, not a crash
+            problems.append(Problem(expected, "edited", f"the record stored after record {expected - 1} has "
+                                                        f"seq {r.seq!r}, not a whole number"))
+            continue
         if record_hash(r) != r.hash:
             problems.append(Problem(r.seq, "edited", f"record {r.seq} does not match its hash"))
-        if r.prompt is not None and hashlib.sha256(r.prompt).hexdigest() != r.prompt_digest:
+        if r.prompt is not None and (not isinstance(r.prompt, bytes)
+                                     or hashlib.sha256(r.prompt).hexdigest() != r.prompt_digest):
             problems.append(Problem(r.seq, "edited", f"record {r.seq}: the stored prompt does not match its digest"))
         if r.seq < expected:
             problems.append(Problem(r.seq, "reordered", f"record {r.seq} comes after record {expected - 1}"))
@@ -107,8 +117,10 @@ def verify_chain(records: Iterable[AuditRecord], head: tuple[int, str]) -> list[
         hashes[r.seq] = r.hash
         expected, top = max(expected, r.seq + 1), max(top, r.seq)
     head_seq, head_hash = head
-    missing = [n for n in range(1, max(top, head_seq) + 1) if n not in hashes]
-    for first, last in _ranges(missing):
+    if head_seq < 0:  # the store's mark of a head that is not "seq:hash"
+        problems.append(Problem(0, "edited", f"the chain's recorded head is unreadable: {head_hash!r}"))
+        head_seq, head_hash = 0, ""
+    for first, last in _gaps(hashes, max(top, head_seq)):
         span = f"{first}" if first == last else f"{first}..{last}"
         where = "at the end" if last > top else f"before record {last + 1}"
         problems.append(Problem(first, "deleted", f"record(s) {span} missing {where}"))

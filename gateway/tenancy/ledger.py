@@ -84,6 +84,13 @@ def summarize(rows: Iterable[UsageRow], by: str | None = None) -> list[UsageTota
 
 
 _COLUMNS = list(UsageTotals.__struct_fields__)
+# A spreadsheet reads a cell starting with one of these as a formula (a tenant may be named `-2+3`
+# or `@x`, a catalog model anything): such a cell is quoted with a leading apostrophe (OWASP's advice).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
 
 def render(totals: list[UsageTotals], fmt: str, by: str | None) -> str:
@@ -96,7 +103,7 @@ def render(totals: list[UsageTotals], fmt: str, by: str | None) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([_csv_text(r[0]), *r[1:]] for r in rows)
         return out.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")

@@ -84,7 +84,10 @@ class Admission:
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # past year 9999 (a grace stored before it was bounded)
+        return "9999-12-31T23:59:59Z"
 
 
 class Tenancy:

@@ -235,8 +235,10 @@ class SqliteStore:
         rows = self._read("SELECT key, value FROM meta WHERE key = 'audit_head' OR key GLOB 'audit_head:*'")
         heads = {}
         for key, value in rows:
-            seq, _, digest = value.partition(":")
-            heads[key.partition(":")[2]] = (int(seq), digest)
+            seq, _, digest = str(value).partition(":")
+            # An edited head that is not "seq:hash" reads as seq -1 with the whole value, for the
+            # verifier to report (it is not this reader's to refuse).
+            heads[key.partition(":")[2]] = (int(seq), digest) if seq.isascii() and seq.isdigit() else (-1, str(value))
         return heads
 
     def history(self, query: HistoryQuery) -> list[HistoryEntry]:

@@ -85,6 +85,56 @@ def test_a_bad_query_is_a_400_naming_its_parameter(router: Router, target: str, 
     assert r.status == 400 and json.loads(r.body)["error"]["param"] == param
 
 
+def raw_call(router: Router, method: str, path: str, body: bytes) -> Response:
+    handler, params = router.resolve(method, path)
+    request = Request(method=method, path=path, query_string="", headers={"authorization": f"Bearer {ADMIN}"},
+                      body=body, client=("127.0.0.1", 1), path_params=params)
+    return asyncio.run(handler(request))
+
+
+@pytest.mark.parametrize("method,path,body,param", [
+    ("POST", "/admin/v1/tokens", b'{"tenant": "acme", "tier": "small", "tenant": "other"}', "tenant"),
+    ("PUT", "/admin/v1/tenants/acme/security-policy", b'{"patterns": "off", "patterns": "on"}', "patterns"),
+])
+def test_a_field_given_twice_is_a_400_not_the_last_one_silently(router: Router, tenancy: Tenancy, method: str,
+                                                                 path: str, body: bytes, param: str) -> None:
+    r = raw_call(router, method, path, body)
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == param
+    assert tenancy.store.list_tokens() == [] and tenancy.security_policies.records() == []
+
+
+@pytest.mark.parametrize("name", ["line\nforged row", "\x1b[2Jcleared", "n" * 257])
+def test_a_token_name_a_terminal_would_act_on_is_a_400(router: Router, tenancy: Tenancy, name: str) -> None:
+    r = call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small", "name": name})
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == "name"
+    assert tenancy.store.list_tokens() == []
+    ok = call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small", "name": "Ünïcode ✓"})
+    assert ok.status == 201
+
+
+def test_a_grace_past_any_date_is_a_400_and_a_long_one_keeps_the_old_key_working(router: Router,
+                                                                                  tenancy: Tenancy) -> None:
+    # A grace past year 9999 made the old key's every request fail: its expiry header had no date.
+    secret, record = tenancy.tokens.create("acme", "small")
+    for grace in ("99999999d", "9" * 400 + "d"):
+        r = call(router, "POST", f"/admin/v1/tokens/{record.id}/rotate", {"grace": grace})
+        assert r.status == 400 and json.loads(r.body)["error"]["param"] == "grace"
+    assert tenancy.store.get_token(record.id).rotated_to is None  # type: ignore[union-attr]
+    assert call(router, "POST", f"/admin/v1/tokens/{record.id}/rotate", {"grace": "36500d"}).status == 201
+    headers = dict(tenancy.authenticate(f"Bearer {secret}").rotation_headers)
+    assert headers["x-llmaas-api-key-expires"].startswith("21")
+
+
+def test_an_expiry_stored_past_year_9999_still_authenticates(tenancy: Tenancy) -> None:
+    # As a grace stored before it was bounded left it: the header says the last date there is.
+    secret, record = tenancy.tokens.create("acme", "small")
+    record.rotated_to, record.expires_at = "successor00", float("inf")
+    tenancy.store.put_token(record).result()
+    tenancy.tokens.lookup("unknown-id00")  # re-reads the tokens
+    headers = dict(tenancy.authenticate(f"Bearer {secret}").rotation_headers)
+    assert headers["x-llmaas-api-key-expires"] == "9999-12-31T23:59:59Z"
+
+
 def test_bad_requests(router: Router, tenancy: Tenancy) -> None:
     assert call(router, "DELETE", "/admin/v1/tokens/nope").status == 404
     _, record = tenancy.tokens.create("acme", "small")

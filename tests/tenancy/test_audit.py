@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 from cryptography.exceptions import InvalidTag
 
 from gateway.tenancy import FakeClock, SqliteStore
-from gateway.tenancy.audit import AuditTrail, export_jsonl
+from gateway.tenancy.audit import AuditTrail, Problem, export_jsonl
 from gateway.tenancy.encryption import PromptCipher, load_key, new_key
 
 
@@ -103,6 +104,38 @@ def test_reordered_records_are_caught(store: SqliteStore, clock: FakeClock) -> N
     conn.close()
     assert [r.seq for r in store.audit_records()] == [1, 3, 4, 2, 5, 6]
     assert kinds(trail) == [(2, "reordered")]
+
+
+@pytest.mark.parametrize("sql,expected", [
+    # SQLite keeps what an edit stores, whatever the column's type: each is a finding, not a crash.
+    ("UPDATE audit SET seq = 'x' WHERE seq = 3", [(3, "edited"), (3, "deleted")]),
+    ("UPDATE audit SET seq = 2.5 WHERE seq = 3", [(3, "edited"), (3, "deleted")]),
+    ("UPDATE audit SET prompt = 'text, not a blob' WHERE seq = 3", [(3, "edited")]),
+    ("UPDATE audit SET chain = x'41' WHERE seq = 6", [(0, "deleted"), (1, "deleted"), (6, "edited"), (6, "deleted")]),
+    ("UPDATE meta SET value = 'garbage' WHERE key GLOB 'audit_head:*'", [(0, "edited")]),
+    ("UPDATE meta SET value = '-5:abc' WHERE key GLOB 'audit_head:*'", [(0, "edited")]),
+])
+def test_records_edited_into_other_types_are_reported_not_raised(store: SqliteStore, clock: FakeClock, sql: str,
+                                                                  expected: list[tuple[int, str]]) -> None:
+    trail = fill(store, clock)
+    tamper(store, sql)
+    assert sorted(kinds(trail)) == sorted(expected)
+
+
+@pytest.mark.parametrize("sql,message", [
+    ("UPDATE meta SET value = '99999999999:abc' WHERE key GLOB 'audit_head:*'", "7..99999999999 missing at the end"),
+    ("UPDATE audit SET seq = 999999999999 WHERE seq = 6", "6..999999999998 missing before record 999999999999"),
+])
+def test_a_huge_seq_is_a_gap_found_at_once(store: SqliteStore, clock: FakeClock, sql: str, message: str) -> None:
+    # The gap used to be walked number by number: hours, and memory, for one edited head.
+    trail = fill(store, clock)
+    tamper(store, sql)
+    found: list[Problem] = []
+    walker = threading.Thread(target=lambda: found.extend(trail.verify()), daemon=True)
+    walker.start()
+    walker.join(10.0)
+    assert not walker.is_alive(), "verify walked the gap"
+    assert any(message in p.message for p in found)
 
 
 def test_encrypted_prompt_round_trip_and_purge(store: SqliteStore, clock: FakeClock) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli_tokens import add_tokens_parsers, parse_duration
+from gateway.cli_tokens import CommandError, add_tokens_parsers, parse_duration
 from gateway.tenancy import AuthenticationError, Catalog, SqliteStore, SystemClock, Tenancy, load_config
 
 
@@ -102,6 +102,66 @@ def test_mistakes_are_said_in_a_line_not_a_traceback(tmp_path: Path, case: str) 
     result = llmaas(*argv, env=env)
     assert result.returncode == 2 and result.stderr.startswith("llmaas: error: "), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "verify"], ["audit", "export"], ["tokens", "list"], ["tokens", "revoke", "abcdefghijkl"],
+    ["tokens", "rotate", "abcdefghijkl"], ["usage", "--since", "1d"],
+])
+def test_a_command_on_a_database_not_there_says_so_and_makes_none(tmp_path: Path, argv: list[str]) -> None:
+    # A mistyped --db used to be made, empty, and then verified as intact, listed as no tokens.
+    db = tmp_path / "no" / "such.db"
+    result = llmaas(*argv, "--db", str(db))
+    assert result.returncode == 2 and result.stderr.startswith("llmaas: error: no database at "), result.stderr
+    assert not db.parent.exists()
+
+
+def test_export_never_writes_over_the_store(tmp_path: Path, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # `-o` naming the database truncated it: every token, row and record gone.
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard"]) == 0
+    capsys.readouterr()
+    os.link(db, tmp_path / "hard.db")
+    os.symlink(db, tmp_path / "soft.db")
+    for target in (db, db + "-wal", db + "-ledger-journal-0", str(tmp_path / "hard.db"), str(tmp_path / "soft.db"),
+                   os.path.relpath(db)):
+        result = llmaas("audit", "export", "--db", db, "-o", target)
+        assert result.returncode == 2 and "one of the store's own files" in result.stderr, (target, result.stderr)
+    assert cli(["audit", "export", "--db", db, "-o", db + ".jsonl"]) == 0
+    assert cli(["tokens", "list", "--db", db, "--json"]) == 0 and len(json.loads(capsys.readouterr().out)) == 1
+    assert cli(["audit", "verify", "--db", db]) == 0
+
+
+def test_the_sidecars_export_avoids_are_the_stores() -> None:
+    from gateway.cli_tokens import _SIDECARS
+    from gateway.tenancy import journal, lane_ledger
+    assert journal.SUFFIX in _SIDECARS and lane_ledger.SUFFIX in _SIDECARS
+
+
+def test_names_and_tenants_an_operator_could_not_read_back(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard", "--name", "a\nb"]) == 2
+    assert "control characters" in capsys.readouterr().err
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard", "--name", "ok"]) == 0
+    capsys.readouterr()
+    # A name stored by other means (an older version, a hand edit) cannot forge rows or colours.
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE tokens SET name = ?", ("x\nforged  acme  big\x1b[31m\u202e",))
+    conn.commit()
+    conn.close()
+    assert cli(["tokens", "list", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("x\\nforged  acme  big\\x1b[31m\\u202e")
+    # An empty --tenant (an unset variable) is a mistake, as in the admin API, not "no tokens".
+    for argv in (["tokens", "list", "--tenant", ""], ["usage", "--since", "1d", "--tenant", "a b"]):
+        with pytest.raises(CommandError, match="--tenant: a tenant name is"):
+            cli([*argv, "--db", db])
+
+
+def test_a_grace_past_any_date_is_refused(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard", "--json"]) == 0
+    token_id = json.loads(capsys.readouterr().out)["id"]
+    assert cli(["tokens", "rotate", "--db", db, token_id, "--grace", "99999999d"]) == 2
+    assert "grace period" in capsys.readouterr().err
+    assert cli(["tokens", "rotate", "--db", db, token_id, "--grace", "0s"]) == 0
 
 
 def test_usage_and_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -91,6 +91,18 @@ def test_report_formats() -> None:
     assert json.loads(render(totals, "json", "model"))[0]["cost_eur"] == 1.0
 
 
+def test_csv_cells_a_spreadsheet_would_run_are_quoted() -> None:
+    # Tenant names may start with - + @ (and a catalog's model names with anything): a spreadsheet
+    # opening the report would evaluate `-2+3` as a formula.
+    from gateway.tenancy.store import UsageRow
+    rows = [UsageRow(request_id=str(i), time=1768435200.0, tenant=t, token_id="t", model="m", input_tokens=1,
+                     cached_input_tokens=0, output_tokens=1, reasoning_tokens=0, cost_eur=0.5, status=200,
+                     latency_ms=1.0) for i, t in enumerate(["-2+3", "+33", "@SUM", "=cmd", "acme"])]
+    parsed = list(csv.reader(io.StringIO(render(summarize(rows, "tenant"), "csv", "tenant"))))
+    assert sorted(r[0] for r in parsed[1:]) == ["'+33", "'-2+3", "'=cmd", "'@SUM", "acme"]
+    assert json.loads(render(summarize(rows, "tenant"), "json", "tenant"))[0]["key"] == "+33"  # JSON as stored
+
+
 def test_finished_request_audit_record(tenancy: Tenancy) -> None:
     secret, record = tenancy.tokens.create("acme", "big")
     p = tenancy.authenticate(f"Bearer {secret}", request_id="req-7", client="192.0.2.1")
