@@ -39,9 +39,8 @@ from gateway.http.json_errors import invalid_json_message
 from gateway.tenancy import Tenancy
 from gateway.tenancy.audit import export_jsonl, verify
 from gateway.tenancy.ledger import render, summarize
-from gateway.tenancy.permissions import ModelPatterns
 from gateway.tenancy.store import TokenRecord
-from gateway.tenancy.tokens import check_lifetime, check_tenant
+from gateway.tenancy.tokens import check_lifetime, check_models, check_tenant
 
 ADMIN_TOKEN_ENV = "LLMAAS_ADMIN_TOKEN"
 _AT_FIELD = re.compile(r"at `\$\.(\w+)")
@@ -169,7 +168,7 @@ async def create_token(t: Tenancy, request: Request) -> Response:
     field("tenant", check_tenant, body.tenant)
     field("name", check_name, body.name)
     field("tier", t.config.tier, body.tier)
-    field("models", ModelPatterns, body.models)
+    field("models", check_models, body.models)
     expires = field("expires_in", _duration, body.expires_in)
     field("expires_in", check_lifetime, expires)
     secret, record = await asyncio.to_thread(t.tokens.create, body.tenant, body.tier, body.models, expires, body.name)

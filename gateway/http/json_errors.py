@@ -20,6 +20,8 @@ def invalid_json_message(body: bytes, exc: msgspec.DecodeError | UnicodeDecodeEr
         return f"the body is not UTF-8: {exc}"
     message = str(exc)
     if message == "Input data was truncated":
+        if not body.strip():
+            return "the body is empty: a JSON object is expected"
         found = _LONE_HIGH_SURROGATE.search(body)
         if found is not None:
             return (f"JSON is malformed: a lone UTF-16 surrogate {found.group().decode()} (byte {found.start()}); "

@@ -130,6 +130,22 @@ class SqliteStore:
         sql = f"INSERT OR REPLACE INTO tokens ({', '.join(_TOKEN_COLS)}) VALUES ({', '.join('?' * len(row))})"
         return self._submit(lambda conn: conn.execute(sql, row) and None)
 
+    def rotate_token(self, old: TokenRecord, new: TokenRecord) -> Future[bool]:
+        row = tuple(msgspec.json.encode(v).decode() if f == "models" else v
+                    for f, v in zip(_TOKEN_COLS, msgspec.structs.astuple(new)))
+        insert = f"INSERT INTO tokens ({', '.join(_TOKEN_COLS)}) VALUES ({', '.join('?' * len(row))})"
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # The compare-and-set that makes one successor per token across processes (each one's
+            # rotate lock only orders its own threads).
+            moved = conn.execute("UPDATE tokens SET rotated_to = ?, expires_at = ? WHERE id = ? "
+                                 "AND rotated_to IS NULL AND revoked_at IS NULL",
+                                 (old.rotated_to, old.expires_at, old.id)).rowcount
+            if moved:
+                conn.execute(insert, row)
+            return bool(moved)
+        return self._submit(op)
+
     @staticmethod
     def _token(row: tuple[Any, ...]) -> TokenRecord:
         values = dict(zip(_TOKEN_COLS, row))

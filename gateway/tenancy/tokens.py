@@ -99,6 +99,22 @@ def check_lifetime(seconds: float | None) -> None:
         raise ValueError(f"a token's lifetime must be positive and at most {MAX_LIFETIME_S / 86400:.0f} days")
 
 
+MAX_PATTERNS, MAX_PATTERN_CHARS = 256, 256
+
+
+def check_models(patterns: list[str] | None) -> None:
+    """A token's model patterns (None: every model): at most MAX_PATTERNS of at most
+    MAX_PATTERN_CHARS each (every lookup of the token matches them; the lane matches each against
+    its models at every push), each a pattern ModelPatterns reads."""
+    if patterns is None:
+        return
+    if len(patterns) > MAX_PATTERNS:
+        raise ValueError(f"at most {MAX_PATTERNS} model patterns, not {len(patterns)}")
+    if any(len(p) > MAX_PATTERN_CHARS for p in patterns):
+        raise ValueError(f"a model pattern has at most {MAX_PATTERN_CHARS} characters")
+    ModelPatterns(patterns)
+
+
 def load_pepper(store: Store) -> bytes:
     env = os.environ.get(PEPPER_ENV)
     if env:
@@ -186,17 +202,22 @@ class TokenService:
         """Makes a token; returns (secret, record). The secret is shown once and never stored.
         models None allows every model; an empty list is refused (ValueError), as is an empty or
         malformed tenant name and a lifetime that is not positive or passes MAX_LIFETIME_S."""
+        secret, record = self._new_token(tenant, tier, models, expires_in_s, name, rotated_from)
+        self._store.put_token(record).result()
+        self._changed()
+        return secret, record
+
+    def _new_token(self, tenant: str, tier: str, models: list[str] | None, expires_in_s: float | None,
+                   name: str, rotated_from: str | None) -> tuple[str, TokenRecord]:
         check_tenant(tenant)
         check_lifetime(expires_in_s)
+        check_models(models)  # a malformed pattern, or none, refused now
         patterns = ["*"] if models is None else models
-        ModelPatterns(patterns)  # refuses a malformed pattern, or none, now
         secret, token_id, key = new_secret()
         now = self._clock.time()
         record = TokenRecord(id=token_id, tenant=tenant, tier=tier, secret_hash=self.hash_key(key), models=patterns,
                              name=name, created_at=now, expires_at=None if expires_in_s is None else now + expires_in_s,
                              rotated_from=rotated_from)
-        self._store.put_token(record).result()
-        self._changed()
         return secret, record
 
     def revoke(self, token_id: str) -> TokenRecord:
@@ -211,23 +232,29 @@ class TokenService:
         """Issues a successor; the old secret stays valid for the grace period. Returns
         (new secret, new record, old record)."""
         with self._rotate_lock:
-            old = self._require(token_id)
+            old = self._rotatable(token_id)
             now = self._clock.time()
-            if old.revoked_at is not None:
-                raise ValueError(f"token {token_id} is revoked")
-            if old.rotated_to is not None:  # its expiry is the grace now, not its lifetime
-                raise ValueError(f"token {token_id} was already rotated: rotate its successor {old.rotated_to}")
-            if old.expires_at is not None and now >= old.expires_at:
-                raise ValueError(f"token {token_id} has expired: create a new one")
             grace = self.policy.grace_s if grace_s is None else grace_s
             # The successor lives as long as the old token was made to.
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
-            secret, new = self.create(old.tenant, old.tier, old.models, lifetime, old.name, rotated_from=old.id)
+            secret, new = self._new_token(old.tenant, old.tier, old.models, lifetime, old.name, rotated_from=old.id)
             old.rotated_to = new.id
             old.expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
-            self._store.put_token(old).result()
+            if not self._store.rotate_token(old, new).result():
+                self._rotatable(token_id)  # another process rotated or revoked it since: says which
+                raise ValueError(f"token {token_id} changed while it was rotated: try again")
             self._changed()
             return secret, new, old
+
+    def _rotatable(self, token_id: str) -> TokenRecord:
+        old = self._require(token_id)
+        if old.revoked_at is not None:
+            raise ValueError(f"token {token_id} is revoked")
+        if old.rotated_to is not None:  # its expiry is the grace now, not its lifetime
+            raise ValueError(f"token {token_id} was already rotated: rotate its successor {old.rotated_to}")
+        if old.expires_at is not None and self._clock.time() >= old.expires_at:
+            raise ValueError(f"token {token_id} has expired: create a new one")
+        return old
 
     def _require(self, token_id: str) -> TokenRecord:
         record = self._store.get_token(token_id)
@@ -302,4 +329,7 @@ class TokenService:
             current = self._store.get_token(record.id)
             if current is None or not self.due_for_rotation(current):
                 return None
-            return self.rotate(record.id)
+            try:
+                return self.rotate(record.id)
+            except ValueError:  # another process (a gateway sharing the database) rotated it first
+                return None

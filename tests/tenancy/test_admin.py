@@ -202,3 +202,20 @@ def test_operators_changes_are_audited(router: Router, tenancy: Tenancy) -> None
                      ("token_revoked", "acme", rotated["id"], "127.0.0.1"),
                      ("prompts_purged", None, None, "127.0.0.1")]
     assert tenancy.audit.verify() == []
+
+
+@pytest.mark.parametrize("models", [["x" * 2_000_000], ["m*"] * 1000])
+def test_model_patterns_past_their_bounds_are_a_400(router: Router, tenancy: Tenancy, models: list[str]) -> None:
+    # Every lookup of the token matches its patterns, and the lane each of its models at each push:
+    # a 2 MB pattern was accepted.
+    r = call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small", "models": models})
+    assert r.status == 400 and json.loads(r.body)["error"]["param"] == "models"
+    assert tenancy.store.list_tokens() == []
+    with pytest.raises(ValueError, match="at most"):
+        tenancy.tokens.create("acme", "small", models)
+
+
+def test_an_empty_body_is_named_as_such(router: Router) -> None:
+    # msgspec calls it "Input data was truncated", which tells an operator nothing.
+    r = call(router, "PUT", "/admin/v1/tenants/acme/security-policy")
+    assert r.status == 400 and "the body is empty" in json.loads(r.body)["error"]["message"]

@@ -323,3 +323,29 @@ def test_lookups_on_other_threads_wait_for_a_re_read_instead_of_refusing(tenancy
     for t in threads:
         t.join()
     assert found == [record.id] * 8
+
+
+def test_two_processes_rotating_one_token_make_one_successor(tenancy: Tenancy, clock: FakeClock, tmp_path) -> None:
+    # Each process's rotate lock orders only its own threads: a gateway and the CLI (or two gateways
+    # sharing the database) rotating at once made two successors, two new secrets both valid.
+    from gateway.tenancy import SqliteStore
+
+    _, record = tenancy.tokens.create("acme", "small")
+    other_store = SqliteStore(tmp_path / "t.db")  # its own connections, as another process has
+    try:
+        other = tokens_module.TokenService(other_store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+        mine = tenancy.tokens
+        real_new_token = mine._new_token
+
+        def the_other_rotates_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+            other.rotate(record.id)
+            return real_new_token(*args, **kwargs)
+
+        mine._new_token = the_other_rotates_first  # type: ignore[method-assign]
+        with pytest.raises(ValueError, match="already rotated"):
+            mine.rotate(record.id)
+        successors = [t for t in tenancy.store.list_tokens("acme") if t.rotated_from == record.id]
+        assert len(successors) == 1
+        assert tenancy.store.get_token(record.id).rotated_to == successors[0].id  # type: ignore[union-attr]
+    finally:
+        other_store.close()

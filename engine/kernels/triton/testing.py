@@ -44,7 +44,7 @@ def make_paged_batch(seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: 
     k_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), math.nan, dtype=dtype)
     v_cache = torch.full_like(k_cache, math.nan)
     block_tables = torch.full((len(seqs), max(blocks_per_seq) + 1), unused, dtype=torch.int32)
-    dense_k, dense_v, queries = [], [], []
+    dense_k, dense_v = [], []
     for s, ((_, ctx), n_blocks) in enumerate(zip(seqs, blocks_per_seq)):
         block_tables[s, :n_blocks] = torch.tensor([ids.pop() for _ in range(n_blocks)], dtype=torch.int32)
         key = torch.randn(ctx, num_kv_heads, head_dim, generator=gen).to(dtype)
