@@ -48,6 +48,9 @@ except ImportError:  # not built (a source checkout without its extension): the 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05
+# How often the lane's hosts' names are resolved again (as Envoy's default DNS refresh): the lane
+# connects by address, and an engine behind a name (a Kubernetes service, a DNS failover) moves.
+RESOLVE_S = 5.0
 
 
 def unavailable(config: GatewayConfig, fleet: Fleet, tenancy: TenancyStage | None = None) -> str | None:
@@ -142,6 +145,7 @@ class NativeLane:
         self._stages = list(reversed(stages))  # ended in the reverse order of admission, as in proxy.py
         self._plane = _native.DataPlane(_plane_config(sock, state.limits, config))
         self._hosts: list[HostState] = []
+        self._ips: list[str] = []  # where the lane connects to each host, by its index
         index: dict[str, int] = {}
         for host in fleet.hosts.values():
             assert isinstance(host.backend, HttpBackend)
@@ -151,7 +155,9 @@ class NativeLane:
             index[host.name] = self._plane.add_host(host.name, f"{name}:{port}", ip, port,
                                                     abortable=host.kind == "llmaas",
                                                     authorization=host.backend.authorization or "")
+            assert index[host.name] == len(self._hosts)
             self._hosts.append(host)
+            self._ips.append(ip)
         for model, hosts in fleet.by_model.items():
             self._plane.add_model(model, [index[h.name] for h in hosts])
         self._tenancy = LaneTenancy(tenancy, self._plane, list(fleet.by_model)) if tenancy is not None else None
@@ -161,6 +167,8 @@ class NativeLane:
         self._adopting: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._recording: asyncio.Task[None] | None = None  # the worker thread's commit in flight
+        self._resolving: asyncio.Task[None] | None = None
+        self._resolved_at = time.monotonic()
         self._stopped = False
         if connections is not None:
             connections.native = lambda: int(self._plane.open_connections)
@@ -239,6 +247,8 @@ class NativeLane:
             log.exception("native lane sync failed")
         if self._tenancy is not None and self._recording is None:
             self._recording = self._loop.create_task(self._record(self._tenancy))
+        if self._resolving is None and time.monotonic() - self._resolved_at >= RESOLVE_S:
+            self._resolving = self._loop.create_task(self._resolve())
         if not self._stopped:
             self._timer = self._loop.call_later(_TICK_S, self._tick)
 
@@ -249,6 +259,28 @@ class NativeLane:
             log.exception("native lane ledger commit failed")
         finally:
             self._recording = None
+
+    async def _resolve(self) -> None:
+        """Each host's name resolved again; a new first address takes over from the lane's next
+        connection to it. A name that does not resolve now keeps the address it had."""
+        try:
+            for index, host in enumerate(self._hosts):
+                assert isinstance(host.backend, HttpBackend)
+                name, port = host.backend.address
+                try:
+                    infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    log.debug("%s: %s does not resolve now (%s); the lane keeps %s", host.name, name, exc,
+                              self._ips[index])
+                    continue
+                ip = str(infos[0][4][0])
+                if ip != self._ips[index]:
+                    log.info("%s: %s now resolves to %s (was %s)", host.name, name, ip, self._ips[index])
+                    self._plane.set_host_ip(index, ip, port)
+                    self._ips[index] = ip
+        finally:
+            self._resolved_at = time.monotonic()
+            self._resolving = None
 
     def _adopt_handed_over(self) -> None:
         for fd, data in self._plane.take_handoffs():
@@ -281,6 +313,8 @@ class NativeLane:
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._resolving is not None:
+            self._resolving.cancel()
         if self._recording is not None:
             await self._recording  # a tick's commit in flight ends before the last one
         self.sync()  # what the lane finished last still reaches the stages

@@ -22,13 +22,15 @@ using namespace lane;
 
 UpstreamConn* Loop::connect_to(int host, std::string* error) {
   const Host& h = hosts_.host(host);
-  int fd = socket(h.sockaddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_storage addr{};
+  socklen_t addr_len = h.get_sockaddr(&addr);
+  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *error = "cannot connect to " + h.address + ": " + std::strerror(errno);
     return nullptr;
   }
   set_nodelay(fd);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&h.sockaddr), h.sockaddr_len) < 0 && errno != EINPROGRESS) {
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), addr_len) < 0 && errno != EINPROGRESS) {
     *error = "cannot connect to " + h.address + ": " + std::strerror(errno);
     close(fd);
     return nullptr;

@@ -57,23 +57,27 @@ std::unique_ptr<DataPlane> make_plane(const py::dict& c) {
   return std::make_unique<DataPlane>(std::move(config));
 }
 
-int add_host(DataPlane& plane, const std::string& name, const std::string& address, const std::string& ip, int port,
-             bool abortable, const std::string& authorization) {
-  sockaddr_storage storage{};
-  socklen_t len = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+socklen_t socket_address(const std::string& ip, int port, sockaddr_storage* storage) {
+  *storage = sockaddr_storage{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(storage);
   if (inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
     v4->sin_port = htons(static_cast<uint16_t>(port));
-    len = sizeof *v4;
-  } else if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) {
+    return sizeof *v4;
+  }
+  if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
     v6->sin6_port = htons(static_cast<uint16_t>(port));
-    len = sizeof *v6;
-  } else {
-    throw std::invalid_argument("not an IP address: " + ip);
+    return sizeof *v6;
   }
+  throw std::invalid_argument("not an IP address: " + ip);
+}
+
+int add_host(DataPlane& plane, const std::string& name, const std::string& address, const std::string& ip, int port,
+             bool abortable, const std::string& authorization) {
+  sockaddr_storage storage{};
+  socklen_t len = socket_address(ip, port, &storage);
   int index = plane.hosts().add_host(name, address, storage, len);
   plane.hosts().host(index).abortable = abortable;
   plane.hosts().host(index).authorization = authorization;
@@ -201,6 +205,12 @@ PYBIND11_MODULE(_native, m) {
       .def("take_handoffs", &take_handoffs)
       .def("take_finished", &take_finished)
       .def("take_host_events", &take_host_events)
+      .def("set_host_ip",
+           [](DataPlane& p, int host, const std::string& ip, int port) {
+             sockaddr_storage storage{};
+             socklen_t len = socket_address(ip, port, &storage);
+             p.hosts().host(host).set_sockaddr(storage, len);
+           })
       .def("set_host_health", [](DataPlane& p, int host, bool healthy) { p.hosts().host(host).healthy.store(healthy); })
       .def("set_host_report", [](DataPlane& p, int host, int64_t tokens) {
         p.hosts().host(host).reported_tokens.store(tokens);

@@ -15,8 +15,7 @@ int HostTable::add_host(const std::string& name, const std::string& address, con
   auto host = std::make_unique<Host>();
   host->name = name;
   host->address = address;
-  host->sockaddr = addr;
-  host->sockaddr_len = len;
+  host->set_sockaddr(addr, len);
   hosts_.push_back(std::move(host));
   return static_cast<int>(hosts_.size() - 1);
 }

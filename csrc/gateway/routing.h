@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -24,8 +25,6 @@ struct Host {
   std::string address;  // host:port, as the Host header
   bool abortable = true;  // one of our engines (kind llmaas): it stops a tagged request on demand
   std::string authorization;  // "Bearer KEY" for an engine that wants a key, else empty
-  sockaddr_storage sockaddr{};
-  socklen_t sockaddr_len = 0;
   std::atomic<bool> healthy{true};
   std::atomic<int64_t> reported_tokens{0};     // the host's own load report
   std::atomic<int64_t> python_outstanding{0};  // the Python path's estimate in flight
@@ -34,11 +33,29 @@ struct Host {
   int64_t picks = 0;  // the lane's thread only
   int failures = 0;   // the lane's thread only: consecutive failures it saw since the last success
 
+  // Where new connections go: Python re-resolves the name now and then (native_lane.py), and a
+  // new address takes over from the next connection (pooled ones stay until they close).
+  void set_sockaddr(const sockaddr_storage& addr, socklen_t len) {
+    std::lock_guard<std::mutex> lock(sockaddr_mutex_);
+    sockaddr_ = addr;
+    sockaddr_len_ = len;
+  }
+  socklen_t get_sockaddr(sockaddr_storage* addr) const {
+    std::lock_guard<std::mutex> lock(sockaddr_mutex_);
+    *addr = sockaddr_;
+    return sockaddr_len_;
+  }
+
   int64_t load_tokens() const {
     int64_t ours = python_outstanding.load(std::memory_order_relaxed) + native_outstanding.load(std::memory_order_relaxed);
     int64_t reported = reported_tokens.load(std::memory_order_relaxed);
     return ours > reported ? ours : reported;
   }
+
+ private:
+  mutable std::mutex sockaddr_mutex_;
+  sockaddr_storage sockaddr_{};
+  socklen_t sockaddr_len_ = 0;
 };
 
 struct RoutingPolicy {

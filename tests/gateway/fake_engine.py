@@ -43,7 +43,8 @@ class FakeEngine:
     produced: int = 0  # content events (tokens) yielded, over all streams
     active: int = 0
     server: Server | None = None
-    port: int = 0
+    port: int = 0  # 0: any free one, chosen at start
+    host: str = "127.0.0.1"
 
     def router(self) -> Router:
         router = Router()
@@ -55,13 +56,13 @@ class FakeEngine:
         return router
 
     async def start(self) -> int:
-        self.server = await serve(self.router(), "127.0.0.1", 0)
+        self.server = await serve(self.router(), self.host, self.port)
         self.port = self.server.port
         return self.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def accepted(self) -> int:

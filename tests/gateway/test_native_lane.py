@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -414,4 +415,41 @@ def test_whole_answers_survive_an_engine_dying_under_them() -> None:
             assert dying.requests and {a.json()["choices"][0]["message"]["content"] for a in answers} == {"ok"}
             await asyncio.sleep(0.1)  # the lane's failures reach the breaker at its next sync
             assert gateway.fleet.hosts[urls[0]].consecutive_failures > 0 or not gateway.fleet.hosts[urls[0]].healthy
+    run(test)
+
+
+def test_the_lane_follows_a_host_name_to_its_new_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lane connects by address. It resolved each host's name once, at start: an engine behind a
+    # name that moved (a Kubernetes service, a DNS failover) stayed out of the lane's reach (503s)
+    # until the gateway restarted, while the Python server, which resolves at each connect, followed.
+    from gateway import native_lane
+
+    monkeypatch.setattr(native_lane, "RESOLVE_S", 0.1)
+    address = {"engine.test": "127.0.0.1"}
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *args, **kwargs: real(address.get(host, host), *args, **kwargs))
+
+    async def test() -> None:
+        first = FakeEngine("first")
+        await first.start()
+        second = FakeEngine("second", host="127.0.0.2", port=first.port)  # the same port, elsewhere
+        await second.start()
+        try:
+            async with gateways([f"http://engine.test:{first.port}"]) as (_, native, gateway):
+                served = parse_response(await exchange(native, request(chat())))
+                assert served.json()["choices"][0]["message"]["content"] == "first"
+                await first.stop()
+                address["engine.test"] = "127.0.0.2"
+                deadline = time.monotonic() + 10
+                while True:
+                    answer = parse_response(await exchange(native, request(chat())))
+                    if answer.status == 200:
+                        break
+                    assert time.monotonic() < deadline, answer.status
+                    await asyncio.sleep(0.05)
+                assert answer.json()["choices"][0]["message"]["content"] == "second"
+                assert gateway.lane.handed_off == 0  # type: ignore[union-attr]  # served by the lane itself
+        finally:
+            await second.stop()
     run(test)
