@@ -26,6 +26,7 @@ from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
     ApiError,
     ServingContext,
+    Started,
     capped_max_tokens,
     decode_body,
     finish_reason,
@@ -43,7 +44,7 @@ _DECODER = msgspec.json.Decoder(CompletionRequest)
 
 async def create_completion(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    started: list[AsyncIterator[RequestOutput]] = []
+    started: list[Started] = []
     try:
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
@@ -59,12 +60,14 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
         for i, prompt in enumerate(prompts):
             started.append(await ctx.generate(prompt, params, f"{request_id}-{i}", req.priority))
     except (InvalidRequestError, ApiError) as exc:
-        for outputs in started:  # a later prompt was refused: abort the ones already running
-            await outputs.aclose()  # type: ignore[attr-defined]
+        await _abort_all(started)  # a later prompt was refused
         error = ApiError.from_invalid(exc) if isinstance(exc, InvalidRequestError) else exc
         if error.param == "messages":  # the engine's name for a prompt too long for the context
             error.param = "prompt"
         return error.response()
+    except BaseException:  # the client left (the handler is cancelled) while later prompts were starting
+        await _abort_all(started)
+        raise
     created = int(time.time())
     if req.stream:
         tally = UsageTally([len(p) for p in prompts]) if comments else None
@@ -78,6 +81,12 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
     return json_response(Completion(id=request_id, created=created, model=req.model, choices=choices,
                                     usage=usage_info([usage for _, usage in results]),
                                     system_fingerprint=SYSTEM_FINGERPRINT))
+
+
+async def _abort_all(started: list[Started]) -> None:
+    """Stops the prompts already running; none of their outputs will be read."""
+    for outputs in started:
+        await outputs.aclose()
 
 
 def _prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:

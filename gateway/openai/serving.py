@@ -76,11 +76,13 @@ class ServingContext:
         return self.reasoning_markers if isinstance(self.reasoning_markers, ReasoningMarkers) else None
 
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+                       priority: int = 0) -> Started:
         """Starts a request (see `start`), timed for /metrics."""
         arrival = time.perf_counter()
-        outputs = await start(self.engine.generate(prompt, params, request_id=request_id, priority=priority))
-        return outputs if self.metrics is None else self.metrics.track(outputs, arrival)
+        outputs = self.engine.generate(prompt, params, request_id=request_id, priority=priority)
+        # Timed inside start: a generator wrapped around the started request would, if closed before
+        # it was read, never run its cleanup, and the engine request would go on.
+        return await start(outputs if self.metrics is None else self.metrics.track(outputs, arrival))
 
     async def whole(self, request: Request, request_ids: list[str], answer: Awaitable[T]) -> T:
         """Awaits a whole answer made of `request_ids`, which the caller's abort tag (if it sent
@@ -221,18 +223,31 @@ def json_response(body: msgspec.Struct) -> Response:
     return Response(body=ENCODER.encode(body))
 
 
-async def start(outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+async def start(outputs: AsyncIterator[RequestOutput]) -> Started:
     """Awaits the first output so that the engine's refusals (a prompt too long, ...) surface before
     any response byte is sent; returns an iterator over all outputs that aborts the request if closed
-    early."""
-    first = await anext(outputs)
+    early, even before it was read."""
+    return Started(await anext(outputs), outputs)
 
-    async def chained() -> AsyncIterator[RequestOutput]:
-        try:
-            yield first
-            async for output in outputs:
-                yield output
-        finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
 
-    return chained()
+@dataclass(slots=True)
+class Started:
+    """A started request's outputs: the first, then the rest. Not an async generator: closing one
+    that was never iterated skips its body, cleanup included, which left the request generating
+    (a completions call whose later prompt was refused, or whose client left while it started)."""
+
+    first: RequestOutput | None
+    rest: AsyncIterator[RequestOutput]
+
+    def __aiter__(self) -> Started:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
+        return await anext(self.rest)
+
+    async def aclose(self) -> None:
+        self.first = None
+        await self.rest.aclose()  # type: ignore[attr-defined]

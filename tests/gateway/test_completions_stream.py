@@ -5,11 +5,18 @@ The end-to-end check (official client, real model, OpenAI's i * n + j indexing) 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 
+from engine.outputs import RequestOutput, SequenceDelta
+from engine.sampling_params import SamplingParams
+from gateway.http import Request
+from gateway.openai.completions import create_completion
 from gateway.openai.merge import merge_streams
+from gateway.openai.serving import ServingContext
 
 
 class Source:
@@ -64,3 +71,53 @@ def test_one_stream_passes_through() -> None:
         return [pair async for pair in merge_streams([Source("a", [0, 0]).items()])]
 
     assert asyncio.run(main()) == [(0, "a0"), (0, "a1")]
+
+
+class StubEngine:
+    """Answers the first prompt at once and the second never, recording which requests were closed."""
+
+    def __init__(self) -> None:
+        self.engine = SimpleNamespace(max_model_len=64)
+        self.closed: list[str] = []
+
+    async def generate(self, prompt: object, params: SamplingParams, request_id: str,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        try:
+            while True:
+                if request_id.endswith("-1"):
+                    await asyncio.Event().wait()
+                yield RequestOutput(request_id, [SequenceDelta(0, [1], "x")])
+                await asyncio.sleep(0.01)
+        finally:
+            self.closed.append(request_id[-1])
+
+
+def completion(prompts: list[list[int]], stream: bool) -> Request:
+    body = {"model": "m", "prompt": prompts, "max_tokens": 8, "stream": stream}
+    return Request("POST", "/v1/completions", "", {}, json.dumps(body).encode(), None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_leaving_while_later_prompts_start_stops_the_started_ones(stream: bool) -> None:
+    async def main() -> list[str]:
+        engine = StubEngine()
+        ctx = ServingContext(engine, ["m"], reasoning_markers=None)  # type: ignore[arg-type]
+        handler = asyncio.create_task(create_completion(ctx, completion([[1], [2]], stream)))
+        await asyncio.sleep(0.05)  # prompt 0 runs; prompt 1 waits for its first output
+        handler.cancel()  # what the server does when the client's connection drops
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        return sorted(engine.closed)  # now, not after asyncio.run has finalized what was left open
+
+    assert asyncio.run(main()) == ["0", "1"]
+
+
+def test_a_started_request_closed_before_it_is_read_stops() -> None:
+    async def main() -> list[str]:
+        engine = StubEngine()
+        ctx = ServingContext(engine, ["m"], reasoning_markers=None)  # type: ignore[arg-type]
+        outputs = await ctx.generate([1], SamplingParams(), "r-0")
+        await outputs.aclose()  # a later prompt of the same call was refused
+        return list(engine.closed)  # now, not after asyncio.run has finalized what was left open
+
+    assert asyncio.run(main()) == ["0"]
