@@ -307,6 +307,11 @@ class NativeLane:
         deadline = time.monotonic() + deadline_s
         while (state.connections or self._plane.open_connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if state.connections:
+            state.cut_streams()  # an SSE stream ends with an error event, then the stragglers go
+            end = time.monotonic() + 1.0
+            while state.connections and time.monotonic() < end:
+                await asyncio.sleep(0.01)
         state.abort_connections()
         await asyncio.to_thread(self._plane.stop)
         self._loop.remove_reader(self._plane.wake_fd)

@@ -63,6 +63,15 @@ def write_response(transport: asyncio.Transport, state: ServerState, response: R
     return keep_alive
 
 
+# What an SSE stream still going at the shutdown deadline ends with.
+_SHUTDOWN_EVENT = b'data: {"error":{"message":"The server is shutting down; the response is incomplete.",' \
+                  b'"type":"server_error","param":null,"code":"server_shutting_down"}}\n\n'
+
+
+def _frame(chunk: bytes, chunked: bool) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+
+
 class RequestCycle:
     __slots__ = ("_state", "_transport", "_flow", "request", "keep_alive")
 
@@ -116,6 +125,9 @@ class RequestCycle:
         chunks = response.chunks
         transport.write(encode_head(response.status, response.headers, response.content_type, keep_alive, None,
                                     chunked))
+        task = asyncio.current_task()
+        assert task is not None
+        self._state.streams.add(task)
         try:
             if head_only:  # not even the last chunk: a HEAD's answer has no body at all
                 return keep_alive
@@ -123,17 +135,26 @@ class RequestCycle:
                 if flow.closed:
                     return False
                 if chunk:  # an empty chunk would end the chunked body early
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    transport.write(_frame(chunk, chunked))
                     # A slow reader blocks its stream here instead of growing our write buffer.
                     await flow.drain()
             if flow.closed:
                 return False
             return self._terminate(chunked) and keep_alive
+        except asyncio.CancelledError:
+            if not self._state.streams_cut:
+                raise
+            task.uncancel()  # ours, and handled: the connection's worker goes on to close it
+            if response.content_type.startswith("text/event-stream") and not flow.closed:
+                transport.write(_frame(_SHUTDOWN_EVENT, chunked))
+                self._terminate(chunked)
+            return False  # else cut as below: the missing last chunk says so
         except Exception:
             # Headers are out; closing without the terminating chunk tells the client it is cut.
             log.exception("stream failed mid-response")
             return False
         finally:
+            self._state.streams.discard(task)
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

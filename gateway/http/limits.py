@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.http.app import Router
 
@@ -43,12 +43,22 @@ class ServerState:
         self.in_flight = 0
         self.shutting_down = False
         self.all_closed = asyncio.Event()
+        self.streams: set[asyncio.Task[Any]] = set()  # the tasks writing a streamed body now
+        self.streams_cut = False
 
     def begin_shutdown(self) -> None:
         """No new requests: idle connections close now, busy ones after their answer."""
         self.shutting_down = True
         for conn in list(self.connections):
             conn.begin_shutdown()
+
+    def cut_streams(self) -> None:
+        """At the shutdown deadline: streams still going end now, an SSE stream with an error
+        event and its last chunk (a client then knows why it is incomplete), before the connections
+        are aborted."""
+        self.streams_cut = True
+        for task in list(self.streams):
+            task.cancel()
 
     def abort_connections(self) -> None:
         for conn in list(self.connections):

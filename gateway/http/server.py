@@ -60,6 +60,8 @@ class Server:
         self._server.close()
         state.begin_shutdown()
         if not await _wait_closed(state, deadline_s):
+            state.cut_streams()  # an SSE stream ends with an error event, then the stragglers go
+            await _wait_closed(state, 1.0)
             state.abort_connections()
             # abort() reports connection_lost on the next loop iterations.
             await _wait_closed(state, 1.0)

@@ -397,6 +397,25 @@ def test_graceful_shutdown_lets_in_flight_stream_finish() -> None:
     asyncio.run(main())
 
 
+def test_a_stream_still_going_at_the_shutdown_deadline_ends_with_an_error_event() -> None:
+    # It used to be cut mid-body: a client could not tell a server stopping from a network fault.
+    async def main() -> None:
+        probe = Probe()
+        server = await serve(make_router(probe), "127.0.0.1", 0, LIMITS)
+        reader, writer = await connect(server)
+        writer.write(b"GET /stream?hold=1 HTTP/1.1\r\n\r\n")
+        await asyncio.wait_for(probe.started.wait(), TIMEOUT)
+        await asyncio.wait_for(server.shutdown(0.2), TIMEOUT)  # the handler never lets go
+        status, _, _, chunks = await asyncio.wait_for(read_response(reader), TIMEOUT)  # whole: its last chunk came
+        assert status == 200 and chunks[0] == b"data: 0\n\n"
+        assert msgspec.json.decode(chunks[-1][len(b"data: "):])["error"]["code"] == "server_shutting_down"
+        assert probe.stream_closed.is_set()  # the handler's generator was closed
+        await asyncio.wait_for(assert_closed(reader), TIMEOUT)
+        writer.close()
+
+    asyncio.run(main())
+
+
 def test_keep_alive_stream_and_disconnect_under_uvloop() -> None:
     async def check(server: Server, probe: Probe) -> None:
         reader, writer = await connect(server)

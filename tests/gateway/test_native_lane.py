@@ -254,6 +254,25 @@ def test_shutdown_lets_an_answer_in_progress_finish() -> None:
     run(test)
 
 
+def test_a_stream_past_the_shutdown_deadline_ends_with_an_error_event() -> None:
+    # A stream the lane handed to the Python server, still going when the deadline passes.
+    async def test() -> None:
+        async with engines(FakeEngine("a", stall_after=1)) as urls:
+            gateway = Gateway(_config(urls))
+            await gateway.start()
+            factory, _ = gateway.native_lane()
+            server = await serve(gateway.router(), "127.0.0.1", 0, lane=factory)
+            pending = asyncio.ensure_future(exchange(server.port, request(chat(stream=True))))
+            await asyncio.sleep(0.2)
+            await server.shutdown(0.2)
+            answer = parse_response(await pending)  # a whole chunked body: its last chunk came
+            events = [e for e in answer.content.split(b"\n\n") if e]
+            assert answer.status == 200 and b'"content":"a"' in events[0]
+            assert json.loads(events[-1][len(b"data: "):])["error"]["code"] == "server_shutting_down"
+            await gateway.stop()
+    run(test)
+
+
 def test_chunked_engine_answers_are_relayed_whole() -> None:
     async def test() -> None:
         async def as_chunks(_: Request) -> StreamingResponse:
