@@ -62,6 +62,9 @@ class AsyncLLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
+        if self._dead is not None:  # it died since the check above, telling only the streams it saw
+            self._streams.pop(request_id, None)
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
         self._commands.put(("add", request_id, prompt, params, priority))
         finished = False
         try:
