@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from engine.errors import InvalidRequestError
 
+_MAX_STOP_CHARS = 1024
 _MAX_LOGPROBS = 20
 # Below this a temperature is greedy decoding (vLLM's bound): logits divided by a float32 denormal
 # overflow to inf and NaN, and the "sample" is garbage.
@@ -53,6 +54,10 @@ class SamplingParams:
                f"logprobs must be between 0 and {_MAX_LOGPROBS}", "logprobs")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings", "stop")
         _check(len(self.stop) <= 16, "at most 16 stop strings", "stop")
+        # Each is looked for in the text's tail at every token: a 100,000-character one made that
+        # look the cost of the step.
+        _check(all(len(s) <= _MAX_STOP_CHARS for s in self.stop),
+               f"a stop string has at most {_MAX_STOP_CHARS} characters", "stop")
         self.logit_bias = dict(self.logit_bias)
         _check(all(isinstance(t, int) and t >= 0 for t in self.logit_bias), "logit_bias keys must be token ids",
                "logit_bias")

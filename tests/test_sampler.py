@@ -161,7 +161,7 @@ def test_logit_bias_moves_its_rows_tokens_only() -> None:
 @pytest.mark.parametrize("field,value", [
     ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2), ("min_p", 2.0), ("n", 0),
     ("max_tokens", 0), ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("repetition_penalty", 0.0),
-    ("logprobs", 21), ("stop", [""]), ("logit_bias", {5: 101.0}), ("logit_bias", {-1: 1.0}),
+    ("logprobs", 21), ("stop", [""]), ("stop", ["x" * 1025]), ("logit_bias", {5: 101.0}), ("logit_bias", {-1: 1.0}),
 ])
 def test_invalid_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError) as err:
