@@ -127,7 +127,6 @@ def load_pepper(store: Store) -> bytes:
 class CachedToken:
     record: TokenRecord
     patterns: ModelPatterns
-    loaded_at: float
 
 
 class TokenService:
@@ -289,7 +288,7 @@ class TokenService:
                     cached = old.get(record.id)
                     if cached is None or cached.record != record:  # unchanged ones keep their object (and patterns)
                         try:
-                            cached = CachedToken(record, ModelPatterns(record.models), now)
+                            cached = CachedToken(record, ModelPatterns(record.models))
                         except ValueError as exc:  # a record no CLI would write: its key alone is refused
                             log.warning("token %s is refused: its models are unusable (%s)", record.id, exc)
                             continue
