@@ -10,8 +10,8 @@ far, to the Python server below, which owns it from then on and answers, errors 
 
 Python keeps what is Python's: the fleet's health probes and circuit breaker, and the stages that
 see each request end (metrics, the console's recorder). Every tick this module tells the lane the
-hosts' health and load, and tells the stages and the breaker what the lane did since (finished
-requests, host failures). The tenant stages run on the lane itself (gateway/lane_tenancy.py: the
+hosts' health and load (and, every RESOLVE_S, where their names now resolve), and tells the stages
+and the breaker what the lane did since (finished requests, host failures). The tenant stages run on the lane itself (gateway/lane_tenancy.py: the
 lane serves what they admit and hands the rest over); the prompt-security stage does not, so with
 it on, or with TLS, the Python server serves every request.
 """
