@@ -90,14 +90,23 @@ class ServingContext:
         once, with the usage of what they had generated."""
         tag = request.headers.get(ABORT_TAG_HEADER)
         if tag:
-            self.tagged[tag] = request_ids
+            # Added to, not replaced: answers sharing a tag (a client reusing one) are all named by it.
+            self.tagged.setdefault(tag, []).extend(request_ids)
             if self.early_aborts.pop(tag, None) is not None:
                 self.abort_tagged(tag)
         try:
             return await answer
         finally:
             if tag:
-                self.tagged.pop(tag, None)
+                self._untag(tag, request_ids)
+
+    def _untag(self, tag: str, request_ids: list[str]) -> None:
+        """Drops this answer's requests from its tag; the tag's other answers stay named by it."""
+        left = [r for r in self.tagged.get(tag, []) if r not in request_ids]
+        if left:
+            self.tagged[tag] = left
+        else:
+            self.tagged.pop(tag, None)
 
     def abort_tagged(self, tag: str) -> int:
         """Aborts the answer `tag` names; returns how many engine requests that stopped (0 when the

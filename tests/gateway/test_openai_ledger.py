@@ -210,3 +210,30 @@ def test_the_engine_sends_cumulative_usage_comments_when_asked(engine_front: Run
         elif b'"content":"' in event and b'"content":""' not in event or b'"text":"' in event:
             delivered += 1
             assert delivered <= covered
+
+
+def test_answers_sharing_a_tag_stay_named_by_it_until_each_ends(running: Running) -> None:
+    # The first to end removed the tag: the other's abort then found nothing and was remembered as
+    # an early abort instead, while that answer went on.
+    import asyncio
+
+    from gateway.http import Request
+
+    ctx = ServingContext(running.engine, [MODEL])
+
+    async def test() -> None:
+        request = Request(method="POST", path="/v1/chat/completions", query_string="",
+                          headers={"x-llmaas-abort-tag": "same"}, body=b"", client=None)
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        a = asyncio.ensure_future(ctx.whole(request, ["a-0"], first))
+        b = asyncio.ensure_future(ctx.whole(request, ["b-0", "b-1"], second))
+        await asyncio.sleep(0)
+        first.set_result("done")
+        assert await a == "done"
+        assert ctx.abort_tagged("same") == 2 and "same" not in ctx.early_aborts  # b's two requests
+        second.set_result("done")
+        await b
+        assert not ctx.tagged
+
+    asyncio.run(test())
