@@ -158,6 +158,17 @@ async def call(port: int, body: dict, key: str | None = None, extra: str = "",
         writer.close()
 
 
+async def raw_call(port: int, headers: bytes, body: bytes) -> RawResponse:
+    """A chat request with these header lines, as bytes: any a test needs, valid or not."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n" + headers +
+                 b"connection: close\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
+    try:
+        return parse_response(await asyncio.wait_for(reader.read(), 10))
+    finally:
+        writer.close()
+
+
 async def served_key(s: Stack) -> tuple[str, TokenRecord]:
     """A fresh key of the gold tier, once the lane has served a request with it."""
     secret, record = s.tenancy.tokens.create("acme", "gold")
@@ -352,15 +363,8 @@ def test_request_ids_of_any_bytes_are_recorded_as_the_python_path_records_them(t
     ids = [b'q"uote \\ and\ttab', "\u00e9\u4e2d".encode(), b"\xff\xfe not utf-8", b"after"]
 
     async def raw(port: int, key: str, request_id: bytes) -> int:
-        data = json.dumps(chat()).encode()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer " + key.encode() +
-                     b"\r\nx-request-id: " + request_id + b"\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%b" % (len(data), data))
-        try:
-            return parse_response(await asyncio.wait_for(reader.read(), 10)).status
-        finally:
-            writer.close()
+        headers = b"authorization: Bearer " + key.encode() + b"\r\nx-request-id: " + request_id + b"\r\n"
+        return (await raw_call(port, headers, json.dumps(chat()).encode())).status
 
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
@@ -589,15 +593,7 @@ def test_only_http_whitespace_around_a_key_is_ignored_on_both_paths(tmp_path: Pa
     # A trailing NBSP (0xA0, which str.strip() removes) made a different key on the lane (401) and
     # the same key on the Python path (200).
     async def raw(port: int, authorization: bytes) -> int:
-        data = json.dumps(chat()).encode()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
-                     b"authorization: " + authorization + b"\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%b" % (len(data), data))
-        try:
-            return parse_response(await asyncio.wait_for(reader.read(), 10)).status
-        finally:
-            writer.close()
+        return (await raw_call(port, b"authorization: " + authorization + b"\r\n", json.dumps(chat()).encode())).status
 
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
@@ -615,13 +611,7 @@ def test_an_unreadable_body_is_answered_after_the_key_is_checked(tmp_path: Path)
     # from its limits. Both paths alike (the lane hands these bodies over).
     async def raw(port: int, body: bytes, key: str | None) -> RawResponse:
         auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n" + auth +
-                     b"x-request-id: bad-body\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
-        try:
-            return parse_response(await asyncio.wait_for(reader.read(), 10))
-        finally:
-            writer.close()
+        return await raw_call(port, auth + b"x-request-id: bad-body\r\n", body)
 
     async def test() -> None:
         async with engine() as fake, stack(tmp_path, fake.url, "lane") as lane, \
