@@ -47,6 +47,7 @@ def test_every_waiter_is_told_when_the_step_loop_dies() -> None:
             await asyncio.wait_for(one(9), 5)
 
     asyncio.run(test())
+    engine._thread.join(5)  # its death is reported within this test, not the next
 
 
 def test_a_request_registered_as_the_loop_dies_is_told_too() -> None:
@@ -69,3 +70,4 @@ def test_a_request_registered_as_the_loop_dies_is_told_too() -> None:
             await asyncio.wait_for(anext(engine.generate([1], SamplingParams(max_tokens=1), "late")), 2)
 
     asyncio.run(test())
+    engine._thread.join(5)
