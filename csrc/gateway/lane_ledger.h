@@ -39,8 +39,6 @@ class LaneLedger {
   // Commits what the journal holds; returns how many requests it recorded. Throws
   // std::runtime_error, recording nothing, when the commit fails.
   int64_t flush();
-  const std::string& chain() const { return chain_; }
-  int64_t seq() const { return seq_; }
 
  private:
   void exec(const char* sql);

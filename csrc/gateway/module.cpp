@@ -239,8 +239,7 @@ PYBIND11_MODULE(_native, m) {
              if (p.ledger() == nullptr) throw std::logic_error("the tenant stages are not enabled on this lane");
              py::gil_scoped_release released;
              return p.ledger()->flush();
-           })
-      .def_property_readonly("ledger_seq", [](DataPlane& p) { return p.ledger() != nullptr ? p.ledger()->seq() : 0; });
+           });
   bind_json_fields(m);
   bind_tenancy(m);
 }
