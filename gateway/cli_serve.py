@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway import durations
 from gateway.cli_generate import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -38,8 +39,21 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
     serve.add_argument("--no-auth", action="store_true",
                        help="accept requests without an API key (local experiments only)")
+    serve.add_argument("--prompt-retention", type=_retention, metavar="DURATION",
+                       help="keep each request's prompt in the audit trail this long (e.g. 90d), encrypted "
+                            "with the key in LLMAAS_AUDIT_KEY (`llmaas audit new-key`); default: keep none")
     _add_common(serve, host="127.0.0.1")
     serve.set_defaults(run=run_serve)
+
+
+def _retention(text: str) -> str:
+    try:
+        seconds = durations.seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the retention must be longer than zero")
+    return text
 
 
 def _add_common(p: argparse.ArgumentParser, host: str) -> None:
@@ -99,8 +113,14 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
         router = build_router(engine, names, engine_metrics, api_key=getattr(args, "api_key", None))
         startup = shutdown = connections = None
         if with_gateway:
-            gateway = _local_gateway(names[0], router, require_auth=not args.no_auth,
-                                     detokenize=functools.partial(engine.tokenizer.decode, skip_special_tokens=False))
+            try:
+                gateway = _local_gateway(names[0], router, require_auth=not args.no_auth,
+                                         prompt_retention=args.prompt_retention,
+                                         detokenize=functools.partial(engine.tokenizer.decode,
+                                                                      skip_special_tokens=False))
+            except ValueError as exc:  # LLMAAS_AUDIT_KEY, the tiers file, LLMAAS_DB_SYNC
+                print(f"llmaas: error: {exc}", file=sys.stderr)
+                return 2
             gateway.metrics.registry.register(RegistryCollector(engine_metrics.registry))
             router, startup, shutdown = gateway.router(), gateway.start, gateway.stop
             connections = gateway.metrics.connections
@@ -116,14 +136,14 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
     return 0
 
 
-def _local_gateway(model: str, engine_router: Router, require_auth: bool,
+def _local_gateway(model: str, engine_router: Router, require_auth: bool, prompt_retention: str | None,
                    detokenize: Callable[[list[int]], str]) -> Gateway:
     from gateway.fleet.backend import LocalBackend
     from gateway.fleet.config import GatewayConfig, ModelEntry, TenancySection
     from gateway.gateway_server import Gateway
 
     config = GatewayConfig(models=[ModelEntry(name=model, hosts=[LOCAL_ENGINE_URL])],
-                           tenancy=TenancySection(require_auth=require_auth))
+                           tenancy=TenancySection(require_auth=require_auth, prompt_retention=prompt_retention))
     return Gateway(config, backend_for=lambda url: LocalBackend(engine_router, name=url),
                    detokenizers={model: detokenize})
 

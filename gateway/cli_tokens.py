@@ -1,4 +1,4 @@
-"""`llmaas tokens create|list|revoke|rotate`, `llmaas usage` and `llmaas audit verify|export`.
+"""`llmaas tokens create|list|revoke|rotate`, `llmaas usage` and `llmaas audit verify|export|purge`.
 
 They work on the same store as the gateway (`--db`, or LLMAAS_DB, or ~/.local/share/llmaas/llmaas.db),
 so they may run while it serves: a new token works at once, a revocation within a second.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 import unicodedata
@@ -16,21 +15,20 @@ from datetime import datetime, timezone
 
 import msgspec
 
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from gateway import durations
 
 
 def parse_duration(text: str) -> float:
     """`90d`, `12h`, `30m`, `45s`, `2w` in seconds."""
-    match = DURATION.match(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90d, 12h, 30m)")
-    return float(match.group(1)) * _UNIT[match.group(2)]
+    try:
+        return durations.seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_since(text: str) -> float:
     """An ISO date or time (UTC unless it says otherwise), or a duration back from now (`30d`)."""
-    if DURATION.match(text.strip()):
+    if durations.DURATION.match(text.strip()):
         return time.time() - parse_duration(text)
     try:
         moment = datetime.fromisoformat(text)
@@ -119,7 +117,15 @@ def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
     verify.set_defaults(run=run_verify)
     export = audit.add_parser("export", parents=[common], help="JSON lines, for compliance reports")
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
+    export.add_argument("--prompts", action="store_true",
+                        help="with each kept prompt's text, decrypted with the key in LLMAAS_AUDIT_KEY")
     export.set_defaults(run=run_export)
+    purge = audit.add_parser("purge", parents=[common], help="drop prompt text past its retention period")
+    # A gateway's retention is in its config ([tenancy] prompt_retention); nothing in the database says it.
+    purge.add_argument("--retention", type=parse_duration, help="how long prompt text is kept, e.g. 90d")
+    purge.set_defaults(run=run_purge)
+    new_key = audit.add_parser("new-key", help="print a fresh key for LLMAAS_AUDIT_KEY (AES-256, base64)")
+    new_key.set_defaults(run=run_new_key)
 
 
 def _db_path(args: argparse.Namespace) -> str:
@@ -150,7 +156,8 @@ def _open(args: argparse.Namespace, existing: bool = True):  # type: ignore[no-u
     return store, config, TokenService(store, SystemClock(), config.token_policy)
 
 
-def _audited(store, reason: str, tenant: str, token_id: str) -> None:  # type: ignore[no-untyped-def]
+def _audited(store, reason: str, tenant: str | None = None,  # type: ignore[no-untyped-def]
+             token_id: str | None = None) -> None:
     """The change in the audit trail, as the admin API records it (client "cli"), durable on return."""
     from gateway.tenancy import SystemClock
     from gateway.tenancy.audit import AuditTrail
@@ -231,13 +238,18 @@ def run_list(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     store, _, tokens = _open(args)
     try:
-        record = tokens.revoke(args.token_id)
-        _audited(store, "token_revoked", record.tenant, record.id)
+        record, revoked = tokens.revoke(args.token_id)
+        if revoked:
+            _audited(store, "token_revoked", record.tenant, record.id)
     except KeyError as exc:
         return _fail(str(exc.args[0]))
     finally:
         store.close()
-    print(f"revoked {record.id} (tenant {record.tenant})", file=sys.stderr)
+    if revoked:
+        print(f"revoked {record.id} (tenant {record.tenant})", file=sys.stderr)
+    else:  # a retry changes nothing: the first revocation stands
+        print(f"{record.id} (tenant {record.tenant}) was already revoked at {iso_time(record.revoked_at)}",
+              file=sys.stderr)
     return 0
 
 
@@ -298,20 +310,59 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from gateway.tenancy.audit import export_jsonl
+    from gateway.tenancy.encryption import KEY_ENV, PromptCipher, load_key
 
     if args.output and _is_store_file(args.output, _db_path(args)):
         raise CommandError(f"--output {args.output} is one of the store's own files: it would be overwritten")
+    cipher = None
+    if args.prompts:
+        try:
+            key = load_key()
+        except ValueError as exc:  # not base64, not 32 bytes
+            return _fail(f"{KEY_ENV}: {exc}")
+        if key is None:
+            return _fail(f"--prompts decrypts the kept prompts: set {KEY_ENV} to the gateway's key")
+        cipher = PromptCipher(key)
     store, _, _ = _open(args)
     try:
+        if cipher is not None:  # someone reads the prompts: that access is on the record, before any is written
+            _audited(store, "prompts_exported")
         out = open(args.output, "wb") if args.output else sys.stdout.buffer
         try:
-            for line in export_jsonl(store.audit_records()):
+            for line in export_jsonl(store.audit_records(), cipher):
                 out.write(line)
+        except ValueError as exc:  # a prompt that this key does not open
+            return _fail(f"{exc}: is {KEY_ENV} the gateway's key?")
         finally:
             if args.output:
                 out.close()
     finally:
         store.close()
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from gateway.tenancy import SystemClock
+    from gateway.tenancy.audit import AuditTrail
+
+    if args.retention is None:
+        return _fail("no retention period: say how long prompt text is kept, e.g. --retention 90d")
+    if args.retention <= 0:
+        return _fail("--retention must be longer than zero")
+    store, _, _ = _open(args)
+    try:
+        purged = AuditTrail(store, SystemClock(), retention_s=args.retention).purge()
+        _audited(store, "prompts_purged")
+    finally:
+        store.close()
+    print(f"purged the prompt text of {purged} audit record(s)")
+    return 0
+
+
+def run_new_key(args: argparse.Namespace) -> int:
+    from gateway.tenancy.encryption import new_key
+
+    print(new_key())
     return 0
 
 

@@ -29,16 +29,20 @@ from gateway.openai.protocol import Health, ModelCard, ModelList
 from gateway.stages.security_stage import Detokenize, SecurityStage
 from gateway.stages.tenancy_stage import TenancyStage
 from gateway.tenancy import Tenancy
+from gateway.tenancy.purger import PromptPurger
 
 _ENCODER = msgspec.json.Encoder()
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, backend_for: BackendFactory | None = None,
-                 tenancy: Tenancy | None = None, detokenizers: Mapping[str, Detokenize] | None = None) -> None:
+                 tenancy: Tenancy | None = None, detokenizers: Mapping[str, Detokenize] | None = None,
+                 purge_interval_s: float | None = None) -> None:
         """tenancy: an open Tenancy to use (tests, `llmaas serve`); by default one is opened from
         the config's [tenancy] section when it is enabled. detokenizers: the tokenizers of models
-        served in process, by model, with which prompt security reads prompts of token ids."""
+        served in process, by model, with which prompt security reads prompts of token ids.
+        purge_interval_s: how often prompt text past its retention is purged, when the tenancy has
+        a retention period (default: purger.purge_interval of it)."""
         self.config = config
         self.fleet = Fleet(config, backend_for)
         self.metrics = GatewayMetrics(self.fleet)
@@ -47,7 +51,7 @@ class Gateway:
         self.lane: Lane | None = None  # the native lane, once a server made it
         if config.tenancy.enabled:
             t = config.tenancy
-            tenancy = tenancy or Tenancy.open(t.db, t.tiers, t.catalog)
+            tenancy = tenancy or Tenancy.open(t.db, t.tiers, t.catalog, prompt_retention_s=t.prompt_retention_s)
             for name, hosts in self.fleet.by_model.items():
                 tenancy.catalog.set_hosts(name, [h.name for h in hosts])
             self.tenancy_stage = TenancyStage(tenancy, t.require_auth)
@@ -67,6 +71,8 @@ class Gateway:
         self.proxy = Proxy(self.fleet, stages)
         self.alerts = (AlertEvaluator(config.alerts, Sources(self.recorder, self.fleet, self.tenancy),
                                       self.recorder.clock) if config.alerts.enabled else None)
+        self.purger = (PromptPurger(self.tenancy.audit, purge_interval_s)
+                       if self.tenancy is not None and self.tenancy.audit.retention_s else None)
 
     @property
     def tenancy(self) -> Tenancy | None:
@@ -114,8 +120,12 @@ class Gateway:
         await self.fleet.start()
         if self.alerts is not None:
             self.alerts.start()
+        if self.purger is not None:
+            self.purger.start()
 
     async def stop(self) -> None:
+        if self.purger is not None:
+            await self.purger.stop()
         if self.alerts is not None:
             await self.alerts.stop()
         await self.fleet.stop()

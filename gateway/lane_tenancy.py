@@ -45,6 +45,8 @@ _NO_HASH = bytes(32)
 
 def unavailable(tenancy: Tenancy) -> str | None:
     """Why the lane cannot run these tenant stages, or None when it can."""
+    if tenancy.audit.keeps_prompts:
+        return "the audit trail keeps prompt text ([tenancy] prompt_retention)"
     if not isinstance(tenancy.limiter, NativeRateLimiter):
         return "the native limit table is not built"
     if not isinstance(tenancy.clock, SystemClock):

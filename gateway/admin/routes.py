@@ -3,11 +3,11 @@ from LLMAAS_ADMIN_TOKEN or the caller); tenant tokens never open them.
 
     POST   /admin/v1/tokens               {"tenant", "tier", "models": [...], "expires_in": "90d", "name"}
     GET    /admin/v1/tokens?tenant=T
-    DELETE /admin/v1/tokens/{id}          revoke
+    DELETE /admin/v1/tokens/{id}          revoke (again: the token as it is, nothing changed)
     POST   /admin/v1/tokens/{id}/rotate   {"grace": "7d"}
     GET    /admin/v1/usage?tenant=T&since=2026-01-01&until=...&by=model|day|tenant&format=json|csv|table
     GET    /admin/v1/audit/verify
-    GET    /admin/v1/audit/export         JSON lines
+    GET    /admin/v1/audit/export         JSON lines; ?prompts=true: with the kept prompts' text
     POST   /admin/v1/audit/purge          drop prompt text past its retention
     GET|PUT|DELETE /admin/v1/tenants/{tenant}/security-policy, GET /admin/v1/security-policies
                                           per-tenant prompt security (security_policies.py)
@@ -182,8 +182,10 @@ async def list_tokens(t: Tenancy, request: Request) -> Response:
 
 
 async def revoke_token(t: Tenancy, request: Request) -> Response:
-    record = await asyncio.to_thread(t.tokens.revoke, request.path_params["token_id"])
-    await _audited(t, request, 200, "token_revoked", record.tenant, record.id)
+    """The token as it is once revoked: a retried DELETE answers the same and records nothing."""
+    record, revoked = await asyncio.to_thread(t.tokens.revoke, request.path_params["token_id"])
+    if revoked:
+        await _audited(t, request, 200, "token_revoked", record.tenant, record.id)
     return _json(_token_view(record))
 
 
@@ -223,7 +225,15 @@ async def audit_verify(t: Tenancy, request: Request) -> Response:
 
 
 async def audit_export(t: Tenancy, request: Request) -> Response:
-    body = await asyncio.to_thread(lambda: b"".join(export_jsonl(t.store.audit_records())))
+    prompts = _query(request).get("prompts", "false")
+    if prompts not in ("true", "false"):
+        raise FieldError("prompts", "prompts: true or false")
+    cipher = t.audit.cipher if prompts == "true" else None
+    if prompts == "true" and cipher is None:
+        raise FieldError("prompts", "this gateway keeps no prompt text ([tenancy] prompt_retention is not set)")
+    body = await asyncio.to_thread(lambda: b"".join(export_jsonl(t.store.audit_records(), cipher)))
+    if cipher is not None:  # someone read the prompts: that access is on the record too
+        await _audited(t, request, 200, "prompts_exported", None)
     return Response(body=body, content_type="application/x-ndjson")
 
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway import durations
 from gateway.alerts.config import AlertsSection
 from security import Policy
 
@@ -72,6 +73,13 @@ class TenancySection(msgspec.Struct, forbid_unknown_fields=True):
     db: str | None = None  # SQLite file; default $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db
     tiers: str | None = None  # tiers and prices TOML; default $LLMAAS_TIERS or the shipped tiers
     catalog: str | None = None  # model catalog TOML; default the shipped catalog
+    # How long each admitted request's prompt text is kept in its audit record ("90d"), encrypted
+    # with the key in LLMAAS_AUDIT_KEY; unset: no prompt text is kept.
+    prompt_retention: str | None = None
+
+    @property
+    def prompt_retention_s(self) -> float | None:
+        return durations.seconds(self.prompt_retention) if self.prompt_retention is not None else None
 
 
 class SecuritySection(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,6 +133,12 @@ def split_url(url: str) -> tuple[str, int]:
 def _check(config: GatewayConfig) -> None:
     if not config.models:
         raise ConfigError("invalid gateway config: no [[models]]")
+    try:
+        retention = config.tenancy.prompt_retention_s
+    except ValueError as exc:
+        raise ConfigError(f"invalid gateway config: [tenancy] prompt_retention: {exc}") from None
+    if retention is not None and retention <= 0:
+        raise ConfigError("invalid gateway config: [tenancy] prompt_retention must be longer than zero")
     names = [m.name for m in config.models]
     if len(set(names)) != len(names):
         raise ConfigError("invalid gateway config: a model is listed twice")

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable
 from concurrent.futures import Future
 
+import msgspec
+
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Exchange
 from gateway.http.app import Request
@@ -81,9 +83,10 @@ class TenancyStage:
         if admission is None:
             return None
         verdict, rules_version = state.get("verdict"), state.get("security_rules_version")
+        prompt = prompt_text(exchange) if self.tenancy.audit.keeps_prompts else None
         if state.get("blocked"):
             return _awaitable(self.tenancy.refuse(admission, status=exchange.status, reason="security",
-                                                  verdict=verdict, rules_version=rules_version))
+                                                  verdict=verdict, rules_version=rules_version, prompt=prompt))
         usage = exchange.usage
         if usage is not None:
             counts = Counts(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
@@ -92,9 +95,15 @@ class TenancyStage:
                             exchange.streamed_tokens, 0)
         reason = "aborted" if exchange.status == 499 else None
         written = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict,
-                                      rules_version=rules_version, reason=reason)
+                                      rules_version=rules_version, reason=reason, prompt=prompt)
         state["cost_eur"] = admission.cost_eur  # for the metrics stage, which ends after
         return _awaitable(written)
+
+
+def prompt_text(exchange: Exchange) -> str:
+    """What the caller sent the model, as JSON: a chat's messages, a completion's prompt."""
+    payload = exchange.payload()
+    return msgspec.json.encode(payload.get("messages", payload.get("prompt"))).decode()
 
 
 def _awaitable(future: Future[None]) -> Awaitable[None] | None:

@@ -31,7 +31,7 @@ The request path:
 `tenancy.catalog.set_hosts(name, hosts)` records where the gateway's config serves a model.
 `llmaas serve`: `secret, token_id = tenancy.local_token(os.environ.get("LLMAAS_API_KEY"))`, and
 print the secret when it is not None. `tenancy.audit.purge()` drops prompt text past its retention
-(call it periodically). `tenancy.store.history(HistoryQuery(...))` pages the request history by time
+(purger.py runs it in a gateway). `tenancy.store.history(HistoryQuery(...))` pages the request history by time
 (history.py); `tenancy.security_policies.get(tenant)` is the prompt-security policy an operator set
 for a tenant through the admin API, None when the config's applies (security_policies.py). Time comes from `clock` (injectable; `FakeClock` in tests). Token design
 (format, hashing, rotation and how a tenant receives an automatically rotated secret):

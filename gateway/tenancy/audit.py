@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 
 import msgspec
+from cryptography.exceptions import InvalidTag
 
 from gateway.tenancy.clock import Clock
 from gateway.tenancy.encryption import PromptCipher
@@ -188,6 +189,16 @@ class AuditTrail:
             self._store.insert_rows([u for u, _, _ in rows], audit_rows, chain, f"{seq}:{prev}")
             self._seq, self._hash = seq, prev
 
+    @property
+    def cipher(self) -> PromptCipher | None:
+        """The key's cipher when prompt text is kept (a key and a retention period are set)."""
+        return self._cipher
+
+    @property
+    def keeps_prompts(self) -> bool:
+        """Whether `append` keeps the prompt text it is given."""
+        return self._cipher is not None
+
     def prompt_text(self, record: AuditRecord) -> str | None:
         if record.prompt is None or self._cipher is None:
             return None
@@ -203,7 +214,15 @@ class AuditTrail:
         return verify(self._store.audit_records(), self._store.audit_heads())
 
 
-def export_jsonl(records: Iterable[AuditRecord]) -> Iterable[bytes]:
-    """One JSON object per line, without prompt ciphertext (its digest stays, for the chain)."""
+def export_jsonl(records: Iterable[AuditRecord], cipher: PromptCipher | None = None) -> Iterable[bytes]:
+    """One JSON object per line, without prompt ciphertext (its digest stays, for the chain); with
+    `cipher`, a record that still keeps its prompt has its text under "prompt_text"."""
     for r in records:
-        yield _ENCODER.encode(msgspec.structs.replace(r, prompt=None)) + b"\n"
+        line = _ENCODER.encode(msgspec.structs.replace(r, prompt=None))
+        if cipher is not None and r.prompt is not None:
+            try:
+                text = cipher.decrypt(r.prompt, r.request_id)
+            except InvalidTag:
+                raise ValueError(f"record {r.seq}: its prompt does not decrypt with this key") from None
+            line = line[:-1] + b',"prompt_text":' + _ENCODER.encode(text) + b"}"
+        yield line + b"\n"

@@ -1,6 +1,6 @@
 """AES-256-GCM for prompt text kept in the audit trail under a retention policy.
 
-The key is 32 bytes, given base64-encoded in LLMAAS_AUDIT_KEY or the config. Each blob is
+The key is 32 bytes, given base64-encoded in LLMAAS_AUDIT_KEY (`llmaas audit new-key`). Each blob is
 nonce (12 random bytes) || ciphertext+tag; the request id is bound as associated data, so a blob
 moved to another record fails to decrypt.
 """
@@ -8,6 +8,7 @@ moved to another record fails to decrypt.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,9 +21,12 @@ def load_key(value: str | None = None) -> bytes | None:
     text = value if value is not None else os.environ.get(KEY_ENV)
     if not text:
         return None
-    key = base64.b64decode(text)
+    try:
+        key = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError(f"{KEY_ENV}: the audit key is not base64") from None
     if len(key) != 32:
-        raise ValueError(f"the audit key must be 32 bytes (base64), got {len(key)}")
+        raise ValueError(f"{KEY_ENV}: the audit key must be 32 bytes (base64), got {len(key)}")
     return key
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from gateway.tenancy.audit import AuditTrail
 from gateway.tenancy.catalog import Catalog, Lifecycle
 from gateway.tenancy.clock import Clock, SystemClock
-from gateway.tenancy.encryption import PromptCipher, load_key
+from gateway.tenancy.encryption import KEY_ENV, PromptCipher, load_key
 from gateway.tenancy.errors import AuthenticationError, ModelNotFound, PermissionDenied, TenancyError
 from gateway.tenancy import lane_ledger
 from gateway.tenancy.ledger import Counts, cost_eur, worst_case_cost
@@ -116,11 +116,16 @@ class Tenancy:
     def open(cls, db_path: str | None = None, tiers_path: str | None = None, catalog_path: str | None = None,
              clock: Clock | None = None, prompt_retention_s: float | None = None) -> Tenancy:
         clock = clock or SystemClock()
+        key = load_key()
+        if prompt_retention_s and key is None:
+            raise ValueError(f"[tenancy] prompt_retention keeps prompt text, encrypted: set {KEY_ENV} to a 32-byte "
+                             "key in base64 (`llmaas audit new-key` makes one)")
         store = SqliteStore(db_path or default_db_path(), flush_interval_s=JOURNAL_COMMIT_INTERVAL_S,
                             journal_wait_s=JOURNAL_WAIT_S)
         tenancy = cls(store, load_config(tiers_path or os.environ.get(TIERS_ENV)), Catalog.load(clock, catalog_path),
-                      clock, load_key(), prompt_retention_s)
-        tenancy.audit.purge()  # the gateway should also call this periodically (e.g. hourly)
+                      clock, key, prompt_retention_s)
+        # What passed its retention while no gateway ran; a running one purges on its own (purger.py).
+        tenancy.audit.purge()
         return tenancy
 
     def close(self) -> None:
@@ -249,8 +254,8 @@ class Tenancy:
                                  usage=usage)
 
     def refuse(self, admission: Admission, error: TenancyError | None = None, *, status: int = 400,
-               reason: str = "security", verdict: str | None = None,
-               rules_version: str | None = None) -> Future[None]:
+               reason: str = "security", verdict: str | None = None, rules_version: str | None = None,
+               prompt: str | None = None) -> Future[None]:
         """A request refused after admission (the security stage blocked it): gives back its
         reservation, records a zero-cost ledger row and the refusal."""
         if error is not None:
@@ -263,4 +268,5 @@ class Tenancy:
                          latency_ms=(time.perf_counter() - admission.started) * 1000.0)
         return self.audit.append(status=status, reason=reason, tenant=p.tenant, token_id=p.token_id,
                                  client=admission.client, model=admission.model, verdict=verdict,
-                                 rules_version=rules_version, request_id=admission.request_id, usage=usage)
+                                 rules_version=rules_version, request_id=admission.request_id, prompt=prompt,
+                                 usage=usage)

@@ -219,13 +219,20 @@ class TokenService:
                              rotated_from=rotated_from)
         return secret, record
 
-    def revoke(self, token_id: str) -> TokenRecord:
+    def revoke(self, token_id: str) -> tuple[TokenRecord, bool]:
+        """Revokes a token now; returns (its record, whether this call revoked it). A token revoked
+        already, here or by another process, is left as it is: a retried revocation keeps the first
+        one's time and gives its caller nothing to record."""
         record = self._require(token_id)
+        revoked = False
         if record.revoked_at is None:
-            record.revoked_at = self._clock.time()
-            self._store.put_token(record).result()
+            revoked = self._store.revoke_token(token_id, self._clock.time()).result()
+            # As stored: revoked by this call, or by another process since it was read.
+            record = self._require(token_id)
+        # The view is re-read even when another process revoked it: the key is refused here from
+        # now on, as the answer says, not at the next refresh.
         self._changed()
-        return record
+        return record, revoked
 
     def rotate(self, token_id: str, grace_s: float | None = None) -> tuple[str, TokenRecord, TokenRecord]:
         """Issues a successor; the old secret stays valid for the grace period. Returns

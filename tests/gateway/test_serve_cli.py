@@ -104,3 +104,31 @@ def test_serve_refuses_a_short_api_key_without_a_traceback(tmp_path: Path) -> No
                            "--kv-cache-mb", "16"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == "llmaas: error: LLMAAS_API_KEY: an API key needs at least 16 characters"
+
+
+def test_serve_keeps_prompts_under_a_retention_and_needs_its_key(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.tenancy import SqliteStore
+    from gateway.tenancy.encryption import PromptCipher, load_key, new_key
+
+    env = {**os.environ, "LLMAAS_DB": str(tmp_path / "llmaas.db"), "OMP_NUM_THREADS": "1", "LLMAAS_AUDIT_KEY": ""}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()),
+                           "--kv-cache-mb", "16", "--prompt-retention", "30d"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "prompt_retention keeps prompt text, encrypted: set LLMAAS_AUDIT_KEY" in done.stderr
+    key = new_key()
+    monkeypatch.setenv("LLMAAS_AUDIT_KEY", key)  # start() passes the environment on
+    proc, port, _ = start(tmp_path, "--prompt-retention", "30d", "--no-auth")
+    try:
+        assert chat(port, "Keep this, please.", None)[0] == 200
+    finally:
+        proc.kill()
+        proc.wait(10)
+    store = SqliteStore(tmp_path / "llmaas.db")
+    try:
+        (kept,) = [r for r in store.audit_records() if r.prompt is not None]
+    finally:
+        store.close()
+    text = PromptCipher(load_key(key) or b"").decrypt(kept.prompt or b"", kept.request_id)
+    assert json.loads(text) == [{"role": "user", "content": "Keep this, please."}]

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.admin import add_admin_routes
 from gateway.http import Request, Response, Router
-from gateway.tenancy import AuthenticationError, Counts, Tenancy
+from gateway.tenancy import AuthenticationError, Counts, FakeClock, Tenancy
 
 ADMIN = "admin-secret-0123456789"
 
@@ -204,6 +204,20 @@ def test_operators_changes_are_audited(router: Router, tenancy: Tenancy) -> None
     assert tenancy.audit.verify() == []
 
 
+def test_revoking_twice_answers_the_token_as_it_is_and_records_once(router: Router, tenancy: Tenancy,
+                                                                    clock: FakeClock) -> None:
+    created = json.loads(call(router, "POST", "/admin/v1/tokens", {"tenant": "acme", "tier": "small"}).body)
+    first = call(router, "DELETE", f"/admin/v1/tokens/{created['id']}")
+    clock.advance(60.0)
+    again = call(router, "DELETE", f"/admin/v1/tokens/{created['id']}")
+    assert (first.status, again.status) == (200, 200) and json.loads(again.body) == json.loads(first.body)
+    assert json.loads(first.body)["revoked_at"] is not None
+    missing = call(router, "DELETE", "/admin/v1/tokens/abcdefghijkl")
+    assert missing.status == 404 and json.loads(missing.body)["error"]["code"] == "not_found"
+    tenancy.store.flush()
+    assert [a.reason for a in tenancy.store.audit_records()] == ["token_created", "token_revoked"]
+
+
 @pytest.mark.parametrize("models", [["x" * 2_000_000], ["m*"] * 1000])
 def test_model_patterns_past_their_bounds_are_a_400(router: Router, tenancy: Tenancy, models: list[str]) -> None:
     # Every lookup of the token matches its patterns, and the lane each of its models at each push:
@@ -219,3 +233,34 @@ def test_an_empty_body_is_named_as_such(router: Router) -> None:
     # msgspec calls it "Input data was truncated", which tells an operator nothing.
     r = call(router, "PUT", "/admin/v1/tenants/acme/security-policy")
     assert r.status == 400 and "the body is empty" in json.loads(r.body)["error"]["message"]
+
+
+def test_the_export_gives_the_kept_prompts_only_when_asked_and_records_the_access(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gateway.tenancy import Catalog, SqliteStore
+    from gateway.tenancy.encryption import load_key, new_key
+    from gateway.tenancy.tiers import load_config
+
+    clock = FakeClock(1768435200.0)
+    keeping = Tenancy(SqliteStore(tmp_path / "k.db"), load_config(None), Catalog.load(clock), clock,
+                      audit_key=load_key(new_key()), prompt_retention_s=86400)
+    plain = Tenancy(SqliteStore(tmp_path / "p.db"), load_config(None), Catalog.load(clock), clock)
+    try:
+        router = Router()
+        add_admin_routes(router, keeping, ADMIN)
+        keeping.audit.append(status=200, reason="ok", request_id="r1", prompt='["secret plans"]').result()
+        (line,) = call(router, "GET", "/admin/v1/audit/export").body.splitlines()
+        assert "prompt_text" not in json.loads(line) and b"secret plans" not in line
+        lines = [json.loads(x) for x in call(router, "GET", "/admin/v1/audit/export?prompts=true").body.splitlines()]
+        assert lines[0]["prompt_text"] == '["secret plans"]'
+        keeping.store.flush()
+        assert [r.reason for r in keeping.store.audit_records()] == ["ok", "prompts_exported"]
+        bad = call(router, "GET", "/admin/v1/audit/export?prompts=yes")
+        assert bad.status == 400 and json.loads(bad.body)["error"]["param"] == "prompts"
+
+        router = Router()
+        add_admin_routes(router, plain, ADMIN)
+        refused = call(router, "GET", "/admin/v1/audit/export?prompts=true")
+        assert refused.status == 400 and "keeps no prompt text" in json.loads(refused.body)["error"]["message"]
+    finally:
+        keeping.close()
+        plain.close()

@@ -6,11 +6,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from gateway.cli_tokens import CommandError, add_tokens_parsers, parse_duration
+from gateway.cli_tokens import CommandError, add_tokens_parsers, iso_time, parse_duration
 from gateway.tenancy import AuthenticationError, Catalog, SqliteStore, SystemClock, Tenancy, load_config
 
 
@@ -63,6 +64,25 @@ def test_create_use_list_rotate_revoke(db: str, capsys: pytest.CaptureFixture[st
         served.close()
 
 
+def test_revoking_twice_says_when_it_was_revoked_and_changes_nothing(db: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard", "--json"]) == 0
+    token_id = json.loads(capsys.readouterr().out)["id"]
+    assert cli(["tokens", "revoke", "--db", db, token_id]) == 0
+    assert capsys.readouterr().err.startswith(f"revoked {token_id}")
+    store = SqliteStore(db)
+    try:
+        first = store.get_token(token_id)
+        assert first is not None and first.revoked_at is not None
+        assert cli(["tokens", "revoke", "--db", db, token_id]) == 0
+        assert capsys.readouterr().err == (f"{token_id} (tenant acme) was already revoked at "
+                                           f"{iso_time(first.revoked_at)}\n")
+        assert store.get_token(token_id) == first
+        assert [a.reason for a in store.audit_records()] == ["token_created", "token_revoked"]
+    finally:
+        store.close()
+
+
 def test_errors_exit_2(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "gold"]) == 2
     assert "unknown tier" in capsys.readouterr().err
@@ -105,8 +125,8 @@ def test_mistakes_are_said_in_a_line_not_a_traceback(tmp_path: Path, case: str) 
 
 
 @pytest.mark.parametrize("argv", [
-    ["audit", "verify"], ["audit", "export"], ["tokens", "list"], ["tokens", "revoke", "abcdefghijkl"],
-    ["tokens", "rotate", "abcdefghijkl"], ["usage", "--since", "1d"],
+    ["audit", "verify"], ["audit", "export"], ["audit", "purge", "--retention", "90d"], ["tokens", "list"],
+    ["tokens", "revoke", "abcdefghijkl"], ["tokens", "rotate", "abcdefghijkl"], ["usage", "--since", "1d"],
 ])
 def test_a_command_on_a_database_not_there_says_so_and_makes_none(tmp_path: Path, argv: list[str]) -> None:
     # A mistyped --db used to be made, empty, and then verified as intact, listed as no tokens.
@@ -189,6 +209,48 @@ def test_usage_and_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     conn.close()
     assert cli(["audit", "verify", "--db", db]) == 1
     assert "record 2: edited" in capsys.readouterr().out
+
+
+def test_audit_purge_drops_prompt_text_past_the_retention_it_is_given(db: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.tenancy import FakeClock
+    from gateway.tenancy.encryption import load_key, new_key
+
+    clock = FakeClock(time.time() - 2 * 86400)  # a gateway keeping prompt text, two days ago and now
+    served = Tenancy(SqliteStore(db), load_config(), Catalog.load(clock), clock, audit_key=load_key(new_key()),
+                     prompt_retention_s=30 * 86400)
+    try:
+        served.audit.append(status=200, reason="ok", request_id="old", prompt="two days old").result()
+        clock.set(time.time())
+        served.audit.append(status=200, reason="ok", request_id="fresh", prompt="just now").result()
+    finally:
+        served.close()
+    assert cli(["audit", "purge", "--db", db, "--retention", "1d"]) == 0
+    assert capsys.readouterr().out == "purged the prompt text of 1 audit record(s)\n"
+    assert cli(["audit", "purge", "--db", db, "--retention", "1d"]) == 0  # nothing left past it
+    assert capsys.readouterr().out == "purged the prompt text of 0 audit record(s)\n"
+    store = SqliteStore(db)
+    try:
+        records = list(store.audit_records())
+    finally:
+        store.close()
+    assert {r.request_id: r.prompt is not None for r in records if r.prompt_digest} == {"old": False, "fresh": True}
+    # Each purge recorded as the admin API records one, by the CLI; the chains intact.
+    changes = [(r.reason, r.tenant, r.client) for r in records if not r.prompt_digest]
+    assert changes == [("prompts_purged", None, "cli")] * 2
+    assert cli(["audit", "verify", "--db", db]) == 0
+
+
+@pytest.mark.parametrize("retention,message", [
+    ([], "no retention period: say how long prompt text is kept, e.g. --retention 90d"),
+    (["--retention", "0d"], "--retention must be longer than zero"),
+])
+def test_audit_purge_without_a_retention_says_so(db: str, capsys: pytest.CaptureFixture[str], retention: list[str],
+                                                 message: str) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard"]) == 0
+    capsys.readouterr()
+    assert cli(["audit", "purge", "--db", db, *retention]) == 2
+    assert capsys.readouterr().err == f"llmaas: error: {message}\n"
 
 
 def test_parse_duration() -> None:

@@ -183,3 +183,37 @@ def test_a_cli_command_lets_the_journal_go_after_its_replay(tmp_path: Path) -> N
             gateway.close()
     finally:
         cli.close()
+
+
+def test_a_store_under_full_sync_replays_both_journals_and_lets_them_go(tmp_path: Path) -> None:
+    # A gateway killed under NORMAL, restarted under LLMAAS_DB_SYNC=FULL: its rows were left in the
+    # ledger journal and the native lane's, and nobody recorded them until a later NORMAL open.
+    import struct
+    import zlib
+
+    import msgspec
+
+    from gateway.tenancy import lane_ledger
+
+    db = tmp_path / "full.db"
+    kill_after(db, 3)
+    lane_row = lane_ledger.LaneEntry(request_id="lane-1", time=1768435300.0, tenant="acme", token_id="t1",
+                                     model="qwen3:8b", input_tokens=4, cached_input_tokens=0, output_tokens=2,
+                                     reasoning_tokens=0, cost_eur=0.0, status=200, latency_ms=1.5,
+                                     client="127.0.0.1", reason="ok")
+    payload = msgspec.msgpack.encode(lane_row)
+    with open(f"{db}{lane_ledger.SUFFIX}-0", "wb") as f:
+        f.write(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+    store = SqliteStore(db, synchronous="FULL")
+    try:
+        assert sorted(r.request_id for r in store.usage("acme", 0)) == ["lane-1", "r0", "r1", "r2"]
+        assert journal_size(db) == 0
+        assert os.path.getsize(f"{db}{lane_ledger.SUFFIX}-0") == 0
+        assert not store.journaled  # each batch commits with its fsync: no row waits in a journal
+        gateway = SqliteStore(db, journal_wait_s=0.0)  # so a NORMAL gateway beside it gets the journal
+        try:
+            assert gateway.journaled
+        finally:
+            gateway.close()
+    finally:
+        store.close()

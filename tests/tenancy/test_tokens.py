@@ -86,6 +86,36 @@ def test_revoke_takes_effect_in_this_process_at_once(tenancy: Tenancy) -> None:
         tenancy.authenticate(bearer(secret))
 
 
+def test_revoking_twice_changes_nothing(tenancy: Tenancy, clock: FakeClock) -> None:
+    _, record = tenancy.tokens.create("acme", "small")
+    first, revoked = tenancy.tokens.revoke(record.id)
+    assert revoked and first.revoked_at == clock.time()
+    clock.advance(60.0)
+    again, revoked = tenancy.tokens.revoke(record.id)
+    assert not revoked and again.revoked_at == first.revoked_at
+    assert tenancy.store.get_token(record.id) == first
+    with pytest.raises(KeyError):
+        tenancy.tokens.revoke("abcdefghijkl")
+
+
+def test_a_revocation_racing_another_process_keeps_the_first_time_and_the_rotation(
+        tenancy: Tenancy, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Revoking wrote the whole record as read: a rotation, or a revocation, written meanwhile by
+    # another process (the CLI, another gateway) was written over, and the revocation time moved.
+    _, record = tenancy.tokens.create("acme", "small")
+    stale = tenancy.store.get_token(record.id)
+    other = tokens_module.TokenService(tenancy.store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
+    _, successor, _ = other.rotate(record.id, grace_s=DAY)
+    theirs, _ = other.revoke(record.id)
+    reads = iter([stale])  # this process read the token before the other one changed it
+    real_get = tenancy.store.get_token
+    monkeypatch.setattr(tenancy.store, "get_token", lambda token_id: next(reads, None) or real_get(token_id))
+    clock.advance(60.0)
+    mine, revoked = tenancy.tokens.revoke(record.id)
+    assert not revoked and mine.revoked_at == theirs.revoked_at and mine.rotated_to == successor.id
+    assert real_get(record.id) == mine
+
+
 def test_revoke_by_another_process_is_seen_after_refresh(tenancy: Tenancy, clock: FakeClock) -> None:
     secret, record = tenancy.tokens.create("acme", "small")
     tenancy.authenticate(bearer(secret))  # cached now
