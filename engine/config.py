@@ -26,6 +26,8 @@ class ModelConfig:
     rope_scaling: dict | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    qk_norm: bool = False  # an RMSNorm over each head of q and of k, before rotary (Qwen3)
 
 
 @dataclass(slots=True)

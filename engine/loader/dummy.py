@@ -28,7 +28,7 @@ def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device 
     generator = torch.Generator(device=device).manual_seed(seed)
     weights: dict[str, torch.Tensor] = {}
     for name, shape in expected_shapes(config).items():
-        if len(shape) == 1:  # RMSNorm gains
+        if len(shape) == 1 and not name.endswith(".bias"):  # RMSNorm gains
             weights[name] = torch.ones(shape, dtype=dtype, device=device)
         else:
             weights[name] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator)

@@ -1,4 +1,4 @@
-"""Load a llama.cpp GGUF file into a ModelConfig and Hugging Face-named torch tensors."""
+"""Load a llama.cpp GGUF file (llama, qwen2 or qwen3) into a ModelConfig and Hugging Face-named torch tensors."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,10 @@ from engine.loader.gguf_metadata import read_gguf_metadata
 from engine.loader.gguf_quants import UnsupportedQuantError, dequantize
 from engine.loader.llama_layout import check_shapes, expected_shapes
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# llama.cpp's converter interleaves Q/K rows for ggml's normal rope only in these (LlamaModel.permute);
+# qwen2 and qwen3 run NEOX rope, which is HF's rotate_half layout, and keep their rows as they are.
+_ROTARY_PERMUTED = ("llama",)
 
 # Llama 3.1-style GGUFs carry their llama3 rope scaling as this precomputed tensor (see load_gguf).
 ROPE_FREQS = "rope_freqs"
@@ -37,8 +40,10 @@ _BLOCK_TENSORS = {
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
 }
-_BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # weights[name + Q4_1_SUFFIX]: a linear weight's own Q4_1 blocks, kept when asked (see load_gguf).
 Q4_1_SUFFIX = ":q4_1"
 _LINEARS = ("_proj.weight", "lm_head.weight")
@@ -48,14 +53,15 @@ def load_gguf(path: str, dtype: torch.dtype,
               keep_q4_1: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, object]]:
     """Read a GGUF file: (config, weights with HF Llama names in `dtype`, all metadata key/values).
 
-    Weights are dequantized, reshaped to torch order and have llama.cpp's Q/K rotary row permutation
-    undone, so they equal a Hugging Face checkpoint's. A file with a `rope_freqs.weight` tensor (the
-    form llama.cpp stores Llama 3.1's "llama3" rope scaling in) yields an extra float32 tensor
-    weights["rope_freqs"] of shape (head_dim // 2,): per-dimension divisors of the default rotary
-    frequencies, inv_freq[i] = rope_theta ** (-2 i / head_dim) / rope_freqs[i]; config.rope_scaling
-    is then None. With keep_q4_1, each linear weight stored in Q4_1 also comes as its raw blocks,
-    weights[name + Q4_1_SUFFIX]: uint8 (out_features, in_features / 32 * 20), rows in the weight's
-    (unpermuted) order, for the CPU kernel that reads them at decode (engine/kernels/linear.py).
+    Weights are dequantized, reshaped to torch order and, in a llama file, have llama.cpp's Q/K rotary
+    row permutation undone, so they equal a Hugging Face checkpoint's. A qwen2 file sets config.qkv_bias
+    (q/k/v projection biases), a qwen3 file config.qk_norm (per-head q/k norms). A file with a
+    `rope_freqs.weight` tensor (the form llama.cpp stores Llama 3.1's "llama3" rope scaling in) yields an
+    extra float32 tensor weights["rope_freqs"] of shape (head_dim // 2,): per-dimension divisors of the
+    default rotary frequencies, inv_freq[i] = rope_theta ** (-2 i / head_dim) / rope_freqs[i];
+    config.rope_scaling is then None. With keep_q4_1, each linear weight stored in Q4_1 also comes as its
+    raw blocks, weights[name + Q4_1_SUFFIX]: uint8 (out_features, in_features / 32 * 20), rows in the
+    weight's (unpermuted) order, for the CPU kernel that reads them at decode (engine/kernels/linear.py).
     Raises ModelLoadError for anything unreadable or unsupported.
     """
     reader, metadata = _read(path)
@@ -121,6 +127,8 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         rope_scaling=_rope_scaling(meta, str(arch), path),
         bos_token_id=bos_id if isinstance(bos_id, int) else None,
         eos_token_ids=tuple(dict.fromkeys(i for i in eos_ids if isinstance(i, int))),
+        qkv_bias=arch == "qwen2",  # llama.cpp's qwen2 always has q/k/v biases, as HF's Qwen2 does
+        qk_norm=arch == "qwen3",
     )
 
 
@@ -161,12 +169,10 @@ def _weights(
         blocks = None
         if keep_q4_1 and tensor.tensor_type == GGMLQuantizationType.Q4_1 and name.endswith(_LINEARS):
             blocks = _file_bytes(tensor.data).reshape(shape[0], -1)
-        if name.endswith("self_attn.q_proj.weight"):
-            value = _unpermute_rotary_rows(value, config.num_heads)
-            blocks = None if blocks is None else _unpermute_rotary_rows(blocks, config.num_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            value = _unpermute_rotary_rows(value, config.num_kv_heads)
-            blocks = None if blocks is None else _unpermute_rotary_rows(blocks, config.num_kv_heads)
+        n_head = _permuted_heads(name, config)
+        if n_head is not None:
+            value = _unpermute_rotary_rows(value, n_head)
+            blocks = None if blocks is None else _unpermute_rotary_rows(blocks, n_head)
         weights[name] = value if name == ROPE_FREQS else value.to(dtype)
         if blocks is not None:
             weights[name + Q4_1_SUFFIX] = blocks.contiguous()
@@ -187,7 +193,19 @@ def _hf_name(gguf_name: str, path: str) -> str:
     match = _BLOCK_NAME.fullmatch(gguf_name)
     if match is None or match.group(2) not in _BLOCK_TENSORS:
         raise ModelLoadError(f"{path}: unsupported tensor {gguf_name}")
-    return f"model.layers.{match.group(1)}.{_BLOCK_TENSORS[match.group(2)]}.weight"
+    layer, kind, param = match.groups()
+    return f"model.layers.{layer}.{_BLOCK_TENSORS[kind]}.{param}"
+
+
+def _permuted_heads(name: str, config: ModelConfig) -> int | None:
+    """The number of heads whose rows llama.cpp interleaved in tensor `name`, or None if it kept HF's order."""
+    if config.architecture not in _ROTARY_PERMUTED:
+        return None
+    if name.endswith("self_attn.q_proj.weight"):
+        return config.num_heads
+    if name.endswith("self_attn.k_proj.weight"):
+        return config.num_kv_heads
+    return None
 
 
 def _unpermute_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Load a Hugging Face Llama/Mistral checkpoint folder (config.json + safetensors)."""
+"""Load a Hugging Face Llama, Mistral, Qwen2 or Qwen3 checkpoint folder (config.json + safetensors)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ from engine.config import ModelConfig
 from engine.loader.errors import ModelLoadError
 from engine.loader.llama_layout import check_shapes, expected_shapes
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
-_SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama"}
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+                           "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+_SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 _INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -57,6 +58,11 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
             raise ModelLoadError(f"{path}: config.json lacks {key!r}")
         return value
 
+    # Variants the decoder does not run: refused here rather than served wrong.
+    if raw.get("attention_bias"):
+        raise ModelLoadError(f"{path}: attention_bias (biases on every attention projection) is unsupported")
+    if raw.get("use_sliding_window"):
+        raise ModelLoadError(f"{path}: sliding-window attention is unsupported")
     hidden = int(get("hidden_size"))
     num_heads = int(get("num_attention_heads"))
     rope_theta, rope_scaling = _rope(raw, path)
@@ -79,6 +85,8 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         rope_scaling=rope_scaling,
         bos_token_id=raw.get("bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys([*eos_ids, *extra_eos])),
+        qkv_bias=arch == "qwen2",  # Qwen2's q/k/v projections always have biases (its o_proj none)
+        qk_norm=arch == "qwen3",
     )
 
 

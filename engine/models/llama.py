@@ -1,4 +1,6 @@
-"""The Llama decoder (SmolLM2, Llama 2/3.x, Mistral): plain PyTorch, Hugging Face weight names.
+"""The Llama decoder (SmolLM2, Llama 2/3.x, Mistral) and its two Qwen variants: Qwen2 adds biases
+to the q, k and v projections, Qwen3 an RMSNorm over each head of q and k before rotary (ModelConfig's
+qkv_bias and qk_norm). Plain PyTorch, Hugging Face weight names.
 
 Q/K/V and gate/up projections are fused into one matmul each at load time; attention goes through
 the paged-attention op. Tensor shapes: num_tokens (T) rows, flattened over the batch.
@@ -32,18 +34,33 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size)
+        self.qkv_bias = (nn.Parameter(torch.zeros(self.q_size + 2 * self.kv_size), requires_grad=False)
+                         if config.qkv_bias else None)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.o_proj = Linear(self.q_size, config.hidden_size)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
     def forward(self, rope: Rope, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = _head_norm(self.q_norm, q)
+            k = _head_norm(self.k_norm, k)
         q, k = ops.rotary(q, k, *rope)
         out = self.attn(q, k, v)  # (T, num_heads, head_dim)
         return self.o_proj(out.reshape(-1, self.q_size))
+
+
+def _head_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """x: (T, heads, head_dim) -> each head's vector RMS-normalised, same shape (contiguous)."""
+    t, heads, head_dim = x.shape
+    return norm(x.reshape(t * heads, head_dim))[0].view(t, heads, head_dim)
 
 
 class LlamaMLP(nn.Module):
@@ -122,6 +139,8 @@ class LlamaForCausalLM(nn.Module):
         return self._stack
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
+        if self.config.qkv_bias or self.config.qk_norm:  # the C++ stack has neither
+            return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
@@ -179,6 +198,12 @@ class LlamaForCausalLM(nn.Module):
             qkv = [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
             set_weight(attn.qkv_proj, torch.cat([take(n) for n in qkv]), dtype, device)
             take_q4_1(attn.qkv_proj, qkv)
+            if attn.qkv_bias is not None:
+                bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+                attn.qkv_bias = nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
+            if attn.q_norm is not None and attn.k_norm is not None:
+                set_weight(attn.q_norm, take(p + "self_attn.q_norm.weight"), dtype, device)
+                set_weight(attn.k_norm, take(p + "self_attn.k_norm.weight"), dtype, device)
             set_weight(attn.o_proj, take(p + "self_attn.o_proj.weight"), dtype, device)
             take_q4_1(attn.o_proj, [p + "self_attn.o_proj.weight"])
             gate_up = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]

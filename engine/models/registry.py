@@ -8,6 +8,9 @@ from engine.models.llama import LlamaForCausalLM
 
 MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "llama": LlamaForCausalLM,
+    # Llama with q/k/v biases (Qwen2, Qwen2.5) or per-head q/k norms (Qwen3): ModelConfig's flags.
+    "qwen2": LlamaForCausalLM,
+    "qwen3": LlamaForCausalLM,
 }
 
 

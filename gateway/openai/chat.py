@@ -27,7 +27,7 @@ from gateway.openai.protocol import (
     TopLogprob,
     UsageInfo,
 )
-from gateway.openai.messages import check_messages, check_unsupported
+from gateway.openai.messages import check_messages, check_template_kwargs, check_unsupported
 from gateway.openai.reasoning import ReasoningSplitter
 from gateway.openai.serving import (
     SYSTEM_FINGERPRINT,
@@ -58,6 +58,7 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
         ctx.check_model(req.model)
         check_messages(req.messages)
         check_unsupported(req.tools, req.tool_choice, req.response_format)
+        check_template_kwargs(req.chat_template_kwargs)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -96,10 +97,11 @@ def _named_as_sent(error: ApiError, req: ChatCompletionRequest) -> ApiError:
 
 def _render(ctx: ServingContext, req: ChatCompletionRequest) -> str:
     tok = ctx.tokenizer
+    extra = req.chat_template_kwargs or {}
     if ctx.chat_template is None:
-        return tok.apply_chat_template(req.messages, add_generation_prompt=True)
+        return tok.apply_chat_template(req.messages, add_generation_prompt=True, **extra)
     return render_chat_template(ctx.chat_template, req.messages, add_generation_prompt=True,
-                                special_tokens={"bos_token": tok.bos_token, "eos_token": tok.eos_token})
+                                special_tokens={"bos_token": tok.bos_token, "eos_token": tok.eos_token}, **extra)
 
 
 def _reasoning_tokens(splitters: list[ReasoningSplitter] | None) -> int:

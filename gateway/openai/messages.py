@@ -51,6 +51,21 @@ def _check_parts(i: int, parts: list[Any]) -> None:
             raise ApiError(400, f"messages[{i}].content[{j}].refusal must be a string", param="messages")
 
 
+# What the server itself gives every template: a request may not replace these (tools: tool calling
+# is refused above, not smuggled in here).
+RESERVED_TEMPLATE_VARIABLES = frozenset(("messages", "add_generation_prompt", "bos_token", "eos_token",
+                                         "raise_exception", "tools"))
+
+
+def check_template_kwargs(kwargs: dict[str, Any] | None) -> None:
+    for name in kwargs or {}:
+        if not name.isidentifier():
+            raise ApiError(400, f"chat_template_kwargs: {name!r} is not a template variable name",
+                           param="chat_template_kwargs")
+        if name in RESERVED_TEMPLATE_VARIABLES:
+            raise ApiError(400, f"chat_template_kwargs: {name!r} is set by the server", param="chat_template_kwargs")
+
+
 def check_unsupported(tools: list[Any] | None, tool_choice: Any, response_format: dict[str, Any] | None) -> None:
     """Tool calls and constrained output: this server parses no tool calls and constrains no
     decoding, so a request that needs either is refused rather than answered in free text."""

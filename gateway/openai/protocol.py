@@ -80,6 +80,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    # Extra variables for the model's chat template, as vLLM takes them ({"enable_thinking": false}).
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):

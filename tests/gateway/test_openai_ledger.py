@@ -237,3 +237,32 @@ def test_answers_sharing_a_tag_stay_named_by_it_until_each_ends(running: Running
         assert not ctx.tagged
 
     asyncio.run(test())
+
+
+def test_chat_template_kwargs_reach_the_template_and_reserved_names_are_refused(running: Running) -> None:
+    # A Qwen3-like switch: the template renders a longer prompt unless enable_thinking is false.
+    template = ("{% for m in messages %}{{ m.content }}{% endfor %}"
+                "{% if enable_thinking is defined and not enable_thinking %} no thinking today{% endif %}")
+    router = Router()
+    add_openai_routes(router, ServingContext(running.engine, [MODEL], chat_template=template))
+    front = running.start(router)
+
+    def prompt_tokens(**extra: object) -> int:
+        body = {"model": MODEL, "messages": CAPITAL, "max_tokens": 1, **extra}
+        status, answer = raw_post(front, "/v1/chat/completions", json.dumps(body).encode())
+        assert status == 200, answer
+        return json.loads(answer)["usage"]["prompt_tokens"]
+
+    plain = prompt_tokens()
+    assert prompt_tokens(chat_template_kwargs={"enable_thinking": True}) == plain
+    assert prompt_tokens(chat_template_kwargs={"enable_thinking": False}) > plain
+    for kwargs, named in (({"messages": []}, "'messages' is set by the server"),
+                          ({"tools": [{"type": "function"}]}, "'tools' is set by the server"),
+                          ({"not a name": 1}, "'not a name' is not a template variable name")):
+        body = {"model": MODEL, "messages": CAPITAL, "max_tokens": 1, "chat_template_kwargs": kwargs}
+        status, answer = raw_post(front, "/v1/chat/completions", json.dumps(body).encode())
+        error = json.loads(answer)["error"]
+        assert status == 400 and error["param"] == "chat_template_kwargs" and named in error["message"]
+    body = {"model": MODEL, "messages": CAPITAL, "chat_template_kwargs": ["enable_thinking"]}
+    status, answer = raw_post(front, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and "chat_template_kwargs" in json.loads(answer)["error"]["message"]

@@ -1,4 +1,4 @@
-"""Test helpers: tiny Llama configs, llama.cpp's conversion steps, and random GGML blocks."""
+"""Test helpers: tiny Llama configs and Qwen models, llama.cpp's conversion steps, and random GGML blocks."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,8 @@ import gguf
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
-from transformers import LlamaConfig
+from transformers import (LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 ROPE_SCALING = {
     "rope_type": "llama3",
@@ -37,6 +38,7 @@ _BLOCK_NAMES = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
 }
 _TOP_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -52,6 +54,29 @@ def tiny_llama_config(**overrides: object) -> LlamaConfig:
         max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
     )
     return LlamaConfig(**(kwargs | overrides))
+
+
+def tiny_qwen_model(arch: str) -> PreTrainedModel:
+    """A random tiny Qwen2 (q/k/v biases, untied) or Qwen3 (q/k norms, tied, head_dim 16 where
+    hidden / heads is 8). Biases and norm gains are random too: transformers starts them at 0 and 1,
+    which would hide a dropped or swapped one."""
+    common: dict = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                        num_key_value_heads=2, vocab_size=300, max_position_embeddings=256,
+                        bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        model: PreTrainedModel = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, tie_word_embeddings=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.1)
+    return model.eval()
+
+
+def checkpoint_tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The float32 tensors save_pretrained writes, which llama.cpp's converter reads: a tied lm_head is not one."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def random_blocks(rng: np.random.Generator, n_blocks: int, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -92,11 +117,15 @@ def gguf_tensor_name(hf_name: str) -> str:
     if hf_name in _TOP_NAMES:
         return _TOP_NAMES[hf_name]
     _, _, layer, rest = hf_name.split(".", 3)
-    return f"blk.{layer}.{_BLOCK_NAMES[rest.removesuffix('.weight')]}.weight"
+    module, param = rest.rsplit(".", 1)
+    return f"blk.{layer}.{_BLOCK_NAMES[module]}.{param}"
 
 
-def llamacpp_matrix(name: str, w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
-    """An HF weight as llama.cpp's converter stores it (before quantization)."""
+def llamacpp_matrix(name: str, w: np.ndarray, cfg: PretrainedConfig) -> np.ndarray:
+    """An HF weight as llama.cpp's converter stores it (before quantization). Only its LlamaModel
+    permutes Q/K rows; Qwen2Model and Qwen3Model (NEOX rotary) keep HF's order."""
+    if cfg.model_type != "llama":
+        return w
     if name.endswith("q_proj.weight"):
         return llamacpp_permute(w, cfg.num_attention_heads)
     if name.endswith("k_proj.weight"):
@@ -112,12 +141,13 @@ def raw_f32(w: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType | None]:
 
 
 def write_llama_gguf(
-    path: Path, cfg: LlamaConfig, state: dict[str, torch.Tensor], encode_matrix: Encoder = raw_f32,
-    arch: str = "llama", rope_freqs: bool = True,
+    path: Path, cfg: PretrainedConfig, state: dict[str, torch.Tensor], encode_matrix: Encoder = raw_f32,
+    arch: str | None = None, rope_freqs: bool = True,
 ) -> None:
-    """Convert an HF Llama state dict like llama.cpp: permuted Q/K, 2-D tensors through `encode_matrix`
-    (-> data, GGML type for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
-    writer = gguf.GGUFWriter(path, arch)
+    """Convert an HF Llama, Qwen2 or Qwen3 state dict like llama.cpp: general.architecture `arch` (default
+    the config's model_type), Q/K permuted for llama, 2-D tensors through `encode_matrix` (-> data, GGML
+    type for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
+    writer = gguf.GGUFWriter(path, arch or cfg.model_type)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -126,8 +156,12 @@ def write_llama_gguf(
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_vocab_size(cfg.vocab_size)
+    if getattr(cfg, "head_dim", None) is not None:  # llama.cpp writes these where config.json has head_dim
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+    if cfg.model_type == "llama":  # only its LlamaModel writes these; a Qwen file's vocab size is its token count
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_vocab_size(cfg.vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
     writer.add_bos_token_id(cfg.bos_token_id)

@@ -79,6 +79,30 @@ def test_older_config_spelling() -> None:
     assert not config.tie_word_embeddings
 
 
+def _raw(**overrides: object) -> dict:
+    return {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 256, **overrides}
+
+
+def test_qwen_configs_set_their_variants() -> None:
+    qwen2 = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=False), "q2")
+    assert (qwen2.architecture, qwen2.qkv_bias, qwen2.qk_norm) == ("qwen2", True, False)
+    qwen3 = config_from_hf(_raw(model_type="qwen3", head_dim=32, attention_bias=False), "q3")
+    assert (qwen3.architecture, qwen3.qkv_bias, qwen3.qk_norm, qwen3.head_dim) == ("qwen3", False, True, 32)
+    llama = config_from_hf(_raw(architectures=["LlamaForCausalLM"]), "l")
+    assert (llama.qkv_bias, llama.qk_norm) == (False, False)
+
+
+@pytest.mark.parametrize("raw,why", [
+    (_raw(architectures=["LlamaForCausalLM"], attention_bias=True), "attention_bias"),
+    (_raw(architectures=["Qwen3ForCausalLM"], attention_bias=True), "attention_bias"),
+    (_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=True), "sliding-window"),
+])
+def test_variants_the_decoder_does_not_run_are_refused(raw: dict, why: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"somewhere: {why}.*unsupported"):
+        config_from_hf(raw, "somewhere")
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="absent.*not found"):
         load_hf_folder(str(tmp_path / "absent"), torch.float32)

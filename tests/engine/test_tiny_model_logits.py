@@ -1,6 +1,7 @@
-"""Logits parity with transformers on a random-weight tiny Llama saved with save_pretrained
-(safetensors), with GQA and Llama 3 rope scaling, through the paged cache: a prompt computed in
-chunks, then decode steps, for two sequences batched together."""
+"""Logits parity with transformers on random-weight tiny models saved with save_pretrained
+(safetensors), through the paged cache: a prompt computed in chunks, then decode steps, for two
+sequences batched together. A Llama with GQA and Llama 3 rope scaling; a Qwen2 (q/k/v biases); a
+Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings)."""
 from __future__ import annotations
 
 import pytest
@@ -16,28 +17,43 @@ from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_model(family: str) -> torch.nn.Module:
+    import transformers
 
+    common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=500, max_position_embeddings=512, rope_theta=10000.0)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            **common, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+        return transformers.LlamaForCausalLM(config)
+    if family == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
+    config = transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=True)
+    return transformers.Qwen3ForCausalLM(config)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
-                         num_key_value_heads=2, vocab_size=500, max_position_embeddings=512,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-                         rope_theta=10000.0, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tiny-llama")
+    model = _tiny_model(request.param).eval()
+    with torch.no_grad():  # transformers starts biases and norm gains at 0 and 1: random ones test them
+        for name, tensor in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                tensor.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.1)
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model.save_pretrained(path, safe_serialization=True)
-    return str(path), model
+    return request.param, str(path), model
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_chunked_prefill_and_decode_logits_match(tiny_llama, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_prefill_and_decode_logits_match(tiny_model, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMAAS_ATTENTION_BACKEND", backend)
-    path, hf_model = tiny_llama
+    family, path, hf_model = tiny_model
     config, weights = load_hf_folder(path, torch.float32)
-    assert config.rope_scaling["rope_type"] == "llama3" and config.num_kv_heads == 2
+    assert config.architecture == family and config.num_kv_heads == 2
+    assert (config.qkv_bias, config.qk_norm) == (family == "qwen2", family == "qwen3")
     engine_config = EngineConfig(block_size=8, kv_cache_bytes=64 * 1024 * 1024)
     runner = ModelRunner(config, weights, engine_config)
     blocks = BlockManager(runner.num_blocks, engine_config.block_size)
