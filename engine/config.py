@@ -28,6 +28,13 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
     qk_norm: bool = False  # an RMSNorm over each head of q and of k, before rotary (Qwen3)
+    # Granite's scales: the embeddings times embedding_multiplier; each sublayer's output times
+    # residual_multiplier before it joins the residual; attention scores times attention_multiplier
+    # (None: head_dim ** -0.5); the logits divided by logits_scaling.
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
 
 
 @dataclass(slots=True)

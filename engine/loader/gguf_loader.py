@@ -1,9 +1,11 @@
-"""Load a llama.cpp GGUF file (llama, qwen2 or qwen3) into a ModelConfig and Hugging Face-named torch tensors."""
+"""Load a llama.cpp GGUF file (llama, qwen2, qwen3, granite or phi3) into a ModelConfig and HF-named torch
+tensors."""
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from collections.abc import Callable
 
 import gguf
 import numpy as np
@@ -12,14 +14,15 @@ from gguf import GGMLQuantizationType
 
 from engine.config import ModelConfig
 from engine.loader.errors import ModelLoadError
+from engine.loader.fused_layout import split_fused_projections
 from engine.loader.gguf_metadata import read_gguf_metadata
 from engine.loader.gguf_quants import UnsupportedQuantError, dequantize
 from engine.loader.llama_layout import check_shapes, expected_shapes
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-# llama.cpp's converter interleaves Q/K rows for ggml's normal rope only in these (LlamaModel.permute);
-# qwen2 and qwen3 run NEOX rope, which is HF's rotate_half layout, and keep their rows as they are.
-_ROTARY_PERMUTED = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "granite", "phi3")
+# llama.cpp's converter interleaves Q/K rows for ggml's normal rope only in these (LlamaModel.permute, which
+# GraniteModel inherits); qwen2 and qwen3 run NEOX rope, which is HF's rotate_half layout, and keep their rows.
+_ROTARY_PERMUTED = ("llama", "granite")
 
 # Llama 3.1-style GGUFs carry their llama3 rope scaling as this precomputed tensor (see load_gguf).
 ROPE_FREQS = "rope_freqs"
@@ -43,6 +46,11 @@ _BLOCK_TENSORS = {
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
 }
+# llama.cpp's phi3 (Phi-3, Phi-4) keeps HF's fused projections: attn_qkv is qkv_proj, and its ffn_up is
+# gate_up_proj, gate rows first (ggml_swiglu takes the silu operand from the first half), not up_proj.
+_PHI3_BLOCK_TENSORS = _BLOCK_TENSORS | {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+# Phi-3's longrope scaling (the 128k models), per-dimension rotary factors the decoder does not apply.
+_LONGROPE_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # weights[name + Q4_1_SUFFIX]: a linear weight's own Q4_1 blocks, kept when asked (see load_gguf).
 Q4_1_SUFFIX = ":q4_1"
@@ -53,25 +61,28 @@ def load_gguf(path: str, dtype: torch.dtype,
               keep_q4_1: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, object]]:
     """Read a GGUF file: (config, weights with HF Llama names in `dtype`, all metadata key/values).
 
-    Weights are dequantized, reshaped to torch order and, in a llama file, have llama.cpp's Q/K rotary
-    row permutation undone, so they equal a Hugging Face checkpoint's. A qwen2 file sets config.qkv_bias
-    (q/k/v projection biases), a qwen3 file config.qk_norm (per-head q/k norms). A file with a
+    Weights are dequantized, reshaped to torch order and, in a llama or granite file, have llama.cpp's Q/K
+    rotary row permutation undone, so they equal a Hugging Face checkpoint's; a phi3 file's fused q/k/v and
+    gate/up projections come split into Llama's names, as the HF loader splits Phi-3's. A qwen2 file sets
+    config.qkv_bias (q/k/v projection biases), a qwen3 file config.qk_norm (per-head q/k norms), a granite
+    file config's four Granite scales (see _granite_scales). A file with a
     `rope_freqs.weight` tensor (the form llama.cpp stores Llama 3.1's "llama3" rope scaling in) yields an
     extra float32 tensor weights["rope_freqs"] of shape (head_dim // 2,): per-dimension divisors of the
     default rotary frequencies, inv_freq[i] = rope_theta ** (-2 i / head_dim) / rope_freqs[i];
     config.rope_scaling is then None. With keep_q4_1, each linear weight stored in Q4_1 also comes as its
     raw blocks, weights[name + Q4_1_SUFFIX]: uint8 (out_features, in_features / 32 * 20), rows in the
-    weight's (unpermuted) order, for the CPU kernel that reads them at decode (engine/kernels/linear.py).
+    weight's (unpermuted, split) order, for the CPU kernel that reads them at decode (engine/kernels/linear.py).
     Raises ModelLoadError for anything unreadable or unsupported.
     """
     reader, metadata = _read(path)
     config = _config(metadata, {t.name for t in reader.tensors}, path)
     # ggml lists dimensions fastest-varying first: ggml [in, out] is torch (out, in)
-    shapes = {_hf_name(t.name, path): tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    shapes = {_hf_name(t.name, config.architecture, path): tuple(int(d) for d in reversed(t.shape.tolist()))
+              for t in reader.tensors}
     expected = expected_shapes(config)
     if ROPE_FREQS in shapes:
         expected[ROPE_FREQS] = (config.head_dim // 2,)
-    check_shapes(shapes, expected, path)  # before the costly dequantization
+    check_shapes(_split_shapes(shapes, config), expected, path)  # before the costly dequantization
     return config, _weights(reader, config, shapes, dtype, path, keep_q4_1), metadata
 
 
@@ -91,6 +102,9 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         raise ModelLoadError(
             f"{path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    if tensor_names & _LONGROPE_TENSORS:
+        raise ModelLoadError(f"{path}: longrope rotary scaling (tensors rope_factors_long/short, as in Phi-3's "
+                             "128k-context models) is unsupported")
 
     def get(key: str, kind: type | tuple[type, ...], default: object = None) -> object:
         value = meta.get(f"{arch}.{key}", default)
@@ -122,14 +136,38 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", real)),
         rope_theta=float(get("rope.freq_base", real, 10000.0)),
-        max_position_embeddings=get("context_length", int),
+        max_position_embeddings=_context(meta, str(arch), get("context_length", int)),
         tie_word_embeddings="output.weight" not in tensor_names,
         rope_scaling=_rope_scaling(meta, str(arch), path),
         bos_token_id=bos_id if isinstance(bos_id, int) else None,
         eos_token_ids=tuple(dict.fromkeys(i for i in eos_ids if isinstance(i, int))),
         qkv_bias=arch == "qwen2",  # llama.cpp's qwen2 always has q/k/v biases, as HF's Qwen2 does
         qk_norm=arch == "qwen3",
+        **(_granite_scales(meta, get) if arch == "granite" else {}),
     )
+
+
+def _granite_scales(meta: dict[str, object], get: Callable[..., object]) -> dict[str, float | None]:
+    """ModelConfig's Granite scales, missing keys read as llama.cpp's granite reads them: no logit_scale is an
+    error, no embedding or residual scale means none, no attention scale means head_dim ** -0.5. (Its
+    converter writes all four: transformers' config.json always has them, each 1.0 by default.)"""
+    real = (int, float)
+    return {
+        "embedding_multiplier": float(get("embedding_scale", real, 1.0)),
+        "residual_multiplier": float(get("residual_scale", real, 1.0)),
+        "attention_multiplier": float(get("attention.scale", real)) if "granite.attention.scale" in meta else None,
+        "logits_scaling": float(get("logit_scale", real)),
+    }
+
+
+def _context(meta: dict[str, object], arch: str, max_positions: int) -> int:
+    """The longest context this decoder runs exactly, as the HF loader's _context: it attends over the
+    whole context, which is the same as a sliding window (Phi-3-mini's) only up to the window's length.
+    llama.cpp's phi3 converter writes a window of 0 for none (Phi-4)."""
+    window = meta.get(f"{arch}.attention.sliding_window")
+    if isinstance(window, int) and window > 0:
+        return min(max_positions, window)
+    return max_positions
 
 
 def _rope_scaling(meta: dict[str, object], arch: str, path: str) -> dict | None:
@@ -176,7 +214,20 @@ def _weights(
         weights[name] = value if name == ROPE_FREQS else value.to(dtype)
         if blocks is not None:
             weights[name + Q4_1_SUFFIX] = blocks.contiguous()
+    if config.architecture == "phi3":
+        split_fused_projections(weights, config)
+        split_fused_projections(weights, config, Q4_1_SUFFIX)
     return weights
+
+
+def _split_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes _weights returns: a phi3 file's fused projections split. Meta tensors have shapes
+    and no data, so split_fused_projections itself splits them, as it will the weights."""
+    if config.architecture != "phi3":
+        return shapes
+    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    split_fused_projections(meta, config)
+    return {name: tuple(t.shape) for name, t in meta.items()}
 
 
 def _file_bytes(data: np.ndarray) -> torch.Tensor:
@@ -187,14 +238,15 @@ def _file_bytes(data: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(data.view(np.uint8).reshape(-1))
 
 
-def _hf_name(gguf_name: str, path: str) -> str:
+def _hf_name(gguf_name: str, arch: str, path: str) -> str:
     if gguf_name in _GLOBAL_TENSORS:
         return _GLOBAL_TENSORS[gguf_name]
+    block_tensors = _PHI3_BLOCK_TENSORS if arch == "phi3" else _BLOCK_TENSORS
     match = _BLOCK_NAME.fullmatch(gguf_name)
-    if match is None or match.group(2) not in _BLOCK_TENSORS:
+    if match is None or match.group(2) not in block_tensors:
         raise ModelLoadError(f"{path}: unsupported tensor {gguf_name}")
     layer, kind, param = match.groups()
-    return f"model.layers.{layer}.{_BLOCK_TENSORS[kind]}.{param}"
+    return f"model.layers.{layer}.{block_tensors[kind]}.{param}"
 
 
 def _permuted_heads(name: str, config: ModelConfig) -> int | None:

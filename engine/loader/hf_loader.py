@@ -1,4 +1,5 @@
-"""Load a Hugging Face Llama, Mistral, Qwen2 or Qwen3 checkpoint folder (config.json + safetensors)."""
+"""Load a Hugging Face Llama, Mistral, Qwen2, Qwen3, Granite or Phi-3/Phi-4 checkpoint folder (config.json +
+safetensors)."""
 from __future__ import annotations
 
 import json
@@ -10,11 +11,15 @@ from safetensors.torch import load_file
 
 from engine.config import ModelConfig
 from engine.loader.errors import ModelLoadError
+from engine.loader.fused_layout import split_fused_projections
 from engine.loader.llama_layout import check_shapes, expected_shapes
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-                           "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
-_SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+                           "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "GraniteForCausalLM": "granite",
+                           "Phi3ForCausalLM": "phi3"}
+_SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                          "granite": "granite", "phi3": "phi3"}
+_ROPE_TYPES = ("default", "linear", "llama3")  # what engine/models/layers.py rope_inv_freq computes
 _INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -34,6 +39,8 @@ def load_hf_folder(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str
         del weights[name]  # a buffer older checkpoints saved; recomputed from the config
     if config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
+    if config.architecture == "phi3":
+        split_fused_projections(weights, config)
     check_shapes({name: tuple(t.shape) for name, t in weights.items()}, expected_shapes(config), path)
     return config, {name: t.to(dtype) for name, t in weights.items()}
 
@@ -61,8 +68,12 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
     # Variants the decoder does not run: refused here rather than served wrong.
     if raw.get("attention_bias"):
         raise ModelLoadError(f"{path}: attention_bias (biases on every attention projection) is unsupported")
-    if raw.get("use_sliding_window"):
-        raise ModelLoadError(f"{path}: sliding-window attention is unsupported")
+    if raw.get("mlp_bias"):
+        raise ModelLoadError(f"{path}: mlp_bias (biases on the MLP projections) is unsupported")
+    rope_parameters = raw.get("rope_parameters") or {}
+    if float(rope_parameters.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ModelLoadError(f"{path}: rotary embeddings over part of each head (partial_rotary_factor) "
+                             "are unsupported")
     hidden = int(get("hidden_size"))
     num_heads = int(get("num_attention_heads"))
     rope_theta, rope_scaling = _rope(raw, path)
@@ -79,7 +90,7 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         head_dim=int(get("head_dim", hidden // num_heads)),
         rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
-        max_position_embeddings=int(get("max_position_embeddings")),
+        max_position_embeddings=_context(raw, int(get("max_position_embeddings"))),
         # Llama's and Mistral's own default, not PretrainedConfig's (True)
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
         rope_scaling=rope_scaling,
@@ -87,7 +98,26 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         eos_token_ids=tuple(dict.fromkeys([*eos_ids, *extra_eos])),
         qkv_bias=arch == "qwen2",  # Qwen2's q/k/v projections always have biases (its o_proj none)
         qk_norm=arch == "qwen3",
+        **(_granite_scales(raw) if arch == "granite" else {}),
     )
+
+
+def _granite_scales(raw: dict) -> dict[str, float]:
+    """Granite's four multipliers, at GraniteConfig's defaults where config.json leaves them out."""
+    return {"embedding_multiplier": float(raw.get("embedding_multiplier", 1.0)),
+            "residual_multiplier": float(raw.get("residual_multiplier", 1.0)),
+            "attention_multiplier": float(raw.get("attention_multiplier", 1.0)),
+            "logits_scaling": float(raw.get("logits_scaling", 1.0))}
+
+
+def _context(raw: dict, max_positions: int) -> int:
+    """The longest context this decoder runs exactly. It attends over the whole context: where the
+    model's layers look only at a window (Mistral v0.1, Phi-3-mini, Qwen2 with use_sliding_window),
+    that is the same up to the window's length, so the context stops there."""
+    window = raw.get("sliding_window")
+    if isinstance(window, int) and window > 0 and raw.get("use_sliding_window", True):
+        return min(max_positions, window)
+    return max_positions
 
 
 def _rope(raw: dict, path: str) -> tuple[float, dict | None]:
@@ -97,7 +127,10 @@ def _rope(raw: dict, path: str) -> tuple[float, dict | None]:
     theta = params.pop("rope_theta", raw.get("rope_theta", 10000.0))
     if "type" in params:
         params.setdefault("rope_type", params.pop("type"))
-    if params.get("rope_type", "default") == "default":
+    kind = params.get("rope_type", "default")
+    if kind not in _ROPE_TYPES:
+        raise ModelLoadError(f"{path}: rope scaling {kind!r} is unsupported (supported: {', '.join(_ROPE_TYPES)})")
+    if kind == "default":
         return float(theta), None
     if "factor" not in params:
         raise ModelLoadError(f"{path}: rope scaling {params!r} has no factor")

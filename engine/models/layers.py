@@ -94,12 +94,13 @@ class RotaryEmbedding(nn.Module):
 class PagedAttention(nn.Module):
     """Writes this step's K/V into the layer's paged cache, then attends over the cache."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None) -> None:
+        """scale: of the attention scores, head_dim ** -0.5 unless the model sets its own (Granite)."""
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim ** -0.5 if scale is None else scale
         self.k_cache = torch.empty(0)  # (num_blocks, block_size, num_kv_heads, head_dim), bound by the runner
         self.v_cache = torch.empty(0)
 

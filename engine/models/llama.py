@@ -1,6 +1,7 @@
-"""The Llama decoder (SmolLM2, Llama 2/3.x, Mistral) and its two Qwen variants: Qwen2 adds biases
-to the q, k and v projections, Qwen3 an RMSNorm over each head of q and k before rotary (ModelConfig's
-qkv_bias and qk_norm). Plain PyTorch, Hugging Face weight names.
+"""The Llama decoder (SmolLM2, Llama 2/3.x, Mistral) and its variants: Qwen2 adds biases to the q, k
+and v projections, Qwen3 an RMSNorm over each head of q and k before rotary (ModelConfig's qkv_bias and
+qk_norm), Granite four scales (embeddings, residual branches, attention scores, logits). Plain
+PyTorch, Hugging Face weight names.
 
 Q/K/V and gate/up projections are fused into one matmul each at load time; attention goes through
 the paged-attention op. Tensor shapes: num_tokens (T) rows, flattened over the batch.
@@ -39,7 +40,7 @@ class LlamaAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.o_proj = Linear(self.q_size, config.hidden_size)
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, config.attention_multiplier)
 
     def forward(self, rope: Rope, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size)
@@ -81,12 +82,19 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
+        self.residual_multiplier = config.residual_multiplier
 
     def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the previous layer's MLP output (or the embeddings), joined to the residual here."""
         h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(rope, h)
+        if self.residual_multiplier != 1.0:
+            h = h * self.residual_multiplier
         h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
+        h = self.mlp(h)
+        if self.residual_multiplier != 1.0:
+            h = h * self.residual_multiplier
+        return h, residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -122,8 +130,11 @@ class LlamaForCausalLM(nn.Module):
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.embed_tokens.weight is None:  # tied: the packed output projection is the only copy
-            return ops.linear_kernel.gather_rows(self.lm_head.packed, input_ids)
-        return self.embed_tokens(input_ids)
+            x = ops.linear_kernel.gather_rows(self.lm_head.packed, input_ids)
+        else:
+            x = self.embed_tokens(input_ids)
+        multiplier = self.config.embedding_multiplier
+        return x if multiplier == 1.0 else x * multiplier
 
     def _fused_stack(self) -> decoder_stack.DecoderStack | None:
         """The C++ stack where it runs this model as it is now (weights packed, caches bound), else None.
@@ -139,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
         return self._stack
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
-        if self.config.qkv_bias or self.config.qk_norm:  # the C++ stack has neither
+        if not _plain_llama(self.config):  # the C++ stack runs Llama's shape only
             return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
@@ -161,7 +172,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (S, hidden_size) at the positions to sample -> (S, vocab_size) float32 logits."""
-        return self.lm_head(hidden, out_dtype=torch.float32)
+        logits = self.lm_head(hidden, out_dtype=torch.float32)
+        scaling = self.config.logits_scaling
+        return logits if scaling == 1.0 else logits / scaling
 
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.layers]
@@ -229,6 +242,12 @@ class LlamaForCausalLM(nn.Module):
             # it): the plain copy goes, 2 bytes a parameter of the vocabulary's matrix.
             self.embed_tokens.weight = None
         self._stack, self._stack_key = None, None  # it points at the previous weights
+
+
+def _plain_llama(c: ModelConfig) -> bool:
+    """No Qwen bias or norm, no Granite scale."""
+    return (not c.qkv_bias and not c.qk_norm and c.embedding_multiplier == 1.0 and c.residual_multiplier == 1.0
+            and c.attention_multiplier is None and c.logits_scaling == 1.0)
 
 
 def _caches(attn: list[PagedAttention]) -> list[torch.Tensor]:

@@ -11,6 +11,8 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     # Llama with q/k/v biases (Qwen2, Qwen2.5) or per-head q/k norms (Qwen3): ModelConfig's flags.
     "qwen2": LlamaForCausalLM,
     "qwen3": LlamaForCausalLM,
+    "granite": LlamaForCausalLM,  # Llama with four scales (ModelConfig's multipliers)
+    "phi3": LlamaForCausalLM,  # Phi-3 and Phi-4: Llama, its projections stored fused (loader/fused_layout.py)
 }
 
 

@@ -1,7 +1,8 @@
 """Logits parity with transformers on random-weight tiny models saved with save_pretrained
 (safetensors), through the paged cache: a prompt computed in chunks, then decode steps, for two
 sequences batched together. A Llama with GQA and Llama 3 rope scaling; a Qwen2 (q/k/v biases); a
-Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings)."""
+Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings); a Granite
+(its embedding, residual, attention and logits scales); a Phi-3 (q/k/v and gate/up stored fused)."""
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,8 @@ def _tiny_model(family: str) -> torch.nn.Module:
     import transformers
 
     common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
-                  num_key_value_heads=2, vocab_size=500, max_position_embeddings=512, rope_theta=10000.0)
+                  num_key_value_heads=2, vocab_size=500, max_position_embeddings=512, rope_theta=10000.0,
+                  initializer_range=0.2)  # weights large enough that attention moves the logits
     if family == "llama":
         config = transformers.LlamaConfig(
             **common, tie_word_embeddings=False,
@@ -30,12 +32,20 @@ def _tiny_model(family: str) -> torch.nn.Module:
         return transformers.LlamaForCausalLM(config)
     if family == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
+    if family == "phi3":
+        return transformers.Phi3ForCausalLM(transformers.Phi3Config(**common, tie_word_embeddings=False,
+                                                                   pad_token_id=0))
+    if family == "granite":
+        config = transformers.GraniteConfig(**common, tie_word_embeddings=True, embedding_multiplier=12.0,
+                                            residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0)
+        return transformers.GraniteForCausalLM(config)
     config = transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=True)
     return transformers.Qwen3ForCausalLM(config)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
-def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "granite", "phi3"])
+def tiny_model(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
     torch.manual_seed(0)
     model = _tiny_model(request.param).eval()
     with torch.no_grad():  # transformers starts biases and norm gains at 0 and 1: random ones test them

@@ -1,4 +1,5 @@
-"""Test helpers: tiny Llama configs and Qwen models, llama.cpp's conversion steps, and random GGML blocks."""
+"""Test helpers: tiny Llama configs, Qwen, Granite and Phi-3 models, llama.cpp's conversion steps, random
+GGML blocks, and our engine's prefill logits."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,17 @@ import gguf
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
-from transformers import (LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (GraniteConfig, GraniteForCausalLM, LlamaConfig, Phi3Config, Phi3ForCausalLM,
+                          PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig, ModelConfig
+from engine.forward_context import forward_context
+from engine.model_runner import ModelRunner
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
 
 ROPE_SCALING = {
     "rope_type": "llama3",
@@ -19,6 +29,9 @@ ROPE_SCALING = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 64,
 }
+
+# The model types whose Q/K rows llama.cpp's converter permutes (LlamaModel and its GraniteModel subclass).
+_PERMUTED_TYPES = ("llama", "granite")
 
 # Byte offsets of each block's fp16 scale/min fields; random bytes there would often be inf/NaN.
 F16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
@@ -39,6 +52,8 @@ _BLOCK_NAMES = {
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    # Phi-3's fused projections: llama.cpp keeps them, its ffn_up holding gate_up_proj
+    "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
 }
 _TOP_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -74,9 +89,55 @@ def tiny_qwen_model(arch: str) -> PreTrainedModel:
     return model.eval()
 
 
+def tiny_granite_model() -> PreTrainedModel:
+    """A random tiny Granite (tied, as Granite 3.x is) with scales far from 1 and an attention
+    multiplier that is not head_dim ** -0.5 (which is 8 ** -0.5 here); random norm gains. Weights are
+    drawn with std 0.2, not transformers' 0.02, under which attention scores stay so near 0 that the
+    logits hardly change with the attention scale or with Q/K rows left permuted."""
+    config = GraniteConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2, vocab_size=300, max_position_embeddings=256, bos_token_id=1,
+                           eos_token_id=2, tie_word_embeddings=True, embedding_multiplier=12.0,
+                           residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0,
+                           initializer_range=0.2)
+    model = GraniteForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)
+    return model.eval()
+
+
+def tiny_phi3_model() -> PreTrainedModel:
+    """A random tiny Phi-3 (untied, GQA so that q, k and v split unevenly, a sliding window shorter than
+    its context as Phi-3-mini's), std 0.2 weights as tiny_granite_model's, random norm gains."""
+    config = Phi3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=300, max_position_embeddings=256,
+                        original_max_position_embeddings=256, sliding_window=64, bos_token_id=1,
+                        eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.2)
+    model = Phi3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)
+    return model.eval()
+
+
 def checkpoint_tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The float32 tensors save_pretrained writes, which llama.cpp's converter reads: a tied lm_head is not one."""
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int]) -> torch.Tensor:
+    """Our engine's float32 logits at every position of `prompt`, computed in one prefill step."""
+    engine_config = EngineConfig(block_size=8, kv_cache_bytes=4 * 2**20)
+    runner = ModelRunner(config, weights, engine_config)
+    seq = Sequence(seq_id=0, request_id="0", index=0, token_ids=list(prompt), num_prompt_tokens=len(prompt),
+                   params=SamplingParams(), max_num_tokens=len(prompt) + 1)
+    assert BlockManager(runner.num_blocks, engine_config.block_size).allocate(seq, len(prompt))
+    batch = ScheduledBatch(seqs=[seq], num_new_tokens=[len(prompt)])
+    input_ids, positions, metadata, _, _ = runner._prepare(batch)
+    with torch.inference_mode(), forward_context(metadata):
+        return runner.model.compute_logits(runner.model(input_ids, positions))
 
 
 def random_blocks(rng: np.random.Generator, n_blocks: int, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -122,9 +183,9 @@ def gguf_tensor_name(hf_name: str) -> str:
 
 
 def llamacpp_matrix(name: str, w: np.ndarray, cfg: PretrainedConfig) -> np.ndarray:
-    """An HF weight as llama.cpp's converter stores it (before quantization). Only its LlamaModel
-    permutes Q/K rows; Qwen2Model and Qwen3Model (NEOX rotary) keep HF's order."""
-    if cfg.model_type != "llama":
+    """An HF weight as llama.cpp's converter stores it (before quantization). Only its LlamaModel (and
+    GraniteModel, a subclass) permutes Q/K rows; Qwen2Model and Qwen3Model (NEOX rotary) keep HF's order."""
+    if cfg.model_type not in _PERMUTED_TYPES:
         return w
     if name.endswith("q_proj.weight"):
         return llamacpp_permute(w, cfg.num_attention_heads)
@@ -144,9 +205,10 @@ def write_llama_gguf(
     path: Path, cfg: PretrainedConfig, state: dict[str, torch.Tensor], encode_matrix: Encoder = raw_f32,
     arch: str | None = None, rope_freqs: bool = True,
 ) -> None:
-    """Convert an HF Llama, Qwen2 or Qwen3 state dict like llama.cpp: general.architecture `arch` (default
-    the config's model_type), Q/K permuted for llama, 2-D tensors through `encode_matrix` (-> data, GGML
-    type for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
+    """Convert an HF Llama, Qwen2, Qwen3, Granite or Phi-3 state dict like llama.cpp: general.architecture
+    `arch` (default the config's model_type), Q/K permuted for llama and granite, Granite's multipliers as
+    its scales, Phi-3's keys and longrope factors, 2-D tensors through `encode_matrix` (-> data, GGML type
+    for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
     writer = gguf.GGUFWriter(path, arch or cfg.model_type)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -156,12 +218,18 @@ def write_llama_gguf(
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    if getattr(cfg, "head_dim", None) is not None:  # llama.cpp writes these where config.json has head_dim
-        writer.add_key_length(cfg.head_dim)
-        writer.add_value_length(cfg.head_dim)
-    if cfg.model_type == "llama":  # only its LlamaModel writes these; a Qwen file's vocab size is its token count
-        writer.add_rope_dimension_count(cfg.head_dim)
+    # llama.cpp writes these where config.json has head_dim (GraniteConfig has none; GraniteModel drops one)
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if cfg.model_type in _PERMUTED_TYPES:  # only LlamaModel writes these; a Qwen file's vocab size is its token count
+        writer.add_rope_dimension_count(head_dim or cfg.hidden_size // cfg.num_attention_heads)
         writer.add_vocab_size(cfg.vocab_size)
+    if cfg.model_type == "granite":
+        _add_granite_scales(writer, cfg)
+    if cfg.model_type == "phi3":
+        _add_phi3_parameters(writer, cfg)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
     writer.add_bos_token_id(cfg.bos_token_id)
@@ -177,3 +245,26 @@ def write_llama_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _add_phi3_parameters(writer: gguf.GGUFWriter, cfg: Phi3Config) -> None:
+    """What Phi3MiniModel writes besides the common keys (no key_length or vocab_size): the rotary
+    dimensions, the original context, the sliding window (0 for none) and, for longrope, its factors."""
+    rope = cfg.rope_parameters
+    writer.add_rope_dimension_count(int(rope.get("partial_rotary_factor", 1.0) * cfg.hidden_size)
+                                    // cfg.num_attention_heads)
+    writer.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
+    writer.add_sliding_window(cfg.sliding_window or 0)
+    if rope.get("long_factor"):  # (and an attention factor, which the loader never gets to)
+        writer.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
+
+
+def _add_granite_scales(writer: gguf.GGUFWriter, cfg: GraniteConfig) -> None:
+    """GraniteModel.set_gguf_parameters: each multiplier config.json sets, if not 0 or None, as llama.cpp's scale."""
+    for value, add in ((cfg.attention_multiplier, writer.add_attention_scale),
+                       (cfg.embedding_multiplier, writer.add_embedding_scale),
+                       (cfg.residual_multiplier, writer.add_residual_scale),
+                       (cfg.logits_scaling, writer.add_logit_scale)):
+        if value:
+            add(value)

@@ -12,17 +12,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from transformers import PreTrainedModel
 
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig
-from engine.forward_context import forward_context
 from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
 from engine.loader.hf_loader import load_hf_folder
 from engine.loader.llama_layout import expected_shapes
-from engine.model_runner import ModelRunner
-from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledBatch
-from engine.sequence import Sequence
-from tests.loader.helpers import checkpoint_tensors, tiny_qwen_model, write_llama_gguf
+from tests.loader.helpers import checkpoint_tensors, prefill_logits, tiny_qwen_model, write_llama_gguf
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ def test_logits_match_transformers(tiny_qwen: TinyQwen) -> None:
     config, weights, _ = load_gguf(str(tiny_qwen.gguf), torch.float32)
     prompt = torch.randint(0, config.vocab_size, (19,), generator=torch.Generator().manual_seed(1)).tolist()
 
-    got = _prefill_logits(config, weights, prompt)
+    got = prefill_logits(config, weights, prompt)
 
     with torch.inference_mode():
         want = tiny_qwen.model(torch.tensor([prompt])).logits[0]
@@ -103,15 +96,3 @@ def test_quantized_file_loads_in_checkpoint_order(qtype: Q, tiny_qwen: TinyQwen,
         if name in kept:
             assert np.array_equal(kept[name].numpy(), blocks), name
 
-
-def _prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int]) -> torch.Tensor:
-    """Our engine's float32 logits at every position of `prompt`, computed in one prefill step."""
-    engine_config = EngineConfig(block_size=8, kv_cache_bytes=4 * 2**20)
-    runner = ModelRunner(config, weights, engine_config)
-    seq = Sequence(seq_id=0, request_id="0", index=0, token_ids=list(prompt), num_prompt_tokens=len(prompt),
-                   params=SamplingParams(), max_num_tokens=len(prompt) + 1)
-    assert BlockManager(runner.num_blocks, engine_config.block_size).allocate(seq, len(prompt))
-    batch = ScheduledBatch(seqs=[seq], num_new_tokens=[len(prompt)])
-    input_ids, positions, metadata, _, _ = runner._prepare(batch)
-    with torch.inference_mode(), forward_context(metadata):
-        return runner.model.compute_logits(runner.model(input_ids, positions))

@@ -91,12 +91,40 @@ def test_qwen_configs_set_their_variants() -> None:
     assert (qwen3.architecture, qwen3.qkv_bias, qwen3.qk_norm, qwen3.head_dim) == ("qwen3", False, True, 32)
     llama = config_from_hf(_raw(architectures=["LlamaForCausalLM"]), "l")
     assert (llama.qkv_bias, llama.qk_norm) == (False, False)
+    assert (llama.embedding_multiplier, llama.attention_multiplier, llama.logits_scaling) == (1.0, None, 1.0)
+
+
+def test_a_sliding_window_ends_the_context_where_full_attention_stops_being_exact() -> None:
+    mistral_v01 = config_from_hf(_raw(architectures=["MistralForCausalLM"], max_position_embeddings=32768,
+                                      sliding_window=4096), "m")
+    assert mistral_v01.max_position_embeddings == 4096
+    windowed = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, sliding_window=64), "q")
+    assert windowed.max_position_embeddings == 64
+    unused = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=False, sliding_window=64), "q")
+    assert unused.max_position_embeddings == 256
+    phi = config_from_hf(_raw(architectures=["Phi3ForCausalLM"], sliding_window=None), "p")
+    assert (phi.architecture, phi.max_position_embeddings) == ("phi3", 256)
+
+
+def test_granite_configs_carry_their_scales() -> None:
+    granite = config_from_hf(_raw(architectures=["GraniteForCausalLM"], embedding_multiplier=12.0,
+                                  residual_multiplier=0.22, attention_multiplier=0.0078125, logits_scaling=16.0), "g")
+    assert granite.architecture == "granite"
+    scales = (granite.embedding_multiplier, granite.residual_multiplier, granite.attention_multiplier,
+              granite.logits_scaling)
+    assert scales == (12.0, 0.22, 0.0078125, 16.0)
+    # GraniteConfig's defaults where config.json is silent: an attention multiplier of 1, not 1/sqrt(d).
+    bare = config_from_hf(_raw(model_type="granite"), "g")
+    assert (bare.embedding_multiplier, bare.attention_multiplier, bare.logits_scaling) == (1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("raw,why", [
     (_raw(architectures=["LlamaForCausalLM"], attention_bias=True), "attention_bias"),
     (_raw(architectures=["Qwen3ForCausalLM"], attention_bias=True), "attention_bias"),
-    (_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=True), "sliding-window"),
+    (_raw(architectures=["GraniteForCausalLM"], mlp_bias=True), "mlp_bias"),
+    (_raw(architectures=["Phi3ForCausalLM"], partial_rotary_factor=0.75), "rotary embeddings over part"),
+    (_raw(architectures=["Phi3ForCausalLM"], rope_scaling={"rope_type": "longrope", "long_factor": [1.0]}),
+     "rope scaling 'longrope'"),
 ])
 def test_variants_the_decoder_does_not_run_are_refused(raw: dict, why: str) -> None:
     with pytest.raises(ModelLoadError, match=f"somewhere: {why}.*unsupported"):
