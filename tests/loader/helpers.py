@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
+import pytest
 import torch
 from gguf import GGMLQuantizationType
 from transformers import (GraniteConfig, GraniteForCausalLM, LlamaConfig, Phi3Config, Phi3ForCausalLM,
@@ -125,6 +127,24 @@ def tiny_phi3_model() -> PreTrainedModel:
 def checkpoint_tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The float32 tensors save_pretrained writes, which llama.cpp's converter reads: a tied lm_head is not one."""
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@dataclass(frozen=True)
+class TinyGguf:
+    folder: Path  # save_pretrained output
+    model: PreTrainedModel
+    tensors: dict[str, torch.Tensor]  # the checkpoint's, float32
+    gguf: Path  # their F32 conversion, as llama.cpp's converter writes it
+
+
+def tiny_gguf(factory: pytest.TempPathFactory, name: str, model: PreTrainedModel) -> TinyGguf:
+    """`model` saved as a Hugging Face folder and converted to an F32 GGUF beside it."""
+    folder = factory.mktemp(f"tiny_{name}")
+    model.save_pretrained(folder)
+    tensors = checkpoint_tensors(model)
+    path = factory.mktemp(f"tiny_{name}_gguf") / "tiny.gguf"
+    write_llama_gguf(path, model.config, tensors)
+    return TinyGguf(folder, model, tensors, path)
 
 
 def prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int]) -> torch.Tensor:

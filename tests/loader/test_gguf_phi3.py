@@ -1,10 +1,9 @@
 """load_gguf on a tiny random Phi-3 converted as llama.cpp does (q/k/v fused in attn_qkv, gate/up in
-ffn_up, Q/K rows in HF's order): the config, weights equal to the HF loader's split, logits against
-transformers, quantized matrices split by rows, longrope refused."""
+ffn_up, Q/K rows in HF's order): the context its sliding window leaves, quantized matrices split by rows,
+longrope refused. Weights and logits (the HF loader's split): test_gguf_families.py."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -12,45 +11,27 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from transformers import PreTrainedModel
 
 from engine.loader.errors import ModelLoadError
 from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
-from engine.loader.hf_loader import load_hf_folder
 from engine.loader.llama_layout import expected_shapes
-from tests.loader.helpers import checkpoint_tensors, prefill_logits, tiny_phi3_model, write_llama_gguf
-
-
-@dataclass(frozen=True)
-class TinyPhi3:
-    folder: Path  # save_pretrained output
-    model: PreTrainedModel
-    tensors: dict[str, torch.Tensor]  # the checkpoint's, float32, q/k/v and gate/up fused
-    gguf: Path  # their F32 conversion
+from tests.loader.helpers import TinyGguf, tiny_gguf, tiny_phi3_model, write_llama_gguf
 
 
 @pytest.fixture(scope="module")
-def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> TinyPhi3:
+def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> TinyGguf:
     torch.manual_seed(0)
-    model = tiny_phi3_model()
-    folder = tmp_path_factory.mktemp("tiny_phi3")
-    model.save_pretrained(folder)
-    tensors = checkpoint_tensors(model)
-    path = tmp_path_factory.mktemp("tiny_phi3_gguf") / "tiny.gguf"
-    write_llama_gguf(path, model.config, tensors)
-    return TinyPhi3(folder, model, tensors, path)
+    return tiny_gguf(tmp_path_factory, "phi3", tiny_phi3_model())
 
 
-def test_config_equals_the_hf_loaders(tiny_phi3: TinyPhi3) -> None:
+def test_the_sliding_window_ends_the_context(tiny_phi3: TinyGguf) -> None:
     config, _, _ = load_gguf(str(tiny_phi3.gguf), torch.float32)
 
-    assert config.architecture == "phi3"
     assert (config.head_dim, config.num_kv_heads) == (16, 2)
     assert config.max_position_embeddings == 64  # the sliding window's, not context_length's 256
-    assert config == load_hf_folder(str(tiny_phi3.folder), torch.float32)[0]
 
 
-def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyPhi3, tmp_path: Path) -> None:
+def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyGguf, tmp_path: Path) -> None:
     cfg = copy.deepcopy(tiny_phi3.model.config)
     cfg.sliding_window = None  # as Phi-4's: the converter writes 0
     path = tmp_path / "no_window.gguf"
@@ -61,28 +42,8 @@ def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyPhi3, tmp_path: Path
     assert config.max_position_embeddings == 256
 
 
-def test_weights_equal_the_hf_loaders_split(tiny_phi3: TinyPhi3) -> None:
-    _, weights, _ = load_gguf(str(tiny_phi3.gguf), torch.float32)
-
-    _, want = load_hf_folder(str(tiny_phi3.folder), torch.float32)
-    assert weights.keys() == want.keys()
-    for name, tensor in want.items():
-        assert torch.equal(weights[name], tensor), name
-
-
-def test_logits_match_transformers(tiny_phi3: TinyPhi3) -> None:
-    config, weights, _ = load_gguf(str(tiny_phi3.gguf), torch.float32)
-    prompt = torch.randint(0, config.vocab_size, (19,), generator=torch.Generator().manual_seed(1)).tolist()
-
-    got = prefill_logits(config, weights, prompt)
-
-    with torch.inference_mode():
-        want = tiny_phi3.model(torch.tensor([prompt])).logits[0]
-    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
-
-
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda q: q.name)
-def test_quantized_file_splits_by_rows(qtype: Q, tiny_phi3: TinyPhi3, tmp_path: Path) -> None:
+def test_quantized_file_splits_by_rows(qtype: Q, tiny_phi3: TinyGguf, tmp_path: Path) -> None:
     def encode(w: np.ndarray) -> tuple[np.ndarray, Q]:
         return gguf.quants.quantize(w, qtype), qtype
 
@@ -115,7 +76,7 @@ def test_quantized_file_splits_by_rows(qtype: Q, tiny_phi3: TinyPhi3, tmp_path: 
                 assert np.array_equal(torch.cat([kept[n] for n in names]).numpy(), blocks), fused
 
 
-def test_longrope_file_is_refused(tiny_phi3: TinyPhi3, tmp_path: Path) -> None:
+def test_longrope_file_is_refused(tiny_phi3: TinyGguf, tmp_path: Path) -> None:
     # Phi-3's 128k models: llama.cpp's converter writes the long and short factors as tensors.
     cfg = copy.deepcopy(tiny_phi3.model.config)
     half = cfg.hidden_size // cfg.num_attention_heads // 2
