@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from engine.errors import EngineDeadError, InvalidRequestError
@@ -51,13 +51,30 @@ class AsyncLLMEngine:
     def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+    def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
+                 priority: int = 0) -> AsyncIterator[RequestOutput]:
         """Yields the request's outputs step by step; the last has finished=True and usage. Closing
         the iterator early (a client went away) aborts the request and frees its blocks."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        return self._outputs(request_id, ("add", request_id, prompt, params, priority))
+
+    async def embed(self, prompt: str | list[int], request_id: str | None = None, priority: int = 0) -> RequestOutput:
+        """An embedding engine's vector for `prompt`: the request's one output, with `embedding` and
+        usage (`embedding` None if it was aborted). Cancelling the call aborts the request."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        outputs = self._outputs(request_id, ("embed", request_id, prompt, priority))
+        try:
+            async for output in outputs:
+                if output.finished:
+                    return output
+        finally:
+            await outputs.aclose()
+        raise AssertionError("the engine ends every request with a finished output")
+
+    async def _outputs(self, request_id: str, command: tuple) -> AsyncGenerator[RequestOutput, None]:
+        """Sends `command` (which adds request_id) and yields its outputs until the finished one."""
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
-        request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -65,7 +82,7 @@ class AsyncLLMEngine:
         if self._dead is not None:  # it died since the check above, telling only the streams it saw
             self._streams.pop(request_id, None)
             raise EngineDeadError(f"the engine stopped: {self._dead}")
-        self._commands.put(("add", request_id, prompt, params, priority))
+        self._commands.put(command)
         finished = False
         try:
             while not finished:
@@ -126,6 +143,12 @@ class AsyncLLMEngine:
                 try:
                     self.engine.add_request(request_id, prompt, params, priority)
                 except Exception as exc:  # a bad request fails alone, as its caller's exception
+                    self._deliver(request_id, exc)
+            elif kind == "embed":
+                _, request_id, prompt, priority = command
+                try:
+                    self.engine.add_embedding_request(request_id, prompt, priority)
+                except Exception as exc:
                     self._deliver(request_id, exc)
             elif kind == "abort":
                 output = self.engine.abort(command[1])

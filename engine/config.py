@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
+TASKS = ("generate", "embed")
+POOLINGS = ("last", "mean")
+
 
 @dataclass(slots=True, frozen=True)
 class ModelConfig:
@@ -61,8 +64,20 @@ class EngineConfig:
     # a weight in memory), read by steps of up to 4 tokens: 3.2x fewer bytes a decode step, the same
     # outputs bit for bit (engine/kernels/linear.py).
     quantized_decode: bool = True
+    # "generate" answers completions; "embed" only embeddings (engine/pooling.py): prompts are
+    # computed, their final hidden states pooled into one unit vector each, and nothing is sampled.
+    task: str = "generate"
+    # embed: "last" (the last prompt position's state) or "mean" (over every position); None: what
+    # the model folder's sentence-transformers config says, else "last".
+    pooling: str | None = None
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: expected one of {', '.join(TASKS)}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: expected one of {', '.join(POOLINGS)}")
+        if self.pooling is not None and self.task != "embed":
+            raise ValueError("pooling applies to the embed task only (--task embed)")
         on_cpu = torch.device(self.device).type == "cpu"
         if self.block_size is None:
             self.block_size = 8 if on_cpu else 16

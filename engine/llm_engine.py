@@ -18,6 +18,7 @@ from engine.loader.load import load_model
 from engine.memory import HeapTrimmer, release_free_heap
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
+from engine.pooling import folder_pooling
 from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -48,7 +49,9 @@ class LLMEngine:
         self.config = config or EngineConfig()
         c = self.config
         keep_q4_1 = c.quantized_decode and ops.q4_1_linear_runs(c.dtype, c.device)
-        loaded = load_model(model, c.dtype, c.load_format, c.device, keep_q4_1)
+        loaded = load_model(model, c.dtype, c.load_format, c.device, keep_q4_1, lm_head=c.task != "embed")
+        # An embedding engine's pooling (engine/pooling.py); None for a generating one.
+        self.pooling = (c.pooling or folder_pooling(loaded.path)) if c.task == "embed" else None
         self.model_name = model
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -58,7 +61,9 @@ class LLMEngine:
         bs = self.config.block_size
         self.max_model_len = min(self.config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings, self.runner.num_blocks * bs)
-        self.block_manager = BlockManager(self.runner.num_blocks, bs, self.config.enable_prefix_caching)
+        # Mean pooling reads every prompt position's hidden state: a cached prefix would skip some.
+        prefix_caching = self.config.enable_prefix_caching and self.pooling != "mean"
+        self.block_manager = BlockManager(self.runner.num_blocks, bs, prefix_caching)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids or self.model_config.eos_token_ids)
         self._requests: dict[str, _Request] = {}
@@ -72,6 +77,8 @@ class LLMEngine:
             self.stats.energy_joules = 0.0
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0) -> None:
+        if self.pooling is not None:
+            raise InvalidRequestError(f"the model {self.model_name!r} serves embeddings only", param="model")
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -90,6 +97,24 @@ class LLMEngine:
                                                      params.stop, params.include_stop_str_in_output)
             request.seqs.append(seq)
             self.scheduler.add(seq)
+        self._requests[request_id] = request
+
+    def add_embedding_request(self, request_id: str, prompt: str | list[int], priority: int = 0) -> None:
+        """A prompt to embed: computed like any prompt (chunked, batched), then pooled; its one
+        output carries the vector (RequestOutput.embedding) and usage."""
+        if self.pooling is None:
+            raise InvalidRequestError(f"the model {self.model_name!r} does not serve embeddings "
+                                      "(start its engine with --task embed)", param="model")
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running", param="request_id")
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_prompt(prompt_ids, _EMBED_PARAMS)
+        request = _Request(request_id, prompt_ids, energy_joules=0.0 if self._energy is not None else None)
+        seq = Sequence(seq_id=next(self._seq_ids), request_id=request_id, index=0, token_ids=prompt_ids,
+                       num_prompt_tokens=len(prompt_ids), params=_EMBED_PARAMS, max_num_tokens=len(prompt_ids),
+                       priority=priority, arrival_order=next(self._arrivals))
+        request.seqs.append(seq)
+        self.scheduler.add(seq)
         self._requests[request_id] = request
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -133,17 +158,42 @@ class LLMEngine:
             return []
         if self._energy is not None:
             self._energy.start_step()
+        outputs, num_sampled = self._generate(batch) if self.pooling is None else (self._embed(batch), 0)
+        self._rest_meter_if_idle()
+        self._heap_trimmer.step()
+        self.stats.record_step(time.perf_counter() - started, len(batch.seqs), batch.total_tokens, num_sampled)
+        return outputs
+
+    def _generate(self, batch: ScheduledBatch) -> tuple[list[RequestOutput], int]:
+        """Runs a step that samples; returns its outputs and how many sequences sampled."""
         sampled_seqs, sampled = self.runner.execute(batch)
         self.scheduler.after_step(batch)
         token_ids = sampled.token_ids.tolist() if sampled is not None else []  # waits for the device
+        self._end_energy(batch)
+        if sampled is None:
+            return [], 0
+        return self._postprocess(sampled_seqs, sampled, token_ids), len(sampled_seqs)
+
+    def _embed(self, batch: ScheduledBatch) -> list[RequestOutput]:
+        """Runs a step of an embedding engine; each prompt it completes finishes with its vector."""
+        assert self.pooling is not None, "an embedding engine's step"
+        pooled = self.runner.execute_pooling(batch, self.pooling)
+        self.scheduler.after_step(batch)
+        vectors = torch.stack([v for _, v in pooled]).tolist() if pooled else []  # waits for the device
+        self._end_energy(batch)
+        outputs = []
+        for (seq, _), vector in zip(pooled, vectors):
+            seq.pooled_sum = None
+            self.stats.prompt_tokens += seq.num_prompt_tokens - seq.num_cached_prompt_tokens
+            self.stats.record_finish("stop")
+            self.scheduler.finish(seq)
+            request = self._requests.pop(seq.request_id)
+            outputs.append(RequestOutput(seq.request_id, [], finished=True, usage=_usage(request), embedding=vector))
+        return outputs
+
+    def _end_energy(self, batch: ScheduledBatch) -> None:
         if self._energy is not None:
             self._charge_energy(batch, self._energy.end_step())
-        outputs = self._postprocess(sampled_seqs, sampled, token_ids) if sampled is not None else []
-        self._rest_meter_if_idle()
-        self._heap_trimmer.step()
-        self.stats.record_step(time.perf_counter() - started, len(batch.seqs), batch.total_tokens,
-                               len(sampled_seqs) if sampled is not None else 0)
-        return outputs
 
     def _charge_energy(self, batch: ScheduledBatch, joules: float) -> None:
         """Splits a step's energy between its requests by the tokens each computed in it (prompt
@@ -217,6 +267,10 @@ class LLMEngine:
         if params.max_tokens is not None and n + params.max_tokens > self.max_model_len:
             raise PromptTooLongError(f"this model's maximum context length is {self.max_model_len} tokens; "
                                      f"{n} prompt tokens + max_tokens {params.max_tokens} exceed it", param="max_tokens")
+
+
+# An embedding sequence's: it samples nothing, and its prompt is all it may hold (max_num_tokens).
+_EMBED_PARAMS = SamplingParams(max_tokens=None)
 
 
 def _usage(request: _Request) -> Usage:

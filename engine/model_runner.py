@@ -18,6 +18,7 @@ from engine.forward_context import AttentionMetadata, forward_context
 from engine.kernels import gpu_ops, ops, weight_arena
 from engine.memory import release_free_heap
 from engine.models.registry import model_class
+from engine.pooling import pool
 from engine.sampler import SamplerOutput, SamplingBatch, sample
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
@@ -40,8 +41,9 @@ class ModelRunner:
         self.cuda = self.device.type == "cuda"
         if engine_config.num_threads:
             torch.set_num_threads(engine_config.num_threads)
+        self.embeds = engine_config.task == "embed"
         with torch.device("meta"):  # no allocation or random init: load_weights places every tensor
-            model = model_class(model_config)(model_config)
+            model = model_class(model_config)(model_config, lm_head=not self.embeds)
         model.load_weights(weights, self.dtype, self.device)
         release_free_heap()  # the unpacked and pre-fusion copies, freed but held by malloc, before the KV cache
         self.model = model.eval()
@@ -55,7 +57,8 @@ class ModelRunner:
         self.max_model_len = min(engine_config.max_model_len or model_config.max_position_embeddings,
                                  self.num_blocks * self.block_size)
         self.graphs: DecodeGraphs | None = None
-        if self.cuda and os.environ.get(GRAPHS_ENV, "1") != "0" and self._graph_safe_backend():
+        # Graphs serve decode steps, which an embedding engine never runs.
+        if self.cuda and not self.embeds and os.environ.get(GRAPHS_ENV, "1") != "0" and self._graph_safe_backend():
             self.graphs = self._capture_graphs()
 
     def bytes_per_block(self) -> int:
@@ -91,6 +94,15 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[sample_rows])
         sampling = SamplingBatch.from_seqs(sample_seqs, self.model_config.vocab_size, self.device)
         return sample_seqs, sample(logits, sampling)
+
+    @torch.inference_mode()
+    def execute_pooling(self, batch: ScheduledBatch, pooling: str) -> list[tuple[Sequence, torch.Tensor]]:
+        """An embedding engine's step: runs the batch's prompt chunks; returns each sequence whose
+        prompt it completes, with its unit vector (see engine/pooling.py)."""
+        input_ids, positions, metadata, _, _ = self._prepare(batch)
+        with forward_context(metadata):
+            hidden = self.model(input_ids, positions)  # (T, hidden_size)
+        return pool(hidden, batch, pooling)
 
     def _h2d(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
         """A host list on the device: through pinned memory and a non-blocking copy on CUDA (torch's
@@ -216,4 +228,5 @@ class ModelRunner:
         input_ids = torch.zeros(starts[-1], dtype=torch.int64, device=dev)
         with forward_context(metadata):
             hidden = self.model(input_ids, positions)
-        self.model.compute_logits(hidden[:num_logit_rows]).float().softmax(-1)  # the sampler's fp32 copy
+        if not self.embeds:
+            self.model.compute_logits(hidden[:num_logit_rows]).float().softmax(-1)  # the sampler's fp32 copy

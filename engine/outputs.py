@@ -44,6 +44,8 @@ class RequestOutput:
     deltas: list[SequenceDelta]
     finished: bool = False
     usage: Usage | None = None
+    # An embedding request's only output carries its unit vector (None if it was aborted).
+    embedding: list[float] | None = None
 
 
 @dataclass(slots=True)

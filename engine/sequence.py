@@ -40,6 +40,8 @@ class Sequence:
     generator: torch.Generator | None = None
     detokenizer: Any = None
     logprobs: list[Any] = field(default_factory=list)
+    # Mean pooling (engine/pooling.py): the float32 sum of the hidden states computed so far.
+    pooled_sum: torch.Tensor | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
 

@@ -31,6 +31,11 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--api-key", default=os.environ.get("LLMAAS_ENGINE_API_KEY"),
                         help="a bearer token every /v1 and /internal request must carry (default: "
                              "$LLMAAS_ENGINE_API_KEY; none: open to whoever reaches the port)")
+    engine.add_argument("--task", choices=["generate", "embed"], default="generate",
+                        help="embed: answer /v1/embeddings only (a decoder used as an embedding model)")
+    engine.add_argument("--pooling", choices=["last", "mean"],
+                        help="--task embed: the last token's hidden state or the mean of all (default: the "
+                             "folder's sentence-transformers 1_Pooling config, else last)")
     _add_common(engine, host="127.0.0.1")
     engine.set_defaults(run=run_engine)
 
@@ -102,7 +107,8 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
                               kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
                               gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
                               enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
-                              quantized_decode=not args.no_quantized_decode)
+                              quantized_decode=not args.no_quantized_decode,
+                              task=getattr(args, "task", "generate"), pooling=getattr(args, "pooling", None))
         engine = load_engine(args.model, config)
     except (EngineError, ModelLoadError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)

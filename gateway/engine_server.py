@@ -78,7 +78,7 @@ def pending_tokens(engine: LLMEngine) -> int:
     total = 0
     scheduler = engine.scheduler
     for seq in list(scheduler.running) + list(scheduler.waiting):
-        max_output = seq.params.max_tokens or _DEFAULT_OUTPUT_TOKENS
+        max_output = 0 if engine.pooling is not None else seq.params.max_tokens or _DEFAULT_OUTPUT_TOKENS
         total += max(seq.num_prompt_tokens - seq.num_computed_tokens, 0) + max(max_output - seq.num_output_tokens, 0)
     return total
 

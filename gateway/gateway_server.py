@@ -15,6 +15,7 @@ import security
 from gateway.alerts import AlertEvaluator, Recorder, Sources
 from gateway.console import add_console_routes
 from gateway.fleet.config import GatewayConfig
+from gateway.fleet.embeddings import EMBEDDINGS_PATH
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.exchange import Stage
 from gateway.fleet.fleet import BackendFactory, Fleet
@@ -82,6 +83,7 @@ class Gateway:
         router = Router()
         router.add("POST", "/v1/chat/completions", self.proxy.handle)
         router.add("POST", "/v1/completions", self.proxy.handle)
+        router.add("POST", EMBEDDINGS_PATH, self.proxy.handle)
         router.add("GET", "/v1/models", self.list_models)
         router.add("GET", "/v1/models/{model}", self.get_model)
         router.add("GET", "/health", self.health)

@@ -23,11 +23,12 @@ def load_dummy_config(folder: str) -> ModelConfig:
 
 
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0, std: float = DUMMY_STD) -> dict[str, torch.Tensor]:
-    """Hugging Face-named tensors of every parameter `config` needs, already on `device` in `dtype`."""
+                  seed: int = 0, std: float = DUMMY_STD, lm_head: bool = True) -> dict[str, torch.Tensor]:
+    """Hugging Face-named tensors of every parameter `config` needs (the output projection only with
+    lm_head), already on `device` in `dtype`."""
     generator = torch.Generator(device=device).manual_seed(seed)
     weights: dict[str, torch.Tensor] = {}
-    for name, shape in expected_shapes(config).items():
+    for name, shape in expected_shapes(config, lm_head).items():
         if len(shape) == 1 and not name.endswith(".bias"):  # RMSNorm gains
             weights[name] = torch.ones(shape, dtype=dtype, device=device)
         else:

@@ -16,33 +16,47 @@ from engine.loader.llama_layout import check_shapes, expected_shapes
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                            "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "GraniteForCausalLM": "granite",
-                           "Phi3ForCausalLM": "phi3"}
+                           "Phi3ForCausalLM": "phi3",
+                           # Bare decoders, as embedding models ship (Qwen3-Embedding): no lm_head,
+                           # tensor names without the "model." prefix.
+                           "LlamaModel": "llama", "MistralModel": "llama", "Qwen2Model": "qwen2",
+                           "Qwen3Model": "qwen3"}
 _SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
                           "granite": "granite", "phi3": "phi3"}
 _ROPE_TYPES = ("default", "linear", "llama3")  # what engine/models/layers.py rope_inv_freq computes
 _INDEX_FILE = "model.safetensors.index.json"
 
 
-def load_hf_folder(path: str, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_hf_folder(path: str, dtype: torch.dtype, lm_head: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read config.json and the safetensors weights (single or sharded) of the folder `path`.
 
-    Weights come back in `dtype` with their Hugging Face names; a tied checkpoint's lm_head.weight, if
-    stored, is dropped. Raises ModelLoadError for anything missing, unreadable or unsupported.
+    Weights come back in `dtype` with their Hugging Face names (a bare decoder's given the "model."
+    prefix); a tied checkpoint's lm_head.weight, if stored, is dropped, and so is any with lm_head
+    False (an embedding model, which needs none). Raises ModelLoadError for anything missing,
+    unreadable or unsupported.
     """
     folder = Path(path)
     if not folder.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
     raw = read_json(folder / "config.json")
     config = config_from_hf(raw, path, generation_eos(folder))
-    weights = _read_safetensors(folder)
+    weights = _with_model_prefix(_read_safetensors(folder))
     for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
         del weights[name]  # a buffer older checkpoints saved; recomputed from the config
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings or not lm_head:
         weights.pop("lm_head.weight", None)
     if config.architecture == "phi3":
         split_fused_projections(weights, config)
-    check_shapes({name: tuple(t.shape) for name, t in weights.items()}, expected_shapes(config), path)
+    check_shapes({name: tuple(t.shape) for name, t in weights.items()}, expected_shapes(config, lm_head), path)
     return config, {name: t.to(dtype) for name, t in weights.items()}
+
+
+def _with_model_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A bare decoder's tensors (LlamaModel, Qwen3Model: `embed_tokens.weight`, `layers.0...`)
+    under the names of the causal LM that wraps it (`model.embed_tokens.weight`, ...)."""
+    if "embed_tokens.weight" not in weights or "model.embed_tokens.weight" in weights:
+        return weights
+    return {name if name.startswith("lm_head.") else f"model.{name}": t for name, t in weights.items()}
 
 
 def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> ModelConfig:

@@ -7,15 +7,16 @@ from engine.config import ModelConfig
 from engine.loader.errors import ModelLoadError
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> torch shape of every parameter a Llama model with `config` needs (no lm_head when tied;
-    Qwen2's q/k/v biases and Qwen3's q/k norms where the config has them)."""
+def expected_shapes(config: ModelConfig, lm_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Name -> torch shape of every parameter a Llama model with `config` needs (no lm_head when tied,
+    nor for an embedding model (lm_head False); Qwen2's q/k/v biases and Qwen3's q/k norms where the
+    config has them)."""
     h, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (config.vocab_size, h),
         "model.norm.weight": (h,),
     }
-    if not config.tie_word_embeddings:
+    if lm_head and not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, h)
     for i in range(config.num_layers):
         p = f"model.layers.{i}."

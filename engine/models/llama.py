@@ -98,7 +98,9 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, lm_head: bool = True) -> None:
+        """lm_head False: an embedding model, whose outputs are the hidden states; it holds no
+        output projection and drops a checkpoint's."""
         super().__init__()
         self.config = config
         # An uninitialised weight: load_weights places the real one. (Embedding's own init would
@@ -108,7 +110,7 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(config)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size) if lm_head else None
         self.requires_grad_(False)
         # The fused stack (or None where it does not apply), decided for the caches in _stack_key.
         self._stack: decoder_stack.DecoderStack | None = None
@@ -130,6 +132,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.embed_tokens.weight is None:  # tied: the packed output projection is the only copy
+            assert self.lm_head is not None, "the embeddings are dropped only for a packed lm_head"
             x = ops.linear_kernel.gather_rows(self.lm_head.packed, input_ids)
         else:
             x = self.embed_tokens(input_ids)
@@ -155,7 +158,9 @@ class LlamaForCausalLM(nn.Module):
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
-        embed = self.embed_tokens.weight if self.embed_tokens.weight is not None else self.lm_head.packed
+        embed = self.embed_tokens.weight
+        if embed is None and self.lm_head is not None:
+            embed = self.lm_head.packed
         if (not decoder_stack.supported() or k0.dim() != 4 or k0.dtype != torch.bfloat16 or not k0.is_cpu
                 or embed is None or (isinstance(embed, torch.Tensor) and embed.dtype != torch.bfloat16)
                 or any(m.packed is None for m in linears)):
@@ -172,6 +177,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (S, hidden_size) at the positions to sample -> (S, vocab_size) float32 logits."""
+        assert self.lm_head is not None, "an embedding model samples nothing"
         logits = self.lm_head(hidden, out_dtype=torch.float32)
         scaling = self.config.logits_scaling
         return logits if scaling == 1.0 else logits / scaling
@@ -199,7 +205,10 @@ class LlamaForCausalLM(nn.Module):
         self.rotary.build(device, rope_freqs)
         set_weight(self.embed_tokens, take("model.embed_tokens.weight"), dtype, device)
         set_weight(self.norm, take("model.norm.weight"), dtype, device)
-        if self.config.tie_word_embeddings:
+        if self.lm_head is None:
+            weights.pop("lm_head.weight", None)
+            weights.pop("lm_head.weight" + Q4_1_SUFFIX, None)
+        elif self.config.tie_word_embeddings:
             weights.pop("lm_head.weight", None)
             self.lm_head.weight = self.embed_tokens.weight
         else:
@@ -237,7 +246,7 @@ class LlamaForCausalLM(nn.Module):
                 # near one copy of the weights.
                 release_free_heap()
             module.pack()
-        if self.config.tie_word_embeddings and self.lm_head.packed is not None:
+        if self.config.tie_word_embeddings and self.lm_head is not None and self.lm_head.packed is not None:
             # The packed output projection holds the embeddings too (gather_rows reads a row out of
             # it): the plain copy goes, 2 bytes a parameter of the vocabulary's matrix.
             self.embed_tokens.weight = None

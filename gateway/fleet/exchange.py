@@ -9,21 +9,25 @@ from typing import Any, Protocol
 
 import msgspec
 
+from gateway.fleet.embeddings import EMBEDDINGS_PATH
 from gateway.fleet.wire import RoutingFields, Usage
 from gateway.http import Request
+
+
+CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(slots=True)
 class Exchange:
     request: Request
     request_id: str
-    path: str  # "/v1/chat/completions" or "/v1/completions"
+    path: str  # "/v1/chat/completions", "/v1/completions" or "/v1/embeddings"
     fields: RoutingFields
     body: bytes  # what goes to the engine
     prompt_text: str  # the prompt's text, for the token estimate and the prefix key
     estimated_prompt_tokens: int
-    estimated_tokens: int  # prompt estimate + the most output tokens it may produce
-    num_prompts: int  # a completions request may carry several
+    estimated_tokens: int  # prompt estimate + the most output tokens it may produce (embeddings: none)
+    num_prompts: int  # a completions or embeddings request may carry several
     include_usage: bool  # the client asked for a usage chunk
     affinity_key: bytes | None = None
     # A notice for the client (a deprecated model's), added to the answer's JSON as `warning`.
@@ -54,6 +58,19 @@ class Exchange:
     @property
     def stream(self) -> bool:
         return bool(self.fields.stream)
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether it asks for vectors: no output tokens to reserve or cap."""
+        return self.path == EMBEDDINGS_PATH
+
+    @property
+    def prompt_field(self) -> str:
+        """The body's field the model reads: security scans it and retention keeps it, whatever else
+        the body carries (a completion's `messages` is not what its engine reads)."""
+        if self.embeddings:
+            return "input"
+        return "messages" if self.path == CHAT_PATH else "prompt"
 
     def note_content(self, now: float) -> None:
         """A content event relayed at `now` (time.monotonic())."""

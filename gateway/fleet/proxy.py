@@ -28,6 +28,7 @@ import msgspec
 
 from gateway.fleet.backend import BackendResponse
 from gateway.fleet.balancer import pick_host, prefix_key
+from gateway.fleet.embeddings import EMBEDDINGS_PATH, embedding_inputs, estimated_tokens, first_text
 from gateway.fleet.errors import GatewayError, retry_after_s, unavailable
 from gateway.fleet.exchange import Exchange, Stage
 from gateway.fleet.fleet import Fleet
@@ -126,13 +127,18 @@ class Proxy:
             raise GatewayError(400, f"Invalid JSON body: {invalid_json_message(request.body, exc)}") from None
         _check_sizes(fields)
         routing = self.fleet.routing
-        text = _prompt_text(fields)
-        max_tokens = (fields.max_completion_tokens or fields.max_tokens or default_max_tokens(request.path)
-                      or routing.default_max_tokens)
-        num_prompts = len(fields.prompt) if isinstance(fields.prompt, list) and fields.prompt and \
-            not isinstance(fields.prompt[0], int) else 1
-        prompt_estimate = (len(text) // 4 + 8) * num_prompts
-        estimate = prompt_estimate + max_tokens * max(fields.n or 1, 1) * num_prompts
+        if request.path == EMBEDDINGS_PATH:  # vectors: a prompt estimate, no output
+            inputs = embedding_inputs(fields)
+            text, num_prompts, prompt_estimate = first_text(inputs), len(inputs), estimated_tokens(inputs)
+            estimate = prompt_estimate
+        else:
+            text = _prompt_text(fields)
+            max_tokens = (fields.max_completion_tokens or fields.max_tokens or default_max_tokens(request.path)
+                          or routing.default_max_tokens)
+            num_prompts = len(fields.prompt) if isinstance(fields.prompt, list) and fields.prompt and \
+                not isinstance(fields.prompt[0], int) else 1
+            prompt_estimate = (len(text) // 4 + 8) * num_prompts
+            estimate = prompt_estimate + max_tokens * max(fields.n or 1, 1) * num_prompts
         include_usage = bool(fields.stream_options and fields.stream_options.include_usage)
         body = request.body
         if fields.stream and not include_usage:

@@ -24,8 +24,8 @@ class StreamOptions(msgspec.Struct):
 
 
 class RoutingFields(msgspec.Struct):
-    """Read from a chat or completions body: the model, streaming, sizes, and the prompt text
-    (for the token estimate and the prefix key)."""
+    """Read from a chat, completions or embeddings body: the model, streaming, sizes, and the prompt
+    text (for the token estimate and the prefix key)."""
 
     model: ModelName
     stream: bool | None = False
@@ -35,6 +35,7 @@ class RoutingFields(msgspec.Struct):
     n: int | None = 1
     messages: list[MessageFields] | None = None
     prompt: Any = None  # a string, strings, token ids or lists of token ids
+    input: Any = None  # embeddings': the same shapes as a prompt (gateway.fleet.embeddings)
 
 
 class PromptTokensDetails(msgspec.Struct):

@@ -56,6 +56,7 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
         return exc.response()
     try:
         ctx.check_model(req.model)
+        ctx.check_generates(req.model)
         check_messages(req.messages)
         check_unsupported(req.tools, req.tool_choice, req.response_format)
         check_template_kwargs(req.chat_template_kwargs)

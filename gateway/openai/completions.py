@@ -48,6 +48,7 @@ async def create_completion(ctx: ServingContext, request: Request) -> Response |
     try:
         req = decode_body(request, _DECODER)
         ctx.check_model(req.model)
+        ctx.check_generates(req.model)
         _check_unsupported(req)
         prompts = _prompts(req.prompt)
         echoes = [_echo(ctx.tokenizer, p) if req.echo else "" for p in prompts]

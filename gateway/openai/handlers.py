@@ -10,6 +10,7 @@ from gateway.http.app import Handler
 from gateway.metrics import ServingMetrics, metrics_endpoint
 from gateway.openai.chat import create_chat_completion
 from gateway.openai.completions import create_completion
+from gateway.openai.embeddings import create_embedding
 from gateway.openai.openapi import openapi_endpoint
 from gateway.openai.protocol import Health, ModelCard, ModelList
 from gateway.openai.serving import ApiError, ServingContext, json_response
@@ -27,6 +28,7 @@ def add_openai_routes(router: Router, ctx: ServingContext,
 
     add("POST", "/v1/chat/completions", functools.partial(create_chat_completion, ctx))
     add("POST", "/v1/completions", functools.partial(create_completion, ctx))
+    add("POST", "/v1/embeddings", functools.partial(create_embedding, ctx))
     add("GET", "/v1/models", functools.partial(list_models, ctx))
     add("GET", "/v1/models/{model}", functools.partial(get_model, ctx))
     router.add("GET", "/health", health)

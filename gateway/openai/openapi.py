@@ -21,6 +21,8 @@ from gateway.openai.protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     ErrorBody,
     Health,
     ModelCard,
@@ -36,7 +38,7 @@ class Operation:
     method: str
     path: str
     summary: str
-    request: type[SamplingFields] | None = None
+    request: type[SamplingFields | EmbeddingRequest] | None = None
     response: type | None = None  # a JSON body
     stream_event: type | None = None  # the event type when the body may be server-sent events
     other_body: tuple[str, dict[str, Any]] | None = None  # a body no Struct describes: media type, schema
@@ -47,6 +49,7 @@ OPERATIONS = (
     Operation("POST", "/v1/chat/completions", "Create a chat completion", ChatCompletionRequest, ChatCompletion,
               ChatCompletionChunk),
     Operation("POST", "/v1/completions", "Create a completion", CompletionRequest, Completion, Completion),
+    Operation("POST", "/v1/embeddings", "Create embeddings", EmbeddingRequest, EmbeddingList),
     Operation("GET", "/v1/models", "List models", response=ModelList),
     Operation("GET", "/v1/models/{model}", "Retrieve a model", response=ModelCard),
     Operation("GET", "/health", "Liveness", response=Health, also=("503", "Some model has no healthy host")),

@@ -1,4 +1,4 @@
-"""msgspec Structs for OpenAI's chat completions, completions, models and error bodies.
+"""msgspec Structs for OpenAI's chat completions, completions, embeddings, models and error bodies.
 
 Unknown request fields are ignored (msgspec's default), so newer clients keep working.
 """
@@ -92,6 +92,20 @@ class CompletionRequest(SamplingFields, kw_only=True):
     # Read only to refuse what this server cannot honour: insertion, and best-of-n reranking.
     suffix: str | None = None
     best_of: int | None = None
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    model: ModelName
+    # A string, a list of strings, one list of token ids, or a list of such lists (checked by the
+    # handler: a union holds one list type only).
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] | None = None  # None: "float"
+    dimensions: int | None = None  # only the model's own size: no Matryoshka truncation
+    user: str | None = None
+    # Scheduling priority, lower first; the gateway sets it from the caller's tier.
+    priority: int = 0
+
+    INTERNAL: ClassVar[tuple[str, ...]] = ("priority",)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -208,6 +222,25 @@ class Completion(msgspec.Struct):
     system_fingerprint: str
     usage: UsageInfo | None = None
     object: Literal["text_completion"] = "text_completion"
+
+
+class Embedding(msgspec.Struct):
+    index: int
+    embedding: list[float] | str  # a str: base64 of the little-endian float32 values
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(msgspec.Struct, omit_defaults=True):
+    prompt_tokens: int
+    total_tokens: int
+    energy_joules: float | None = None  # as in UsageInfo: only where a meter measured it
+
+
+class EmbeddingList(msgspec.Struct):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"
 
 
 class ModelCard(msgspec.Struct):

@@ -135,6 +135,16 @@ class ServingContext:
         if model not in self.model_names:
             raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
+    @property
+    def embeds(self) -> bool:
+        """Whether the engine serves embeddings (and only them); an engine has one task."""
+        return self.engine.engine.pooling is not None
+
+    def check_generates(self, model: str) -> None:
+        """Chat and completions: refused by an embedding engine."""
+        if self.embeds:
+            raise ApiError(400, f"The model `{model}` serves embeddings only: use /v1/embeddings.", param="model")
+
 
 class ApiError(Exception):
     """A request we refuse; handlers turn it into an OpenAI error body."""

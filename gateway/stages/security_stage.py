@@ -45,49 +45,48 @@ class SecurityStage:
         principal = exchange.state.get("principal")
         tenant = principal.tenant if principal is not None else None
         policy = self.policy(tenant)
-        payload = exchange.payload()
-        messages = payload.get("messages") if isinstance(payload, dict) else None
-        if isinstance(messages, list):
+        field = exchange.prompt_field  # what the engine reads; a body's other fields it ignores
+        prompt = exchange.payload().get(field)
+        if field == "messages":
+            messages = prompt if isinstance(prompt, list) else []
             verdict = security.check([m for m in messages if isinstance(m, dict)], tenant=tenant, policy=policy,
                                      history=self.history)
-        elif _token_ids(payload):
-            text = _read_token_ids(payload, self.detokenizers.get(exchange.model))
+        elif _token_ids(prompt):
+            text = _read_token_ids(prompt, self.detokenizers.get(exchange.model))
             verdict = _unscannable(policy) if text is None else \
                 security.check_text(text, tenant=tenant, policy=policy, history=self.history)
         else:
-            verdict = security.check_text(_prompt_texts(payload), tenant=tenant, policy=policy, history=self.history)
+            verdict = security.check_text(_prompt_texts(prompt), tenant=tenant, policy=policy, history=self.history)
         exchange.state["verdict"] = verdict.action
         exchange.state["security_rules"] = verdict.rules
         exchange.state["security_rules_version"] = security.rules_version()
         if verdict.blocked:
             exchange.state["blocked"] = True
             if verdict.rules == (UNSCANNABLE_RULE,):
-                raise GatewayError(400, UNSCANNABLE_MESSAGE, code="prompt_not_scannable", param="prompt")
+                raise GatewayError(400, UNSCANNABLE_MESSAGE, code="prompt_not_scannable", param=field)
             raise GatewayError(400, security.BLOCK_MESSAGE, code=security.BLOCK_CODE)
 
     def finish(self, exchange: Exchange) -> None:
         return None
 
 
-# A completions prompt of token ids is read with the model's tokenizer where the gateway has one;
-# a fleet's gateway holds none, so it cannot read what they say (an injection, a forged
-# `<|im_start|>system` turn by its special ids), and the structure layer's mode decides: on refuses
-# them, flag_only lets them through flagged, off lets them through.
+# A completions prompt (or embeddings input) of token ids is read with the model's tokenizer where
+# the gateway has one; a fleet's gateway holds none, so it cannot read what they say (an injection, a
+# forged `<|im_start|>system` turn by its special ids), and the structure layer's mode decides: on
+# refuses them, flag_only lets them through flagged, off lets them through.
 UNSCANNABLE_RULE = "structure.token_ids"
 UNSCANNABLE_MESSAGE = ("Prompt security reads text: send the prompt as text. Prompts of token ids are refused "
                        "under this key's security policy.")
 
 
-def _token_ids(payload: object) -> bool:
-    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+def _token_ids(prompt: object) -> bool:
     return isinstance(prompt, list) and any(isinstance(p, (int, list)) for p in prompt)
 
 
-def _read_token_ids(payload: dict, detokenize: Detokenize | None) -> str | None:
+def _read_token_ids(prompt: list, detokenize: Detokenize | None) -> str | None:
     """The prompts' text, or None when it cannot be read here (no tokenizer, ids it does not know)."""
     if detokenize is None:
         return None
-    prompt = payload["prompt"]
     lists = prompt if all(isinstance(p, list) for p in prompt) else [prompt]
     try:
         return "\n".join(detokenize(ids) for ids in lists)
@@ -102,8 +101,7 @@ def _unscannable(policy: security.Policy) -> security.Verdict:
     return security.Verdict("block" if mode == "on" else "flag", 1.0, (UNSCANNABLE_RULE,))  # one whole rule
 
 
-def _prompt_texts(payload: object) -> str:
-    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+def _prompt_texts(prompt: object) -> str:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list):

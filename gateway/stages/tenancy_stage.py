@@ -60,7 +60,9 @@ class TenancyStage:
         state["principal"] = principal
         fields = exchange.fields
         # Completions without a max generate OpenAI's 16: reserved as such, no ceiling to send.
-        asked = fields.max_completion_tokens or fields.max_tokens or default_max_tokens(exchange.path)
+        # Embeddings generate nothing: their input alone is reserved.
+        asked = 0 if exchange.embeddings else \
+            fields.max_completion_tokens or fields.max_tokens or default_max_tokens(exchange.path)
         try:
             admission = self.tenancy.admit(principal, exchange.model, prompt_tokens=exchange.estimated_prompt_tokens,
                                            max_tokens=asked, n=max(fields.n or 1, 1) * exchange.num_prompts,
@@ -91,8 +93,10 @@ class TenancyStage:
         if usage is not None:
             counts = Counts(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
         else:  # cut short before the engine's usage: what reached the client, prompt estimated
-            counts = Counts(exchange.estimated_prompt_tokens if exchange.first_byte else 0, 0,
-                            exchange.streamed_tokens, 0)
+            # An engine's refusal of the request (a 4xx answer; 499 is a client that left) computed
+            # nothing; a server error or a stream cut short may have computed the prompt.
+            computed = exchange.first_byte and not (400 <= exchange.status < 500 and exchange.status != 499)
+            counts = Counts(exchange.estimated_prompt_tokens if computed else 0, 0, exchange.streamed_tokens, 0)
         reason = "aborted" if exchange.status == 499 else None
         written = self.tenancy.finish(admission, counts, exchange.status, verdict=verdict,
                                       rules_version=rules_version, reason=reason, prompt=prompt)
@@ -101,9 +105,9 @@ class TenancyStage:
 
 
 def prompt_text(exchange: Exchange) -> str:
-    """What the caller sent the model, as JSON: a chat's messages, a completion's prompt."""
-    payload = exchange.payload()
-    return msgspec.json.encode(payload.get("messages", payload.get("prompt"))).decode()
+    """What the caller sent the model, as JSON: a chat's messages, a completion's prompt, an
+    embeddings request's input."""
+    return msgspec.json.encode(exchange.payload().get(exchange.prompt_field)).decode()
 
 
 def _awaitable(future: Future[None]) -> Awaitable[None] | None:

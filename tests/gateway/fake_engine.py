@@ -1,15 +1,18 @@
 """An OpenAI-compatible engine double for gateway tests: instant, scripted, and observable.
 
 It answers chat and completions with its own name as the text (so a test sees which host served a
-request), streams `tokens` events `delay_s` apart, reports its load at /internal/load, and records
-what it saw: requests, connections, and streams the client left before their end. Asked for usage
+request) and embeddings with deterministic vectors (input i: i, i + 0.1, ...), streams `tokens`
+events `delay_s` apart, reports its load at /internal/load, and records what it saw: requests,
+connections, and streams the client left before their end. Asked for usage
 comments (`x-llmaas-usage: comments`, as the gateway asks), it sends `: usage` comments as our
 engine does, before each content event, unless `usage_comments` is off (another OpenAI server).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -34,6 +37,7 @@ class FakeEngine:
     api_key: str | None = None  # answer only requests bearing it (`llmaas engine --api-key`)
     unauthorized: int = 0  # requests refused for want of the key
     prompt_tokens: int = 5
+    embeds: bool = True  # False: /v1/embeddings answers 400, as an engine whose model makes none
     cached_tokens: int = 1
     requests: list[dict] = field(default_factory=list)
     abort_tags: list[str] = field(default_factory=list)  # each request's x-llmaas-abort-tag, if any
@@ -50,6 +54,7 @@ class FakeEngine:
         router = Router()
         router.add("POST", "/v1/chat/completions", self.complete)
         router.add("POST", "/v1/completions", self.complete)
+        router.add("POST", "/v1/embeddings", self.embed)
         router.add("GET", "/internal/load", self.load)
         router.add("POST", "/internal/abort/{tag}", self.abort)
         router.add("GET", "/health", self.load)
@@ -96,18 +101,47 @@ class FakeEngine:
         self.aborts.append(request.path_params["tag"])
         return Response(body=b'{"aborted":0}')  # a double: the answer still comes when it was to
 
-    async def complete(self, request: Request) -> Response | StreamingResponse:
+    def _received(self, request: Request) -> tuple[dict, Response | None]:
+        """Records a request: its body, and the answer that replaces the usual one (refused, busy, a page)."""
         if (refused := self._refused(request)) is not None:
-            return refused
+            return {}, refused
         body = msgspec.json.decode(request.body)
         self.requests.append(body)
         if "x-llmaas-abort-tag" in request.headers:
             self.abort_tags.append(request.headers["x-llmaas-abort-tag"])
         self.clients.add(request.client)
         if self.status != 200:
-            return Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
+            return body, Response(status=self.status, body=b'{"error":{"message":"busy","type":"server_error"}}')
         if self.page is not None:
-            return Response(body=self.page, content_type="text/html")
+            return body, Response(body=self.page, content_type="text/html")
+        return body, None
+
+    async def embed(self, request: Request) -> Response:
+        body, instead = self._received(request)
+        if instead is not None:
+            return instead
+        if not self.embeds:
+            error = {"error": {"message": "This model does not serve embeddings.", "type": "invalid_request_error",
+                               "param": "model", "code": "embeddings_not_supported"}}
+            return Response(status=400, body=msgspec.json.encode(error))
+        inputs = body["input"]
+        count = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+        dimensions = body.get("dimensions") or 4
+        data = []
+        for i in range(count):
+            vector = [i + k / 10 for k in range(dimensions)]
+            embedding: list[float] | str = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        usage = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+        return Response(body=msgspec.json.encode({"object": "list", "data": data, "model": body["model"],
+                                                  "usage": usage}))
+
+    async def complete(self, request: Request) -> Response | StreamingResponse:
+        body, instead = self._received(request)
+        if instead is not None:
+            return instead
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.tokens,
                  "total_tokens": self.prompt_tokens + self.tokens,
                  "prompt_tokens_details": {"cached_tokens": self.cached_tokens},

@@ -77,7 +77,7 @@ class StubEngine:
     """Answers the first prompt at once and the second never, recording which requests were closed."""
 
     def __init__(self) -> None:
-        self.engine = SimpleNamespace(max_model_len=64)
+        self.engine = SimpleNamespace(max_model_len=64, pooling=None)  # a generating engine
         self.closed: list[str] = []
 
     async def generate(self, prompt: object, params: SamplingParams, request_id: str,

@@ -271,6 +271,27 @@ def test_refusals_are_handed_to_python_and_audited(tmp_path: Path) -> None:
     run(test)
 
 
+def test_embeddings_are_handed_to_python_which_serves_and_bills_them(tmp_path: Path) -> None:
+    # The lane serves chat and completions only; an embeddings request takes the Python path whole.
+    async def test() -> None:
+        async with engine(prompt_tokens=7) as fake, stack(tmp_path, fake.url, "lane") as lane:
+            key = share_token(lane)
+            answer = await call(lane.port, {"model": "n", "input": ["hello", "there"]}, key, path="/v1/embeddings")
+            assert answer.status == 200, answer.content
+            body = answer.json()
+            assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"] == {"prompt_tokens": 7,
+                                                                                   "total_tokens": 7}
+            assert answer.headers["x-ratelimit-limit-requests"] == "100000"
+            assert fake.requests[-1] == {"model": "n", "input": ["hello", "there"], "priority": -3}
+            assert handed_off(lane) == 1
+            assert (await call(lane.port, chat(), key)).status == 200 and handed_off(lane) == 1
+            lane.sync()
+            row = next(r for r in lane.tenancy.store.usage("acme", since=0.0) if r.model == "n")
+            assert (row.status, row.input_tokens, row.output_tokens) == (200, 7, 0)
+            assert row.cost_eur == pytest.approx(7 * 2.0 / 1e6)
+    run(test)
+
+
 def test_rate_limits_hold_exactly_across_both_paths(tmp_path: Path) -> None:
     async def test() -> None:
         async with engine(delay_s=0.0) as fake, stack(tmp_path, fake.url, "lane") as lane:

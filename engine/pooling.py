@@ -1,0 +1,64 @@
+"""Embeddings from a decoder: each prompt's final hidden states (the last RMSNorm's output, what
+lm_head would read) pooled into one vector, in float32, L2-normalised, as sentence-transformers'
+Pooling + Normalize and vLLM do for Qwen3-Embedding and e5-mistral style models.
+
+"last" takes the last prompt position's row; "mean" averages every position's row, summed chunk by
+chunk (a prompt computed over several steps) on its Sequence. Mean pooling needs every position's
+state, so a mean-pooling engine never serves a prompt's prefix from the cache (see LLMEngine).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.loader.errors import ModelLoadError
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+
+DEFAULT_POOLING = "last"
+# sentence-transformers' modes (1_Pooling/config.json) this engine computes, by our names.
+_ST_MODES = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean"}
+
+
+def folder_pooling(path: str) -> str:
+    """The pooling a sentence-transformers model folder declares, else DEFAULT_POOLING."""
+    file = Path(path) / "1_Pooling" / "config.json"
+    if not file.is_file():
+        return DEFAULT_POOLING
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
+    chosen = [name for key, name in _ST_MODES.items() if isinstance(raw, dict) and raw.get(key)]
+    if len(chosen) != 1:
+        modes = sorted(k for k, v in raw.items() if k.startswith("pooling_mode") and v) if isinstance(raw, dict) else []
+        raise ModelLoadError(f"{file}: pooling {modes or 'none'} is unsupported (supported: "
+                             f"{', '.join(_ST_MODES)}); choose one with --pooling last|mean")
+    return chosen[0]
+
+
+def pool(hidden: torch.Tensor, batch: ScheduledBatch, pooling: str) -> list[tuple[Sequence, torch.Tensor]]:
+    """hidden: (T, hidden_size), the batch's rows in its order, before the batch's tokens are counted
+    as computed -> (sequence, its unit float32 vector (hidden_size,)) for each sequence whose prompt
+    this step completes."""
+    done: list[tuple[Sequence, torch.Tensor]] = []
+    row = 0
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        rows = hidden[row:row + n]  # (n, hidden_size)
+        row += n
+        start = seq.num_computed_tokens
+        if pooling == "mean":
+            part = rows.float().sum(dim=0)
+            # From position 0 the sum starts afresh: a preempted sequence recomputes its prompt.
+            seq.pooled_sum = part if start == 0 or seq.pooled_sum is None else seq.pooled_sum + part
+        if start + n < seq.num_tokens:
+            continue
+        if pooling == "mean":
+            assert seq.pooled_sum is not None, "set above"
+            vector = seq.pooled_sum / seq.num_tokens
+        else:
+            vector = rows[-1].float()
+        done.append((seq, torch.nn.functional.normalize(vector, dim=0)))
+    return done

@@ -1,0 +1,93 @@
+"""POST /v1/embeddings: each input one engine request of an embedding engine (`--task embed`), all
+sent at once so that the scheduler batches them; the vectors come back in input order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import uuid
+
+import msgspec
+
+from engine.errors import InvalidRequestError
+from engine.outputs import RequestOutput
+from gateway.http import Request, Response
+from gateway.openai.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from gateway.openai.serving import ApiError, ServingContext, decode_body, json_response
+
+_DECODER = msgspec.json.Decoder(EmbeddingRequest)
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+async def create_embedding(ctx: ServingContext, request: Request) -> Response:
+    request_id = f"embd-{uuid.uuid4().hex}"
+    try:
+        req = decode_body(request, _DECODER)
+        ctx.check_model(req.model)
+        if not ctx.embeds:
+            raise ApiError(400, f"The model `{req.model}` does not serve embeddings (start its engine with "
+                                "--task embed).", param="model")
+        _check_dimensions(req.dimensions, ctx.engine.engine.model_config.hidden_size)
+        inputs = _inputs(req.input)
+        ids = [f"{request_id}-{i}" for i in range(len(inputs))]
+        outputs = await ctx.whole(request, ids, _embed_all(ctx, inputs, ids, req.priority))
+    except (InvalidRequestError, ApiError) as exc:
+        error = ApiError.from_invalid(exc) if isinstance(exc, InvalidRequestError) else exc
+        if error.param in ("messages", "prompt"):  # the engine's names for a prompt it refuses
+            error.param = "input"
+        return error.response()
+    encode = _base64 if req.encoding_format == "base64" else list
+    data = [Embedding(index=i, embedding=encode(out.embedding or [])) for i, out in enumerate(outputs)]
+    return json_response(EmbeddingList(data=data, model=req.model, usage=_usage(outputs)))
+
+
+async def _embed_all(ctx: ServingContext, inputs: list[str | list[int]], ids: list[str],
+                     priority: int) -> list[RequestOutput]:
+    """The inputs' outputs, in order; the first refusal stops the others (cancelling a call aborts
+    its engine request), as does this call's own cancellation (the client left)."""
+    tasks = [asyncio.ensure_future(ctx.engine.embed(text, request_id, priority)) for text, request_id in zip(inputs, ids)]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for those done
+
+
+def _inputs(given: str | list[str | int | list[int]]) -> list[str | list[int]]:
+    """The request's inputs, each a non-empty string or token id list."""
+    if isinstance(given, str):
+        inputs: list[str | list[int]] = [given]
+    elif given and all(isinstance(x, int) for x in given):
+        inputs = [given]  # type: ignore[list-item]
+    elif given and (all(isinstance(x, str) for x in given) or all(isinstance(x, list) for x in given)):
+        inputs = given  # type: ignore[assignment]
+    elif not given:
+        raise ApiError(400, "input must not be empty", param="input")
+    else:
+        raise ApiError(400, "input must be a string, a list of strings, a list of token ids, or a list of "
+                            "token id lists", param="input")
+    if len(inputs) > MAX_INPUTS:
+        raise ApiError(400, f"input holds {len(inputs)} items; at most {MAX_INPUTS} are allowed", param="input")
+    if any(len(x) == 0 for x in inputs):
+        raise ApiError(400, "input must not contain an empty string or token list", param="input")
+    return inputs
+
+
+def _check_dimensions(dimensions: int | None, hidden_size: int) -> None:
+    if dimensions is not None and dimensions != hidden_size:
+        raise ApiError(400, f"dimensions must be {hidden_size}, this model's size (it does not shorten its "
+                            "embeddings)", param="dimensions")
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's form: the little-endian float32 bytes, base64."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def _usage(outputs: list[RequestOutput]) -> EmbeddingUsage:
+    usages = [out.usage for out in outputs if out.usage is not None]
+    prompt = sum(u.prompt_tokens for u in usages)
+    energies = [u.energy_joules for u in usages]
+    energy = None if not energies or None in energies else sum(e for e in energies if e is not None)
+    return EmbeddingUsage(prompt_tokens=prompt, total_tokens=prompt, energy_joules=energy)
