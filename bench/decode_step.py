@@ -1,9 +1,10 @@
 """Times the engine's decode step at a fixed batch: the figure kernel changes move.
 
     python -m bench.decode_step [--batch 32] [--steps 200] [--threads 2] [--so PATH] [--no-quantized-decode]
+                                [--model smollm2:135m|GGUF|HF-FOLDER] [--load-format auto|dummy]
 
 Adds --batch greedy requests (short chat-style prompts, ignore_eos) to the offline engine
-(SmolLM2-135M, bf16), runs their prefill, then times each `LLMEngine.step()` until they finish:
+(SmolLM2-135M by default, bf16), runs their prefill, then times each `LLMEngine.step()` until they finish:
 prints the median, the 10th percentile and the mean of the step time, and the tokens/s the median gives.
 Context grows from ~20 to ~20 + steps tokens over the run.
 
@@ -38,6 +39,9 @@ def main() -> None:
     parser.add_argument("--so", help="engine._C built elsewhere, for A/B runs")
     parser.add_argument("--no-quantized-decode", action="store_true",
                         help="decode from the bf16 weights only (EngineConfig.quantized_decode=False)")
+    parser.add_argument("--model", default="smollm2:135m", help="catalog name, .gguf file or Hugging Face folder")
+    parser.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                        help="dummy: random weights of an HF folder's shapes (config.json and tokenizer only)")
     args = parser.parse_args()
     if args.so:
         load_extension(args.so)
@@ -45,8 +49,8 @@ def main() -> None:
 
     from engine import LLM, SamplingParams
 
-    llm = LLM(model="smollm2:135m", dtype=torch.bfloat16, num_threads=args.threads,
-              quantized_decode=not args.no_quantized_decode)
+    llm = LLM(model=args.model, dtype=torch.bfloat16, num_threads=args.threads,
+              quantized_decode=not args.no_quantized_decode, load_format=args.load_format)
     engine = llm.engine
     params = SamplingParams(temperature=0, max_tokens=args.steps, ignore_eos=True)
     for i in range(args.batch):

@@ -3,10 +3,10 @@
 // Per layer, on num_tokens (T) rows, exactly the ops of engine/models/llama.py's per-op path
 // and through the same kernels, so results are the same bit for bit but for silu (activation.cpp):
 //   h, residual = rms_norm(x + residual)          (layer 0: residual = the embeddings, no add)
-//   qkv = h @ Wqkv^T;  rotary(q, k) in place;  write k, v into the paged cache
-//   attn = paged_attention(q);  x = attn @ Wo^T
+//   qkv = h @ Wqkv^T (+ bias);  q, k = rms_norm(each head) (Qwen3);  rotary(q, k) in place
+//   write k, v into the paged cache;  attn = paged_attention(q);  x = attn @ Wo^T (* residual_scale)
 //   h, residual = rms_norm(x + residual)
-//   x = (silu(gate) * up) @ Wdown^T  where gate | up = h @ Wgate_up^T
+//   x = (silu(gate) * up) @ Wdown^T (* residual_scale)  where gate | up = h @ Wgate_up^T
 // then out = rms_norm(x + residual). The residual is updated in place (norm_rope.cpp reads each
 // element before writing it). Activations live in one workspace allocated per call (no zeroing:
 // every element is written before it is read). Each kernel still decides its own threading.
@@ -27,6 +27,31 @@ namespace {
 void linear(const uint16_t* x, const uint16_t* w, const uint8_t* w_q4_1, uint16_t* y, int64_t m, int64_t n, int64_t k,
             int threads) {
   linear_bf16(LinearArgs{x, w, y, DType::kBFloat16, m, n, k, k, n, threads, w_q4_1});
+}
+
+// x = bf16(float(x) * scale), n elements: torch's bf16 tensor times a Python float.
+void scale_bf16(uint16_t* x, int64_t n, float scale) {
+  for (int64_t i = 0; i < n; ++i) x[i] = f32_to_bf16(bf16_to_f32(x[i]) * scale);
+}
+
+// Each of T rows (row_stride apart) += bias (n,), rounded to bf16: torch's bf16 `qkv + bias`.
+void add_bias_bf16(uint16_t* rows, const uint16_t* bias, int64_t T, int64_t n, int64_t row_stride) {
+  for (int64_t t = 0; t < T; ++t) {
+    uint16_t* row = rows + t * row_stride;
+    for (int64_t i = 0; i < n; ++i) row[i] = f32_to_bf16(bf16_to_f32(row[i]) + bf16_to_f32(bias[i]));
+  }
+}
+
+// Qwen3: RMSNorm of each head of q and of k, in place in the qkv rows, token by token (a token's
+// heads are contiguous rows of D; the norm reads each element before writing it).
+void head_norms(uint16_t* qkv, const uint16_t* q_norm, const uint16_t* k_norm, int64_t T, int64_t num_heads,
+                int64_t num_kv_heads, int64_t D, int64_t qkv_n, float eps, int threads) {
+  for (int64_t t = 0; t < T; ++t) {
+    uint16_t* q = qkv + t * qkv_n;
+    uint16_t* k = q + num_heads * D;
+    fused_add_rms_norm(q, nullptr, q_norm, q, nullptr, true, num_heads, D, D, D, eps, threads);
+    fused_add_rms_norm(k, nullptr, k_norm, k, nullptr, true, num_kv_heads, D, D, D, eps, threads);
+  }
 }
 
 void check(const DecoderStackArgs& a) {
@@ -69,6 +94,7 @@ void decoder_stack(const DecoderStackArgs& a) {
     const float* s = a.sin_table + a.positions[t] * D;
     for (int64_t d = 0; d < D; ++d) cos[t * D + d] = f32_to_bf16(c[d]), sin[t * D + d] = f32_to_bf16(s[d]);
   }
+  if (a.embed_scale != 1.0f) scale_bf16(residual, T * H, a.embed_scale);
 
   WriteKvCacheArgs write{qkv + q_size, qkv + q_size + kv_size, nullptr, nullptr, a.slot_mapping,
                          sizeof(uint16_t), T, a.num_kv_heads, D, a.num_blocks * a.block_size,
@@ -84,16 +110,20 @@ void decoder_stack(const DecoderStackArgs& a) {
     else
       fused_add_rms_norm(x, residual, p.input_norm, h, residual, true, T, H, H, H, a.eps, th);
     linear(h, p.qkv, p.qkv_q4_1, qkv, T, qkv_n, H, th);
+    if (p.qkv_bias != nullptr) add_bias_bf16(qkv, p.qkv_bias, T, qkv_n, qkv_n);
+    if (p.q_norm != nullptr) head_norms(qkv, p.q_norm, p.k_norm, T, a.num_heads, a.num_kv_heads, D, qkv_n, a.eps, th);
     rotary(qkv, qkv + q_size, cos, sin, true, T, a.num_heads, a.num_kv_heads, D, qkv_n, D, qkv_n, D, D, D, true, th);
     write.k_cache = p.k_cache, write.v_cache = p.v_cache;
     write_kv_cache(write);
     attend.k_cache = p.k_cache, attend.v_cache = p.v_cache;
     paged_attention(attend);
     linear(attn, p.o_proj, p.o_proj_q4_1, x, T, H, q_size, th);
+    if (a.residual_scale != 1.0f) scale_bf16(x, T * H, a.residual_scale);
     fused_add_rms_norm(x, residual, p.post_norm, h, residual, true, T, H, H, H, a.eps, th);
     linear(h, p.gate_up, p.gate_up_q4_1, gate_up, T, 2 * I, H, th);
     silu_and_mul_bf16(gate_up, act, T, I, 2 * I, th);
     linear(act, p.down, p.down_q4_1, x, T, H, I, th);
+    if (a.residual_scale != 1.0f) scale_bf16(x, T * H, a.residual_scale);
   }
   fused_add_rms_norm(x, residual, a.final_norm, a.out, residual, true, T, H, H, H, a.eps, th);
 }

@@ -26,8 +26,13 @@ struct DecoderLayerPtrs {
   const uint8_t* o_proj_q4_1;
   const uint8_t* gate_up_q4_1;
   const uint8_t* down_q4_1;
+  // The variants' extra weights, each null where the model has none: Qwen2's q/k/v biases
+  // (q_size + 2 * kv_size,), Qwen3's per-head norms of q and of k (head_dim,).
+  const uint16_t* qkv_bias;
+  const uint16_t* q_norm;
+  const uint16_t* k_norm;
 };
-static_assert(sizeof(DecoderLayerPtrs) == 12 * sizeof(int64_t), "a table row is 12 int64 pointers");
+static_assert(sizeof(DecoderLayerPtrs) == 15 * sizeof(int64_t), "a table row is 15 int64 pointers");
 
 struct DecoderStackArgs {
   const DecoderLayerPtrs* layers;
@@ -53,6 +58,9 @@ struct DecoderStackArgs {
   // embed is a packed (vocab_size, hidden) weight (linear_bf16.h): a tied output projection's, the
   // model's only copy of its embeddings.
   bool embed_packed = false;
+  // Granite's: the embeddings, and each sublayer's output before it joins the residual, are scaled
+  // by these (rounded to bf16 after the product, as torch's `x * multiplier` rounds).
+  float embed_scale = 1.0f, residual_scale = 1.0f;
 };
 
 // Runs the stack; throws std::invalid_argument on ids, positions or attention metadata out of range.

@@ -1,5 +1,7 @@
 """A bf16 Llama decoder stack on CPU in one C++ call (csrc/cpu/decoder_stack.cpp), and the
-SiLU-and-multiply of its MLP.
+SiLU-and-multiply of its MLP. The Llama variants run there too: Qwen2's q/k/v biases, Qwen3's
+per-head q/k norms, Granite's embedding, residual and attention scales (its logits scale is
+applied after, by the model's compute_logits).
 
 The per-op path (engine/models/llama.py) makes ~15 Python-level op calls per layer; for a small
 model at decode that dispatch costs about as much as streaming the weights. `DecoderStack` hands
@@ -47,6 +49,9 @@ class StackShape:
     head_dim: int
     intermediate: int
     eps: float
+    scale: float | None = None  # of the attention scores; None: head_dim ** -0.5
+    embed_scale: float = 1.0  # Granite's embedding_multiplier
+    residual_scale: float = 1.0  # Granite's residual_multiplier
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,9 @@ class LayerWeights:
     down: PackedLinearWeight  # (hidden, intermediate)
     k_cache: torch.Tensor  # (num_blocks, block_size, num_kv_heads, head_dim) bf16, contiguous
     v_cache: torch.Tensor
+    qkv_bias: torch.Tensor | None = None  # (q_size + 2 * kv_size,) bf16: Qwen2
+    q_norm: torch.Tensor | None = None  # (head_dim,) bf16, with k_norm: Qwen3
+    k_norm: torch.Tensor | None = None
 
 
 class DecoderStack:
@@ -100,10 +108,18 @@ class DecoderStack:
             _check_dense(w.post_norm, (s.hidden,), _BF16, f"layer {i} post_norm")
             _check_dense(w.k_cache, cache_shape, _BF16, f"layer {i} k_cache")
             _check_dense(w.v_cache, cache_shape, _BF16, f"layer {i} v_cache")
+            if w.qkv_bias is not None:
+                _check_dense(w.qkv_bias, (q_size + 2 * kv_size,), _BF16, f"layer {i} qkv_bias")
+            if (w.q_norm is None) != (w.k_norm is None):
+                raise ValueError(f"layer {i}: a q norm and a k norm go together")
+            for name, norm in (("q_norm", w.q_norm), ("k_norm", w.k_norm)):
+                if norm is not None:
+                    _check_dense(norm, (s.head_dim,), _BF16, f"layer {i} {name}")
             rows.append([w.input_norm.data_ptr(), w.qkv.data.data_ptr(), w.o_proj.data.data_ptr(),
                          w.post_norm.data_ptr(), w.gate_up.data.data_ptr(), w.down.data.data_ptr(),
                          w.k_cache.data_ptr(), w.v_cache.data_ptr()]
-                        + [0 if p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, w.gate_up, w.down)])
+                        + [0 if p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, w.gate_up, w.down)]
+                        + [0 if t is None else t.data_ptr() for t in (w.qkv_bias, w.q_norm, w.k_norm)])
         self.shape = shape
         self._keep = (embed, final_norm, cos, sin, layers)  # what the table points into
         self._table = torch.tensor(rows, dtype=torch.int64)
@@ -113,7 +129,9 @@ class DecoderStack:
             embed_packed=embed_packed, vocab_size=vocab_size, final_norm=final_norm.data_ptr(), cos_table=cos.data_ptr(),
             sin_table=sin.data_ptr(), max_positions=cos.shape[0], num_blocks=cache_shape[0],
             block_size=cache_shape[1], hidden=s.hidden, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-            head_dim=s.head_dim, intermediate=s.intermediate, eps=s.eps, scale=s.head_dim ** -0.5,
+            head_dim=s.head_dim, intermediate=s.intermediate, eps=s.eps,
+            scale=s.head_dim ** -0.5 if s.scale is None else s.scale, embed_scale=s.embed_scale,
+            residual_scale=s.residual_scale,
         )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

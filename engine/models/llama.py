@@ -153,8 +153,6 @@ class LlamaForCausalLM(nn.Module):
         return self._stack
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
-        if not _plain_llama(self.config):  # the C++ stack runs Llama's shape only
-            return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
@@ -167,11 +165,13 @@ class LlamaForCausalLM(nn.Module):
             return None
         c = self.config
         shape = decoder_stack.StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                                         c.intermediate_size, c.rms_norm_eps)
+                                         c.intermediate_size, c.rms_norm_eps, c.attention_multiplier,
+                                         c.embedding_multiplier, c.residual_multiplier)
         layers = [decoder_stack.LayerWeights(
             layer.input_layernorm.weight, layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed,
             layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj.packed, layer.mlp.down_proj.packed,
-            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache) for layer in self.layers]
+            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache, layer.self_attn.qkv_bias,
+            *_norm_weights(layer.self_attn)) for layer in self.layers]
         return decoder_stack.DecoderStack(shape, embed, self.norm.weight, self.rotary.cos,
                                           self.rotary.sin, layers)
 
@@ -253,10 +253,11 @@ class LlamaForCausalLM(nn.Module):
         self._stack, self._stack_key = None, None  # it points at the previous weights
 
 
-def _plain_llama(c: ModelConfig) -> bool:
-    """No Qwen bias or norm, no Granite scale."""
-    return (not c.qkv_bias and not c.qk_norm and c.embedding_multiplier == 1.0 and c.residual_multiplier == 1.0
-            and c.attention_multiplier is None and c.logits_scaling == 1.0)
+def _norm_weights(attn: LlamaAttention) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Qwen3's per-head q and k norm gains, or (None, None)."""
+    if attn.q_norm is None or attn.k_norm is None:
+        return None, None
+    return attn.q_norm.weight, attn.k_norm.weight
 
 
 def _caches(attn: list[PagedAttention]) -> list[torch.Tensor]:

@@ -1,6 +1,8 @@
 """The fused bf16 decoder stack (engine/kernels/decoder_stack.py) against the per-op path of the
-same model, and its SiLU-and-multiply against torch."""
+same model (Llama, and its Qwen2, Qwen3 and Granite variants), and its SiLU-and-multiply against torch."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -17,6 +19,13 @@ BLOCK = 4
 CONFIG = ModelConfig(architecture="llama", vocab_size=50, hidden_size=64, intermediate_size=72, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0,
                      max_position_embeddings=64, tie_word_embeddings=False)
+VARIANTS = {
+    "llama": CONFIG,
+    "qwen2": dataclasses.replace(CONFIG, architecture="qwen2", qkv_bias=True),
+    "qwen3": dataclasses.replace(CONFIG, architecture="qwen3", qk_norm=True, head_dim=24),  # head_dim * heads != hidden
+    "granite": dataclasses.replace(CONFIG, architecture="granite", embedding_multiplier=12.0, residual_multiplier=0.22,
+                                   attention_multiplier=0.0625, logits_scaling=8.0),
+}
 
 
 def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,9 +53,8 @@ def test_silu_and_mul_rejects_odd_width() -> None:
         decoder_stack.silu_and_mul(torch.zeros(2, 5, dtype=torch.bfloat16))
 
 
-def random_model() -> LlamaForCausalLM:
+def random_model(c: ModelConfig = CONFIG) -> LlamaForCausalLM:
     gen = torch.Generator().manual_seed(0)
-    c = CONFIG
     q, kv, h, i = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size
 
     def rnd(*shape: int, scale: float = 0.2) -> torch.Tensor:
@@ -62,6 +70,12 @@ def random_model() -> LlamaForCausalLM:
             weights[p + name + ".weight"] = rnd(*shape)
         weights[p + "input_layernorm.weight"] = 1 + rnd(h)
         weights[p + "post_attention_layernorm.weight"] = 1 + rnd(h)
+        if c.qkv_bias:
+            for name, n in (("q", q), ("k", kv), ("v", kv)):
+                weights[p + f"self_attn.{name}_proj.bias"] = rnd(n)
+        if c.qk_norm:
+            weights[p + "self_attn.q_norm.weight"] = 1 + rnd(c.head_dim)
+            weights[p + "self_attn.k_norm.weight"] = 1 + rnd(c.head_dim)
     with torch.device("meta"):
         model = LlamaForCausalLM(c)
     model.load_weights(weights, torch.bfloat16, torch.device("cpu"))
@@ -69,7 +83,7 @@ def random_model() -> LlamaForCausalLM:
 
 
 def bind_caches(model: LlamaForCausalLM, num_blocks: int) -> torch.Tensor:
-    c = CONFIG
+    c = model.config
     cache = torch.zeros(2, c.num_layers, num_blocks, BLOCK, c.num_kv_heads, c.head_dim, dtype=torch.bfloat16)
     for i, attn in enumerate(model.attention_layers()):
         attn.k_cache, attn.v_cache = cache[0, i], cache[1, i]
@@ -113,8 +127,9 @@ def run_steps(model: LlamaForCausalLM, fused: bool, monkeypatch: pytest.MonkeyPa
     return outputs, cache
 
 
-def test_fused_stack_matches_per_op_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = random_model()
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fused_stack_matches_per_op_path(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = random_model(VARIANTS[variant])
     reference, ref_cache = run_steps(model, fused=False, monkeypatch=monkeypatch)
     got, cache = run_steps(model, fused=True, monkeypatch=monkeypatch)
     for r, g in zip(reference, got):
