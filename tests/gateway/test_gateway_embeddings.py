@@ -12,11 +12,10 @@ import pytest
 
 import security
 from gateway.fleet.config import GatewayConfig, ModelEntry, SecuritySection
-from gateway.gateway_server import Gateway
-from gateway.http import serve
 from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
 from gateway.tenancy.tiers import load_config
 from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.gateway_harness import serving
 from tests.gateway.raw_client import RawResponse
 from tests.gateway.raw_client import post as raw_post
 
@@ -65,21 +64,13 @@ def run(tmp_path: Path, test: Test, engines: list[FakeEngine] | None = None,
     tenancy = Tenancy(SqliteStore(tmp_path / "t.db"), load_config(tiers), Catalog.load(clock), clock)
     doubles = engines or [FakeEngine("a")]
 
+    def config(urls: list[str]) -> GatewayConfig:
+        return GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)],
+                             security=SecuritySection(tenants=policies or {}))
+
     async def main() -> None:
-        for engine in doubles:
-            await engine.start()
-        config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=[e.url for e in doubles])],
-                               security=SecuritySection(tenants=policies or {}))
-        gateway = Gateway(config, tenancy=tenancy)
-        await gateway.start()
-        server = await serve(gateway.router(), "127.0.0.1", 0)
-        try:
-            await test(server.port, tenancy, doubles)
-        finally:
-            await server.shutdown(1.0)
-            await gateway.fleet.stop()
-            for engine in doubles:
-                await engine.stop()
+        async with serving(config, tenancy, doubles) as (port, _):
+            await test(port, tenancy, doubles)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     return tenancy

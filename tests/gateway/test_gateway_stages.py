@@ -10,11 +10,10 @@ from pathlib import Path
 
 import security
 from gateway.fleet.config import GatewayConfig, ModelEntry, SecuritySection
-from gateway.gateway_server import Gateway
-from gateway.http import serve
 from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
 from gateway.tenancy.tiers import load_config
 from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.gateway_harness import serving
 from tests.gateway.raw_client import RawResponse, get
 from tests.gateway.raw_client import post as raw_post
 
@@ -37,21 +36,14 @@ def run(tmp_path: Path, test: Callable[[int, Tenancy, FakeEngine], Awaitable[Non
     clock = FakeClock(NOW)
     tenancy = Tenancy(SqliteStore(tmp_path / "t.db"), load_config(None), Catalog.load(clock), clock)
 
+    def config(urls: list[str]) -> GatewayConfig:
+        return GatewayConfig(models=[ModelEntry(name=CURRENT, hosts=urls), ModelEntry(name=DEPRECATED, hosts=urls)],
+                             security=SecuritySection(tenants=policies or {}))
+
     async def main() -> None:
         engine = FakeEngine("a")
-        await engine.start()
-        config = GatewayConfig(models=[ModelEntry(name=CURRENT, hosts=[engine.url]),
-                                       ModelEntry(name=DEPRECATED, hosts=[engine.url])],
-                               security=SecuritySection(tenants=policies or {}))
-        gateway = Gateway(config, tenancy=tenancy)
-        await gateway.start()
-        server = await serve(gateway.router(), "127.0.0.1", 0)
-        try:
-            await test(server.port, tenancy, engine)
-        finally:
-            await server.shutdown(1.0)
-            await gateway.fleet.stop()
-            await engine.stop()
+        async with serving(config, tenancy, [engine]) as (port, _):
+            await test(port, tenancy, engine)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     return tenancy

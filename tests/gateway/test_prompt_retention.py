@@ -12,12 +12,11 @@ import pytest
 
 from gateway import cli, lane_tenancy
 from gateway.fleet.config import ConfigError, GatewayConfig, ModelEntry, TenancySection, parse_config
-from gateway.gateway_server import Gateway
-from gateway.http import serve
 from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
 from gateway.tenancy.encryption import KEY_ENV, load_key, new_key
 from gateway.tenancy.tiers import load_config
 from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.gateway_harness import serving
 from tests.gateway.raw_client import post
 
 NOW = 1768435200.0
@@ -53,27 +52,18 @@ def test_a_retention_without_a_key_stops_the_start(tmp_path: Path, monkeypatch: 
 
 
 def serve_requests(tenancy: Tenancy) -> None:
+    def config(urls: list[str]) -> GatewayConfig:
+        return GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)], tenancy=TenancySection(prompt_retention="30d"))
+
     async def main() -> None:
-        engine = FakeEngine("a")
-        await engine.start()
-        gateway = Gateway(GatewayConfig(models=[ModelEntry(name=MODEL, hosts=[engine.url])],
-                                        tenancy=TenancySection(prompt_retention="30d")), tenancy=tenancy)
-        await gateway.start()
-        server = await serve(gateway.router(), "127.0.0.1", 0)
-        try:
+        async with serving(config, tenancy, [FakeEngine("a")]) as (port, _):
             key, _ = tenancy.tokens.create("acme", "standard")
             chat = {"model": MODEL, "messages": MESSAGES, "max_tokens": 3}
-            assert (await post(server.port, "/v1/chat/completions", chat, key)).status == 200
+            assert (await post(port, "/v1/chat/completions", chat, key)).status == 200
             completion = {"model": MODEL, "prompt": ["Once upon", "a time"], "max_tokens": 2}
-            assert (await post(server.port, "/v1/completions", completion, key)).status == 200
+            assert (await post(port, "/v1/completions", completion, key)).status == 200
             attack = {"model": MODEL, "messages": [{"role": "user", "content": ATTACK}]}
-            assert (await post(server.port, "/v1/chat/completions", attack, key)).status == 400
-        finally:
-            await server.shutdown(1.0)
-            if gateway.purger is not None:
-                await gateway.purger.stop()
-            await gateway.fleet.stop()  # not gateway.stop(): that closes the store, read after
-            await engine.stop()
+            assert (await post(port, "/v1/chat/completions", attack, key)).status == 400
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

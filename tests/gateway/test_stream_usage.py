@@ -11,11 +11,11 @@ from pathlib import Path
 
 from gateway.fleet.config import GatewayConfig, ModelEntry, SecuritySection
 from gateway.gateway_server import Gateway
-from gateway.http import serve
 from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
 from gateway.tenancy.store import UsageRow
 from gateway.tenancy.tiers import load_config
 from tests.gateway.fake_engine import FakeEngine
+from tests.gateway.gateway_harness import serving
 from tests.gateway.raw_client import RawResponse, encode_request, post
 
 NOW = 1768435200.0  # 2026-01-15: qwen3:8b is in production
@@ -33,20 +33,13 @@ def run(tmp_path: Path, engine: FakeEngine,
     clock = FakeClock(NOW)
     tenancy = Tenancy(SqliteStore(tmp_path / "t.db"), load_config(None), Catalog.load(clock), clock)
 
+    def config(urls: list[str]) -> GatewayConfig:
+        return GatewayConfig(models=[ModelEntry(name=MODEL, hosts=urls)], security=SecuritySection(enabled=False))
+
     async def main() -> None:
-        await engine.start()
-        config = GatewayConfig(models=[ModelEntry(name=MODEL, hosts=[engine.url])],
-                               security=SecuritySection(enabled=False))
-        gateway = Gateway(config, tenancy=tenancy)
-        await gateway.start()
-        server = await serve(gateway.router(), "127.0.0.1", 0)
-        key, _ = tenancy.tokens.create("t", "standard")
-        try:
-            await test(server.port, key, tenancy, gateway)
-        finally:
-            await server.shutdown(1.0)
-            await gateway.fleet.stop()
-            await engine.stop()
+        async with serving(config, tenancy, [engine]) as (port, gateway):
+            key, _ = tenancy.tokens.create("t", "standard")
+            await test(port, key, tenancy, gateway)
 
     try:
         asyncio.run(asyncio.wait_for(main(), 30))
