@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -33,6 +34,7 @@ from gateway.tenancy import Tenancy
 from gateway.tenancy.purger import PromptPurger
 
 _ENCODER = msgspec.json.Encoder()
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -50,6 +52,7 @@ class Gateway:
         self.created = int(time.time())
         self.tenancy_stage: TenancyStage | None = None
         self.lane: Lane | None = None  # the native lane, once a server made it
+        self._store_lost_logged = False
         if config.tenancy.enabled:
             t = config.tenancy
             tenancy = tenancy or Tenancy.open(t.db, t.tiers, t.catalog, prompt_retention_s=t.prompt_retention_s)
@@ -168,7 +171,13 @@ class Gateway:
         return Response(body=_ENCODER.encode(self._card(name)), headers=headers)
 
     async def health(self, request: Request) -> Response:
-        """200 while every model has a healthy host; 503 naming the models that have none."""
+        """200 while every model has a healthy host and the records reach the database; 503 naming
+        the models that have none, or why the database is lost (its file deleted under the gateway)."""
         down = [name for name, hosts in self.fleet.by_model.items() if not any(h.healthy for h in hosts)]
-        body = Health(status="degraded" if down else "ok", models_down=down)
-        return Response(status=503 if down else 200, body=_ENCODER.encode(body))
+        lost = self.tenancy.store.file_lost() if self.tenancy is not None else None
+        if lost is not None and not self._store_lost_logged:
+            log.error("%s; restart the gateway to record into the database at that path", lost)
+            self._store_lost_logged = True
+        body = Health(status="degraded" if down or lost else "ok", models_down=down,
+                      store=lost if lost is not None else msgspec.UNSET)
+        return Response(status=503 if down or lost else 200, body=_ENCODER.encode(body))

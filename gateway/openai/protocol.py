@@ -267,6 +267,8 @@ class Health(msgspec.Struct):
     status: Literal["ok", "degraded"]
     # A gateway's: the models without a healthy host (it answers 503 while any is listed).
     models_down: list[str] | UnsetType = UNSET
+    # A gateway's: why its ledger and audit records no longer reach its database (503 while set).
+    store: str | UnsetType = UNSET
 
 
 class ErrorInfo(msgspec.Struct):

@@ -73,6 +73,7 @@ class SqliteStore:
             except JournalBusy:
                 pass  # another process owns it: write directly, replay nothing
         self.writer = SqliteWriter(writer_conn, ledger_journal, batch_max, flush_interval_s)
+        self._file = _file_identity(self.path)  # what the connections opened, to notice it replaced
         self._reader = self._connect(synchronous)
         self._read_lock = threading.Lock()
         if ledger_journal is not None:
@@ -242,6 +243,17 @@ class SqliteStore:
         return bool(self._read("SELECT 1 FROM audit WHERE tenant IS ? AND time = ? AND request_id = ? LIMIT 1",
                                (tenant, time, request_id)))
 
+    def file_lost(self) -> str | None:
+        """Why the database this store writes is no longer at its path (deleted, or another file put
+        there), else None. SQLite goes on writing the file it opened, which then vanishes at exit."""
+        if self._file is None:
+            return None
+        now = _file_identity(self.path)
+        if now == self._file:
+            return None
+        what = "deleted" if now is None else "replaced by another file"
+        return f"the database {self.path} was {what} while this process ran: what it records now is lost when it stops"
+
     @property
     def journaled(self) -> bool:
         """Whether usage rows are durable at their journal copy (this process owns the journal)."""
@@ -297,3 +309,14 @@ def _history_where(q: HistoryQuery) -> tuple[list[str], list[Any]]:
         where.append("a.status BETWEEN ? AND ?")
         params.extend(q.status)
     return where, params
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for none (or an in-memory database)."""
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

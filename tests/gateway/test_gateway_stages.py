@@ -153,3 +153,19 @@ def test_a_prompt_that_is_no_prompt_is_a_400_naming_it(tmp_path: Path) -> None:
         assert not engine.requests
 
     run(tmp_path, test).close()
+
+
+def test_health_says_when_the_database_file_is_gone(tmp_path: Path) -> None:
+    # Deleted (or replaced) under a running gateway, SQLite goes on writing the file it opened, which
+    # vanishes when the gateway stops: the health check says so, so that the gateway is taken out.
+    async def test(port: int, tenancy: Tenancy, engine: FakeEngine) -> None:
+        assert (await get(port, "/health")).status == 200
+        db = tmp_path / "t.db"
+        db.rename(tmp_path / "moved.db")
+        answer = await get(port, "/health")
+        assert answer.status == 503 and answer.json()["status"] == "degraded"
+        assert f"the database {db} was deleted while this process ran" in answer.json()["store"]
+        db.write_bytes(b"")  # another file at the path is no better
+        assert "was replaced by another file" in (await get(port, "/health")).json()["store"]
+
+    run(tmp_path, test).close()
