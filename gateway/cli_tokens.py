@@ -122,7 +122,9 @@ def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(run=run_export)
     purge = audit.add_parser("purge", parents=[common], help="drop prompt text past its retention period")
     # A gateway's retention is in its config ([tenancy] prompt_retention); nothing in the database says it.
-    purge.add_argument("--retention", type=parse_duration, help="how long prompt text is kept, e.g. 90d")
+    source = purge.add_mutually_exclusive_group()
+    source.add_argument("--retention", type=parse_duration, help="how long prompt text is kept, e.g. 90d")
+    source.add_argument("--config", help="a gateway config: its [tenancy] prompt_retention (and db, unless --db)")
     purge.set_defaults(run=run_purge)
     new_key = audit.add_parser("new-key", help="print a fresh key for LLMAAS_AUDIT_KEY (AES-256, base64)")
     new_key.set_defaults(run=run_new_key)
@@ -345,13 +347,26 @@ def run_purge(args: argparse.Namespace) -> int:
     from gateway.tenancy import SystemClock
     from gateway.tenancy.audit import AuditTrail
 
-    if args.retention is None:
-        return _fail("no retention period: say how long prompt text is kept, e.g. --retention 90d")
-    if args.retention <= 0:
+    retention = args.retention
+    if args.config is not None:
+        from gateway.fleet.config import ConfigError, load_config
+
+        try:
+            tenancy = load_config(args.config).tenancy
+        except ConfigError as exc:
+            return _fail(str(exc))
+        retention = tenancy.prompt_retention_s
+        if retention is None:
+            return _fail(f"{args.config} keeps no prompt text: its [tenancy] sets no prompt_retention")
+        args.db = args.db if args.db is not None else tenancy.db
+    if retention is None:
+        return _fail("no retention period: say how long prompt text is kept, e.g. --retention 90d, or give "
+                     "the gateway's --config")
+    if retention <= 0:
         return _fail("--retention must be longer than zero")
     store, _, _ = _open(args)
     try:
-        purged = AuditTrail(store, SystemClock(), retention_s=args.retention).purge()
+        purged = AuditTrail(store, SystemClock(), retention_s=retention).purge()
         _audited(store, "prompts_purged")
     finally:
         store.close()

@@ -227,7 +227,11 @@ def test_audit_purge_drops_prompt_text_past_the_retention_it_is_given(db: str,
         served.close()
     assert cli(["audit", "purge", "--db", db, "--retention", "1d"]) == 0
     assert capsys.readouterr().out == "purged the prompt text of 1 audit record(s)\n"
-    assert cli(["audit", "purge", "--db", db, "--retention", "1d"]) == 0  # nothing left past it
+    # The gateway's own config says the retention, and where its database is.
+    config = Path(db).parent / "gateway.toml"
+    config.write_text(f'[[models]]\nname = "m"\nhosts = ["http://127.0.0.1:1"]\n'
+                      f'[tenancy]\ndb = "{db}"\nprompt_retention = "1d"\n')
+    assert cli(["audit", "purge", "--config", str(config)]) == 0  # nothing left past it
     assert capsys.readouterr().out == "purged the prompt text of 0 audit record(s)\n"
     store = SqliteStore(db)
     try:
@@ -242,7 +246,8 @@ def test_audit_purge_drops_prompt_text_past_the_retention_it_is_given(db: str,
 
 
 @pytest.mark.parametrize("retention,message", [
-    ([], "no retention period: say how long prompt text is kept, e.g. --retention 90d"),
+    ([], "no retention period: say how long prompt text is kept, e.g. --retention 90d, or give the gateway's "
+         "--config"),
     (["--retention", "0d"], "--retention must be longer than zero"),
 ])
 def test_audit_purge_without_a_retention_says_so(db: str, capsys: pytest.CaptureFixture[str], retention: list[str],
@@ -251,6 +256,21 @@ def test_audit_purge_without_a_retention_says_so(db: str, capsys: pytest.Capture
     capsys.readouterr()
     assert cli(["audit", "purge", "--db", db, *retention]) == 2
     assert capsys.readouterr().err == f"llmaas: error: {message}\n"
+
+
+def test_audit_purge_reads_the_gateway_config(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["tokens", "create", "--db", db, "--tenant", "acme", "--tier", "standard"]) == 0
+    capsys.readouterr()
+    config = tmp_path / "gateway.toml"
+    config.write_text('[[models]]\nname = "m"\nhosts = ["http://127.0.0.1:1"]\n')
+    assert cli(["audit", "purge", "--db", db, "--config", str(config)]) == 2
+    message = f"{config} keeps no prompt text: its [tenancy] sets no prompt_retention"
+    assert capsys.readouterr().err == f"llmaas: error: {message}\n"
+    config.write_text('[[models]]\nname = "m"\nhosts = ["http://127.0.0.1:1"]\n[tenancy]\nprompt_retention = "soon"\n')
+    assert cli(["audit", "purge", "--db", db, "--config", str(config)]) == 2
+    assert "prompt_retention: not a duration: 'soon'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source of the retention, not two
+        cli(["audit", "purge", "--db", db, "--config", str(config), "--retention", "1d"])
 
 
 def test_parse_duration() -> None:
