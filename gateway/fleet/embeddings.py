@@ -6,35 +6,22 @@ from __future__ import annotations
 
 from gateway.fleet.errors import GatewayError
 from gateway.fleet.wire import RoutingFields
+from gateway.openai.embedding_input import EmbeddingInput, split_inputs
 
 EMBEDDINGS_PATH = "/v1/embeddings"
-
-# One vector is made for each: a text, or a prompt of token ids.
-EmbeddingInput = str | list[int]
-
-_SHAPE = "`input` must be a string, a list of strings, a list of token ids or a list of lists of token ids"
 
 
 def embedding_inputs(fields: RoutingFields) -> list[EmbeddingInput]:
     """The inputs of an embeddings request, one per vector; a 400 naming `input` when there are none
-    or they are not one of OpenAI's shapes (an empty one included: OpenAI refuses it too)."""
+    or they are not one of OpenAI's shapes (gateway/openai/embedding_input.py)."""
     if fields.stream:  # OpenAI's embeddings have no stream; a whole answer is all an engine sends
         raise GatewayError(400, "Embeddings are not streamed: `stream` must be false or absent.", param="stream")
-    value = fields.input
-    if value is None:
+    if fields.input is None:
         raise GatewayError(400, "`input` is required.", param="input")
-    if isinstance(value, str):
-        inputs: list[EmbeddingInput] = [value]
-    elif isinstance(value, list) and value and _token_ids(value):
-        inputs = [value]
-    elif isinstance(value, list) and (all(isinstance(v, str) for v in value)
-                                      or all(isinstance(v, list) and _token_ids(v) for v in value)):
-        inputs = value
-    else:
-        raise GatewayError(400, _SHAPE, param="input")
-    if not inputs or not all(inputs):
-        raise GatewayError(400, "`input` must not be empty, nor hold an empty string or list.", param="input")
-    return inputs
+    try:
+        return split_inputs(fields.input)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc), param="input") from None
 
 
 def estimated_tokens(inputs: list[EmbeddingInput]) -> int:
@@ -47,6 +34,3 @@ def first_text(inputs: list[EmbeddingInput]) -> str:
     first = inputs[0]
     return first if isinstance(first, str) else " ".join(map(str, first))
 
-
-def _token_ids(items: list[object]) -> bool:
-    return all(isinstance(t, int) and not isinstance(t, bool) for t in items)

@@ -13,11 +13,11 @@ import msgspec
 from engine.errors import InvalidRequestError
 from engine.outputs import RequestOutput
 from gateway.http import Request, Response
+from gateway.openai.embedding_input import EmbeddingInput, split_inputs
 from gateway.openai.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from gateway.openai.serving import ApiError, ServingContext, decode_body, json_response
 
 _DECODER = msgspec.json.Decoder(EmbeddingRequest)
-MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
 async def create_embedding(ctx: ServingContext, request: Request) -> Response:
@@ -54,24 +54,12 @@ async def _embed_all(ctx: ServingContext, inputs: list[str | list[int]], ids: li
             task.cancel()  # a no-op for those done
 
 
-def _inputs(given: str | list[str | int | list[int]]) -> list[str | list[int]]:
+def _inputs(given: str | list[str | int | list[int]]) -> list[EmbeddingInput]:
     """The request's inputs, each a non-empty string or token id list."""
-    if isinstance(given, str):
-        inputs: list[str | list[int]] = [given]
-    elif given and all(isinstance(x, int) for x in given):
-        inputs = [given]  # type: ignore[list-item]
-    elif given and (all(isinstance(x, str) for x in given) or all(isinstance(x, list) for x in given)):
-        inputs = given  # type: ignore[assignment]
-    elif not given:
-        raise ApiError(400, "input must not be empty", param="input")
-    else:
-        raise ApiError(400, "input must be a string, a list of strings, a list of token ids, or a list of "
-                            "token id lists", param="input")
-    if len(inputs) > MAX_INPUTS:
-        raise ApiError(400, f"input holds {len(inputs)} items; at most {MAX_INPUTS} are allowed", param="input")
-    if any(len(x) == 0 for x in inputs):
-        raise ApiError(400, "input must not contain an empty string or token list", param="input")
-    return inputs
+    try:
+        return split_inputs(given)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="input") from None
 
 
 def _check_dimensions(dimensions: int | None, hidden_size: int) -> None:

@@ -19,6 +19,8 @@ from transformers import (GraniteConfig, GraniteForCausalLM, LlamaConfig, Phi3Co
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
 from engine.forward_context import forward_context
+from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
+from engine.loader.llama_layout import expected_shapes
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch
@@ -145,6 +147,22 @@ def tiny_gguf(factory: pytest.TempPathFactory, name: str, model: PreTrainedModel
     path = factory.mktemp(f"tiny_{name}_gguf") / "tiny.gguf"
     write_llama_gguf(path, model.config, tensors)
     return TinyGguf(folder, model, tensors, path)
+
+
+def load_quantized(model: TinyGguf, qtype: GGMLQuantizationType, folder: Path
+                   ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`model` written with every matrix in `qtype` (norms and biases F32), then loaded with its Q4_1
+    blocks kept: (config, weights, the kept blocks by weight name). The shapes are checked here."""
+    def encode(w: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
+        return gguf.quants.quantize(w, qtype), qtype
+
+    path = folder / f"{qtype.name}.gguf"
+    write_llama_gguf(path, model.model.config, model.tensors, encode)
+    config, loaded, _ = load_gguf(str(path), torch.float32, keep_q4_1=True)
+    weights = {name: w for name, w in loaded.items() if not name.endswith(Q4_1_SUFFIX)}
+    assert {name: tuple(w.shape) for name, w in weights.items()} == expected_shapes(config)
+    kept = {name.removesuffix(Q4_1_SUFFIX): w for name, w in loaded.items() if name.endswith(Q4_1_SUFFIX)}
+    return config, weights, kept
 
 
 def prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int]) -> torch.Tensor:

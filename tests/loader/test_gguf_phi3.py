@@ -13,9 +13,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from engine.loader.errors import ModelLoadError
-from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
-from engine.loader.llama_layout import expected_shapes
-from tests.loader.helpers import TinyGguf, tiny_gguf, tiny_phi3_model, write_llama_gguf
+from engine.loader.gguf_loader import load_gguf
+from tests.loader.helpers import TinyGguf, load_quantized, tiny_gguf, tiny_phi3_model, write_llama_gguf
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +43,9 @@ def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyGguf, tmp_path: Path
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda q: q.name)
 def test_quantized_file_splits_by_rows(qtype: Q, tiny_phi3: TinyGguf, tmp_path: Path) -> None:
-    def encode(w: np.ndarray) -> tuple[np.ndarray, Q]:
-        return gguf.quants.quantize(w, qtype), qtype
+    config, weights, kept = load_quantized(tiny_phi3, qtype, tmp_path)
 
-    path = tmp_path / f"{qtype.name}.gguf"
-    write_llama_gguf(path, tiny_phi3.model.config, tiny_phi3.tensors, encode)
-
-    config, weights, _ = load_gguf(str(path), torch.float32, keep_q4_1=True)
-
-    shapes = {name: tuple(w.shape) for name, w in weights.items() if not name.endswith(Q4_1_SUFFIX)}
-    assert shapes == expected_shapes(config)
-    kept = {name.removesuffix(Q4_1_SUFFIX): w for name, w in weights.items() if name.endswith(Q4_1_SUFFIX)}
-    linears = {name for name in shapes if name.endswith(("_proj.weight", "lm_head.weight"))}
+    linears = {name for name in weights if name.endswith(("_proj.weight", "lm_head.weight"))}
     assert kept.keys() == (linears if qtype == Q.Q4_1 else set())
     # Quantization blocks lie within rows: the file's fused matrix, dequantized and cut into q/k/v (gate/up)
     # rows, is each part, and the parts' kept blocks, concatenated as the decoder does, are the file's.

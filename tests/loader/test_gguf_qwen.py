@@ -10,9 +10,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
-from engine.loader.llama_layout import expected_shapes
-from tests.loader.helpers import TinyGguf, tiny_gguf, tiny_qwen_model, write_llama_gguf
+from engine.loader.gguf_loader import load_gguf
+from tests.loader.helpers import TinyGguf, load_quantized, tiny_gguf, tiny_qwen_model
 
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
@@ -34,18 +33,8 @@ def test_config_has_the_architecture_flags(tiny_qwen: tuple[str, TinyGguf]) -> N
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda q: q.name)
 def test_quantized_file_loads_in_checkpoint_order(qtype: Q, tiny_qwen: tuple[str, TinyGguf], tmp_path: Path) -> None:
     _, model = tiny_qwen
+    _, weights, kept = load_quantized(model, qtype, tmp_path)
 
-    def encode(w: np.ndarray) -> tuple[np.ndarray, Q]:
-        return gguf.quants.quantize(w, qtype), qtype
-
-    path = tmp_path / f"{qtype.name}.gguf"
-    write_llama_gguf(path, model.model.config, model.tensors, encode)
-
-    config, weights, _ = load_gguf(str(path), torch.float32, keep_q4_1=True)
-
-    shapes = {name: tuple(w.shape) for name, w in weights.items() if not name.endswith(Q4_1_SUFFIX)}
-    assert shapes == expected_shapes(config)
-    kept = {name.removesuffix(Q4_1_SUFFIX): w for name, w in weights.items() if name.endswith(Q4_1_SUFFIX)}
     matrices = {name for name, t in model.tensors.items() if t.ndim == 2}
     # Only linears keep their Q4_1 blocks: the embedding is looked up, not multiplied.
     assert kept.keys() == (matrices - {"model.embed_tokens.weight"} if qtype == Q.Q4_1 else set())
