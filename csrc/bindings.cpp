@@ -33,12 +33,12 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t k_cache, uintptr_
                      uintptr_t context_lens, uintptr_t query_start_loc, DType dtype, int64_t num_tokens,
                      int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
                      int64_t num_blocks, int64_t max_blocks_per_seq, int64_t q_token_stride, int64_t q_head_stride,
-                     float scale, int num_threads) {
+                     float scale, int num_threads, int64_t sliding_window) {
   const llmaas::PagedAttentionArgs args{
       ptr<void>(out), ptr<const void>(query), ptr<const void>(k_cache), ptr<const void>(v_cache),
       ptr<const int32_t>(block_tables), ptr<const int32_t>(context_lens), ptr<const int32_t>(query_start_loc),
       dtype, num_tokens, num_seqs, num_heads, num_kv_heads, head_dim, block_size, num_blocks, max_blocks_per_seq,
-      q_token_stride, q_head_stride, scale, num_threads};
+      q_token_stride, q_head_stride, scale, num_threads, sliding_window};
   py::gil_scoped_release release;
   llmaas::paged_attention(args);
 }
@@ -67,6 +67,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("num_tokens"), py::arg("num_seqs"), py::arg("num_heads"), py::arg("num_kv_heads"),
         py::arg("head_dim"), py::arg("block_size"), py::arg("num_blocks"), py::arg("max_blocks_per_seq"),
         py::arg("q_token_stride"), py::arg("q_head_stride"), py::arg("scale"), py::arg("num_threads"),
+        py::arg("sliding_window"),
         "Causal attention of a mixed batch over the paged KV cache (see engine/kernels/ops.py).");
   m.def("write_kv_cache", &write_kv_cache, py::kw_only(), py::arg("key"), py::arg("value"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("slot_mapping"), py::arg("elem_size"), py::arg("num_tokens"),

@@ -126,6 +126,7 @@ LLMAAS_BF16_ATTN_TARGET void attend_item_bf16(const PagedAttentionArgs& a, const
   const int64_t first_pos = a.context_lens[w.seq] - (a.query_start_loc[w.seq + 1] - q0);
   const int64_t tokens = w.q_end - w.q_begin, rows = tokens * H;
   const int64_t last_pos = first_pos + w.q_end - 1;
+  const int64_t first_key = window_start(first_pos + w.q_begin, a.sliding_window);  // as in attend_item
   const int64_t span = span_keys(true, bs), s_stride = pad(span);
 
   // Row t * H + h is query head g0 * G + h of token t, as in attend_item; bf16, unscaled.
@@ -146,7 +147,7 @@ LLMAAS_BF16_ATTN_TARGET void attend_item_bf16(const PagedAttentionArgs& a, const
   int64_t* key_offset = sc.key_offset.data();
   const int64_t item_block_bytes = ((bs - 1) * kv_row + heads * kD) * static_cast<int64_t>(sizeof(uint16_t));
   const int64_t row_bytes = heads * kD * static_cast<int64_t>(sizeof(uint16_t));
-  for (int64_t k0 = 0; k0 <= last_pos; k0 += span) {
+  for (int64_t k0 = first_key / bs * bs; k0 <= last_pos; k0 += span) {
     const int64_t n = std::min(span, last_pos + 1 - k0);
     // The next span's blocks, fetched while this one is attended.
     for (int64_t b0 = k0 + span; b0 < std::min(k0 + 2 * span, last_pos + 1); b0 += bs) {
@@ -158,15 +159,19 @@ LLMAAS_BF16_ATTN_TARGET void attend_item_bf16(const PagedAttentionArgs& a, const
     }
     for (int64_t j = 0; j < n; ++j) key_offset[j] = table[(k0 + j) / bs] * block_elems + (k0 + j) % bs * kv_row;
     for (int64_t t = 0; t < tokens; ++t) {
-      const int64_t visible = std::min(n, first_pos + w.q_begin + t - k0 + 1);
-      if (visible <= 0) continue;
+      // The token sees the span's keys [skip, skip + n_t), as in attend_item.
+      const int64_t pos = first_pos + w.q_begin + t;
+      const int64_t skip = std::max<int64_t>(0, window_start(pos, a.sliding_window) - k0);
+      const int64_t n_t = std::min(n, pos - k0 + 1) - skip;
+      if (n_t <= 0) continue;
+      const int64_t* offsets = key_offset + skip;
       for (int64_t g = 0; g < heads; ++g) {
         const int64_t r0 = t * H + g * G;
         float* s = sc.s.data();
         for (int64_t r = 0; r < G; ++r)
-          scores_bf16<kD>(q + (r0 + r) * kD, k_cache + g * kD, key_offset, visible, a.scale, s + r * s_stride);
-        softmax_rows<V>(G, visible, &sc.m[r0], &sc.l[r0], sc.alpha.data(), s, s_stride);
-        weighted_sum_rows<kD>(v_cache + g * kD, key_offset, visible, s, s_stride, sc.alpha.data(), acc + r0 * kD, G);
+          scores_bf16<kD>(q + (r0 + r) * kD, k_cache + g * kD, offsets, n_t, a.scale, s + r * s_stride);
+        softmax_rows<V>(G, n_t, &sc.m[r0], &sc.l[r0], sc.alpha.data(), s, s_stride);
+        weighted_sum_rows<kD>(v_cache + g * kD, offsets, n_t, s, s_stride, sc.alpha.data(), acc + r0 * kD, G);
       }
     }
   }

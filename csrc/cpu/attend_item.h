@@ -13,7 +13,10 @@
 // Items cover fewer kv heads only when there are too few sequences to keep every
 // thread busy. The next span's blocks are prefetched while one span is computed.
 // Softmax is online (flash attention): each row keeps a running max and sum, and
-// its accumulator is rescaled once per span rather than once per key. bf16
+// its accumulator is rescaled once per span rather than once per key. With a
+// sliding window the walk starts at the block holding the first key of the
+// tile's first token's window (a decode reads only its window's blocks), and
+// each token attends the part of a span inside its own window. bf16
 // blocks are widened into fp32 scratch, a span's blocks one after the other;
 // fp32 blocks are read in place, one at a time; everything accumulates in fp32.
 // Written once against a vector type V (vec.h) and instantiated per instruction
@@ -38,6 +41,12 @@ namespace llmaas::attention {
 constexpr int64_t kPad = 16;
 
 LLMAAS_INLINE int64_t pad(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+
+// The first key the query at `position` sees: window > 0 keeps the last `window` keys up to
+// itself (local attention), 0 all of them.
+LLMAAS_INLINE int64_t window_start(int64_t position, int64_t window) {
+  return window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
+}
 
 struct WorkItem {
   int64_t cost;     // tokens x keys visible to the last one x kv heads: the work, roughly
@@ -216,6 +225,8 @@ LLMAAS_INLINE void attend_item(const PagedAttentionArgs& a, const WorkItem& w, S
 
   const int32_t* table = a.block_tables + w.seq * a.max_blocks_per_seq;
   const int64_t last_pos = first_pos + w.q_end - 1;
+  // Keys before the first token's window are no token's: the walk starts at the block holding it.
+  const int64_t first_key = window_start(first_pos + w.q_begin, a.sliding_window);
   const bool in_place = std::is_same_v<T, float> && D == Dp;  // fp32 whole vectors: read the cache
   const int64_t span = span_keys(!in_place, bs);
   const int64_t block_elems = bs * kv_row;
@@ -224,7 +235,7 @@ LLMAAS_INLINE void attend_item(const PagedAttentionArgs& a, const WorkItem& w, S
   // The item's part of one position's row, and of a whole block (its rows are contiguous).
   const int64_t row_bytes = heads * D * static_cast<int64_t>(sizeof(T));
   const int64_t item_block_bytes = ((bs - 1) * kv_row + heads * D) * static_cast<int64_t>(sizeof(T));
-  for (int64_t k0 = 0; k0 <= last_pos; k0 += span) {
+  for (int64_t k0 = first_key / bs * bs; k0 <= last_pos; k0 += span) {  // spans start on a block
     const int64_t n = std::min(span, last_pos + 1 - k0);
     // The next span's blocks, fetched while this one is staged and attended.
     for (int64_t b0 = k0 + span; b0 < std::min(k0 + 2 * span, last_pos + 1); b0 += bs) {
@@ -254,13 +265,16 @@ LLMAAS_INLINE void attend_item(const PagedAttentionArgs& a, const WorkItem& w, S
       }
     }
     for (int64_t t = 0; t < tokens; ++t) {
-      const int64_t visible = std::min(n, first_pos + w.q_begin + t - k0 + 1);
-      if (visible > 0)
+      // The token sees the span's keys [skip, skip + n_t): from its window's start to itself.
+      const int64_t pos = first_pos + w.q_begin + t;
+      const int64_t skip = std::max<int64_t>(0, window_start(pos, a.sliding_window) - k0);
+      const int64_t n_t = std::min(n, pos - k0 + 1) - skip;
+      if (n_t > 0)
         for (int64_t g = 0; g < heads; ++g) {
           const int64_t r = t * H + g * G;
-          attend_block<V, kHeadDim / W>(q + r * Dp, k + g * head_stride, v + g * head_stride, G, kv_stride, visible,
-                                        chunks, &sc.m[r], &sc.l[r], sc.alpha.data(), acc + r * Dp, sc.s.data(),
-                                        pad(span));
+          const int64_t first = g * head_stride + skip * kv_stride;
+          attend_block<V, kHeadDim / W>(q + r * Dp, k + first, v + first, G, kv_stride, n_t, chunks, &sc.m[r],
+                                        &sc.l[r], sc.alpha.data(), acc + r * Dp, sc.s.data(), pad(span));
         }
     }
   }

@@ -29,6 +29,9 @@ struct PagedAttentionArgs {
   int64_t q_token_stride, q_head_stride;  // in elements
   float scale;
   int num_threads;
+  // W > 0: the query at position p sees only keys p - W + 1 .. p (local attention); 0: all up
+  // to p. Last, with a default, so callers without a window (decoder_stack.cpp) leave it out.
+  int64_t sliding_window = 0;
 };
 
 struct WriteKvCacheArgs {

@@ -8,7 +8,8 @@
 //              s lives in block block_tables[s][p / block_size], row p % block_size.
 //   out        (num_tokens, H, D), contiguous.
 //   Query row j of a sequence with q_len rows and context_len cached tokens (its
-//   own rows included) sits at position context_len - q_len + j and sees 0..itself.
+//   own rows included) sits at position context_len - q_len + j and sees 0..itself;
+//   with sliding_window W > 0 only its last W keys, p - W + 1 .. p (local attention).
 //
 // Design
 //   The work is cut into items (sequence, tile of query tokens, range of kv
@@ -19,6 +20,9 @@
 //   Items are sorted by estimated cost, largest first, and handed out dynamically:
 //   a decode batch gives many items of similar cost, a prefill gives tiles whose
 //   causal cost grows with position, and longest-first keeps the tail short.
+//   A sliding window caps each token's keys at W: an item walks only the blocks from
+//   its first token's window on (a decode reads its window's blocks, no others) and
+//   each token attends its own window's part of them.
 //   On avx512_bf16 CPUs, bf16 caches of head dim 64 or 128 go to attend_bf16.h, which reads
 //   K and V in place instead of staging them as fp32 (1.5-2x in cache, 1.1-1.2x from DRAM).
 //   The kernel is compiled for AVX-512, AVX2 and the x86-64-v2 baseline, each with
@@ -127,14 +131,17 @@ std::vector<WorkItem> plan_work(const PagedAttentionArgs& a, int64_t tile, int64
     const int64_t blocks = (ctx + a.block_size - 1) / a.block_size;
     if (blocks > a.max_blocks_per_seq) throw std::invalid_argument("context_lens[s] exceeds block_tables' width");
     const int32_t* table = a.block_tables + s * a.max_blocks_per_seq;
-    for (int64_t b = 0; b < blocks; ++b)
+    // Only the blocks from the first query row's window on are read, so only they are checked.
+    for (int64_t b = attention::window_start(ctx - q_len, a.sliding_window) / a.block_size; b < blocks; ++b)
       if (table[b] < 0 || table[b] >= a.num_blocks)
         throw std::invalid_argument("block id out of range in block_tables");
     for (int64_t t0 = 0; t0 < q_len; t0 += tile) {
       const int64_t t1 = std::min(q_len, t0 + tile);
+      const int64_t last = ctx - q_len + t1 - 1;  // the tile's last position
+      const int64_t keys = last + 1 - attention::window_start(last, a.sliding_window);
       for (int64_t g0 = 0; g0 < a.num_kv_heads; g0 += heads) {
         const int64_t g1 = std::min(a.num_kv_heads, g0 + heads);
-        items.push_back({(t1 - t0) * (ctx - q_len + t1) * (g1 - g0), static_cast<int32_t>(s),
+        items.push_back({(t1 - t0) * keys * (g1 - g0), static_cast<int32_t>(s),
                          static_cast<int32_t>(t0), static_cast<int32_t>(t1), static_cast<int32_t>(g0),
                          static_cast<int32_t>(g1)});
       }
@@ -148,7 +155,7 @@ std::vector<WorkItem> plan_work(const PagedAttentionArgs& a, int64_t tile, int64
 
 void paged_attention(const PagedAttentionArgs& a) {
   if (a.num_seqs < 0 || a.num_tokens < 0 || a.head_dim <= 0 || a.block_size <= 0 || a.num_kv_heads <= 0 ||
-      a.num_heads % a.num_kv_heads != 0)
+      a.num_heads % a.num_kv_heads != 0 || a.sliding_window < 0)
     throw std::invalid_argument("paged_attention: invalid sizes");
   const int threads = std::max(a.num_threads, 1);
   const int64_t tile =

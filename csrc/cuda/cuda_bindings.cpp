@@ -22,13 +22,13 @@ void decode_attention(uintptr_t out, uintptr_t partials, uintptr_t query, uintpt
                       uintptr_t block_tables, uintptr_t context_lens, DType dtype, int64_t num_seqs, int64_t num_heads,
                       int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks_per_seq,
                       int64_t q_token_stride, int64_t q_head_stride, int64_t num_splits, int64_t partition,
-                      float scale, uintptr_t stream) {
+                      int64_t sliding_window, float scale, uintptr_t stream) {
   const llmaas_cuda::DecodeAttentionArgs args{
       reinterpret_cast<void*>(out), reinterpret_cast<float*>(partials), reinterpret_cast<const void*>(query),
       reinterpret_cast<const void*>(k_cache), reinterpret_cast<const void*>(v_cache),
       reinterpret_cast<const int32_t*>(block_tables), reinterpret_cast<const int32_t*>(context_lens), dtype,
       num_seqs, num_heads, num_kv_heads, head_dim, block_size, max_blocks_per_seq, q_token_stride, q_head_stride,
-      num_splits, partition, scale, stream};
+      num_splits, partition, sliding_window, scale, stream};
   raise_if(llmaas_cuda::decode_attention(args));
 }
 
@@ -55,7 +55,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("k_cache"), py::arg("v_cache"), py::arg("block_tables"), py::arg("context_lens"), py::arg("dtype"),
         py::arg("num_seqs"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
         py::arg("block_size"), py::arg("max_blocks_per_seq"), py::arg("q_token_stride"), py::arg("q_head_stride"),
-        py::arg("num_splits"), py::arg("partition"), py::arg("scale"), py::arg("stream"),
+        py::arg("num_splits"), py::arg("partition"), py::arg("sliding_window"), py::arg("scale"), py::arg("stream"),
         "Paged-attention decode, one query token per sequence, launched on `stream`.");
   m.def("write_kv_cache", &write_kv_cache, py::kw_only(), py::arg("key"), py::arg("value"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("slot_mapping"), py::arg("elem_size"), py::arg("num_tokens"),

@@ -23,7 +23,8 @@ struct DecodeAttentionArgs {
   DType dtype;
   int64_t num_seqs, num_heads, num_kv_heads, head_dim, block_size, max_blocks_per_seq;
   int64_t q_token_stride, q_head_stride;  // in elements
-  int64_t num_splits, partition;          // partition: tokens per split (num_splits * partition >= max context)
+  int64_t num_splits, partition;          // partition: tokens per split (num_splits * partition >= keys attended)
+  int64_t sliding_window;                 // W > 0: the query at ctx - 1 sees only keys ctx - W .. ctx - 1; 0: all
   float scale;
   uintptr_t stream;  // cudaStream_t
 };

@@ -16,6 +16,9 @@
 // batch still fills the SMs; each split stores (acc, m, l) in fp32 and merge_splits_kernel
 // combines them: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. Splits past a sequence's
 // context store m = -inf, l = 0 and drop out, so the grid can come from a host-side bound.
+// Sliding window W > 0 (local attention): the query sees only keys ctx - W .. ctx - 1, so the splits
+// tile those min(ctx, W) keys from the first of them and no earlier block is read; the host plans
+// the grid from min(max_context_len, W) (engine/kernels/cuda_kernels.py plan_splits).
 // Reference: engine/kernels/reference.py paged_attention; test: tests/kernels/test_cuda_kernels.py.
 #include <cfloat>
 #include <cmath>
@@ -37,7 +40,7 @@ __global__ void __launch_bounds__(kNumWarps * 32)
                   const int32_t* __restrict__ block_tables,
                   const int32_t* __restrict__ context_lens, int num_heads, int num_kv_heads, int heads_per_block,
                   int block_size, int max_blocks_per_seq, int64_t q_token_stride, int64_t q_head_stride,
-                  int num_splits, int partition, float scale) {
+                  int num_splits, int partition, int window, float scale) {
   constexpr int D = 32 * VEC;
   __shared__ float s_acc[kNumWarps][D];
   __shared__ float s_m[kNumWarps], s_l[kNumWarps];
@@ -46,7 +49,8 @@ __global__ void __launch_bounds__(kNumWarps * 32)
   const int kv_head = head0 / (num_heads / num_kv_heads);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ctx = context_lens[seq];
-  const int start = split * partition;
+  const int first = window > 0 ? max(ctx - window, 0) : 0;  // the first key the query sees
+  const int start = first + split * partition;
   const int end = min(start + partition, ctx);
 
   float q[kMaxGroup][VEC];
@@ -169,7 +173,7 @@ std::string launch(const DecodeAttentionArgs& a, int heads_per_block) {
       static_cast<const T*>(a.v_cache), a.block_tables, a.context_lens, static_cast<int>(a.num_heads),
       static_cast<int>(a.num_kv_heads), heads_per_block, static_cast<int>(a.block_size),
       static_cast<int>(a.max_blocks_per_seq), a.q_token_stride, a.q_head_stride, static_cast<int>(a.num_splits),
-      static_cast<int>(a.partition), a.scale);
+      static_cast<int>(a.partition), static_cast<int>(a.sliding_window), a.scale);
   std::string err = launch_error("decode_kernel");
   if (!err.empty() || a.num_splits == 1) return err;
   merge_splits_kernel<T><<<static_cast<unsigned>(a.num_seqs * a.num_heads), 128, 0, stream>>>(
@@ -193,6 +197,7 @@ std::string decode_attention(const DecodeAttentionArgs& a) {
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0) return "decode_attention: num_heads % num_kv_heads";
   if (a.num_splits < 1 || a.partition < 1 || (a.num_splits > 1 && a.partials == nullptr))
     return "decode_attention: num_splits >= 1, partition >= 1 and partials for num_splits > 1";
+  if (a.sliding_window < 0 || a.sliding_window > INT32_MAX) return "decode_attention: 0 <= sliding_window < 2^31";
   if (a.num_seqs == 0) return {};
   // The largest divisor of the GQA group that fits the registers: blocks never straddle kv heads.
   const int group = static_cast<int>(a.num_heads / a.num_kv_heads);

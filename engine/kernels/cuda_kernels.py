@@ -26,11 +26,19 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def plan_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, num_sms: int = 132) -> tuple[int, int]:
-    """(num_splits, partition): split only while the grid has fewer blocks than ~2 per SM."""
+def _attended_len(max_context_len: int, sliding_window: int) -> int:
+    """The most keys one decode query attends: its context, or the last sliding_window of it."""
+    return min(max_context_len, sliding_window) if sliding_window > 0 else max_context_len
+
+
+def plan_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, num_sms: int = 132,
+                sliding_window: int = 0) -> tuple[int, int]:
+    """(num_splits, partition): split only while the grid has fewer blocks than ~2 per SM; the
+    splits cover the attended keys (a window's, if any, however long the context)."""
+    keys = _attended_len(max_context_len, sliding_window)
     wanted = max(1, -(-2 * num_sms // max(1, num_seqs * num_kv_heads)))
-    splits = max(1, min(wanted, -(-max_context_len // SPLIT_TOKENS)))
-    partition = -(-max(1, max_context_len) // splits)
+    splits = max(1, min(wanted, -(-keys // SPLIT_TOKENS)))
+    partition = -(-max(1, keys) // splits)
     return splits, partition
 
 
@@ -53,8 +61,10 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context_len: int,
-                     out: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
-    """One query token per sequence: query (num_seqs, num_heads, head_dim); see csrc/cuda/paged_attention.cu."""
+                     out: torch.Tensor | None = None, num_splits: int | None = None,
+                     sliding_window: int = 0) -> torch.Tensor:
+    """One query token per sequence: query (num_seqs, num_heads, head_dim); see csrc/cuda/paged_attention.cu.
+    sliding_window > 0: each query sees only its last sliding_window keys."""
     assert _C_cuda is not None
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -70,9 +80,10 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if num_splits is None:
         num_splits, partition = plan_splits(num_seqs, num_kv_heads, max_context_len,
-                                            torch.cuda.get_device_properties(query.device).multi_processor_count)
+                                            torch.cuda.get_device_properties(query.device).multi_processor_count,
+                                            sliding_window)
     else:
-        partition = -(-max(1, max_context_len) // num_splits)
+        partition = -(-max(1, _attended_len(max_context_len, sliding_window)) // num_splits)
     partials = None
     if num_splits > 1:
         partials = torch.empty(num_seqs, num_heads, num_splits, head_dim + 2, dtype=torch.float32,
@@ -83,5 +94,6 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         context_lens=context_lens.data_ptr(), dtype=getattr(_C_cuda.DType, _DTYPES[query.dtype]),
         num_seqs=num_seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, block_size=block_size,
         max_blocks_per_seq=block_tables.shape[1], q_token_stride=query.stride(0), q_head_stride=query.stride(1),
-        num_splits=num_splits, partition=partition, scale=scale, stream=_stream(query.device))
+        num_splits=num_splits, partition=partition, sliding_window=sliding_window, scale=scale,
+        stream=_stream(query.device))
     return out

@@ -52,24 +52,26 @@ def write_kv_cache(which: GpuBackend, key: torch.Tensor, value: torch.Tensor, k_
 
 def paged_attention(which: GpuBackend, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, context_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                    scale: float, max_query_len: int, max_context_len: int) -> torch.Tensor:
-    """Decode batches (one query token per sequence) take the decode kernel, all else prefill/extend."""
+                    scale: float, max_query_len: int, max_context_len: int, sliding_window: int = 0) -> torch.Tensor:
+    """Decode batches (one query token per sequence) take the decode kernel, all else prefill/extend.
+    sliding_window (0: none) is a plain int, a kernel argument: a captured graph keeps it."""
     decode = max_query_len == 1 and query.shape[0] == context_lens.shape[0]
     if which == "cuda" and decode and query.shape[-1] in cuda_kernels.HEAD_DIMS:
         return cuda_kernels.decode_attention(query, k_cache, v_cache, block_tables, context_lens, scale,
-                                             max_context_len)
+                                             max_context_len, sliding_window=sliding_window)
     if which in ("cuda", "triton") and triton_available():
         tables, lens = block_tables.to(torch.int32), context_lens.to(torch.int32)
         if decode:
             from engine.kernels.triton.attention_decode import decode_attention
 
-            return decode_attention(query, k_cache, v_cache, tables, lens, scale, max_context_len)
+            return decode_attention(query, k_cache, v_cache, tables, lens, scale, max_context_len,
+                                    sliding_window=sliding_window)
         from engine.kernels.triton.attention_prefill import prefill_attention
 
         return prefill_attention(query, k_cache, v_cache, tables, lens, query_start_loc.to(torch.int32), scale,
-                                 max_query_len)
+                                 max_query_len, sliding_window=sliding_window)
     return torch_paged.paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
-                                       max_query_len, max_context_len)
+                                       max_query_len, max_context_len, sliding_window)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,

@@ -97,6 +97,8 @@ def paged_attention(
     scale: float,
     max_query_len: int,
     max_context_len: int,
+    *,
+    sliding_window: int | None = 0,
 ) -> torch.Tensor:
     """Causal attention of a mixed batch (prefill chunks and decodes) over the paged cache.
 
@@ -110,22 +112,31 @@ def paged_attention(
     GQA: query head h uses kv head h // (num_heads // num_kv_heads).
     Returns (num_tokens, num_heads, head_dim) in query's dtype.
 
+    sliding_window W > 0 makes the attention local, as Mistral's and Hugging Face's: the
+    query at position p sees only keys p - W + 1 .. p (the last W, itself included). 0 or
+    None: every key up to p. A model passes its layer's constant, a Python int, at each call.
+
     max_query_len and max_context_len are host-side bounds for kernels that must
     size their launch without reading the device tensors; the CPU backends read
     the lengths directly and ignore them.
     """
+    window = sliding_window or 0
+    if window < 0:
+        raise ValueError(f"sliding_window must be >= 0 (0: none), got {sliding_window}")
     backend = _backend_for(query)
     if query.device.type == "cuda":
         return gpu_ops.paged_attention(backend, query, k_cache, v_cache, block_tables, context_lens,
-                                       query_start_loc, scale, max_query_len, max_context_len)
+                                       query_start_loc, scale, max_query_len, max_context_len, window)
     if backend == "cpp":
         out = torch.empty(query.shape, dtype=query.dtype)
-        _cpp_paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
+        _cpp_paged_attention(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out,
+                             window)
         return out
     # Off the CPU, until a GPU kernel is picked here: batched torch ops, no host sync.
     attention = reference.paged_attention if query.device.type == "cpu" else torch_paged.paged_attention
     return attention(
-        query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, max_query_len, max_context_len
+        query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, max_query_len, max_context_len,
+        window,
     )
 
 
@@ -194,6 +205,7 @@ def _cpp_paged_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     out: torch.Tensor,
+    sliding_window: int = 0,
 ) -> None:
     """paged_attention into a preallocated contiguous `out` (the tests poison it)."""
     assert _C is not None
@@ -235,6 +247,7 @@ def _cpp_paged_attention(
         q_head_stride=query.stride(1),
         scale=scale,
         num_threads=torch.get_num_threads(),
+        sliding_window=sliding_window,
     )
 
 

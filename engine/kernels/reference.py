@@ -43,9 +43,11 @@ def paged_attention(
     scale: float,
     max_query_len: int,
     max_context_len: int,
+    sliding_window: int = 0,
 ) -> torch.Tensor:
     """Causal attention of a mixed batch over the paged cache (see ops.paged_attention).
 
+    sliding_window W > 0: the query at position p sees only keys p - W + 1 .. p; 0: all up to p.
     max_query_len and max_context_len are not needed here: the lengths are read
     per sequence.
     """
@@ -61,9 +63,12 @@ def paged_attention(
             continue
         k = gather_kv(k_cache, block_tables[seq], context_len).repeat_interleave(group, dim=1)
         v = gather_kv(v_cache, block_tables[seq], context_len).repeat_interleave(group, dim=1)
-        # Query row j sits at position context_len - q_len + j and sees keys 0..that.
-        positions = torch.arange(context_len - q_len, context_len, device=query.device)
-        visible = torch.arange(context_len, device=query.device)[None, :] <= positions[:, None]
+        # Query row j sits at position context_len - q_len + j and sees keys 0..that (the last W).
+        positions = torch.arange(context_len - q_len, context_len, device=query.device)[:, None]
+        keys = torch.arange(context_len, device=query.device)[None, :]
+        visible = keys <= positions  # (q_len, context_len)
+        if sliding_window > 0:
+            visible &= keys > positions - sliding_window
         attended = F.scaled_dot_product_attention(
             query[start:end].transpose(0, 1),  # (heads, q_len, head_dim)
             k.transpose(0, 1),

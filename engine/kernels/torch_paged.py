@@ -23,8 +23,9 @@ def paged_attention(
     scale: float,
     max_query_len: int,
     max_context_len: int,
+    sliding_window: int = 0,
 ) -> torch.Tensor:
-    """Same contract as ops.paged_attention."""
+    """Same contract as ops.paged_attention (sliding_window masks; the gather still spans the context)."""
     num_tokens, num_heads, head_dim = query.shape
     num_seqs = context_lens.shape[0]
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
@@ -47,9 +48,11 @@ def paged_attention(
     padded_q = query.new_zeros(num_seqs, max_query_len, num_heads, head_dim)
     padded_q[seq_of_token, row_of_token] = query
 
-    # Query row j of sequence s sits at position len_s - q_len_s + j and sees keys 0..that.
+    # Query row j of sequence s sits at position len_s - q_len_s + j and sees keys 0..that (the last W).
     positions = (lens - q_lens)[:, None] + torch.arange(max_query_len, device=device)[None, :]  # (S, Lq)
     visible = keys[None, None, :] <= positions[:, :, None]  # (S, Lq, Lk)
+    if sliding_window > 0:  # padding rows may see no key at all: their NaN rows are never gathered
+        visible &= keys[None, None, :] > positions[:, :, None] - sliding_window
     out = F.scaled_dot_product_attention(
         padded_q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=visible[:, None], scale=scale, enable_gqa=num_heads != num_kv_heads,

@@ -33,8 +33,10 @@ def test_decode_inputs_padding_defaults() -> None:
 class _Attention(torch.nn.Module):
     """One attention layer over the paged cache: embeddings -> q, k, v -> write -> attend."""
 
-    def __init__(self, vocab: int, heads: int, kv_heads: int, head_dim: int, num_blocks: int, block: int) -> None:
+    def __init__(self, vocab: int, heads: int, kv_heads: int, head_dim: int, num_blocks: int, block: int,
+                 sliding_window: int = 0) -> None:
         super().__init__()
+        self.sliding_window = sliding_window  # a per-layer constant, as a model's local layers hold it
         gen = torch.Generator().manual_seed(0)
         width = (heads + 2 * kv_heads) * head_dim
         self.embed = torch.randn(vocab, width, generator=gen).to("cuda", torch.bfloat16)
@@ -49,13 +51,15 @@ class _Attention(torch.nn.Module):
         m = get_attention_metadata()
         ops.write_kv_cache(k, v, self.k_cache, self.v_cache, m.slot_mapping)
         out = ops.paged_attention(q, self.k_cache, self.v_cache, m.block_tables, m.context_lens, m.query_start_loc,
-                                  head_dim ** -0.5, m.max_query_len, m.max_context_len)
+                                  head_dim ** -0.5, m.max_query_len, m.max_context_len,
+                                  sliding_window=self.sliding_window)
         return out.flatten(1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("attention_backend", ["triton", "cuda"])
-def test_replayed_graph_matches_eager(attention_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("window", [0, 20])  # 20: the graph plans from the window, eager from ctx.max()
+def test_replayed_graph_matches_eager(attention_backend: str, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
     if attention_backend == "cuda" and gpu_ops.backend(None) == "torch":
         pytest.skip("no triton")
     from engine.kernels import cuda_kernels
@@ -64,7 +68,7 @@ def test_replayed_graph_matches_eager(attention_backend: str, monkeypatch: pytes
         pytest.skip("engine._C_cuda not built")
     monkeypatch.setenv(ops.BACKEND_ENV, attention_backend)
     block, num_blocks, width = 16, 64, 8
-    layer = _Attention(50, 8, 2, 64, num_blocks, block)
+    layer = _Attention(50, 8, 2, 64, num_blocks, block, window)
     graphs = DecodeGraphs.capture(layer, capture_sizes(8), width, width * block, torch.device("cuda"))
     rng = torch.Generator().manual_seed(1)
     n = 5  # padded to 8

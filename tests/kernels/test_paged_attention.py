@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from engine.kernels import ops
+from engine.kernels import ops, reference
+from engine.kernels.triton.testing import poison_before_windows
 
 BACKENDS = [
     "torch",
@@ -23,6 +24,9 @@ LONG_CHUNK = [(70, 131), (1, 64)]
 # (num_heads, num_kv_heads, head_dim, block_size): GQA ratios 1, 3, 4; the two
 # compiled head dims and a generic one; a block size that is no power of two.
 SHAPES = [(4, 4, 64, 16), (9, 3, 64, 16), (8, 2, 128, 16), (9, 3, 128, 5), (12, 3, 72, 7)]
+# Sliding windows against the contexts above: 1; shorter than most; one block (16) and equal to the
+# decode of context 16; equal to the (5, 5), (16, 49) and (1, 50) contexts; longer than any.
+WINDOWS = [1, 5, 16, 49, 50, 10_000]
 
 
 @dataclass
@@ -92,8 +96,9 @@ def make_batch(seqs: list[tuple[int, int]], shape: tuple[int, int, int, int], dt
     )
 
 
-def dense_attention(batch: Batch) -> torch.Tensor:
-    """Explicit causal softmax attention in float64, one sequence at a time, no paging."""
+def dense_attention(batch: Batch, sliding_window: int = 0) -> torch.Tensor:
+    """Explicit causal softmax attention in float64, one sequence at a time, no paging; with
+    sliding_window W > 0 the query at position p sees only keys j with p - j < W."""
     outs = []
     starts = batch.query_start_loc.tolist()
     for s, (k, v) in enumerate(zip(batch.dense_k, batch.dense_v)):
@@ -103,7 +108,10 @@ def dense_attention(batch: Batch) -> torch.Tensor:
         v = v.double().repeat_interleave(group, dim=1)
         ctx, q_len = k.shape[0], q.shape[0]
         scores = torch.einsum("qhd,khd->hqk", q, k) * batch.scale
-        allowed = torch.arange(ctx)[None, :] <= torch.arange(ctx - q_len, ctx)[:, None]
+        p, j = torch.arange(ctx - q_len, ctx)[:, None], torch.arange(ctx)[None, :]
+        allowed = j <= p
+        if sliding_window > 0:
+            allowed &= p - j < sliding_window
         probs = scores.masked_fill(~allowed, -math.inf).softmax(dim=-1)
         outs.append(torch.einsum("hqk,khd->qhd", probs, v))
     return torch.cat(outs)
@@ -137,6 +145,36 @@ def test_matches_dense_attention(seqs: list[tuple[int, int]], shape: tuple[int, 
     out = ops.paged_attention(*batch.op_args())
     assert out.shape == batch.query.shape and out.dtype == dtype
     assert_close(out, dense_attention(batch), dtype)
+
+
+@pytest.mark.usefixtures("backend")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}-kv{}-d{}-b{}".format(*s))
+@pytest.mark.parametrize("window", WINDOWS)
+def test_sliding_window_matches_dense(shape: tuple[int, int, int, int], dtype: torch.dtype, window: int) -> None:
+    """Decodes, fresh prefills and chunks over cached prefixes in one batch, odd lengths and blocks."""
+    batch = make_batch(DECODES + MIXED + LONG_CHUNK, shape, dtype, seed=3)
+    out = ops.paged_attention(*batch.op_args(), sliding_window=window)
+    assert_close(out, dense_attention(batch, window), dtype)
+
+
+@pytest.mark.parametrize("window", [1, 3, 16, 17, 49, 50, 131, 10_000])
+@pytest.mark.parametrize("shape", [(9, 3, 64, 16), (12, 3, 72, 7)], ids=lambda s: "h{}-kv{}-d{}-b{}".format(*s))
+def test_reference_window_matches_hand_masked_softmax(shape: tuple[int, int, int, int], window: int) -> None:
+    """The oracle itself, in float64: the reference's window against softmax with (p - j < W) by hand."""
+    batch = make_batch(MIXED + DECODES + LONG_CHUNK, shape, torch.float64)
+    out = reference.paged_attention(*batch.op_args(), sliding_window=window)
+    torch.testing.assert_close(out, dense_attention(batch, window), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.usefixtures("backend")
+def test_no_window_is_full_causal_attention() -> None:
+    batch = make_batch(MIXED, (9, 3, 64, 16), torch.float32)
+    full = dense_attention(batch)
+    for window in (0, None):
+        assert_close(ops.paged_attention(*batch.op_args(), sliding_window=window), full, torch.float32)
+    with pytest.raises(ValueError, match="sliding_window"):
+        ops.paged_attention(*batch.op_args(), sliding_window=-1)
 
 
 @pytest.mark.usefixtures("backend")
@@ -190,6 +228,41 @@ def test_cpp_isa_variants(isa: str, shape: tuple[int, int, int, int], dtype: tor
 
 @needs_cpp
 @pytest.mark.usefixtures("cpp")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "h{}-kv{}-d{}-b{}".format(*s))
+@pytest.mark.parametrize("window", [1, 13, 100])  # 100: the (1, 300) decode's window crosses spans
+@pytest.mark.parametrize("isa", ops._C.supported_cpu_isas() if ops.cpp_available() else [])
+def test_cpp_skips_keys_before_the_window(isa: str, window: int, shape: tuple[int, int, int, int],
+                                          dtype: torch.dtype) -> None:
+    """Keys before a sequence's first window are NaN and the block ids of the blocks wholly before it
+    invalid: every variant must skip them (decode reads only its window's blocks) and stay exact."""
+    batch = make_batch(MIXED + DECODES + LONG_CHUNK, shape, dtype, seed=4)
+    poison_before_windows(batch.k_cache, batch.v_cache, batch.block_tables, batch.context_lens,
+                          batch.query_start_loc, window)
+    block_size = shape[3]
+    q_lens = (batch.query_start_loc[1:] - batch.query_start_loc[:-1]).tolist()
+    for s, (q_len, ctx) in enumerate(zip(q_lens, batch.context_lens.tolist())):
+        batch.block_tables[s, :max(0, ctx - q_len - window + 1) // block_size] = -1
+    default = ops._C.cpu_isa()
+    ops._C.set_cpu_isa(isa)
+    try:
+        out = ops.paged_attention(*batch.op_args(), sliding_window=window)
+    finally:
+        ops._C.set_cpu_isa(default)
+    assert_close(out, dense_attention(batch, window), dtype)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cpp_window_writes_every_output_row(dtype: torch.dtype) -> None:
+    batch = make_batch(MIXED + LONG_CHUNK, (9, 3, 64, 16), dtype)
+    out = torch.full(batch.query.shape, math.nan, dtype=dtype)
+    ops._cpp_paged_attention(*batch.op_args()[:7], out=out, sliding_window=3)
+    assert_close(out, dense_attention(batch, 3), dtype)
+
+
+@needs_cpp
+@pytest.mark.usefixtures("cpp")
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cpp_thread_counts(threads: int) -> None:
     batch = make_batch(MIXED, (8, 2, 128, 16), torch.float32)
@@ -217,6 +290,8 @@ def test_cpp_rejects_bad_metadata() -> None:
         ops.paged_attention(*args[:4], too_short, *args[5:])
     with pytest.raises(ValueError, match="contiguous"):
         ops.paged_attention(args[0], batch.k_cache.transpose(0, 1), batch.v_cache.transpose(0, 1), *args[3:])
+    with pytest.raises(ValueError, match="invalid sizes"):  # the kernel's own check, under ops' one
+        ops._cpp_paged_attention(*args[:7], out=torch.empty(batch.query.shape), sliding_window=-1)
 
 
 def test_default_backend_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,10 +312,11 @@ def test_default_backend_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_backends_agree_through_ops(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("window", [0, 7])
+def test_backends_agree_through_ops(dtype: torch.dtype, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = make_batch(MIXED + DECODES + LONG_CHUNK, (9, 3, 64, 16), dtype, seed=2)
     outs = {}
     for name in ("torch", "cpp"):
         monkeypatch.setenv(ops.BACKEND_ENV, name)
-        outs[name] = ops.paged_attention(*batch.op_args())
+        outs[name] = ops.paged_attention(*batch.op_args(), sliding_window=window)
     assert_close(outs["cpp"], outs["torch"], dtype)

@@ -41,3 +41,16 @@ def test_matches_reference_on_mixed_batches(num_heads: int, num_kv_heads: int, b
     got = torch_paged.paged_attention(*case)
     assert not got.isnan().any()
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (9, 3)])
+@pytest.mark.parametrize("block_size", [16, 5])
+@pytest.mark.parametrize("window", [1, 7, 16, 23, 61, 1000])  # 16: one block and a context; 61: the longest
+def test_sliding_window_matches_reference(num_heads: int, num_kv_heads: int, block_size: int, window: int) -> None:
+    gen = torch.Generator().manual_seed(window * 100 + block_size)
+    lengths = [(1, 1), (1, 37), (23, 23), (7, 50), (1, 16), (30, 61)]  # (query rows, context length)
+    case = random_case(gen, num_heads, num_kv_heads, block_size, lengths, torch.float32)
+    want = reference.paged_attention(*case, sliding_window=window)
+    got = torch_paged.paged_attention(*case, sliding_window=window)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -34,12 +34,13 @@ def test_gpu_backends_are_refused_for_cpu_tensors(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("seqs", [[(1, 7), (1, 30), (1, 1)], [(1, 7), (4, 12), (9, 9)]], ids=["decode", "mixed"])
-def test_triton_routing_matches_dense(seqs: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize("window", [0, 5])
+def test_triton_routing_matches_dense(seqs: list[tuple[int, int]], window: int) -> None:
     batch = make_paged_batch(seqs, 4, 2, 16, 8, torch.float32, DEVICE)
     out = gpu_ops.paged_attention("triton", batch.query, batch.k_cache, batch.v_cache, batch.block_tables,
                                   batch.context_lens, batch.query_start_loc, batch.scale, batch.max_query_len,
-                                  batch.max_context_len)
-    assert_attention_close(out, batch)
+                                  batch.max_context_len, window)
+    assert_attention_close(out, batch, window)
 
 
 def test_silu_and_mul_cpu_path_unchanged() -> None:

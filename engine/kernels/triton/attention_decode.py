@@ -16,6 +16,9 @@ and a second kernel merges the splits:
 With one split the first kernel normalises and writes the output directly. Splits beyond a
 sequence's context write m = -inf, l = 0 and drop out of the merge, so the grid can be sized from
 a host-side bound (max_context_len) without reading device lengths: CUDA-graph safe.
+Sliding window W > 0 (local attention): the query at position ctx - 1 sees keys ctx - W .. ctx - 1,
+so the splits tile only those min(ctx, W) keys, starting at the first of them; no key before the
+window is read, and the grid is planned from min(max_context_len, W).
 Reference: engine/kernels/reference.py paged_attention (q_len = 1 rows).
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from engine.kernels.triton import next_pow2
 @triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, acc_ptr, m_ptr, l_ptr,
-    scale, partition, num_heads, num_splits,
+    scale, partition, num_heads, num_splits, window,
     q_stride_t, q_stride_h, c_stride_b, c_stride_s, c_stride_h, table_stride,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, PRECISION: tl.constexpr,
@@ -39,7 +42,8 @@ def _decode_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(lens_ptr + seq)
-    start = split * partition
+    first = tl.where(window > 0, tl.maximum(ctx - window, 0), 0)  # the window's first key
+    start = first + split * partition
     end = tl.minimum(start + partition, ctx)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -96,21 +100,29 @@ def _merge_kernel(out_ptr, acc_ptr, m_ptr, l_ptr, num_splits, HEAD_DIM: tl.const
     tl.store(out_ptr + row * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
+def attended_len(max_context_len: int, sliding_window: int) -> int:
+    """The most keys one decode query attends: its context, or the last sliding_window of it."""
+    return min(max_context_len, sliding_window) if sliding_window > 0 else max_context_len
+
+
 def plan_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, block_n: int,
-                target_programs: int = 264) -> tuple[int, int]:
+                target_programs: int = 264, sliding_window: int = 0) -> tuple[int, int]:
     """(num_splits, partition tokens): enough programs to fill ~132 SMs twice over, each split at
-    least one BLOCK_N tile. Depends only on host-side sizes, so a captured graph keeps it."""
-    tiles = max(1, -(-max_context_len // block_n))
+    least one BLOCK_N tile, the splits covering the attended keys (the window's, if any). Depends
+    only on host-side sizes, so a captured graph keeps it."""
+    keys = attended_len(max_context_len, sliding_window)
+    tiles = max(1, -(-keys // block_n))
     splits = max(1, min(tiles, -(-target_programs // max(1, num_seqs * num_kv_heads)), 64))
     partition = -(-tiles // splits) * block_n
-    return -(-max_context_len // partition), partition
+    return -(-keys // partition), partition
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context_len: int,
                      out: torch.Tensor | None = None, block_n: int | None = None,
-                     num_splits: int | None = None) -> torch.Tensor:
-    """Attention of one query token per sequence over its paged context (see the module comment)."""
+                     num_splits: int | None = None, sliding_window: int = 0) -> torch.Tensor:
+    """Attention of one query token per sequence over its paged context, or its last sliding_window
+    keys when > 0 (see the module comment)."""
     num_seqs, num_heads, head_dim = query.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and query.stride(-1) == 1
@@ -122,9 +134,11 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     assert out.is_contiguous() and out.shape == query.shape
     if num_splits is None:
-        num_splits, partition = plan_splits(num_seqs, num_kv_heads, max_context_len, block_n)
+        num_splits, partition = plan_splits(num_seqs, num_kv_heads, max_context_len, block_n,
+                                            sliding_window=sliding_window)
     else:
-        partition = -(-max(1, -(-max_context_len // num_splits)) // block_n) * block_n
+        keys = attended_len(max_context_len, sliding_window)
+        partition = -(-max(1, -(-keys // num_splits)) // block_n) * block_n
     block_d = next_pow2(head_dim)
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
     if num_splits > 1:
@@ -136,7 +150,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         acc = m = l = out  # unused
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, context_lens, out, acc, m, l,
-        scale, partition, num_heads, num_splits,
+        scale, partition, num_heads, num_splits, sliding_window,
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,

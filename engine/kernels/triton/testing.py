@@ -2,7 +2,9 @@
 
 The cache is NaN-poisoned everywhere no sequence wrote, and block-table entries past a sequence's
 blocks point at a poisoned block, so a kernel reading beyond what a sequence may see, or leaving
-an output element unwritten (outputs are poisoned by the callers), produces NaN.
+an output element unwritten (outputs are poisoned by the callers), produces NaN. With a sliding
+window, poison_before_windows also poisons the keys before every sequence's first window, which a
+kernel must skip rather than read and mask.
 """
 from __future__ import annotations
 
@@ -68,8 +70,22 @@ def make_paged_batch(seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: 
     )
 
 
-def dense_attention(batch: PagedBatch) -> torch.Tensor:
-    """Explicit causal softmax attention in float64, one sequence at a time, no paging."""
+def poison_before_windows(k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                          context_lens: torch.Tensor, query_start_loc: torch.Tensor, sliding_window: int) -> None:
+    """NaN-poisons, in place, each sequence's cached keys and values before its first query row's
+    window (positions < context_len - q_len - sliding_window + 1): no row may see them."""
+    block_size = k_cache.shape[1]
+    q_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
+    for s, (q_len, ctx) in enumerate(zip(q_lens, context_lens.tolist())):
+        hidden = torch.arange(max(0, ctx - q_len - sliding_window + 1), device=k_cache.device)
+        blocks = block_tables[s, hidden // block_size].long()
+        k_cache[blocks, hidden % block_size] = math.nan
+        v_cache[blocks, hidden % block_size] = math.nan
+
+
+def dense_attention(batch: PagedBatch, sliding_window: int = 0) -> torch.Tensor:
+    """Explicit causal softmax attention in float64, one sequence at a time, no paging; with
+    sliding_window W > 0 the row at position p sees only keys j with p - j < W."""
     outs = []
     starts = batch.query_start_loc.tolist()
     for s, (k, v) in enumerate(zip(batch.dense_k, batch.dense_v)):
@@ -81,11 +97,13 @@ def dense_attention(batch: PagedBatch) -> torch.Tensor:
         scores = torch.einsum("qhd,khd->hqk", q, k) * batch.scale
         keys = torch.arange(ctx, device=q.device)
         allowed = keys[None, :] <= keys[ctx - q_len:, None]
+        if sliding_window > 0:
+            allowed &= keys[ctx - q_len:, None] - keys[None, :] < sliding_window
         outs.append(torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, -math.inf).softmax(-1), v))
     return torch.cat(outs)
 
 
-def assert_attention_close(actual: torch.Tensor, batch: PagedBatch) -> None:
+def assert_attention_close(actual: torch.Tensor, batch: PagedBatch, sliding_window: int = 0) -> None:
     assert not actual.isnan().any(), "read unwritten (NaN-poisoned) cache or left output unwritten"
     tol = TOLERANCE[actual.dtype]
-    torch.testing.assert_close(actual.double(), dense_attention(batch), atol=tol, rtol=tol)
+    torch.testing.assert_close(actual.double(), dense_attention(batch, sliding_window), atol=tol, rtol=tol)
