@@ -38,6 +38,29 @@ class ModelConfig:
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
+    # Mixture of experts (Mixtral, Qwen3-MoE, Granite MoE): each MoE layer's MLP is num_experts SwiGLU
+    # experts of moe_intermediate_size, num_experts_per_tok of them chosen per token by a softmax router,
+    # their weights rescaled to sum to 1 when norm_topk_prob. 0 experts: every layer is dense.
+    # dense_layers: layers that keep a dense MLP of intermediate_size (Qwen3-MoE's mlp_only_layers).
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    dense_layers: tuple[int, ...] = ()
+
+    # Local attention (Gemma 3): the layers in sliding_layers attend to the last sliding_window positions
+    # only, with rotary at rope_local_theta (None: rope_theta) and no rope scaling.
+    sliding_window: int = 0
+    sliding_layers: tuple[int, ...] = ()
+    rope_local_theta: float | None = None
+    hidden_act: str = "silu"  # the MLP's gate activation: "silu" or "gelu_tanh" (Gemma)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer not in self.dense_layers
+
+    def window_of(self, layer: int) -> int:
+        """The layer's attention window, 0 for none."""
+        return self.sliding_window if layer in self.sliding_layers else 0
 
 
 @dataclass(slots=True)

@@ -57,8 +57,10 @@ class ModelRunner:
         self.max_model_len = min(engine_config.max_model_len or model_config.max_position_embeddings,
                                  self.num_blocks * self.block_size)
         self.graphs: DecodeGraphs | None = None
-        # Graphs serve decode steps, which an embedding engine never runs.
-        if self.cuda and not self.embeds and os.environ.get(GRAPHS_ENV, "1") != "0" and self._graph_safe_backend():
+        # Graphs serve decode steps, which an embedding engine never runs. A mixture of experts runs each
+        # expert over the rows routed to it, counted on the host (engine/kernels/moe.py): not capturable.
+        if (self.cuda and not self.embeds and not model_config.num_experts
+                and os.environ.get(GRAPHS_ENV, "1") != "0" and self._graph_safe_backend()):
             self.graphs = self._capture_graphs()
 
     def bytes_per_block(self) -> int:

@@ -1,7 +1,8 @@
-"""Load a llama.cpp GGUF file (llama, qwen2, qwen3, granite or phi3) into a ModelConfig and HF-named torch
-tensors."""
+"""Load a llama.cpp GGUF file (llama, qwen2, qwen3, granite or phi3, and the mixtures of experts: llama with
+experts (Mixtral), qwen3moe and granitemoe) into a ModelConfig and HF-named torch tensors."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -18,11 +19,13 @@ from engine.loader.fused_layout import split_fused_projections
 from engine.loader.gguf_metadata import read_gguf_metadata
 from engine.loader.gguf_quants import UnsupportedQuantError, dequantize
 from engine.loader.llama_layout import check_shapes, expected_shapes
+from engine.loader.moe_layout import unstack_experts
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "granite", "phi3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "granite", "phi3", "qwen3moe", "granitemoe", "gemma3")
 # llama.cpp's converter interleaves Q/K rows for ggml's normal rope only in these (LlamaModel.permute, which
-# GraniteModel inherits); qwen2 and qwen3 run NEOX rope, which is HF's rotate_half layout, and keep their rows.
-_ROTARY_PERMUTED = ("llama", "granite")
+# GraniteModel and the Mixtral a llama file holds inherit); qwen2 and qwen3 run NEOX rope, which is HF's
+# rotate_half layout, and keep their rows. (ModelConfig.architecture names: a llama file with experts is "mixtral".)
+_ROTARY_PERMUTED = ("llama", "granite", "mixtral", "granitemoe")
 
 # Llama 3.1-style GGUFs carry their llama3 rope scaling as this precomputed tensor (see load_gguf).
 ROPE_FREQS = "rope_freqs"
@@ -45,10 +48,20 @@ _BLOCK_TENSORS = {
     "ffn_norm": "post_attention_layernorm",
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
+    # A MoE layer's router, and its experts' projections stacked (E, rows, cols): loader/moe_layout.py splits them.
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
 }
 # llama.cpp's phi3 (Phi-3, Phi-4) keeps HF's fused projections: attn_qkv is qkv_proj, and its ffn_up is
 # gate_up_proj, gate rows first (ggml_swiglu takes the silu operand from the first half), not up_proj.
 _PHI3_BLOCK_TENSORS = _BLOCK_TENSORS | {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+# Gemma 3's four norms a layer: its ffn_norm is the one before the MLP, and the attention's and the MLP's outputs
+# have their own. (llama.cpp's converter stores each gain as 1 + w, as engine/models/gemma3.py holds them.)
+_GEMMA3_BLOCK_TENSORS = _BLOCK_TENSORS | {"ffn_norm": "pre_feedforward_layernorm",
+                                          "post_attention_norm": "post_attention_layernorm",
+                                          "post_ffw_norm": "post_feedforward_layernorm"}
 # Phi-3's longrope scaling (the 128k models), per-dimension rotary factors the decoder does not apply.
 _LONGROPE_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
@@ -125,8 +138,11 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
     tokens = meta.get("tokenizer.ggml.tokens")
     bos_id = meta.get("tokenizer.ggml.bos_token_id")
     eos_ids = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    experts = _experts(meta, str(arch), get, path) if f"{arch}.expert_count" in meta else {}
+    # llama.cpp stores Mixtral as llama with experts; its config is Mixtral's
+    name = "mixtral" if arch == "llama" and experts else str(arch)
     return ModelConfig(
-        architecture=str(arch),
+        architecture=name,
         vocab_size=get("vocab_size", int, len(tokens) if isinstance(tokens, list) else None),
         hidden_size=hidden,
         intermediate_size=get("feed_forward_length", int),
@@ -136,18 +152,49 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", real)),
         rope_theta=float(get("rope.freq_base", real, 10000.0)),
-        max_position_embeddings=_context(meta, str(arch), get("context_length", int)),
+        # Gemma 3's local layers run their window: its context is its own
+        max_position_embeddings=(get("context_length", int) if arch == "gemma3"
+                                 else _context(meta, str(arch), get("context_length", int))),
         tie_word_embeddings="output.weight" not in tensor_names,
         rope_scaling=_rope_scaling(meta, str(arch), path),
         bos_token_id=bos_id if isinstance(bos_id, int) else None,
         eos_token_ids=tuple(dict.fromkeys(i for i in eos_ids if isinstance(i, int))),
         qkv_bias=arch == "qwen2",  # llama.cpp's qwen2 always has q/k/v biases, as HF's Qwen2 does
-        qk_norm=arch == "qwen3",
-        **(_granite_scales(meta, get) if arch == "granite" else {}),
+        qk_norm=arch in ("qwen3", "qwen3moe", "gemma3"),
+        **(_granite_scales(meta, str(arch), get) if arch in ("granite", "granitemoe") else {}),
+        **experts,
+        **(_gemma3(get, hidden, num_heads, head_dim) if arch == "gemma3" else {}),
     )
 
 
-def _granite_scales(meta: dict[str, object], get: Callable[..., object]) -> dict[str, float | None]:
+def _gemma3(get: Callable[..., object], hidden: int, num_heads: int, head_dim: int) -> dict[str, object]:
+    """Gemma 3 as llama.cpp's gemma3 computes it, which its files do not spell out: every sixth layer global,
+    the others local at base frequency 10000; scores scaled by head_dim ** -0.5, but by (hidden / heads) ** -0.5
+    in the 62-layer 27B (query_pre_attn_scalar in its config.json)."""
+    num_layers = get("block_count", int)
+    scalar = hidden // num_heads if num_layers == 62 else head_dim
+    return {"hidden_act": "gelu_tanh", "embedding_multiplier": math.sqrt(hidden), "attention_multiplier": scalar ** -0.5,
+            "sliding_window": get("attention.sliding_window", int),
+            "sliding_layers": tuple(i for i in range(num_layers) if (i + 1) % 6), "rope_local_theta": 10_000.0}
+
+
+def _experts(meta: dict[str, object], arch: str, get: Callable[..., object], path: str) -> dict[str, object]:
+    """ModelConfig's mixture-of-experts fields. Every layer is sparse in llama.cpp's MoE architectures, and its
+    llama, qwen3moe and granitemoe graphs renormalise the chosen experts' weights unless the file says not to.
+    Qwen3-MoE's experts have their own size (expert_feed_forward_length); Mixtral's and Granite's are the
+    feed_forward_length."""
+    num_experts = get("expert_count", int)
+    top_k = get("expert_used_count", int)
+    if top_k > num_experts:
+        raise ModelLoadError(f"{path}: {arch}.expert_used_count {top_k} exceeds {arch}.expert_count {num_experts}")
+    if f"{arch}.expert_shared_count" in meta or f"{arch}.expert_shared_feed_forward_length" in meta:
+        raise ModelLoadError(f"{path}: shared experts are unsupported")
+    return {"num_experts": num_experts, "num_experts_per_tok": top_k,
+            "moe_intermediate_size": get("expert_feed_forward_length", int, get("feed_forward_length", int)),
+            "norm_topk_prob": bool(meta.get(f"{arch}.expert_weights_norm", True))}
+
+
+def _granite_scales(meta: dict[str, object], arch: str, get: Callable[..., object]) -> dict[str, float | None]:
     """ModelConfig's Granite scales, missing keys read as llama.cpp's granite reads them: no logit_scale is an
     error, no embedding or residual scale means none, no attention scale means head_dim ** -0.5. (Its
     converter writes all four: transformers' config.json always has them, each 1.0 by default.)"""
@@ -155,7 +202,7 @@ def _granite_scales(meta: dict[str, object], get: Callable[..., object]) -> dict
     return {
         "embedding_multiplier": float(get("embedding_scale", real, 1.0)),
         "residual_multiplier": float(get("residual_scale", real, 1.0)),
-        "attention_multiplier": float(get("attention.scale", real)) if "granite.attention.scale" in meta else None,
+        "attention_multiplier": float(get("attention.scale", real)) if f"{arch}.attention.scale" in meta else None,
         "logits_scaling": float(get("logit_scale", real)),
     }
 
@@ -205,7 +252,8 @@ def _weights(
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{path}: tensor {tensor.name} is corrupt ({e})") from e
         blocks = None
-        if keep_q4_1 and tensor.tensor_type == GGMLQuantizationType.Q4_1 and name.endswith(_LINEARS):
+        if (keep_q4_1 and tensor.tensor_type == GGMLQuantizationType.Q4_1 and name.endswith(_LINEARS)
+                and len(shape) == 2):  # (not the stacked experts', which the bf16 kernel reads)
             blocks = _file_bytes(tensor.data).reshape(shape[0], -1)
         n_head = _permuted_heads(name, config)
         if n_head is not None:
@@ -214,19 +262,25 @@ def _weights(
         weights[name] = value if name == ROPE_FREQS else value.to(dtype)
         if blocks is not None:
             weights[name + Q4_1_SUFFIX] = blocks.contiguous()
+    _split_layout(weights, config)
     if config.architecture == "phi3":
-        split_fused_projections(weights, config)
         split_fused_projections(weights, config, Q4_1_SUFFIX)
     return weights
 
 
+def _split_layout(weights: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """A phi3 file's fused projections split, a MoE file's stacked experts too."""
+    if config.architecture == "phi3":
+        split_fused_projections(weights, config)
+    if config.num_experts:
+        unstack_experts(weights)
+
+
 def _split_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes _weights returns: a phi3 file's fused projections split. Meta tensors have shapes
-    and no data, so split_fused_projections itself splits them, as it will the weights."""
-    if config.architecture != "phi3":
-        return shapes
+    """The tensor shapes _weights returns. Meta tensors have shapes and no data, so _split_layout itself
+    splits them, as it will the weights."""
     meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    split_fused_projections(meta, config)
+    _split_layout(meta, config)
     return {name: tuple(t.shape) for name, t in meta.items()}
 
 
@@ -241,7 +295,7 @@ def _file_bytes(data: np.ndarray) -> torch.Tensor:
 def _hf_name(gguf_name: str, arch: str, path: str) -> str:
     if gguf_name in _GLOBAL_TENSORS:
         return _GLOBAL_TENSORS[gguf_name]
-    block_tensors = _PHI3_BLOCK_TENSORS if arch == "phi3" else _BLOCK_TENSORS
+    block_tensors = {"phi3": _PHI3_BLOCK_TENSORS, "gemma3": _GEMMA3_BLOCK_TENSORS}.get(arch, _BLOCK_TENSORS)
     match = _BLOCK_NAME.fullmatch(gguf_name)
     if match is None or match.group(2) not in block_tensors:
         raise ModelLoadError(f"{path}: unsupported tensor {gguf_name}")

@@ -1,5 +1,5 @@
-"""Load a Hugging Face Llama, Mistral, Qwen2, Qwen3, Granite or Phi-3/Phi-4 checkpoint folder (config.json +
-safetensors)."""
+"""Load a Hugging Face Llama, Mistral, Qwen2, Qwen3, Granite or Phi-3/Phi-4 checkpoint folder, or one of
+the mixtures of experts Mixtral, Qwen3-MoE and Granite MoE (config.json + safetensors)."""
 from __future__ import annotations
 
 import json
@@ -10,19 +10,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from engine.config import ModelConfig
+from engine.loader import gemma3_layout
 from engine.loader.errors import ModelLoadError
 from engine.loader.fused_layout import split_fused_projections
 from engine.loader.llama_layout import check_shapes, expected_shapes
+from engine.loader.moe_layout import unstack_experts
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                            "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "GraniteForCausalLM": "granite",
-                           "Phi3ForCausalLM": "phi3",
+                           "Phi3ForCausalLM": "phi3", "MixtralForCausalLM": "mixtral",
+                           "Qwen3MoeForCausalLM": "qwen3moe", "GraniteMoeForCausalLM": "granitemoe",
+                           # Gemma 3's text decoder; of the multimodal sizes, their language model alone
+                           "Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3",
                            # Bare decoders, as embedding models ship (Qwen3-Embedding): no lm_head,
                            # tensor names without the "model." prefix.
                            "LlamaModel": "llama", "MistralModel": "llama", "Qwen2Model": "qwen2",
                            "Qwen3Model": "qwen3"}
 _SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                          "granite": "granite", "phi3": "phi3"}
+                          "granite": "granite", "phi3": "phi3", "mixtral": "mixtral", "qwen3_moe": "qwen3moe",
+                          "granitemoe": "granitemoe", "gemma3_text": "gemma3", "gemma3": "gemma3"}
 _ROPE_TYPES = ("default", "linear", "llama3")  # what engine/models/layers.py rope_inv_freq computes
 _INDEX_FILE = "model.safetensors.index.json"
 
@@ -41,12 +47,16 @@ def load_hf_folder(path: str, dtype: torch.dtype, lm_head: bool = True) -> tuple
     raw = read_json(folder / "config.json")
     config = config_from_hf(raw, path, generation_eos(folder))
     weights = _with_model_prefix(_read_safetensors(folder))
+    if config.architecture == "gemma3":
+        weights = gemma3_layout.text_weights(weights)
     for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
         del weights[name]  # a buffer older checkpoints saved; recomputed from the config
     if config.tie_word_embeddings or not lm_head:
         weights.pop("lm_head.weight", None)
     if config.architecture == "phi3":
         split_fused_projections(weights, config)
+    if config.num_experts:
+        unstack_experts(weights)
     check_shapes({name: tuple(t.shape) for name, t in weights.items()}, expected_shapes(config, lm_head), path)
     return config, {name: t.to(dtype) for name, t in weights.items()}
 
@@ -70,6 +80,8 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         raise ModelLoadError(
             f"{path}: unsupported architecture {found!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    if arch == "gemma3":
+        raw = gemma3_layout.text_config(raw)
 
     def get(key: str, default: object = None) -> object:
         value = raw.get(key)
@@ -104,16 +116,46 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         head_dim=int(get("head_dim", hidden // num_heads)),
         rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
-        max_position_embeddings=_context(raw, int(get("max_position_embeddings"))),
+        # Gemma 3's local layers run their window (ModelConfig.sliding_window): its context is its own
+        max_position_embeddings=(int(get("max_position_embeddings")) if arch == "gemma3"
+                                 else _context(raw, int(get("max_position_embeddings")))),
         # Llama's and Mistral's own default, not PretrainedConfig's (True)
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
         rope_scaling=rope_scaling,
         bos_token_id=raw.get("bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys([*eos_ids, *extra_eos])),
         qkv_bias=arch == "qwen2",  # Qwen2's q/k/v projections always have biases (its o_proj none)
-        qk_norm=arch == "qwen3",
-        **(_granite_scales(raw) if arch == "granite" else {}),
+        qk_norm=arch in ("qwen3", "qwen3moe", "gemma3"),
+        **(_granite_scales(raw) if arch in ("granite", "granitemoe") else {}),
+        **(_experts(raw, arch, path, int(get("num_hidden_layers"))) if arch in _MOE_ARCHITECTURES else {}),
+        **(gemma3_layout.fields(raw, path) if arch == "gemma3" else {}),
     )
+
+
+_MOE_ARCHITECTURES = ("mixtral", "qwen3moe", "granitemoe")
+
+
+def _experts(raw: dict, arch: str, path: str, num_layers: int) -> dict[str, object]:
+    """ModelConfig's mixture-of-experts fields. Qwen3-MoE sizes its experts by moe_intermediate_size
+    (intermediate_size is its dense layers'), chooses which layers are sparse (decoder_sparse_step,
+    mlp_only_layers) and whether to renormalise (norm_topk_prob, False by transformers' default);
+    Mixtral and Granite MoE renormalise, and every layer is sparse."""
+    num_experts = raw.get("num_experts") or raw.get("num_local_experts")
+    top_k = raw.get("num_experts_per_tok")
+    if not isinstance(num_experts, int) or not isinstance(top_k, int) or not 0 < top_k <= num_experts:
+        raise ModelLoadError(f"{path}: a mixture of experts needs num_experts (or num_local_experts) and "
+                             f"0 < num_experts_per_tok <= num_experts, not {num_experts!r} and {top_k!r}")
+    if raw.get("shared_expert_intermediate_size"):
+        raise ModelLoadError(f"{path}: shared experts are unsupported")
+    if arch != "qwen3moe":
+        return {"num_experts": num_experts, "num_experts_per_tok": top_k,
+                "moe_intermediate_size": int(raw["intermediate_size"]), "norm_topk_prob": True}
+    step = int(raw.get("decoder_sparse_step") or 1)
+    dense_only = set(raw.get("mlp_only_layers") or [])
+    return {"num_experts": num_experts, "num_experts_per_tok": top_k,
+            "moe_intermediate_size": int(raw.get("moe_intermediate_size") or raw["intermediate_size"]),
+            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
+            "dense_layers": tuple(i for i in range(num_layers) if i in dense_only or (i + 1) % step)}
 
 
 def _granite_scales(raw: dict) -> dict[str, float]:

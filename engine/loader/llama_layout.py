@@ -25,18 +25,32 @@ def expected_shapes(config: ModelConfig, lm_head: bool = True) -> dict[str, tupl
             p + "self_attn.k_proj.weight": (kv, h),
             p + "self_attn.v_proj.weight": (kv, h),
             p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (config.intermediate_size, h),
-            p + "mlp.up_proj.weight": (config.intermediate_size, h),
-            p + "mlp.down_proj.weight": (h, config.intermediate_size),
             p + "input_layernorm.weight": (h,),
             p + "post_attention_layernorm.weight": (h,),
         }
+        shapes |= _mlp_shapes(config, i)
         if config.qkv_bias:
             shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                        p + "self_attn.v_proj.bias": (kv,)}
+        if config.architecture == "gemma3":
+            shapes |= {p + "pre_feedforward_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,)}
         if config.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (config.head_dim,),
                        p + "self_attn.k_norm.weight": (config.head_dim,)}
+    return shapes
+
+
+def _mlp_shapes(config: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """A dense layer's gate/up/down projections, or a MoE layer's router and experts (Qwen3-MoE's names)."""
+    p, h = f"model.layers.{layer}.mlp.", config.hidden_size
+    if not config.is_moe_layer(layer):
+        i = config.intermediate_size
+        return {p + "gate_proj.weight": (i, h), p + "up_proj.weight": (i, h), p + "down_proj.weight": (h, i)}
+    i = config.moe_intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {p + "gate.weight": (config.num_experts, h)}
+    for e in range(config.num_experts):
+        q = f"{p}experts.{e}."
+        shapes |= {q + "gate_proj.weight": (i, h), q + "up_proj.weight": (i, h), q + "down_proj.weight": (h, i)}
     return shapes
 
 

@@ -94,9 +94,12 @@ class RotaryEmbedding(nn.Module):
 class PagedAttention(nn.Module):
     """Writes this step's K/V into the layer's paged cache, then attends over the cache."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None) -> None:
-        """scale: of the attention scores, head_dim ** -0.5 unless the model sets its own (Granite)."""
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None,
+                 sliding_window: int = 0) -> None:
+        """scale: of the attention scores, head_dim ** -0.5 unless the model sets its own (Granite).
+        sliding_window: attend to that many last positions only (a local layer of Gemma 3); 0: all."""
         super().__init__()
+        self.sliding_window = sliding_window
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -108,4 +111,5 @@ class PagedAttention(nn.Module):
         meta = get_attention_metadata()
         ops.write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         return ops.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens,
-                                   meta.query_start_loc, self.scale, meta.max_query_len, meta.max_context_len)
+                                   meta.query_start_loc, self.scale, meta.max_query_len, meta.max_context_len,
+                                   sliding_window=self.sliding_window)

@@ -23,6 +23,7 @@ from engine.kernels import decoder_stack, ops
 from engine.loader.gguf_loader import Q4_1_SUFFIX
 from engine.memory import release_free_heap
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
+from engine.models.moe import SparseMoeBlock
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (T, 1, head_dim)
 FUSED_ENV = "LLMAAS_FUSED_DECODER"
@@ -67,7 +68,6 @@ def _head_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
@@ -76,12 +76,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = LlamaAttention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.mlp: LlamaMLP | SparseMoeBlock = SparseMoeBlock(config) if config.is_moe_layer(index) else LlamaMLP(config)
         self.residual_multiplier = config.residual_multiplier
 
     def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
                                          _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.rotary = RotaryEmbedding(config)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size) if lm_head else None
         self.requires_grad_(False)
@@ -153,6 +153,8 @@ class LlamaForCausalLM(nn.Module):
         return self._stack
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
+        if self.config.num_experts:  # the C++ stack runs dense MLPs only
+            return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                         layer.mlp.gate_up_proj, layer.mlp.down_proj)]
@@ -228,11 +230,14 @@ class LlamaForCausalLM(nn.Module):
                 set_weight(attn.k_norm, take(p + "self_attn.k_norm.weight"), dtype, device)
             set_weight(attn.o_proj, take(p + "self_attn.o_proj.weight"), dtype, device)
             take_q4_1(attn.o_proj, [p + "self_attn.o_proj.weight"])
-            gate_up = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-            set_weight(layer.mlp.gate_up_proj, torch.cat([take(n) for n in gate_up]), dtype, device)
-            take_q4_1(layer.mlp.gate_up_proj, gate_up)
-            set_weight(layer.mlp.down_proj, take(p + "mlp.down_proj.weight"), dtype, device)
-            take_q4_1(layer.mlp.down_proj, [p + "mlp.down_proj.weight"])
+            if isinstance(layer.mlp, SparseMoeBlock):
+                layer.mlp.load(take, p + "mlp.", dtype, device)
+            else:
+                gate_up = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+                set_weight(layer.mlp.gate_up_proj, torch.cat([take(n) for n in gate_up]), dtype, device)
+                take_q4_1(layer.mlp.gate_up_proj, gate_up)
+                set_weight(layer.mlp.down_proj, take(p + "mlp.down_proj.weight"), dtype, device)
+                take_q4_1(layer.mlp.down_proj, [p + "mlp.down_proj.weight"])
             set_weight(layer.input_layernorm, take(p + "input_layernorm.weight"), dtype, device)
             set_weight(layer.post_attention_layernorm, take(p + "post_attention_layernorm.weight"), dtype, device)
         unused = [n for n in weights if not n.endswith("rotary_emb.inv_freq")]
@@ -246,6 +251,10 @@ class LlamaForCausalLM(nn.Module):
                 # near one copy of the weights.
                 release_free_heap()
             module.pack()
+        for layer in self.layers:
+            if isinstance(layer.mlp, SparseMoeBlock):
+                release_free_heap()
+                layer.mlp.pack()
         if self.config.tie_word_embeddings and self.lm_head is not None and self.lm_head.packed is not None:
             # The packed output projection holds the embeddings too (gather_rows reads a row out of
             # it): the plain copy goes, 2 bytes a parameter of the vocabulary's matrix.

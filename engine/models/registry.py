@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.gemma3 import Gemma3ForCausalLM
 from engine.models.llama import LlamaForCausalLM
 
 MODEL_FAMILIES: dict[str, type[nn.Module]] = {
@@ -13,6 +14,11 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "qwen3": LlamaForCausalLM,
     "granite": LlamaForCausalLM,  # Llama with four scales (ModelConfig's multipliers)
     "phi3": LlamaForCausalLM,  # Phi-3 and Phi-4: Llama, its projections stored fused (loader/fused_layout.py)
+    # Mixtures of experts: each MLP is a SparseMoeBlock (engine/models/moe.py; ModelConfig's num_experts).
+    "mixtral": LlamaForCausalLM,
+    "qwen3moe": LlamaForCausalLM,
+    "granitemoe": LlamaForCausalLM,
+    "gemma3": Gemma3ForCausalLM,
 }
 
 

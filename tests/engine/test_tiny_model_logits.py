@@ -2,7 +2,10 @@
 (safetensors), through the paged cache: a prompt computed in chunks, then decode steps, for two
 sequences batched together. A Llama with GQA and Llama 3 rope scaling; a Qwen2 (q/k/v biases); a
 Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings); a Granite
-(its embedding, residual, attention and logits scales); a Phi-3 (q/k/v and gate/up stored fused)."""
+(its embedding, residual, attention and logits scales); a Phi-3 (q/k/v and gate/up stored fused); and the
+mixtures of experts Mixtral (w1/w3/w2 experts), Qwen3-MoE (a dense layer among sparse ones, weights not
+renormalised) and Granite MoE (experts stored stacked, Granite's scales); a Gemma 3 (local layers with a
+20-token window among global ones, each kind with its own rotary, four norms a layer, GELU)."""
 from __future__ import annotations
 
 import pytest
@@ -39,11 +42,32 @@ def _tiny_model(family: str) -> torch.nn.Module:
         config = transformers.GraniteConfig(**common, tie_word_embeddings=True, embedding_multiplier=12.0,
                                             residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0)
         return transformers.GraniteForCausalLM(config)
+    if family == "mixtral":
+        config = transformers.MixtralConfig(**common | {"intermediate_size": 48}, num_local_experts=8,
+                                            num_experts_per_tok=2, tie_word_embeddings=False)
+        return transformers.MixtralForCausalLM(config)
+    if family == "qwen3moe":
+        config = transformers.Qwen3MoeConfig(**common, head_dim=16, num_experts=8, num_experts_per_tok=3,
+                                             moe_intermediate_size=32, mlp_only_layers=[1], norm_topk_prob=False,
+                                             tie_word_embeddings=False)
+        return transformers.Qwen3MoeForCausalLM(config)
+    if family == "granitemoe":
+        config = transformers.GraniteMoeConfig(**common | {"intermediate_size": 40}, num_local_experts=6,
+                                               num_experts_per_tok=2, tie_word_embeddings=True,
+                                               embedding_multiplier=12.0, residual_multiplier=0.22,
+                                               attention_multiplier=0.0625, logits_scaling=8.0)
+        return transformers.GraniteMoeForCausalLM(config)
+    if family == "gemma3":
+        config = transformers.Gemma3TextConfig(**common | {"num_hidden_layers": 7}, head_dim=16, sliding_window=20,
+                                               query_pre_attn_scalar=24, tie_word_embeddings=True,
+                                               rope_scaling={"rope_type": "linear", "factor": 4.0})
+        return transformers.Gemma3ForCausalLM(config)
     config = transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=True)
     return transformers.Qwen3ForCausalLM(config)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "granite", "phi3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "granite", "phi3",
+                                                          "mixtral", "qwen3moe", "granitemoe", "gemma3"])
 def tiny_model(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
     torch.manual_seed(0)
@@ -63,7 +87,10 @@ def test_chunked_prefill_and_decode_logits_match(tiny_model, backend: str, monke
     family, path, hf_model = tiny_model
     config, weights = load_hf_folder(path, torch.float32)
     assert config.architecture == family and config.num_kv_heads == 2
-    assert (config.qkv_bias, config.qk_norm) == (family == "qwen2", family == "qwen3")
+    assert (config.qkv_bias, config.qk_norm) == (family == "qwen2", family in ("qwen3", "qwen3moe", "gemma3"))
+    assert config.sliding_layers == ((0, 1, 2, 3, 4, 6) if family == "gemma3" else ())
+    assert config.num_experts == {"mixtral": 8, "qwen3moe": 8, "granitemoe": 6}.get(family, 0)
+    assert config.dense_layers == ((1,) if family == "qwen3moe" else ())
     engine_config = EngineConfig(block_size=8, kv_cache_bytes=64 * 1024 * 1024)
     runner = ModelRunner(config, weights, engine_config)
     blocks = BlockManager(runner.num_blocks, engine_config.block_size)

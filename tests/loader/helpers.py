@@ -34,8 +34,11 @@ ROPE_SCALING = {
     "original_max_position_embeddings": 64,
 }
 
-# The model types whose Q/K rows llama.cpp's converter permutes (LlamaModel and its GraniteModel subclass).
-_PERMUTED_TYPES = ("llama", "granite")
+# The model types whose Q/K rows llama.cpp's converter permutes (LlamaModel and its subclasses: GraniteModel,
+# GraniteMoeModel, and LlamaModel itself converting Mixtral).
+_PERMUTED_TYPES = ("llama", "granite", "mixtral", "granitemoe")
+# general.architecture by model_type, where llama.cpp's differs.
+_GGUF_ARCHITECTURES = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3"}
 
 # Byte offsets of each block's fp16 scale/min fields; random bytes there would often be inf/NaN.
 F16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
@@ -58,7 +61,13 @@ _BLOCK_NAMES = {
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
     # Phi-3's fused projections: llama.cpp keeps them, its ffn_up holding gate_up_proj
     "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
+    # A MoE layer's router and its experts' stacked projections (see moe_checkpoint_tensors)
+    "mlp.gate": "ffn_gate_inp", "mlp.experts.gate_proj": "ffn_gate_exps", "mlp.experts.up_proj": "ffn_up_exps",
+    "mlp.experts.down_proj": "ffn_down_exps",
 }
+# Gemma 3's norms (llama.cpp's ffn_norm is its pre_feedforward_layernorm)
+_GEMMA3_NAMES = _BLOCK_NAMES | {"pre_feedforward_layernorm": "ffn_norm", "post_attention_layernorm": "post_attention_norm",
+                                "post_feedforward_layernorm": "post_ffw_norm"}
 _TOP_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -111,6 +120,51 @@ def tiny_granite_model() -> PreTrainedModel:
     return model.eval()
 
 
+def tiny_moe_model(model_type: str) -> PreTrainedModel:
+    """A random tiny mixture of experts as llama.cpp converts it: Mixtral, Qwen3-MoE (renormalised, every layer
+    sparse, as llama.cpp's qwen3moe computes) or Granite MoE (tied, Granite's scales). std 0.2 weights, as
+    tiny_granite_model's, so that routing differs token to token; random norm gains."""
+    import transformers
+
+    common: dict = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                        vocab_size=300, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                        num_experts_per_tok=2, initializer_range=0.2)
+    if model_type == "mixtral":
+        model: PreTrainedModel = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+            **common, intermediate_size=64, num_local_experts=6, tie_word_embeddings=False))
+    elif model_type == "qwen3_moe":
+        model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            **common, intermediate_size=96, moe_intermediate_size=32, num_experts=6, head_dim=16,
+            norm_topk_prob=True, tie_word_embeddings=False))
+    else:
+        model = transformers.GraniteMoeForCausalLM(transformers.GraniteMoeConfig(
+            **common, intermediate_size=32, num_local_experts=5, tie_word_embeddings=True,
+            embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)
+    return model.eval()
+
+
+def tiny_gemma3_model() -> PreTrainedModel:
+    """A random tiny Gemma 3 (7 layers: the sixth global, the rest local with a 12-token window; linear rope
+    scaling on the global ones; query_pre_attn_scalar = head_dim, as all sizes but the 27B have), std 0.2
+    weights, random norm weights (Gemma starts them at 0: gains of 1)."""
+    import transformers
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=12, max_position_embeddings=256,
+        bos_token_id=2, eos_token_id=1, initializer_range=0.2, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    model = transformers.Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3)
+    return model.eval()
+
+
 def tiny_phi3_model() -> PreTrainedModel:
     """A random tiny Phi-3 (untied, GQA so that q, k and v split unevenly, a sliding window shorter than
     its context as Phi-3-mini's), std 0.2 weights as tiny_granite_model's, random norm gains."""
@@ -127,8 +181,22 @@ def tiny_phi3_model() -> PreTrainedModel:
 
 
 def checkpoint_tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The float32 tensors save_pretrained writes, which llama.cpp's converter reads: a tied lm_head is not one."""
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    """The float32 tensors save_pretrained writes, which llama.cpp's converter reads: a tied lm_head is not one.
+    A mixture of experts' come with each layer's experts stacked per projection, as llama.cpp's converter
+    merges them: mlp.experts.{gate,up,down}_proj.weight (E, rows, cols), the router as mlp.gate.weight."""
+    tensors = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for name in list(tensors):
+        prefix, _, rest = name.partition("block_sparse_moe.")
+        if rest == "router.weight":  # Granite MoE's, in transformers 5's names
+            tensors[prefix + "mlp.gate.weight"] = tensors.pop(name)
+        if rest.startswith("experts."):
+            tensors[prefix + "mlp." + rest] = tensors.pop(name)
+    for name in [n for n in tensors if n.endswith("mlp.experts.gate_up_proj")]:
+        gate, up = tensors.pop(name).chunk(2, dim=1)  # transformers 5's stacked (E, 2I, H), gate rows first
+        stem = name.removesuffix("gate_up_proj")
+        tensors[stem + "gate_proj.weight"], tensors[stem + "up_proj.weight"] = gate.contiguous(), up.contiguous()
+        tensors[stem + "down_proj.weight"] = tensors.pop(stem + "down_proj")
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -212,12 +280,12 @@ def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def gguf_tensor_name(hf_name: str) -> str:
+def gguf_tensor_name(hf_name: str, model_type: str = "llama") -> str:
     if hf_name in _TOP_NAMES:
         return _TOP_NAMES[hf_name]
     _, _, layer, rest = hf_name.split(".", 3)
     module, param = rest.rsplit(".", 1)
-    return f"blk.{layer}.{_BLOCK_NAMES[module]}.{param}"
+    return f"blk.{layer}.{(_GEMMA3_NAMES if model_type == 'gemma3_text' else _BLOCK_NAMES)[module]}.{param}"
 
 
 def llamacpp_matrix(name: str, w: np.ndarray, cfg: PretrainedConfig) -> np.ndarray:
@@ -247,14 +315,15 @@ def write_llama_gguf(
     `arch` (default the config's model_type), Q/K permuted for llama and granite, Granite's multipliers as
     its scales, Phi-3's keys and longrope factors, 2-D tensors through `encode_matrix` (-> data, GGML type
     for GGUFWriter's raw_dtype), 1-D tensors in F32, rope_freqs for llama3 scaling."""
-    writer = gguf.GGUFWriter(path, arch or cfg.model_type)
+    writer = gguf.GGUFWriter(path, arch or _GGUF_ARCHITECTURES.get(cfg.model_type, cfg.model_type))
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3's per layer type
+    writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     # llama.cpp writes these where config.json has head_dim (GraniteConfig has none; GraniteModel drops one)
     head_dim = getattr(cfg, "head_dim", None)
@@ -264,8 +333,20 @@ def write_llama_gguf(
     if cfg.model_type in _PERMUTED_TYPES:  # only LlamaModel writes these; a Qwen file's vocab size is its token count
         writer.add_rope_dimension_count(head_dim or cfg.hidden_size // cfg.num_attention_heads)
         writer.add_vocab_size(cfg.vocab_size)
-    if cfg.model_type == "granite":
+    if cfg.model_type in ("granite", "granitemoe"):
         _add_granite_scales(writer, cfg)
+    if cfg.model_type == "gemma3_text":  # Gemma3Model: the window, the global layers' rope scaling
+        writer.add_sliding_window(cfg.sliding_window)
+        scaling = cfg.rope_parameters["full_attention"]
+        if scaling.get("rope_type") == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(scaling["factor"])
+    num_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
+    if num_experts:  # TextModel.set_gguf_parameters, and Qwen3MoeModel's expert size
+        writer.add_expert_count(num_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        if cfg.model_type == "qwen3_moe":
+            writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     if cfg.model_type == "phi3":
         _add_phi3_parameters(writer, cfg)
     writer.add_tokenizer_model("gpt2")
@@ -275,9 +356,11 @@ def write_llama_gguf(
     writer.add_chat_template("{{ messages }}")
     for name, tensor in state.items():
         w = llamacpp_matrix(name, tensor.float().numpy(), cfg)
-        data, qtype = encode_matrix(w) if w.ndim == 2 else raw_f32(w)
-        writer.add_tensor(gguf_tensor_name(name), data, raw_dtype=qtype)
-    if rope_freqs and cfg.rope_parameters.get("rope_type") == "llama3":
+        if cfg.model_type == "gemma3_text" and name.endswith("norm.weight"):
+            w = w + 1  # Gemma3Model.modify_tensors: Gemma's gains are 1 + w
+        data, qtype = encode_matrix(w) if w.ndim >= 2 else raw_f32(w)
+        writer.add_tensor(gguf_tensor_name(name, cfg.model_type), data, raw_dtype=qtype)
+    if rope_freqs and rope.get("rope_type") == "llama3":
         writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,25 +1,33 @@
-"""load_gguf on a tiny random model of each architecture beyond llama, converted as llama.cpp's converter
+"""load_gguf on a tiny random model of each architecture beyond llama (the mixtures of experts included), converted as llama.cpp's converter
 does (tests/loader/helpers.py write_llama_gguf): the config, the weights and the logits are those the
 Hugging Face folder gives, and transformers' logits. What is particular to one architecture is tested in
 its own file (test_gguf_qwen.py, test_gguf_granite.py, test_gguf_phi3.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from gguf import GGMLQuantizationType
 from transformers import PreTrainedModel
 
 from engine.loader.gguf_loader import load_gguf
 from engine.loader.hf_loader import load_hf_folder
-from tests.loader.helpers import (TinyGguf, prefill_logits, tiny_gguf, tiny_granite_model, tiny_phi3_model,
-                                  tiny_qwen_model)
+from tests.loader.helpers import (TinyGguf, load_quantized, prefill_logits, tiny_gemma3_model, tiny_gguf,
+                                  tiny_granite_model, tiny_moe_model,
+                                  tiny_phi3_model, tiny_qwen_model)
 
 MODELS: dict[str, Callable[[], PreTrainedModel]] = {
     "qwen2": lambda: tiny_qwen_model("qwen2"),
     "qwen3": lambda: tiny_qwen_model("qwen3"),
     "granite": tiny_granite_model,  # Q/K rows permuted in the file, as llama's
     "phi3": tiny_phi3_model,  # q/k/v and gate/up fused in the file
+    # Mixtures of experts: the experts stacked per projection in the file
+    "mixtral": lambda: tiny_moe_model("mixtral"),  # a llama file with experts, Q/K rows permuted
+    "qwen3moe": lambda: tiny_moe_model("qwen3_moe"),
+    "granitemoe": lambda: tiny_moe_model("granitemoe"),  # Q/K rows permuted, Granite's scales
+    "gemma3": tiny_gemma3_model,  # four norms a layer, gains stored as 1 + w; local and global layers
 }
 
 
@@ -57,3 +65,27 @@ def test_logits_match_transformers(tiny: tuple[str, TinyGguf]) -> None:
     with torch.inference_mode():
         want = model.model(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.fixture(scope="module", params=["mixtral", "qwen3moe", "granitemoe"])
+def tiny_moe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyGguf:
+    torch.manual_seed(0)
+    return tiny_gguf(tmp_path_factory, request.param, MODELS[request.param]())
+
+
+@pytest.mark.parametrize("qtype", [GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_1])
+def test_quantized_experts_dequantize_to_the_checkpoints(tiny_moe: TinyGguf, qtype: GGMLQuantizationType,
+                                                         tmp_path: Path) -> None:
+    """A MoE file's stacked experts quantized as llama.cpp quantizes them (block by block along each row) come
+    back split, near the checkpoint; their Q4_1 blocks are not kept (the bf16 kernel reads the experts)."""
+    model = tiny_moe
+    _, weights, kept = load_quantized(model, qtype, tmp_path)
+
+    _, want = load_hf_folder(str(model.folder), torch.float32)
+    experts = [name for name in want if ".experts." in name]
+    assert experts and not any(".experts." in name for name in kept)
+    assert "model.layers.0.self_attn.o_proj.weight" in kept or qtype != GGMLQuantizationType.Q4_1
+    for name in experts:
+        # a block's scale is its largest magnitude / 127 (Q8_0) or its range / 15 (Q4_1)
+        step = want[name].abs().max() / (127 if qtype == GGMLQuantizationType.Q8_0 else 7)
+        torch.testing.assert_close(weights[name], want[name], atol=float(step), rtol=0)

@@ -170,7 +170,7 @@ def test_truncated_file(keep: float, tiny_llama_gguf: Path, tmp_path: Path) -> N
 def test_unknown_architecture(tiny_llama: TinyLlama, tmp_path: Path) -> None:
     path = tmp_path / "falcon.gguf"
     write_llama_gguf(path, tiny_llama.hf_config, tiny_llama.state_dict, arch="falcon")
-    supported = r"\(supported: llama, qwen2, qwen3, granite, phi3\)"
+    supported = r"\(supported: llama, qwen2, qwen3, granite, phi3, qwen3moe, granitemoe, gemma3\)"
     with pytest.raises(ModelLoadError, match=rf"falcon.gguf.*unsupported architecture 'falcon' {supported}"):
         load_gguf(str(path), torch.float32)
 
