@@ -114,6 +114,7 @@ stage tests "$(min 100 $(( $(left) - 170 )))" "$OUT/pytest.log" "$PY" -m pytest 
   --continue-on-collection-errors "${TIMEOUT_FLAG[@]}" \
   tests/kernels/test_cuda_kernels.py tests/kernels/test_cuda_graphs.py tests/kernels/test_cuda_runner.py \
   tests/kernels/test_triton_attention.py tests/kernels/test_triton_dispatch.py tests/kernels/test_triton_elementwise.py \
+  tests/kernels/test_triton_moe.py \
   tests/kernels/test_cuda_gpu_check.py tests/engine/test_tiny_llama_logits.py tests/engine/test_dummy_load.py \
   tests/engine/test_energy_sampler.py -p no:cacheprovider
 

@@ -15,7 +15,7 @@ import torch
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs, capture_sizes
 from engine.forward_context import AttentionMetadata, forward_context
-from engine.kernels import gpu_ops, ops, weight_arena
+from engine.kernels import gpu_ops, moe, ops, weight_arena
 from engine.memory import release_free_heap
 from engine.models.registry import model_class
 from engine.pooling import pool
@@ -57,9 +57,10 @@ class ModelRunner:
         self.max_model_len = min(engine_config.max_model_len or model_config.max_position_embeddings,
                                  self.num_blocks * self.block_size)
         self.graphs: DecodeGraphs | None = None
-        # Graphs serve decode steps, which an embedding engine never runs. A mixture of experts runs each
-        # expert over the rows routed to it, counted on the host (engine/kernels/moe.py): not capturable.
-        if (self.cuda and not self.embeds and not model_config.num_experts
+        # Graphs serve decode steps, which an embedding engine never runs. A mixture of experts is capturable
+        # only through the fused Triton kernel; without it each expert runs over the rows routed to it,
+        # counted on the host (engine/kernels/moe.py), which a graph cannot hold.
+        if (self.cuda and not self.embeds and (not model_config.num_experts or moe.fused_runs(self.device))
                 and os.environ.get(GRAPHS_ENV, "1") != "0" and self._graph_safe_backend()):
             self.graphs = self._capture_graphs()
 

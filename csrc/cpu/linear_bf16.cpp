@@ -266,6 +266,43 @@ void linear_bf16(const LinearArgs& a) {
     }
 }
 
+void linear_bf16_grouped(const GroupedLinearArgs& a) {
+  if (a.groups < 0 || a.n <= 0 || a.k <= 0 || a.x_row_stride < a.k || a.y_row_stride < a.n)
+    throw std::invalid_argument("linear_bf16_grouped: invalid sizes");
+  if (a.groups == 0) return;
+  const IsaVariant* variant = g_isa.current();
+  const int64_t pairs = (a.k + 1) / 2, tiles = (a.n + kTile - 1) / kTile, tile_elems = pairs * 2 * kTile;
+  // Each group's (tile, row block) units, numbered group after group: unit_starts[g] is its first.
+  std::vector<int64_t> unit_starts(a.groups + 1, 0);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t m = a.row_starts[g + 1] - a.row_starts[g];
+    if (m < 0 || a.row_starts[g] < 0) throw std::invalid_argument("linear_bf16_grouped: row_starts must not decrease");
+    unit_starts[g + 1] = unit_starts[g] + tiles * ((m + variant->max_rows - 1) / variant->max_rows);
+  }
+  const int64_t units = unit_starts[a.groups];
+  const TileTable& tile_fns = variant->tiles[a.out_dtype == DType::kFloat32 ? 0 : 1];
+  const int64_t out_size = a.out_dtype == DType::kFloat32 ? 4 : 2;
+  char* y = static_cast<char*>(a.y);
+  const int64_t rows_total = a.row_starts[a.groups] - a.row_starts[0];
+  const bool parallel = units > 1 && rows_total * a.n * a.k >= kMinParallelWork;
+#pragma omp parallel for num_threads(std::max(a.num_threads, 1)) if (parallel) schedule(static)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t g = std::upper_bound(unit_starts.begin(), unit_starts.end(), u) - unit_starts.begin() - 1;
+    const int64_t m = a.row_starts[g + 1] - a.row_starts[g];
+    // Row blocks as linear_bf16 makes them, so that each row's output is the same bits.
+    const int64_t blocks = (m + variant->max_rows - 1) / variant->max_rows;
+    const int64_t base_rows = m / blocks, extra = m % blocks;
+    const int64_t t = (u - unit_starts[g]) / blocks, b = (u - unit_starts[g]) % blocks;
+    const int64_t row0 = a.row_starts[g] + b * base_rows + std::min(b, extra);
+    const int64_t rows = base_rows + (b < extra ? 1 : 0), col0 = t * kTile;
+    const bool prefetch = blocks > 1 && blocks <= kMaxPrefetchBlocks && b == 0 && t + 1 < tiles;
+    const uint16_t* wt = a.w_packed[g] + t * tile_elems;
+    tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, wt, a.k,
+                       y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0),
+                       prefetch ? wt + tile_elems : nullptr);
+  }
+}
+
 void gather_packed_rows(const uint16_t* packed, int64_t n, int64_t k, const int64_t* ids, int64_t count,
                         uint16_t* out, int64_t out_row_stride) {
   if (n <= 0 || k <= 0 || count < 0 || (count > 1 && out_row_stride < k))

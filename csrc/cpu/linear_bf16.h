@@ -38,6 +38,24 @@ struct LinearArgs {
 // when out_dtype is bfloat16.
 void linear_bf16(const LinearArgs& args);
 
+// Many weights of one shape (n, k) over consecutive row ranges of one x: group g's rows
+// [row_starts[g], row_starts[g + 1]) of x go through w_packed[g] into the same rows of y. The
+// experts of a mixture-of-experts layer, each over the tokens routed to it: one thread team for
+// all of them (not one per expert), every row's output the bits linear_bf16 gives it.
+struct GroupedLinearArgs {
+  const uint16_t* x;                // (m, k) bf16, rows x_row_stride elements apart
+  const uint16_t* const* w_packed;  // groups weights (n, k), each packed by pack_linear_weight
+  const int64_t* row_starts;        // groups + 1 nondecreasing row indices, from 0 to m
+  int64_t groups;
+  void* y;  // (m, n) of out_dtype, rows y_row_stride elements apart
+  DType out_dtype;
+  int64_t n, k;
+  int64_t x_row_stride, y_row_stride;  // in elements
+  int num_threads;
+};
+
+void linear_bf16_grouped(const GroupedLinearArgs& args);
+
 // out[i] = W[ids[i]] for i < count: rows of a packed W (n, k), each k bf16 written out_row_stride
 // elements apart. Throws std::invalid_argument for an id outside [0, n). The embedding of a model
 // whose input embedding is its output projection's weight (tied), kept only packed.

@@ -7,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <vector>
 
 #include "cpu/linear_bf16.h"
 #include "cpu/linear_q4_1.h"
@@ -44,6 +46,20 @@ void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t packed, llmaas::DType out
   llmaas::linear_bf16(args);
 }
 
+void linear_bf16_grouped(uintptr_t out, uintptr_t x, const std::vector<uintptr_t>& packed,
+                         const std::vector<int64_t>& row_starts, llmaas::DType out_dtype, int64_t n, int64_t k,
+                         int64_t x_row_stride, int64_t out_row_stride, int num_threads) {
+  if (row_starts.size() != packed.size() + 1)
+    throw std::invalid_argument("linear_bf16_grouped: row_starts needs one entry more than packed");
+  std::vector<const uint16_t*> weights(packed.size());
+  for (size_t g = 0; g < packed.size(); ++g) weights[g] = reinterpret_cast<const uint16_t*>(packed[g]);
+  const llmaas::GroupedLinearArgs args{reinterpret_cast<const uint16_t*>(x), weights.data(), row_starts.data(),
+                                       static_cast<int64_t>(packed.size()), reinterpret_cast<void*>(out), out_dtype,
+                                       n, k, x_row_stride, out_row_stride, num_threads};
+  py::gil_scoped_release release;
+  llmaas::linear_bf16_grouped(args);
+}
+
 }  // namespace
 
 void register_linear_ops(py::module_& m) {
@@ -55,6 +71,10 @@ void register_linear_ops(py::module_& m) {
         py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
         py::arg("out_row_stride"), py::arg("num_threads"), py::arg("packed_q4_1") = 0,
         "out = x @ W^T for bf16 x and a packed bf16 W (and its packed Q4_1 form, 0 if none).");
+  m.def("linear_bf16_grouped", &linear_bf16_grouped, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
+        py::arg("row_starts"), py::arg("out_dtype"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
+        py::arg("out_row_stride"), py::arg("num_threads"),
+        "out[rows of group g] = x[rows of group g] @ W_g^T for packed bf16 weights of one shape.");
   m.def("gather_packed_rows", &gather_packed_rows, py::kw_only(), py::arg("out"), py::arg("packed"), py::arg("n"),
         py::arg("k"), py::arg("ids"), py::arg("count"), py::arg("out_row_stride"),
         "out[i] = W[ids[i]] from a packed bf16 W (n, k).");

@@ -17,6 +17,7 @@ alive for the duration of the call.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ try:
 except ImportError:  # not built: supported() is False
     _C = None
 
-_SUPPORTED = _C is not None and hasattr(_C, "linear_bf16")
+_SUPPORTED = _C is not None and hasattr(_C, "linear_bf16") and hasattr(_C, "linear_bf16_grouped")
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20  # weights and bytes of a GGUF Q4_1 block
 # Output dtypes, with the extension's name for each (looked up here, not per call:
 # decode makes a hundred calls per token, each of a few microseconds).
@@ -146,6 +147,32 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
             packed_q4_1=0 if packed.q4_1 is None else packed.q4_1.data_ptr(),
         )
     return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
+
+
+def grouped_linear(x: torch.Tensor, packed: Sequence[PackedLinearWeight], row_starts: Sequence[int],
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x (M, K) bf16 whose rows row_starts[g]:row_starts[g + 1] go through packed[g] (all (N, K)) -> (M, N)
+    in out_dtype: a mixture of experts' layer, its tokens sorted by expert, in one call. Each row's
+    output is the bits `linear` gives it alone."""
+    _require_supported()
+    dtype_enum = _OUT_DTYPES.get(out_dtype or torch.bfloat16)
+    if dtype_enum is None:
+        raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
+    if not packed or len(row_starts) != len(packed) + 1:
+        raise ValueError("grouped_linear needs one weight per group and one row start more than weights")
+    n, k = packed[0].out_features, packed[0].in_features
+    if any((p.out_features, p.in_features) != (n, k) for p in packed):
+        raise ValueError("grouped_linear: every weight must have the same shape")
+    if x.dtype != torch.bfloat16 or not x.is_cpu or x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be a bfloat16 CPU (M, {k}), got {x.dtype} {tuple(x.shape)} on {x.device}")
+    if row_starts[0] != 0 or row_starts[-1] != x.shape[0] or any(a > b for a, b in zip(row_starts, row_starts[1:])):
+        raise ValueError(f"row_starts must rise from 0 to {x.shape[0]}, got {list(row_starts)}")
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], n, dtype=out_dtype or torch.bfloat16)
+    _C.linear_bf16_grouped(out=out.data_ptr(), x=x.data_ptr(), packed=[p.data.data_ptr() for p in packed],
+                           row_starts=list(row_starts), out_dtype=dtype_enum, n=n, k=k, x_row_stride=k,
+                           out_row_stride=n, num_threads=torch.get_num_threads())
+    return out
 
 
 def gather_rows(packed: PackedLinearWeight, ids: torch.Tensor) -> torch.Tensor:

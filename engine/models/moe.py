@@ -3,7 +3,8 @@ Granite MoE): a router picks each token's top_k experts, each a SwiGLU MLP of mo
 
 Expert weights are held stacked, w_gate_up (E, 2I, H) (gate rows first) and w_down (E, H, I), under
 Hugging Face's per-expert names at load (model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight,
-the router as mlp.gate.weight). pack() hands each expert to the C++ bf16 kernel where it runs.
+the router as mlp.gate.weight). pack() hands each expert to the C++ bf16 kernel where it runs (CPU); on
+CUDA the stacked tensors stay and feed the fused Triton kernel, which a decode graph can capture.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class SparseMoeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (T, H) -> (T, H)."""
         weights, ids = moe.route(self.gate(x, out_dtype=torch.float32), self.top_k, self.renormalize)
+        if moe.fused_runs(x.device):
+            assert self.w_gate_up is not None and self.w_down is not None  # pack() keeps them off CPU
+            return moe.fused_experts_forward(x, weights, ids, self.w_gate_up, self.w_down)
         gate_up = [None] * self.num_experts if self.w_gate_up is None else self.w_gate_up.unbind(0)
         down = [None] * self.num_experts if self.w_down is None else self.w_down.unbind(0)
         return moe.experts_forward(x, weights, ids, gate_up, down, self.packed_gate_up, self.packed_down)

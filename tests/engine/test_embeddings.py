@@ -15,18 +15,10 @@ from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from tests.engine.tiny_folders import write_word_tokenizer
 
 VOCAB = 500
 BUDGET = 64  # max_num_batched_tokens: the 150-token prompt takes three steps
-
-
-def _write_tokenizer(folder: Path) -> None:
-    """A word-level tokenizer over the tiny vocabulary ("t0" .. "t499"): the engine loads one."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(folder / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, to
     model.save_pretrained(causal, safe_serialization=True)
     model.model.save_pretrained(bare, safe_serialization=True)
     for folder in (causal, bare):
-        _write_tokenizer(folder)
+        write_word_tokenizer(folder, VOCAB)
     assert json.loads((bare / "config.json").read_text())["architectures"] == ["Qwen3Model"]
     return causal, bare, model.model
 

@@ -14,6 +14,7 @@ from engine.loader.errors import ModelLoadError
 from engine.loader.hf_loader import config_from_hf
 from engine.loader.moe_layout import unstack_experts
 from engine.models.moe import SparseMoeBlock
+from tests.engine.tiny_folders import assert_greedy_matches_transformers, save_folder
 
 E, H, I, K = 6, 64, 40, 2
 
@@ -158,6 +159,7 @@ def test_mixtral_and_granite_moe_configs() -> None:
     (dict(num_experts_per_tok=9), "0 < num_experts_per_tok <= num_experts"),
     (dict(num_experts=None), "needs num_experts"),
     (dict(shared_expert_intermediate_size=64), "shared experts are unsupported"),
+    (dict(hidden_act="gelu"), "hidden_act 'gelu' is unsupported"),
 ])
 def test_moe_configs_the_decoder_cannot_run_are_refused(overrides: dict, why: str) -> None:
     with pytest.raises(ModelLoadError, match=why):
@@ -168,7 +170,6 @@ def test_moe_configs_the_decoder_cannot_run_are_refused(overrides: dict, why: st
 def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory):
     """A random Qwen3-MoE folder (with a word-level tokenizer) and the transformers model it holds."""
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
     config = transformers.Qwen3MoeConfig(
@@ -176,29 +177,10 @@ def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory):
         num_attention_heads=8, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, initializer_range=0.2, bos_token_id=1, eos_token_id=2, max_position_embeddings=256)
     model = transformers.Qwen3MoeForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("qwen3moe")
-    model.save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    return folder, model
+    return save_folder(model, tmp_path_factory.mktemp("qwen3moe")), model
 
 
 def test_the_engine_decodes_a_moe_model_batched_as_transformers_does(tiny_qwen3_moe) -> None:
-    """Greedy tokens of three prompts run together (chunked prefill, then decode steps whose tokens choose
-    different experts) equal transformers' greedy generation of each prompt alone."""
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
-
-    folder, hf_model = tiny_qwen3_moe
-    gen = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (41, 9, 23)]
-    llm = LLM(str(folder), dtype=torch.float32, block_size=8, kv_cache_bytes=8 * 2**20, max_num_batched_tokens=32)
-
-    results = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-
-    for prompt, result in zip(prompts, results):
-        with torch.inference_mode():
-            want = hf_model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                     min_new_tokens=12)[0, len(prompt):].tolist()
-        assert result.outputs[0].token_ids == want
+    """Prompts run together (chunked prefill, then decode steps whose tokens choose different experts)
+    give transformers' greedy tokens."""
+    assert_greedy_matches_transformers(*tiny_qwen3_moe)

@@ -1,6 +1,6 @@
 """The GPU model runner's pieces: the profiling forward pass (device-agnostic, so it runs here on
-CPU too) and, on a GPU, greedy generation with CUDA graphs equal to eager and to transformers,
-with the KV cache sized from the memory left after profiling."""
+CPU too) and, on a GPU, greedy generation with CUDA graphs equal to eager and to transformers, for a
+dense model and a mixture of experts, with the KV cache sized from the memory left after profiling."""
 from __future__ import annotations
 
 import sys
@@ -35,12 +35,38 @@ def test_profile_forward_runs_the_largest_batch(tiny_llama: tuple[str, torch.nn.
     assert runner.kv_cache[0, 0].flatten(0, 1).flatten(1).abs().sum(1).count_nonzero() == 40 + 13
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
+    """Eight experts, two a token, hidden and moe sizes no multiple of the fused kernel's tiles."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=300, hidden_size=96, intermediate_size=160, moe_intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, initializer_range=0.2, max_position_embeddings=256, tie_word_embeddings=False)
+    model = transformers.Qwen3MoeForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny-qwen3moe-gpu")
+    model.save_pretrained(path, safe_serialization=True)
+    return str(path), model
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_graphs_match_eager_and_transformers(tiny_llama: tuple[str, torch.nn.Module],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _assert_graphs_match_eager_and_transformers(*tiny_llama, monkeypatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_mixture_of_experts_decodes_in_graphs(tiny_qwen3_moe: tuple[str, torch.nn.Module],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experts run in the fused Triton kernel, which the decode graphs capture."""
+    _assert_graphs_match_eager_and_transformers(*tiny_qwen3_moe, monkeypatch)
+
+
+def _assert_graphs_match_eager_and_transformers(path: str, hf_model: torch.nn.Module,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from engine import LLM, SamplingParams
 
-    path, hf_model = tiny_llama
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     import gpu_models  # the random-model helpers of bench/gpu_engine_check.py
 

@@ -190,3 +190,35 @@ def test_gather_rows_refuses_ids_out_of_range(bad: int) -> None:
     packed = linear.pack(torch.zeros(40, 64, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="out of range"):
         linear.gather_rows(packed, torch.tensor([0, bad]))
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("counts", [[1], [3, 0, 1, 13], [0, 25, 2, 0, 1, 12, 7], [40]])
+def test_grouped_rows_are_the_bits_each_weight_gives_alone(isa: str, counts: list[int],
+                                                            out_dtype: torch.dtype) -> None:
+    """A mixture of experts' grouped call: each group's rows equal linear() over them with its own
+    weight (empty groups included, 13 and 25 rows making uneven row blocks)."""
+    weights = [linear.pack(randn(160, 130, seed=30 + g)) for g in range(len(counts))]
+    x = randn(sum(counts), 130, seed=29)
+    starts = [0, *[sum(counts[:g + 1]) for g in range(len(counts))]]
+
+    out = linear.grouped_linear(x, weights, starts, out_dtype)
+
+    for g, packed in enumerate(weights):
+        rows = slice(starts[g], starts[g + 1])
+        assert torch.equal(out[rows], linear.linear(x[rows].contiguous(), packed, out_dtype)), g
+
+
+def test_grouped_rejects_bad_arguments() -> None:
+    weights = [linear.pack(randn(8, 16, seed=g)) for g in range(2)]
+    x = torch.zeros(5, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="rise from 0 to 5"):
+        linear.grouped_linear(x, weights, [0, 4, 3])
+    with pytest.raises(ValueError, match="rise from 0 to 5"):
+        linear.grouped_linear(x, weights, [0, 2, 4])
+    with pytest.raises(ValueError, match="one row start more"):
+        linear.grouped_linear(x, weights, [0, 5])
+    with pytest.raises(ValueError, match="same shape"):
+        linear.grouped_linear(x, [weights[0], linear.pack(randn(9, 16, seed=3))], [0, 2, 5])
+    with pytest.raises(ValueError, match=r"\(M, 16\)"):
+        linear.grouped_linear(torch.zeros(5, 15, dtype=torch.bfloat16), weights, [0, 2, 5])
