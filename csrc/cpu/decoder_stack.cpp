@@ -102,6 +102,7 @@ void decoder_stack(const DecoderStackArgs& a) {
   PagedAttentionArgs attend{attn, qkv, nullptr, nullptr, a.block_tables, a.context_lens, a.query_start_loc,
                             DType::kBFloat16, T, a.num_seqs, a.num_heads, a.num_kv_heads, D, a.block_size,
                             a.num_blocks, a.max_blocks_per_seq, qkv_n, D, a.scale, th};
+  attend.sliding_window = a.sliding_window;
 
   for (int64_t l = 0; l < a.num_layers; ++l) {
     const DecoderLayerPtrs& p = a.layers[l];

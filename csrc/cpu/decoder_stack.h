@@ -61,6 +61,8 @@ struct DecoderStackArgs {
   // Granite's: the embeddings, and each sublayer's output before it joins the residual, are scaled
   // by these (rounded to bf16 after the product, as torch's `x * multiplier` rounds).
   float embed_scale = 1.0f, residual_scale = 1.0f;
+  // Every layer's attention window (Mistral v0.1, Phi-3-mini: paged_attention's sliding_window); 0: none.
+  int64_t sliding_window = 0;
 };
 
 // Runs the stack; throws std::invalid_argument on ids, positions or attention metadata out of range.

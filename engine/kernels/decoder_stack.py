@@ -52,6 +52,7 @@ class StackShape:
     scale: float | None = None  # of the attention scores; None: head_dim ** -0.5
     embed_scale: float = 1.0  # Granite's embedding_multiplier
     residual_scale: float = 1.0  # Granite's residual_multiplier
+    sliding_window: int = 0  # every layer's attention window (Mistral v0.1, Phi-3-mini); 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ class DecoderStack:
             block_size=cache_shape[1], hidden=s.hidden, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
             head_dim=s.head_dim, intermediate=s.intermediate, eps=s.eps,
             scale=s.head_dim ** -0.5 if s.scale is None else s.scale, embed_scale=s.embed_scale,
-            residual_scale=s.residual_scale,
+            residual_scale=s.residual_scale, sliding_window=s.sliding_window,
         )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

@@ -305,6 +305,12 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return reference.rotary(q, k, cos, sin)
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x[:, :I]) * x[:, I:]: Gemma's gate (T, 2I) -> (T, I)."""
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(x[:, :I]) * x[:, I:] for the fused gate/up projection (T, 2I): one Triton pass on CUDA."""
     if x.device.type == "cuda" and (fused := gpu_ops.silu_and_mul(x)) is not None:

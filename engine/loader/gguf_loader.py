@@ -152,9 +152,7 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", real)),
         rope_theta=float(get("rope.freq_base", real, 10000.0)),
-        # Gemma 3's local layers run their window: its context is its own
-        max_position_embeddings=(get("context_length", int) if arch == "gemma3"
-                                 else _context(meta, str(arch), get("context_length", int))),
+        max_position_embeddings=get("context_length", int),
         tie_word_embeddings="output.weight" not in tensor_names,
         rope_scaling=_rope_scaling(meta, str(arch), path),
         bos_token_id=bos_id if isinstance(bos_id, int) else None,
@@ -163,7 +161,7 @@ def _config(meta: dict[str, object], tensor_names: set[str], path: str) -> Model
         qk_norm=arch in ("qwen3", "qwen3moe", "gemma3"),
         **(_granite_scales(meta, str(arch), get) if arch in ("granite", "granitemoe") else {}),
         **experts,
-        **(_gemma3(get, hidden, num_heads, head_dim) if arch == "gemma3" else {}),
+        **(_gemma3(get, hidden, num_heads, head_dim) if arch == "gemma3" else _window(meta, str(arch), get)),
     )
 
 
@@ -207,14 +205,13 @@ def _granite_scales(meta: dict[str, object], arch: str, get: Callable[..., objec
     }
 
 
-def _context(meta: dict[str, object], arch: str, max_positions: int) -> int:
-    """The longest context this decoder runs exactly, as the HF loader's _context: it attends over the
-    whole context, which is the same as a sliding window (Phi-3-mini's) only up to the window's length.
-    llama.cpp's phi3 converter writes a window of 0 for none (Phi-4)."""
+def _window(meta: dict[str, object], arch: str, get: Callable[..., object]) -> dict[str, object]:
+    """Local attention in every layer where the file gives a window (Phi-3-mini's); llama.cpp's phi3
+    converter writes 0 for none (Phi-4)."""
     window = meta.get(f"{arch}.attention.sliding_window")
-    if isinstance(window, int) and window > 0:
-        return min(max_positions, window)
-    return max_positions
+    if not isinstance(window, int) or window <= 0:
+        return {}
+    return {"sliding_window": window, "sliding_layers": tuple(range(get("block_count", int)))}
 
 
 def _rope_scaling(meta: dict[str, object], arch: str, path: str) -> dict | None:

@@ -94,6 +94,8 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
     # Variants the decoder does not run: refused here rather than served wrong.
     if raw.get("attention_bias"):
         raise ModelLoadError(f"{path}: attention_bias (biases on every attention projection) is unsupported")
+    if arch != "gemma3" and raw.get("hidden_act", "silu") not in ("silu", "swish"):
+        raise ModelLoadError(f"{path}: hidden_act {raw['hidden_act']!r} is unsupported (the MLP's gate is SiLU)")
     if raw.get("mlp_bias"):
         raise ModelLoadError(f"{path}: mlp_bias (biases on the MLP projections) is unsupported")
     rope_parameters = raw.get("rope_parameters") or {}
@@ -116,9 +118,7 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         head_dim=int(get("head_dim", hidden // num_heads)),
         rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
-        # Gemma 3's local layers run their window (ModelConfig.sliding_window): its context is its own
-        max_position_embeddings=(int(get("max_position_embeddings")) if arch == "gemma3"
-                                 else _context(raw, int(get("max_position_embeddings")))),
+        max_position_embeddings=int(get("max_position_embeddings")),
         # Llama's and Mistral's own default, not PretrainedConfig's (True)
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
         rope_scaling=rope_scaling,
@@ -128,7 +128,7 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         qk_norm=arch in ("qwen3", "qwen3moe", "gemma3"),
         **(_granite_scales(raw) if arch in ("granite", "granitemoe") else {}),
         **(_experts(raw, arch, path, int(get("num_hidden_layers"))) if arch in _MOE_ARCHITECTURES else {}),
-        **(gemma3_layout.fields(raw, path) if arch == "gemma3" else {}),
+        **(gemma3_layout.fields(raw, path) if arch == "gemma3" else _windows(raw, arch, int(get("num_hidden_layers")))),
     )
 
 
@@ -166,14 +166,21 @@ def _granite_scales(raw: dict) -> dict[str, float]:
             "logits_scaling": float(raw.get("logits_scaling", 1.0))}
 
 
-def _context(raw: dict, max_positions: int) -> int:
-    """The longest context this decoder runs exactly. It attends over the whole context: where the
-    model's layers look only at a window (Mistral v0.1, Phi-3-mini, Qwen2 with use_sliding_window),
-    that is the same up to the window's length, so the context stops there."""
+def _windows(raw: dict, arch: str, num_layers: int) -> dict[str, object]:
+    """ModelConfig's local attention, as transformers reads config.json: every layer attends within
+    sliding_window (Mistral v0.1, Phi-3-mini), or, in Qwen2 with use_sliding_window, the layers from
+    max_window_layers on; layer_types, where given, names each layer's kind."""
     window = raw.get("sliding_window")
-    if isinstance(window, int) and window > 0 and raw.get("use_sliding_window", True):
-        return min(max_positions, window)
-    return max_positions
+    if not isinstance(window, int) or window <= 0 or (arch == "qwen2" and not raw.get("use_sliding_window")):
+        return {}
+    kinds = raw.get("layer_types")
+    if isinstance(kinds, list) and len(kinds) == num_layers:
+        local = tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
+    elif arch == "qwen2":
+        local = tuple(range(int(raw.get("max_window_layers", 28)), num_layers))
+    else:
+        local = tuple(range(num_layers))
+    return {"sliding_window": window, "sliding_layers": local} if local else {}
 
 
 def _rope(raw: dict, path: str) -> tuple[float, dict | None]:

@@ -17,7 +17,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.kernels import ops
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
-from engine.models.llama import Rope, _head_norm, set_weight
+from engine.models.llama import LlamaMLP, Rope, _head_norm, set_weight
 
 
 class Gemma3Attention(nn.Module):
@@ -41,17 +41,6 @@ class Gemma3Attention(nn.Module):
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
-class Gemma3MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(torch.nn.functional.gelu(gate, approximate="tanh") * up)
-
-
 class Gemma3DecoderLayer(nn.Module):
     NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 
@@ -59,7 +48,7 @@ class Gemma3DecoderLayer(nn.Module):
         super().__init__()
         self.local = layer in config.sliding_layers
         self.self_attn = Gemma3Attention(config, layer)
-        self.mlp = Gemma3MLP(config)
+        self.mlp = LlamaMLP(config)  # its gate GELU-tanh (config.hidden_act)
         for name in self.NORMS:
             setattr(self, name, RMSNorm(config.hidden_size, config.rms_norm_eps))
 

@@ -30,7 +30,7 @@ FUSED_ENV = "LLMAAS_FUSED_DECODER"
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size = self.num_heads * self.head_dim
@@ -41,7 +41,8 @@ class LlamaAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.o_proj = Linear(self.q_size, config.hidden_size)
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, config.attention_multiplier)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, config.attention_multiplier,
+                                   config.window_of(layer))
 
     def forward(self, rope: Rope, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size)
@@ -66,20 +67,23 @@ def _head_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), act SiLU or (Gemma) GELU-tanh: config.hidden_act."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.act_and_mul = ops.gelu_tanh_and_mul if config.hidden_act == "gelu_tanh" else ops.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = LlamaAttention(config, index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp: LlamaMLP | SparseMoeBlock = SparseMoeBlock(config) if config.is_moe_layer(index) else LlamaMLP(config)
         self.residual_multiplier = config.residual_multiplier
@@ -153,7 +157,8 @@ class LlamaForCausalLM(nn.Module):
         return self._stack
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
-        if self.config.num_experts:  # the C++ stack runs dense MLPs only
+        windows = {self.config.window_of(i) for i in range(self.config.num_layers)}
+        if self.config.num_experts or len(windows) > 1:  # the C++ stack: dense MLPs, one window for all layers
             return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
         linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
@@ -168,7 +173,7 @@ class LlamaForCausalLM(nn.Module):
         c = self.config
         shape = decoder_stack.StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                                          c.intermediate_size, c.rms_norm_eps, c.attention_multiplier,
-                                         c.embedding_multiplier, c.residual_multiplier)
+                                         c.embedding_multiplier, c.residual_multiplier, windows.pop())
         layers = [decoder_stack.LayerWeights(
             layer.input_layernorm.weight, layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed,
             layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj.packed, layer.mlp.down_proj.packed,

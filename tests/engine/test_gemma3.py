@@ -10,6 +10,8 @@ import torch
 from engine.loader.errors import ModelLoadError
 from engine.loader.gemma3_layout import text_weights
 from engine.loader.hf_loader import config_from_hf
+from tests.engine.tiny_folders import assert_greedy_matches_transformers, save_folder
+from tests.loader.helpers import random_norms
 
 
 def test_a_multimodal_config_gives_its_language_models_settings_with_gemmas_defaults() -> None:
@@ -75,44 +77,21 @@ def test_the_multimodal_checkpoints_language_model_is_taken_and_its_norm_gains_o
 @pytest.fixture(scope="module")
 def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory):
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
     config = transformers.Gemma3TextConfig(
         vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, sliding_window=13, query_pre_attn_scalar=24, max_position_embeddings=256,
         initializer_range=0.2, bos_token_id=2, eos_token_id=1)
-    model = transformers.Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():  # transformers starts Gemma's norm weights at 0 (gains of 1): random ones test them
-        for name, tensor in model.named_parameters():
-            if name.endswith("norm.weight"):
-                tensor.normal_(0.0, 0.3)
-    folder = tmp_path_factory.mktemp("gemma3")
-    model.save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    return folder, model
+    # Gemma's norm weights start at 0 (gains of 1): random ones test them
+    model = random_norms(transformers.Gemma3ForCausalLM(config), 0.0, 0.3)
+    return save_folder(model, tmp_path_factory.mktemp("gemma3")), model
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_the_engine_decodes_gemma3_past_its_window_as_transformers_does(tiny_gemma3, backend: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three prompts run together, longer than the 13-token window (the local layers' keys outside it must
-    be skipped, at prefill and at every decode step), in chunks: greedy tokens equal transformers'."""
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
-
+    """Prompts longer than the 13-token window, in chunks (the local layers' keys outside it must be skipped,
+    at prefill and at every decode step): transformers' greedy tokens."""
     monkeypatch.setenv("LLMAAS_ATTENTION_BACKEND", backend)
-    folder, hf_model = tiny_gemma3
-    gen = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (41, 9, 23)]
-    llm = LLM(str(folder), dtype=torch.float32, block_size=8, kv_cache_bytes=8 * 2**20, max_num_batched_tokens=32)
-
-    results = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
-
-    for prompt, result in zip(prompts, results):
-        with torch.inference_mode():
-            want = hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16,
-                                     do_sample=False)[0, len(prompt):].tolist()
-        assert result.outputs[0].token_ids == want
+    assert_greedy_matches_transformers(*tiny_gemma3, max_tokens=16)

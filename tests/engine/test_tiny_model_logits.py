@@ -1,6 +1,7 @@
 """Logits parity with transformers on random-weight tiny models saved with save_pretrained
 (safetensors), through the paged cache: a prompt computed in chunks, then decode steps, for two
 sequences batched together. A Llama with GQA and Llama 3 rope scaling; a Qwen2 (q/k/v biases); a
+Mistral v0.1 (a 20-token window in every layer); a
 Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings); a Granite
 (its embedding, residual, attention and logits scales); a Phi-3 (q/k/v and gate/up stored fused); and the
 mixtures of experts Mixtral (w1/w3/w2 experts), Qwen3-MoE (a dense layer among sparse ones, weights not
@@ -33,6 +34,9 @@ def _tiny_model(family: str) -> torch.nn.Module:
             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
         return transformers.LlamaForCausalLM(config)
+    if family == "mistral":  # Mistral v0.1's local attention in every layer
+        return transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=20,
+                                                                         tie_word_embeddings=False))
     if family == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
     if family == "phi3":
@@ -66,7 +70,7 @@ def _tiny_model(family: str) -> torch.nn.Module:
     return transformers.Qwen3ForCausalLM(config)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "granite", "phi3",
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3", "granite", "phi3",
                                                           "mixtral", "qwen3moe", "granitemoe", "gemma3"])
 def tiny_model(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
@@ -86,9 +90,9 @@ def test_chunked_prefill_and_decode_logits_match(tiny_model, backend: str, monke
     monkeypatch.setenv("LLMAAS_ATTENTION_BACKEND", backend)
     family, path, hf_model = tiny_model
     config, weights = load_hf_folder(path, torch.float32)
-    assert config.architecture == family and config.num_kv_heads == 2
+    assert config.architecture == {"mistral": "llama"}.get(family, family) and config.num_kv_heads == 2
     assert (config.qkv_bias, config.qk_norm) == (family == "qwen2", family in ("qwen3", "qwen3moe", "gemma3"))
-    assert config.sliding_layers == ((0, 1, 2, 3, 4, 6) if family == "gemma3" else ())
+    assert config.sliding_layers == {"gemma3": (0, 1, 2, 3, 4, 6), "mistral": (0, 1, 2)}.get(family, ())
     assert config.num_experts == {"mixtral": 8, "qwen3moe": 8, "granitemoe": 6}.get(family, 0)
     assert config.dense_layers == ((1,) if family == "qwen3moe" else ())
     engine_config = EngineConfig(block_size=8, kv_cache_bytes=64 * 1024 * 1024)

@@ -1,5 +1,5 @@
 """The fused bf16 decoder stack (engine/kernels/decoder_stack.py) against the per-op path of the
-same model (Llama, and its Qwen2, Qwen3 and Granite variants), and its SiLU-and-multiply against torch."""
+same model (Llama, and its Qwen2, Qwen3, Granite and sliding-window variants), and its SiLU-and-multiply against torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +25,8 @@ VARIANTS = {
     "qwen3": dataclasses.replace(CONFIG, architecture="qwen3", qk_norm=True, head_dim=24),  # head_dim * heads != hidden
     "granite": dataclasses.replace(CONFIG, architecture="granite", embedding_multiplier=12.0, residual_multiplier=0.22,
                                    attention_multiplier=0.0625, logits_scaling=8.0),
+    # Mistral v0.1: every layer attends within a window (5 positions, where sequences reach 23)
+    "mistral": dataclasses.replace(CONFIG, sliding_window=5, sliding_layers=tuple(range(CONFIG.num_layers))),
 }
 
 
@@ -138,6 +140,15 @@ def test_fused_stack_matches_per_op_path(variant: str, monkeypatch: pytest.Monke
         assert (g == r).float().mean().item() > 0.95
     assert int(bf16_ulps(cache, ref_cache).max()) <= 2
     assert (cache != 0).any()
+
+
+def test_layers_with_different_windows_take_the_per_op_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack applies one window to every layer: Qwen2's, local from some layer on, is not its to run."""
+    model = random_model(dataclasses.replace(CONFIG, architecture="qwen2", qkv_bias=True, sliding_window=5,
+                                             sliding_layers=(1,)))
+    monkeypatch.setenv(FUSED_ENV, "1")
+    bind_caches(model, num_blocks=16)
+    assert model._fused_stack() is None
 
 
 def test_fused_stack_rebuilds_for_new_caches_and_checks_ids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,11 +113,7 @@ def tiny_granite_model() -> PreTrainedModel:
                            residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0,
                            initializer_range=0.2)
     model = GraniteForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
-    return model.eval()
+    return random_norms(model, 1.0, 0.1)
 
 
 def tiny_moe_model(model_type: str) -> PreTrainedModel:
@@ -140,11 +136,7 @@ def tiny_moe_model(model_type: str) -> PreTrainedModel:
         model = transformers.GraniteMoeForCausalLM(transformers.GraniteMoeConfig(
             **common, intermediate_size=32, num_local_experts=5, tie_word_embeddings=True,
             embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
-    return model.eval()
+    return random_norms(model, 1.0, 0.1)
 
 
 def tiny_gemma3_model() -> PreTrainedModel:
@@ -158,11 +150,7 @@ def tiny_gemma3_model() -> PreTrainedModel:
         num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=12, max_position_embeddings=256,
         bos_token_id=2, eos_token_id=1, initializer_range=0.2, rope_scaling={"rope_type": "linear", "factor": 4.0})
     model = transformers.Gemma3ForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return random_norms(model, 0.0, 0.3)
 
 
 def tiny_phi3_model() -> PreTrainedModel:
@@ -173,10 +161,16 @@ def tiny_phi3_model() -> PreTrainedModel:
                         original_max_position_embeddings=256, sliding_window=64, bos_token_id=1,
                         eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.2)
     model = Phi3ForCausalLM(config)
+    return random_norms(model, 1.0, 0.1)
+
+
+def random_norms(model: PreTrainedModel, mean: float, std: float) -> PreTrainedModel:
+    """`model` in eval mode, its norm weights drawn ~ N(mean, std): transformers starts them all alike,
+    which would hide a dropped or swapped one."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
+                p.normal_(mean, std)
     return model.eval()
 
 

@@ -1,5 +1,5 @@
 """load_gguf on a tiny random Phi-3 converted as llama.cpp does (q/k/v fused in attn_qkv, gate/up in
-ffn_up, Q/K rows in HF's order): the context its sliding window leaves, quantized matrices split by rows,
+ffn_up, Q/K rows in HF's order): its sliding window on every layer, quantized matrices split by rows,
 longrope refused. Weights and logits (the HF loader's split): test_gguf_families.py."""
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> TinyGguf:
     return tiny_gguf(tmp_path_factory, "phi3", tiny_phi3_model())
 
 
-def test_the_sliding_window_ends_the_context(tiny_phi3: TinyGguf) -> None:
+def test_the_sliding_window_is_every_layers(tiny_phi3: TinyGguf) -> None:
     config, _, _ = load_gguf(str(tiny_phi3.gguf), torch.float32)
 
     assert (config.head_dim, config.num_kv_heads) == (16, 2)
-    assert config.max_position_embeddings == 64  # the sliding window's, not context_length's 256
+    assert config.max_position_embeddings == 256
+    assert (config.sliding_window, config.sliding_layers) == (64, (0, 1))
 
 
 def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyGguf, tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_no_sliding_window_keeps_the_context(tiny_phi3: TinyGguf, tmp_path: Path
 
     config, _, _ = load_gguf(str(path), torch.float32)
 
-    assert config.max_position_embeddings == 256
+    assert (config.max_position_embeddings, config.sliding_window, config.sliding_layers) == (256, 0, ())
 
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1], ids=lambda q: q.name)

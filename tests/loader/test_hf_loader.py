@@ -94,16 +94,24 @@ def test_qwen_configs_set_their_variants() -> None:
     assert (llama.embedding_multiplier, llama.attention_multiplier, llama.logits_scaling) == (1.0, None, 1.0)
 
 
-def test_a_sliding_window_ends_the_context_where_full_attention_stops_being_exact() -> None:
+def test_sliding_windows_are_read_as_transformers_reads_them() -> None:
+    """Every layer local in Mistral v0.1 and Phi-3-mini; in Qwen2 only with use_sliding_window, from layer
+    max_window_layers on; layer_types where given. The context stays the model's own."""
     mistral_v01 = config_from_hf(_raw(architectures=["MistralForCausalLM"], max_position_embeddings=32768,
                                       sliding_window=4096), "m")
-    assert mistral_v01.max_position_embeddings == 4096
-    windowed = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, sliding_window=64), "q")
-    assert windowed.max_position_embeddings == 64
+    assert mistral_v01.max_position_embeddings == 32768
+    assert (mistral_v01.sliding_window, mistral_v01.sliding_layers) == (4096, (0, 1))
+    windowed = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], num_hidden_layers=4, use_sliding_window=True,
+                                   sliding_window=64, max_window_layers=1), "q")
+    assert (windowed.max_position_embeddings, windowed.sliding_layers) == (256, (1, 2, 3))
+    assert [windowed.window_of(i) for i in range(4)] == [0, 64, 64, 64]
     unused = config_from_hf(_raw(architectures=["Qwen2ForCausalLM"], use_sliding_window=False, sliding_window=64), "q")
-    assert unused.max_position_embeddings == 256
+    assert (unused.sliding_window, unused.sliding_layers) == (0, ())
+    named = config_from_hf(_raw(architectures=["MistralForCausalLM"], sliding_window=8,
+                                layer_types=["full_attention", "sliding_attention"]), "m")
+    assert named.sliding_layers == (1,)
     phi = config_from_hf(_raw(architectures=["Phi3ForCausalLM"], sliding_window=None), "p")
-    assert (phi.architecture, phi.max_position_embeddings) == ("phi3", 256)
+    assert (phi.architecture, phi.max_position_embeddings, phi.sliding_layers) == ("phi3", 256, ())
 
 
 def test_granite_configs_carry_their_scales() -> None:
