@@ -7,6 +7,7 @@
 //   write k, v into the paged cache;  attn = paged_attention(q);  x = attn @ Wo^T (* residual_scale)
 //   h, residual = rms_norm(x + residual)
 //   x = (silu(gate) * up) @ Wdown^T (* residual_scale)  where gate | up = h @ Wgate_up^T
+//     (a mixture-of-experts layer: x = moe_block(h), engine/models/moe.py's, see moe_block.h)
 // then out = rms_norm(x + residual). The residual is updated in place (norm_rope.cpp reads each
 // element before writing it). Activations live in one workspace allocated per call (no zeroing:
 // every element is written before it is read). Each kernel still decides its own threading.
@@ -19,6 +20,7 @@
 #include "bf16.h"
 #include "kernels.h"
 #include "linear_bf16.h"
+#include "moe_block.h"
 #include "norm_rope.h"
 
 namespace llmaas {
@@ -121,9 +123,14 @@ void decoder_stack(const DecoderStackArgs& a) {
     linear(attn, p.o_proj, p.o_proj_q4_1, x, T, H, q_size, th);
     if (a.residual_scale != 1.0f) scale_bf16(x, T * H, a.residual_scale);
     fused_add_rms_norm(x, residual, p.post_norm, h, residual, true, T, H, H, H, a.eps, th);
-    linear(h, p.gate_up, p.gate_up_q4_1, gate_up, T, 2 * I, H, th);
-    silu_and_mul_bf16(gate_up, act, T, I, 2 * I, th);
-    linear(act, p.down, p.down_q4_1, x, T, H, I, th);
+    if (p.router != nullptr) {
+      moe_block(h, x, T, H, MoeShape{a.num_experts, a.top_k, a.moe_intermediate, a.renormalize},
+                MoeWeights{p.router, p.expert_gate_up, p.expert_down}, th);
+    } else {
+      linear(h, p.gate_up, p.gate_up_q4_1, gate_up, T, 2 * I, H, th);
+      silu_and_mul_bf16(gate_up, act, T, I, 2 * I, th);
+      linear(act, p.down, p.down_q4_1, x, T, H, I, th);
+    }
     if (a.residual_scale != 1.0f) scale_bf16(x, T * H, a.residual_scale);
   }
   fused_add_rms_norm(x, residual, a.final_norm, a.out, residual, true, T, H, H, H, a.eps, th);

@@ -31,8 +31,14 @@ struct DecoderLayerPtrs {
   const uint16_t* qkv_bias;
   const uint16_t* q_norm;
   const uint16_t* k_norm;
+  // A mixture-of-experts layer's (moe_block.h), null in a dense layer: its router, packed (E, hidden),
+  // and arrays of its E experts' packed gate_up (2 * moe_intermediate, hidden) and down; gate_up and
+  // down above are then null.
+  const uint16_t* router;
+  const uint16_t* const* expert_gate_up;
+  const uint16_t* const* expert_down;
 };
-static_assert(sizeof(DecoderLayerPtrs) == 15 * sizeof(int64_t), "a table row is 15 int64 pointers");
+static_assert(sizeof(DecoderLayerPtrs) == 18 * sizeof(int64_t), "a table row is 18 int64 pointers");
 
 struct DecoderStackArgs {
   const DecoderLayerPtrs* layers;
@@ -63,6 +69,9 @@ struct DecoderStackArgs {
   float embed_scale = 1.0f, residual_scale = 1.0f;
   // Every layer's attention window (Mistral v0.1, Phi-3-mini: paged_attention's sliding_window); 0: none.
   int64_t sliding_window = 0;
+  // The mixture-of-experts layers' shape (moe_block.h): num_experts 0 where there are none.
+  int64_t num_experts = 0, top_k = 0, moe_intermediate = 0;
+  bool renormalize = true;
 };
 
 // Runs the stack; throws std::invalid_argument on ids, positions or attention metadata out of range.

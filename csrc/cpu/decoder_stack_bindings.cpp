@@ -22,7 +22,8 @@ void decoder_stack(uintptr_t out, uintptr_t layers, int64_t num_layers, uintptr_
                    int64_t max_blocks_per_seq, int64_t num_blocks, int64_t block_size, int64_t hidden,
                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t intermediate, float eps,
                    float scale, int num_threads, bool embed_packed, float embed_scale, float residual_scale,
-                   int64_t sliding_window) {
+                   int64_t sliding_window, int64_t num_experts, int64_t top_k, int64_t moe_intermediate,
+                   bool renormalize) {
   const llmaas::DecoderStackArgs args{
       ptr<const llmaas::DecoderLayerPtrs>(layers), num_layers, ptr<const uint16_t>(embed), vocab_size,
       ptr<const uint16_t>(final_norm), ptr<const float>(cos_table), ptr<const float>(sin_table), max_positions,
@@ -30,7 +31,7 @@ void decoder_stack(uintptr_t out, uintptr_t layers, int64_t num_layers, uintptr_
       ptr<const int32_t>(block_tables), ptr<const int32_t>(context_lens), ptr<const int32_t>(query_start_loc),
       num_seqs, max_blocks_per_seq, num_blocks, block_size, hidden, num_heads, num_kv_heads, head_dim,
       intermediate, eps, scale, ptr<uint16_t>(out), num_threads, embed_packed, embed_scale, residual_scale,
-      sliding_window};
+      sliding_window, num_experts, top_k, moe_intermediate, renormalize};
   py::gil_scoped_release release;
   llmaas::decoder_stack(args);
 }
@@ -53,6 +54,8 @@ void register_decoder_ops(py::module_& m) {
         py::arg("hidden"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
         py::arg("intermediate"), py::arg("eps"), py::arg("scale"), py::arg("num_threads"), py::arg("embed_packed") = false,
         py::arg("embed_scale") = 1.0f, py::arg("residual_scale") = 1.0f, py::arg("sliding_window") = 0,
+        py::arg("num_experts") = 0, py::arg("top_k") = 0, py::arg("moe_intermediate") = 0,
+        py::arg("renormalize") = true,
         "A bf16 Llama decoder stack, embedding to final norm, in one call (see engine/kernels/decoder_stack.py).");
   m.def("silu_and_mul_bf16", &silu_and_mul, py::kw_only(), py::arg("out"), py::arg("gate_up"), py::arg("rows"),
         py::arg("n"), py::arg("gate_up_row_stride"), py::arg("num_threads"),

@@ -53,6 +53,11 @@ class StackShape:
     embed_scale: float = 1.0  # Granite's embedding_multiplier
     residual_scale: float = 1.0  # Granite's residual_multiplier
     sliding_window: int = 0  # every layer's attention window (Mistral v0.1, Phi-3-mini); 0: none
+    # A mixture of experts' layers (csrc/cpu/moe_block.h): 0 experts where there are none.
+    num_experts: int = 0
+    top_k: int = 0
+    moe_intermediate: int = 0
+    renormalize: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +66,18 @@ class LayerWeights:
     qkv: PackedLinearWeight  # (q_size + 2 * kv_size, hidden)
     o_proj: PackedLinearWeight  # (hidden, q_size)
     post_norm: torch.Tensor  # (hidden,) bf16
-    gate_up: PackedLinearWeight  # (2 * intermediate, hidden): gate rows, then up rows
-    down: PackedLinearWeight  # (hidden, intermediate)
+    gate_up: PackedLinearWeight | None  # (2 * intermediate, hidden): gate rows, then up rows; None: MoE
+    down: PackedLinearWeight | None  # (hidden, intermediate)
     k_cache: torch.Tensor  # (num_blocks, block_size, num_kv_heads, head_dim) bf16, contiguous
     v_cache: torch.Tensor
     qkv_bias: torch.Tensor | None = None  # (q_size + 2 * kv_size,) bf16: Qwen2
     q_norm: torch.Tensor | None = None  # (head_dim,) bf16, with k_norm: Qwen3
     k_norm: torch.Tensor | None = None
+    # A mixture-of-experts layer's router (num_experts, hidden) and experts, each (2 * moe_intermediate,
+    # hidden) and (hidden, moe_intermediate), in place of gate_up and down.
+    router: PackedLinearWeight | None = None
+    expert_gate_up: list[PackedLinearWeight] | None = None
+    expert_down: list[PackedLinearWeight] | None = None
 
 
 class DecoderStack:
@@ -97,11 +107,9 @@ class DecoderStack:
             raise ValueError(f"caches must be (num_blocks, block_size, {s.num_kv_heads}, {s.head_dim}), "
                              f"got {cache_shape}")
         rows = []
+        expert_tables: list[torch.Tensor] = []  # each MoE layer's arrays of expert pointers
         for i, w in enumerate(layers):
-            for name, packed, n, k in (("qkv", w.qkv, q_size + 2 * kv_size, s.hidden),
-                                       ("o_proj", w.o_proj, s.hidden, q_size),
-                                       ("gate_up", w.gate_up, 2 * s.intermediate, s.hidden),
-                                       ("down", w.down, s.hidden, s.intermediate)):
+            for name, packed, n, k in _linears(w, s, q_size + 2 * kv_size, q_size):
                 if (packed.out_features, packed.in_features) != (n, k):
                     raise ValueError(f"layer {i} {name}: packed ({packed.out_features}, {packed.in_features}), "
                                      f"expected ({n}, {k})")
@@ -116,13 +124,20 @@ class DecoderStack:
             for name, norm in (("q_norm", w.q_norm), ("k_norm", w.k_norm)):
                 if norm is not None:
                     _check_dense(norm, (s.head_dim,), _BF16, f"layer {i} {name}")
+            moe = [0, 0, 0]
+            if w.router is not None:
+                assert w.expert_gate_up is not None and w.expert_down is not None  # _linears checked
+                expert_tables += [torch.tensor([p.data.data_ptr() for p in experts], dtype=torch.int64)
+                                  for experts in (w.expert_gate_up, w.expert_down)]
+                moe = [w.router.data.data_ptr(), expert_tables[-2].data_ptr(), expert_tables[-1].data_ptr()]
+            mlp = [w.gate_up, w.down]
             rows.append([w.input_norm.data_ptr(), w.qkv.data.data_ptr(), w.o_proj.data.data_ptr(),
-                         w.post_norm.data_ptr(), w.gate_up.data.data_ptr(), w.down.data.data_ptr(),
-                         w.k_cache.data_ptr(), w.v_cache.data_ptr()]
-                        + [0 if p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, w.gate_up, w.down)]
-                        + [0 if t is None else t.data_ptr() for t in (w.qkv_bias, w.q_norm, w.k_norm)])
+                         w.post_norm.data_ptr()] + [0 if p is None else p.data.data_ptr() for p in mlp]
+                        + [w.k_cache.data_ptr(), w.v_cache.data_ptr()]
+                        + [0 if p is None or p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, *mlp)]
+                        + [0 if t is None else t.data_ptr() for t in (w.qkv_bias, w.q_norm, w.k_norm)] + moe)
         self.shape = shape
-        self._keep = (embed, final_norm, cos, sin, layers)  # what the table points into
+        self._keep = (embed, final_norm, cos, sin, layers, expert_tables)  # what the table points into
         self._table = torch.tensor(rows, dtype=torch.int64)
         # Everything but the per-step arguments, bound once (a step passes 6 more).
         self._fixed = dict(
@@ -132,7 +147,8 @@ class DecoderStack:
             block_size=cache_shape[1], hidden=s.hidden, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
             head_dim=s.head_dim, intermediate=s.intermediate, eps=s.eps,
             scale=s.head_dim ** -0.5 if s.scale is None else s.scale, embed_scale=s.embed_scale,
-            residual_scale=s.residual_scale, sliding_window=s.sliding_window,
+            residual_scale=s.residual_scale, sliding_window=s.sliding_window, num_experts=s.num_experts,
+            top_k=s.top_k, moe_intermediate=s.moe_intermediate, renormalize=s.renormalize,
         )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -155,6 +171,26 @@ class DecoderStack:
                              context_lens=lens.data_ptr(), query_start_loc=starts.data_ptr(), num_seqs=num_seqs,
                              max_blocks_per_seq=tables.shape[1], num_threads=_get_num_threads(), **self._fixed)
         return out
+
+
+def _linears(w: LayerWeights, s: StackShape, qkv_n: int, q_size: int) -> list[tuple[str, PackedLinearWeight, int, int]]:
+    """(name, weight, out_features, in_features) of each linear of a layer: a dense one's MLP or a
+    mixture of experts' router and experts. ValueError where a layer has neither or both."""
+    linears = [("qkv", w.qkv, qkv_n, s.hidden), ("o_proj", w.o_proj, s.hidden, q_size)]
+    dense = w.gate_up is not None and w.down is not None
+    experts = (w.router is not None and w.expert_gate_up is not None and w.expert_down is not None
+               and len(w.expert_gate_up) == len(w.expert_down) == s.num_experts > 0)
+    if dense == experts:
+        raise ValueError("a layer has either a dense MLP (gate_up, down) or a router and num_experts experts")
+    if dense:
+        assert w.gate_up is not None and w.down is not None
+        return linears + [("gate_up", w.gate_up, 2 * s.intermediate, s.hidden),
+                          ("down", w.down, s.hidden, s.intermediate)]
+    assert w.router is not None and w.expert_gate_up is not None and w.expert_down is not None
+    i = s.moe_intermediate
+    return (linears + [("router", w.router, s.num_experts, s.hidden)]
+            + [(f"expert {e} gate_up", p, 2 * i, s.hidden) for e, p in enumerate(w.expert_gate_up)]
+            + [(f"expert {e} down", p, s.hidden, i) for e, p in enumerate(w.expert_down)])
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -158,27 +158,24 @@ class LlamaForCausalLM(nn.Module):
 
     def _build_stack(self) -> decoder_stack.DecoderStack | None:
         windows = {self.config.window_of(i) for i in range(self.config.num_layers)}
-        if self.config.num_experts or len(windows) > 1:  # the C++ stack: dense MLPs, one window for all layers
+        if len(windows) > 1:  # the C++ stack runs one window for all layers
             return None
         k0 = self._attn[0].k_cache if self._attn else torch.empty(0)
-        linears = [m for layer in self.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
-                                                        layer.mlp.gate_up_proj, layer.mlp.down_proj)]
         embed = self.embed_tokens.weight
         if embed is None and self.lm_head is not None:
             embed = self.lm_head.packed
         if (not decoder_stack.supported() or k0.dim() != 4 or k0.dtype != torch.bfloat16 or not k0.is_cpu
-                or embed is None or (isinstance(embed, torch.Tensor) and embed.dtype != torch.bfloat16)
-                or any(m.packed is None for m in linears)):
+                or embed is None or (isinstance(embed, torch.Tensor) and embed.dtype != torch.bfloat16)):
+            return None
+        layers = [_stack_layer(layer) for layer in self.layers]
+        if any(layer is None for layer in layers):
             return None
         c = self.config
         shape = decoder_stack.StackShape(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                                          c.intermediate_size, c.rms_norm_eps, c.attention_multiplier,
-                                         c.embedding_multiplier, c.residual_multiplier, windows.pop())
-        layers = [decoder_stack.LayerWeights(
-            layer.input_layernorm.weight, layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed,
-            layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj.packed, layer.mlp.down_proj.packed,
-            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache, layer.self_attn.qkv_bias,
-            *_norm_weights(layer.self_attn)) for layer in self.layers]
+                                         c.embedding_multiplier, c.residual_multiplier, windows.pop(),
+                                         c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size,
+                                         c.norm_topk_prob)
         return decoder_stack.DecoderStack(shape, embed, self.norm.weight, self.rotary.cos,
                                           self.rotary.sin, layers)
 
@@ -265,6 +262,28 @@ class LlamaForCausalLM(nn.Module):
             # it): the plain copy goes, 2 bytes a parameter of the vocabulary's matrix.
             self.embed_tokens.weight = None
         self._stack, self._stack_key = None, None  # it points at the previous weights
+
+
+def _stack_layer(layer: LlamaDecoderLayer) -> decoder_stack.LayerWeights | None:
+    """The layer's weights as the C++ stack takes them, or None where one is not packed for it."""
+    attn, mlp = layer.self_attn, layer.mlp
+    if isinstance(mlp, SparseMoeBlock):
+        experts = mlp.packed_gate_up + mlp.packed_down
+        if mlp.gate.packed is None or any(p is None for p in experts):
+            return None
+        mlp_weights: dict = dict(gate_up=None, down=None, router=mlp.gate.packed, expert_gate_up=mlp.packed_gate_up,
+                                 expert_down=mlp.packed_down)
+    else:
+        mlp_weights = dict(gate_up=mlp.gate_up_proj.packed, down=mlp.down_proj.packed)
+        if mlp_weights["gate_up"] is None or mlp_weights["down"] is None:
+            return None
+    if attn.qkv_proj.packed is None or attn.o_proj.packed is None:
+        return None
+    q_norm, k_norm = _norm_weights(attn)
+    return decoder_stack.LayerWeights(
+        input_norm=layer.input_layernorm.weight, qkv=attn.qkv_proj.packed, o_proj=attn.o_proj.packed,
+        post_norm=layer.post_attention_layernorm.weight, k_cache=attn.attn.k_cache, v_cache=attn.attn.v_cache,
+        qkv_bias=attn.qkv_bias, q_norm=q_norm, k_norm=k_norm, **mlp_weights)
 
 
 def _norm_weights(attn: LlamaAttention) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -1,5 +1,5 @@
 """The fused bf16 decoder stack (engine/kernels/decoder_stack.py) against the per-op path of the
-same model (Llama, and its Qwen2, Qwen3, Granite and sliding-window variants), and its SiLU-and-multiply against torch."""
+same model (Llama, and its Qwen2, Qwen3, Granite, mixture-of-experts and sliding-window variants), and its SiLU-and-multiply against torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +25,13 @@ VARIANTS = {
     "qwen3": dataclasses.replace(CONFIG, architecture="qwen3", qk_norm=True, head_dim=24),  # head_dim * heads != hidden
     "granite": dataclasses.replace(CONFIG, architecture="granite", embedding_multiplier=12.0, residual_multiplier=0.22,
                                    attention_multiplier=0.0625, logits_scaling=8.0),
+    # Mixtures of experts: Mixtral's (every layer sparse, renormalised), Qwen3-MoE's (a dense layer too, not
+    # renormalised, per-head norms)
+    "mixtral": dataclasses.replace(CONFIG, architecture="mixtral", num_experts=5, num_experts_per_tok=2,
+                                   moe_intermediate_size=40),
+    "qwen3moe": dataclasses.replace(CONFIG, architecture="qwen3moe", qk_norm=True, num_experts=6,
+                                    num_experts_per_tok=3, moe_intermediate_size=24, norm_topk_prob=False,
+                                    dense_layers=(1,)),
     # Mistral v0.1: every layer attends within a window (5 positions, where sequences reach 23)
     "mistral": dataclasses.replace(CONFIG, sliding_window=5, sliding_layers=tuple(range(CONFIG.num_layers))),
 }
@@ -66,9 +73,13 @@ def random_model(c: ModelConfig = CONFIG) -> LlamaForCausalLM:
                "lm_head.weight": rnd(c.vocab_size, h)}
     for layer in range(c.num_layers):
         p = f"model.layers.{layer}."
+        mlp = [("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))]
+        if c.is_moe_layer(layer):
+            e, m = c.num_experts, c.moe_intermediate_size
+            mlp = [("mlp.gate", (e, h))] + [(f"mlp.experts.{x}.{name}", shape) for x in range(e) for name, shape in
+                                            (("gate_proj", (m, h)), ("up_proj", (m, h)), ("down_proj", (h, m)))]
         for name, shape in (("self_attn.q_proj", (q, h)), ("self_attn.k_proj", (kv, h)), ("self_attn.v_proj", (kv, h)),
-                            ("self_attn.o_proj", (h, q)), ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)),
-                            ("mlp.down_proj", (h, i))):
+                            ("self_attn.o_proj", (h, q)), *mlp):
             weights[p + name + ".weight"] = rnd(*shape)
         weights[p + "input_layernorm.weight"] = 1 + rnd(h)
         weights[p + "post_attention_layernorm.weight"] = 1 + rnd(h)
