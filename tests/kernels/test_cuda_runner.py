@@ -1,6 +1,6 @@
 """The GPU model runner's pieces: the profiling forward pass (device-agnostic, so it runs here on
 CPU too) and, on a GPU, greedy generation with CUDA graphs equal to eager and to transformers, for a
-dense model and a mixture of experts, with the KV cache sized from the memory left after profiling."""
+dense model, a mixture of experts and Gemma 3 (local attention), with the KV cache sized from the memory left after profiling."""
 from __future__ import annotations
 
 import sys
@@ -50,6 +50,22 @@ def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch
     return str(path), model
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
+    """Local layers with a 7-token window (prompts of 9 and 12 tokens decoded run past it), a global one."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=300, hidden_size=96, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, sliding_window=7, layer_types=["sliding_attention", "full_attention",
+                                                                           "sliding_attention"],
+        query_pre_attn_scalar=32, initializer_range=0.2, max_position_embeddings=256)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny-gemma3-gpu")
+    model.save_pretrained(path, safe_serialization=True)
+    return str(path), model
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_graphs_match_eager_and_transformers(tiny_llama: tuple[str, torch.nn.Module],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +77,13 @@ def test_a_mixture_of_experts_decodes_in_graphs(tiny_qwen3_moe: tuple[str, torch
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The experts run in the fused Triton kernel, which the decode graphs capture."""
     _assert_graphs_match_eager_and_transformers(*tiny_qwen3_moe, monkeypatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gemma3_decodes_its_windows_in_graphs(tiny_gemma3: tuple[str, torch.nn.Module],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local layers' window in the GPU attention kernels, captured in the decode graphs."""
+    _assert_graphs_match_eager_and_transformers(*tiny_gemma3, monkeypatch)
 
 
 def _assert_graphs_match_eager_and_transformers(path: str, hf_model: torch.nn.Module,
