@@ -93,6 +93,9 @@ class EngineConfig:
     # embed: "last" (the last prompt position's state) or "mean" (over every position); None: what
     # the model folder's sentence-transformers config says, else "last".
     pooling: str | None = None
+    # embed: answer any `dimensions` up to the model's size (the first values, normalised again), for a
+    # Matryoshka-trained model whose config.json does not say so (Qwen3-Embedding's does not).
+    matryoshka: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -101,6 +104,8 @@ class EngineConfig:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {', '.join(POOLINGS)}")
         if self.pooling is not None and self.task != "embed":
             raise ValueError("pooling applies to the embed task only (--task embed)")
+        if self.matryoshka and self.task != "embed":
+            raise ValueError("matryoshka applies to the embed task only (--task embed)")
         on_cpu = torch.device(self.device).type == "cpu"
         if self.block_size is None:
             self.block_size = 8 if on_cpu else 16

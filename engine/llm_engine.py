@@ -18,7 +18,7 @@ from engine.loader.load import load_model
 from engine.memory import HeapTrimmer, release_free_heap
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput, SequenceDelta, TokenLogprob, Usage
-from engine.pooling import folder_pooling
+from engine.pooling import folder_matryoshka, folder_pooling
 from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -52,6 +52,8 @@ class LLMEngine:
         loaded = load_model(model, c.dtype, c.load_format, c.device, keep_q4_1, lm_head=c.task != "embed")
         # An embedding engine's pooling (engine/pooling.py); None for a generating one.
         self.pooling = (c.pooling or folder_pooling(loaded.path)) if c.task == "embed" else None
+        # The shorter sizes its embeddings can be asked for: () any, None none (engine/pooling.py).
+        self.matryoshka_dimensions = (() if c.matryoshka else folder_matryoshka(loaded.path)) if self.pooling else None
         self.model_name = model
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer

@@ -9,6 +9,7 @@ state, so a mean-pooling engine never serves a prompt's prefix from the cache (s
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -37,6 +38,30 @@ def folder_pooling(path: str) -> str:
         raise ModelLoadError(f"{file}: pooling {modes or 'none'} is unsupported (supported: "
                              f"{', '.join(_ST_MODES)}); choose one with --pooling last|mean")
     return chosen[0]
+
+
+def folder_matryoshka(path: str) -> tuple[int, ...] | None:
+    """The shorter embedding sizes a model folder's config.json says it was trained to give (Matryoshka
+    representation learning): its `matryoshka_dimensions`, or () for any size where it only says
+    `is_matryoshka` (vLLM's keys); None where it says neither, or for a GGUF file."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
+    sizes = raw.get("matryoshka_dimensions") if isinstance(raw, dict) else None
+    if isinstance(sizes, list) and sizes and all(isinstance(d, int) and d > 0 for d in sizes):
+        return tuple(sorted(set(sizes)))
+    return () if isinstance(raw, dict) and raw.get("is_matryoshka") is True else None
+
+
+def shorten(vector: list[float], dimensions: int) -> list[float]:
+    """A Matryoshka embedding at `dimensions`: its first `dimensions` values, L2-normalised again."""
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(v * v for v in head))
+    return [v / norm for v in head] if norm > 0 else head
 
 
 def pool(hidden: torch.Tensor, batch: ScheduledBatch, pooling: str) -> list[tuple[Sequence, torch.Tensor]]:

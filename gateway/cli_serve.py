@@ -36,6 +36,9 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--pooling", choices=["last", "mean"],
                         help="--task embed: the last token's hidden state or the mean of all (default: the "
                              "folder's sentence-transformers 1_Pooling config, else last)")
+    engine.add_argument("--matryoshka", action="store_true",
+                        help="--task embed: the model is Matryoshka-trained (as Qwen3-Embedding is): answer any "
+                             "`dimensions` up to its size (default: what its config.json says)")
     _add_common(engine, host="127.0.0.1")
     engine.set_defaults(run=run_engine)
 
@@ -108,7 +111,8 @@ def _serve_engine(args: argparse.Namespace, with_gateway: bool) -> int:
                               gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
                               enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                               quantized_decode=not args.no_quantized_decode,
-                              task=getattr(args, "task", "generate"), pooling=getattr(args, "pooling", None))
+                              task=getattr(args, "task", "generate"), pooling=getattr(args, "pooling", None),
+                              matryoshka=getattr(args, "matryoshka", False))
         engine = load_engine(args.model, config)
     except (EngineError, ModelLoadError, ValueError) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)

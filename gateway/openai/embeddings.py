@@ -12,6 +12,7 @@ import msgspec
 
 from engine.errors import InvalidRequestError
 from engine.outputs import RequestOutput
+from engine.pooling import shorten
 from gateway.http import Request, Response
 from gateway.openai.embedding_input import EmbeddingInput, split_inputs
 from gateway.openai.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
@@ -28,7 +29,8 @@ async def create_embedding(ctx: ServingContext, request: Request) -> Response:
         if not ctx.embeds:
             raise ApiError(400, f"The model `{req.model}` does not serve embeddings (start its engine with "
                                 "--task embed).", param="model")
-        _check_dimensions(req.dimensions, ctx.engine.engine.model_config.hidden_size)
+        engine = ctx.engine.engine
+        dimensions = _dimensions(req.dimensions, engine.model_config.hidden_size, engine.matryoshka_dimensions)
         inputs = _inputs(req.input)
         ids = [f"{request_id}-{i}" for i in range(len(inputs))]
         outputs = await ctx.whole(request, ids, _embed_all(ctx, inputs, ids, req.priority))
@@ -38,7 +40,10 @@ async def create_embedding(ctx: ServingContext, request: Request) -> Response:
             error.param = "input"
         return error.response()
     encode = _base64 if req.encoding_format == "base64" else list
-    data = [Embedding(index=i, embedding=encode(out.embedding or [])) for i, out in enumerate(outputs)]
+    vectors = [out.embedding or [] for out in outputs]
+    if dimensions is not None:
+        vectors = [shorten(v, dimensions) for v in vectors]
+    data = [Embedding(index=i, embedding=encode(v)) for i, v in enumerate(vectors)]
     return json_response(EmbeddingList(data=data, model=req.model, usage=_usage(outputs)))
 
 
@@ -62,10 +67,22 @@ def _inputs(given: str | list[str | int | list[int]]) -> list[EmbeddingInput]:
         raise ApiError(400, str(exc), param="input") from None
 
 
-def _check_dimensions(dimensions: int | None, hidden_size: int) -> None:
-    if dimensions is not None and dimensions != hidden_size:
-        raise ApiError(400, f"dimensions must be {hidden_size}, this model's size (it does not shorten its "
-                            "embeddings)", param="dimensions")
+def _dimensions(dimensions: int | None, hidden_size: int, allowed: tuple[int, ...] | None) -> int | None:
+    """The size to shorten the vectors to, None for the model's own; ApiError for one it cannot give:
+    a Matryoshka-trained model gives its listed sizes (any up to its own where none are listed), any
+    other model only its own."""
+    if dimensions is None or dimensions == hidden_size:
+        return None
+    if not 1 <= dimensions < hidden_size:
+        raise ApiError(400, f"dimensions must be between 1 and {hidden_size}, this model's size",
+                       param="dimensions")
+    if allowed is None:
+        raise ApiError(400, f"dimensions must be {hidden_size}, this model's size: it is not known to be "
+                            "Matryoshka-trained (start its engine with --matryoshka if it is)", param="dimensions")
+    if allowed and dimensions not in allowed:
+        sizes = ", ".join(str(d) for d in (*allowed, hidden_size))
+        raise ApiError(400, f"dimensions must be one of {sizes}", param="dimensions")
+    return dimensions
 
 
 def _base64(vector: list[float]) -> str:

@@ -100,7 +100,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     # handler: a union holds one list type only).
     input: str | list[str | int | list[int]]
     encoding_format: Literal["float", "base64"] | None = None  # None: "float"
-    dimensions: int | None = None  # only the model's own size: no Matryoshka truncation
+    dimensions: int | None = None  # shorter than the model's own for a Matryoshka-trained model
     user: str | None = None
     # Scheduling priority, lower first; the gateway sets it from the caller's tier.
     priority: int = 0

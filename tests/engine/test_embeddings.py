@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
+from engine.pooling import folder_matryoshka, shorten
 from engine.sampling_params import SamplingParams
 from tests.engine.tiny_folders import write_word_tokenizer
 
@@ -144,3 +145,21 @@ def test_task_is_enforced_and_prompts_checked(tiny_qwen3) -> None:
     generator = LLMEngine(str(causal), EngineConfig(block_size=8, kv_cache_bytes=8 * 1024 * 1024))
     with pytest.raises(InvalidRequestError, match="--task embed"):
         generator.add_embedding_request("e", [1, 2, 3])
+
+
+@pytest.mark.parametrize("config,want", [
+    ({"matryoshka_dimensions": [1024, 32, 256]}, (32, 256, 1024)),
+    ({"is_matryoshka": True}, ()),
+    ({"is_matryoshka": False}, None),
+    ({}, None),
+    ({"matryoshka_dimensions": []}, None),
+])
+def test_a_folder_says_which_shorter_sizes_its_embeddings_take(tmp_path: Path, config: dict, want) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert folder_matryoshka(str(tmp_path)) == want
+    assert folder_matryoshka(str(tmp_path / "model.gguf")) is None
+
+
+def test_shorten_keeps_the_first_values_normalised() -> None:
+    assert shorten([0.6, 0.0, 0.8], 1) == [1.0]
+    assert shorten([3.0, 4.0, 12.0], 2) == pytest.approx([0.6, 0.8])

@@ -95,7 +95,9 @@ def test_list_inputs_come_back_in_order(embedder) -> None:
     ({"model": MODEL, "input": ["a", 1]}, "input"),
     ({"model": MODEL, "input": list(range(1, 1500))}, "input"),  # longer than the context
     ({"model": MODEL, "input": "a", "encoding_format": "hex"}, "encoding_format"),
-    ({"model": MODEL, "input": "a", "dimensions": 64}, "dimensions"),
+    ({"model": MODEL, "input": "a", "dimensions": 64}, "dimensions"),  # not known to be Matryoshka-trained
+    ({"model": MODEL, "input": "a", "dimensions": 0}, "dimensions"),
+    ({"model": MODEL, "input": "a", "dimensions": HIDDEN + 1}, "dimensions"),
 ])
 def test_bad_requests_get_openai_style_400s(embedder, body: dict, param: str) -> None:
     server, engine = embedder
@@ -126,7 +128,26 @@ def test_each_engine_refuses_the_other_tasks_routes(embedder, running: Running) 
     assert status == 400 and "--task embed" in answer["error"]["message"] and answer["error"]["param"] == "model"
 
 
-def test_cli_takes_pooling_only_with_the_embed_task() -> None:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "engine", "--model", MODEL, "--port", "1",
-                           "--pooling", "mean"], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("flag", [["--pooling", "mean"], ["--matryoshka"]])
+def test_cli_takes_embedding_flags_only_with_the_embed_task(flag: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "engine", "--model", MODEL, "--port", "1", *flag],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--task embed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_matryoshka_engine_shortens_its_embeddings(running: Running, embedder) -> None:
+    """--matryoshka: `dimensions` below the model's size gives the full vector's first values, normalised
+    again, in float and base64 alike."""
+    full = torch.tensor(embed(embedder[0], TEXTS[0])["data"][0]["embedding"])
+    engine = load_engine(MODEL, EngineConfig(dtype=torch.float32, kv_cache_bytes=16 * 1024 * 1024, task="embed",
+                                             matryoshka=True))
+    try:
+        server = running.start(build_router(engine))
+        short = torch.tensor(embed(server, TEXTS[0], dimensions=64)["data"][0]["embedding"])
+        packed = embed(server, TEXTS[0], dimensions=64, encoding_format="base64")["data"][0]["embedding"]
+        assert embed(server, TEXTS[0], dimensions=HIDDEN)["data"][0]["embedding"] == full.tolist()
+    finally:
+        engine.shutdown()
+    assert short.shape == (64,) and abs(short.norm().item() - 1.0) < 1e-5
+    torch.testing.assert_close(short, full[:64] / full[:64].norm(), atol=1e-6, rtol=0)
+    assert list(struct.unpack("<64f", base64.b64decode(packed))) == pytest.approx(short.tolist(), abs=1e-7)
