@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 TASKS = ("generate", "embed")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "cls")
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,6 +54,10 @@ class ModelConfig:
     sliding_layers: tuple[int, ...] = ()
     rope_local_theta: float | None = None
     hidden_act: str = "silu"  # the MLP's gate activation: "silu" or "gelu_tanh" (Gemma)
+    # An encoder (XLM-RoBERTa): attention both ways within a prompt computed whole, no KV cache; an
+    # embedding model only. Its position embeddings start at row position_offset (RoBERTa's pad id + 1).
+    causal: bool = True
+    position_offset: int = 0
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers
@@ -90,8 +94,9 @@ class EngineConfig:
     # "generate" answers completions; "embed" only embeddings (engine/pooling.py): prompts are
     # computed, their final hidden states pooled into one unit vector each, and nothing is sampled.
     task: str = "generate"
-    # embed: "last" (the last prompt position's state) or "mean" (over every position); None: what
-    # the model folder's sentence-transformers config says, else "last".
+    # embed: "last" (the last prompt position's state), "mean" (over every position) or "cls" (the first
+    # position's); None: what the model folder's sentence-transformers config says, else "last" ("cls" for
+    # an encoder).
     pooling: str | None = None
     # embed: answer any `dimensions` up to the model's size (the first values, normalised again), for a
     # Matryoshka-trained model whose config.json does not say so (Qwen3-Embedding's does not).

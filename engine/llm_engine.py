@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.block_manager import BlockManager
+from engine.loader.errors import ModelLoadError
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.energy import EnergySource, StepEnergy, open_energy_source
@@ -51,7 +52,11 @@ class LLMEngine:
         keep_q4_1 = c.quantized_decode and ops.q4_1_linear_runs(c.dtype, c.device)
         loaded = load_model(model, c.dtype, c.load_format, c.device, keep_q4_1, lm_head=c.task != "embed")
         # An embedding engine's pooling (engine/pooling.py); None for a generating one.
-        self.pooling = (c.pooling or folder_pooling(loaded.path)) if c.task == "embed" else None
+        if not loaded.config.causal and c.task != "embed":
+            raise ModelLoadError(f"{model}: an encoder ({loaded.config.architecture}) serves embeddings only: "
+                                 "--task embed")
+        default_pooling = "last" if loaded.config.causal else "cls"
+        self.pooling = (c.pooling or folder_pooling(loaded.path, default_pooling)) if c.task == "embed" else None
         # The shorter sizes its embeddings can be asked for: () any, None none (engine/pooling.py).
         self.matryoshka_dimensions = (() if c.matryoshka else folder_matryoshka(loaded.path)) if self.pooling else None
         self.model_name = model
@@ -63,10 +68,14 @@ class LLMEngine:
         bs = self.config.block_size
         self.max_model_len = min(self.config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings, self.runner.num_blocks * bs)
-        # Mean pooling reads every prompt position's hidden state: a cached prefix would skip some.
-        prefix_caching = self.config.enable_prefix_caching and self.pooling != "mean"
+        # Mean and first-token pooling read positions a cached prefix would skip; an encoder's states
+        # depend on the whole prompt.
+        encoder = not self.model_config.causal
+        prefix_caching = self.config.enable_prefix_caching and self.pooling in (None, "last") and not encoder
         self.block_manager = BlockManager(self.runner.num_blocks, bs, prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        budget = self.config.max_num_batched_tokens
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
+                                   max(budget, self.max_model_len) if encoder else budget, whole_prompts=encoder)
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids or self.model_config.eos_token_ids)
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
@@ -263,7 +272,8 @@ class LLMEngine:
         if params.logit_bias and max(params.logit_bias) >= vocab:
             raise InvalidRequestError(f"logit_bias token ids must be in [0, {vocab})", param="logit_bias")
         n = len(prompt_ids)
-        if n >= self.max_model_len:
+        # A generated token needs a position after the prompt; an embedding's prompt may fill the context.
+        if n > self.max_model_len or (n == self.max_model_len and self.pooling is None):
             raise PromptTooLongError(f"this model's maximum context length is {self.max_model_len} tokens; "
                                      f"the prompt has {n} tokens", param="messages")
         if params.max_tokens is not None and n + params.max_tokens > self.max_model_len:

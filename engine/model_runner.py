@@ -73,6 +73,8 @@ class ModelRunner:
         bound to the attention layers."""
         c = self.model_config
         shape = (2, c.num_layers, num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
+        if not self.model.attention_layers():  # an encoder's: blocks are counted, never read
+            return torch.empty(shape, dtype=self.dtype, device="meta")
         if self.device.type == "cpu":
             # In 2 MB pages: attention reads a few KB per block from blocks all over the cache, and
             # in 4 KB pages nearly every block read was a TLB miss and a page walk.

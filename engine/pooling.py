@@ -3,8 +3,9 @@ lm_head would read) pooled into one vector, in float32, L2-normalised, as senten
 Pooling + Normalize and vLLM do for Qwen3-Embedding and e5-mistral style models.
 
 "last" takes the last prompt position's row; "mean" averages every position's row, summed chunk by
-chunk (a prompt computed over several steps) on its Sequence. Mean pooling needs every position's
-state, so a mean-pooling engine never serves a prompt's prefix from the cache (see LLMEngine).
+chunk (a prompt computed over several steps) on its Sequence; "cls" takes the first position's row
+(BERT-style encoders' [CLS] / <s>). Mean and cls pooling need states a cached prefix would skip, so
+such an engine never serves a prompt's prefix from the cache (see LLMEngine).
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from engine.sequence import Sequence
 
 DEFAULT_POOLING = "last"
 # sentence-transformers' modes (1_Pooling/config.json) this engine computes, by our names.
-_ST_MODES = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean"}
+_ST_MODES = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
 
-def folder_pooling(path: str) -> str:
-    """The pooling a sentence-transformers model folder declares, else DEFAULT_POOLING."""
+def folder_pooling(path: str, default: str = DEFAULT_POOLING) -> str:
+    """The pooling a sentence-transformers model folder declares, else `default`."""
     file = Path(path) / "1_Pooling" / "config.json"
     if not file.is_file():
-        return DEFAULT_POOLING
+        return default
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -78,11 +79,16 @@ def pool(hidden: torch.Tensor, batch: ScheduledBatch, pooling: str) -> list[tupl
             part = rows.float().sum(dim=0)
             # From position 0 the sum starts afresh: a preempted sequence recomputes its prompt.
             seq.pooled_sum = part if start == 0 or seq.pooled_sum is None else seq.pooled_sum + part
+        elif pooling == "cls" and start == 0:  # the first position's row, kept until the prompt ends
+            seq.pooled_sum = rows[0].float()
         if start + n < seq.num_tokens:
             continue
         if pooling == "mean":
             assert seq.pooled_sum is not None, "set above"
             vector = seq.pooled_sum / seq.num_tokens
+        elif pooling == "cls":
+            assert seq.pooled_sum is not None, "set at position 0"
+            vector = seq.pooled_sum
         else:
             vector = rows[-1].float()
         done.append((seq, torch.nn.functional.normalize(vector, dim=0)))

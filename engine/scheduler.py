@@ -29,8 +29,12 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 whole_prompts: bool = False) -> None:
+        """whole_prompts: a waiting sequence is admitted only with the rest of its prompt in one step
+        (an encoder's, which attends both ways within it); the budget must hold the longest."""
         self.block_manager = block_manager
+        self.whole_prompts = whole_prompts
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: list[Sequence] = []  # sorted by schedule_key
@@ -93,8 +97,9 @@ class Scheduler:
                 continue
             seq.wait_for = None
             hits = self.block_manager.match_prefix(seq) if seq.num_computed_tokens == 0 else []
-            n = min(seq.num_tokens - seq.num_computed_tokens - len(hits) * self.block_manager.block_size, budget)
-            if not self.block_manager.allocate(seq, n, hits):
+            rest = seq.num_tokens - seq.num_computed_tokens - len(hits) * self.block_manager.block_size
+            n = min(rest, budget)
+            if (self.whole_prompts and n < rest) or not self.block_manager.allocate(seq, n, hits):
                 break
             if hits:
                 seq.num_computed_tokens = len(hits) * self.block_manager.block_size

@@ -33,9 +33,10 @@ def add_serve_parsers(commands: argparse._SubParsersAction) -> None:
                              "$LLMAAS_ENGINE_API_KEY; none: open to whoever reaches the port)")
     engine.add_argument("--task", choices=["generate", "embed"], default="generate",
                         help="embed: answer /v1/embeddings only (a decoder used as an embedding model)")
-    engine.add_argument("--pooling", choices=["last", "mean"],
-                        help="--task embed: the last token's hidden state or the mean of all (default: the "
-                             "folder's sentence-transformers 1_Pooling config, else last)")
+    engine.add_argument("--pooling", choices=["last", "mean", "cls"],
+                        help="--task embed: the last token's hidden state, the mean of all, or the first's "
+                             "(default: the folder's sentence-transformers 1_Pooling config, else last; cls "
+                             "for an encoder)")
     engine.add_argument("--matryoshka", action="store_true",
                         help="--task embed: the model is Matryoshka-trained (as Qwen3-Embedding is): answer any "
                              "`dimensions` up to its size (default: what its config.json says)")

@@ -4,6 +4,13 @@ import importlib.util
 import os
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels' tests run in Triton's interpreter, which must be chosen before triton is
+# first imported: here, because importing any transformers model class imports triton, and a test module
+# collected before the kernels' tests may import one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -309,3 +309,23 @@ def test_step_budget_defaults_by_device_and_yields_to_a_given_one() -> None:
     assert EngineConfig().max_num_batched_tokens == 256
     assert EngineConfig(device="cuda").max_num_batched_tokens == 512
     assert EngineConfig(max_num_batched_tokens=1024).max_num_batched_tokens == 1024
+
+
+def test_whole_prompts_are_admitted_only_whole_in_order() -> None:
+    """An encoder's scheduler: a prompt that does not fit what is left of the budget waits for the next
+    step (and so do those behind it), never split."""
+    bm = BlockManager(64, 4, False)
+    scheduler = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=16, whole_prompts=True)
+    seqs = [Sequence(seq_id=i, request_id=str(i), index=0, token_ids=list(range(n)), num_prompt_tokens=n,
+                     params=SamplingParams(max_tokens=None), max_num_tokens=n, arrival_order=i)
+            for i, n in enumerate((10, 9, 6, 16))]
+    for seq in seqs:
+        scheduler.add(seq)
+    steps = []
+    while scheduler.has_unfinished():
+        batch = scheduler.schedule()
+        scheduler.after_step(batch)
+        steps.append(list(zip([s.seq_id for s in batch.seqs], batch.num_new_tokens)))
+        for seq in batch.seqs:  # each prompt is done in its step (an embedding finishes there)
+            scheduler.finish(seq)
+    assert steps == [[(0, 10)], [(1, 9), (2, 6)], [(3, 16)]]

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from engine.config import ModelConfig
 from engine.loader import gemma3_layout
+from engine.loader.encoder_layout import ENCODER_ARCHITECTURES, ENCODER_MODEL_TYPES, encoder_config, encoder_weights
 from engine.loader.errors import ModelLoadError
 from engine.loader.fused_layout import split_fused_projections
 from engine.loader.llama_layout import check_shapes, expected_shapes
@@ -46,7 +47,8 @@ def load_hf_folder(path: str, dtype: torch.dtype, lm_head: bool = True) -> tuple
         raise ModelLoadError(f"{path}: model folder not found")
     raw = read_json(folder / "config.json")
     config = config_from_hf(raw, path, generation_eos(folder))
-    weights = _with_model_prefix(_read_safetensors(folder))
+    weights = _read_safetensors(folder)
+    weights = _with_model_prefix(weights) if config.causal else encoder_weights(weights)
     if config.architecture == "gemma3":
         weights = gemma3_layout.text_weights(weights)
     for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
@@ -72,14 +74,18 @@ def _with_model_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> ModelConfig:
     """ModelConfig from a parsed config.json; `extra_eos` (from generation_config.json) extends its eos ids."""
     architectures = raw.get("architectures") or []
+    encoder = next((ENCODER_ARCHITECTURES[a] for a in architectures if a in ENCODER_ARCHITECTURES), None)
+    if encoder is None and not architectures:
+        encoder = ENCODER_MODEL_TYPES.get(raw.get("model_type"))
+    if encoder is not None:
+        return encoder_config(raw, encoder, path)
     arch = next((SUPPORTED_ARCHITECTURES[a] for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None and not architectures:
         arch = _SUPPORTED_MODEL_TYPES.get(raw.get("model_type"))
     if arch is None:
         found = architectures or raw.get("model_type")
-        raise ModelLoadError(
-            f"{path}: unsupported architecture {found!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+        supported = ", ".join([*SUPPORTED_ARCHITECTURES, *ENCODER_ARCHITECTURES])
+        raise ModelLoadError(f"{path}: unsupported architecture {found!r} (supported: {supported})")
     if arch == "gemma3":
         raw = gemma3_layout.text_config(raw)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.config import ModelConfig
+from engine.loader.encoder_layout import encoder_shapes
 from engine.loader.errors import ModelLoadError
 
 
@@ -11,6 +12,8 @@ def expected_shapes(config: ModelConfig, lm_head: bool = True) -> dict[str, tupl
     """Name -> torch shape of every parameter a Llama model with `config` needs (no lm_head when tied,
     nor for an embedding model (lm_head False); Qwen2's q/k/v biases and Qwen3's q/k norms where the
     config has them)."""
+    if not config.causal:
+        return encoder_shapes(config)
     h, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (config.vocab_size, h),

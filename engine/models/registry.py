@@ -6,6 +6,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.models.gemma3 import Gemma3ForCausalLM
 from engine.models.llama import LlamaForCausalLM
+from engine.models.xlm_roberta import XLMRobertaModel
 
 MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "llama": LlamaForCausalLM,
@@ -19,6 +20,9 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "qwen3moe": LlamaForCausalLM,
     "granitemoe": LlamaForCausalLM,
     "gemma3": Gemma3ForCausalLM,
+    # BERT-style encoders, embedding models only (ModelConfig.causal False)
+    "xlm_roberta": XLMRobertaModel,
+    "bert": XLMRobertaModel,
 }
 
 

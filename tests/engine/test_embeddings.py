@@ -130,8 +130,8 @@ def test_task_is_enforced_and_prompts_checked(tiny_qwen3) -> None:
     embedder = _engine(causal, "last", max_model_len=100)
     with pytest.raises(InvalidRequestError, match="serves embeddings only"):
         embedder.add_request("g", [1, 2, 3], SamplingParams())
-    with pytest.raises(PromptTooLongError):
-        embedder.add_embedding_request("long", list(range(100)))
+    with pytest.raises(PromptTooLongError):  # (100 fit: an embedding generates no token after its prompt)
+        embedder.add_embedding_request("long", list(range(101)))
     with pytest.raises(InvalidRequestError, match=r"\[0, 500\)"):
         embedder.add_embedding_request("vocab", [1, VOCAB])
     with pytest.raises(InvalidRequestError, match="empty"):
