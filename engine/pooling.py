@@ -27,17 +27,14 @@ _ST_MODES = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean
 def folder_pooling(path: str, default: str = DEFAULT_POOLING) -> str:
     """The pooling a sentence-transformers model folder declares, else `default`."""
     file = Path(path) / "1_Pooling" / "config.json"
-    if not file.is_file():
+    raw = _read_json(file)
+    if raw is None:
         return default
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
     chosen = [name for key, name in _ST_MODES.items() if isinstance(raw, dict) and raw.get(key)]
     if len(chosen) != 1:
         modes = sorted(k for k, v in raw.items() if k.startswith("pooling_mode") and v) if isinstance(raw, dict) else []
         raise ModelLoadError(f"{file}: pooling {modes or 'none'} is unsupported (supported: "
-                             f"{', '.join(_ST_MODES)}); choose one with --pooling last|mean")
+                             f"{', '.join(_ST_MODES)}); choose one with --pooling last|mean|cls")
     return chosen[0]
 
 
@@ -45,17 +42,21 @@ def folder_matryoshka(path: str) -> tuple[int, ...] | None:
     """The shorter embedding sizes a model folder's config.json says it was trained to give (Matryoshka
     representation learning): its `matryoshka_dimensions`, or () for any size where it only says
     `is_matryoshka` (vLLM's keys); None where it says neither, or for a GGUF file."""
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        return None
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
+    raw = _read_json(Path(path) / "config.json")
     sizes = raw.get("matryoshka_dimensions") if isinstance(raw, dict) else None
     if isinstance(sizes, list) and sizes and all(isinstance(d, int) and d > 0 for d in sizes):
         return tuple(sorted(set(sizes)))
     return () if isinstance(raw, dict) and raw.get("is_matryoshka") is True else None
+
+
+def _read_json(file: Path) -> object:
+    """The file's JSON value, None where there is no such file; ModelLoadError where it is unreadable."""
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{file}: unreadable JSON ({e})") from e
 
 
 def shorten(vector: list[float], dimensions: int) -> list[float]:

@@ -181,19 +181,24 @@ def main() -> int:
                      "of_floor": floor / seconds, "GBps": moved / seconds / 1e9})
         print(f"{name:30s} {shape:14s} {seconds * 1e6:10.1f} us  floor {floor * 1e6:9.1f} us  "
               f"{100 * floor / seconds:5.1f}%", flush=True)
-    out = Path(args.out)
+    write_report(Path(args.out), "kernels", "Kernels", device, bandwidth, matmul, rows)
+    return failed
+
+
+def write_report(out: Path, name: str, title: str, device: str, bandwidth: float, matmul: float,
+                 rows: list[dict]) -> None:
+    """out/{name}.json (every row) and out/{name}.md (the table gpu_check.sh prints last), also printed."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
               "bandwidth_GBps": bandwidth / 1e9, "matmul_TFLOPs": matmul / 1e12, "rows": rows}
-    (out / "kernels.json").write_text(json.dumps(report, indent=1))
-    lines = [f"### Kernels vs floor on {report['device']} (copy {bandwidth / 1e9:.0f} GB/s, "
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    lines = [f"### {title} vs floor on {report['device']} (copy {bandwidth / 1e9:.0f} GB/s, "
              f"bf16 matmul {matmul / 1e12:.0f} TFLOP/s)", "",
              "| kernel | shape | us | floor us | % of floor |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['kernel']} | {r['shape']} | {r['us']:.1f} | {r['floor_us']:.1f} | {100 * r['of_floor']:.0f}% |"
               for r in rows]
-    (out / "kernels.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return failed
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ sys.path[:0] = [str(ROOT)]
 
 import torch  # noqa: E402
 
-from bench.kernels.bench_kernels_gpu import ceilings, time_call  # noqa: E402
+from bench.kernels.bench_kernels_gpu import ceilings, time_call, write_report  # noqa: E402
 from engine.kernels import moe  # noqa: E402
 from engine.kernels.triton import fused_moe  # noqa: E402
 
@@ -113,18 +112,7 @@ def main() -> int:
                   f"{100 * floor / seconds:5.1f}%", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()  # this model's experts, before the next model's
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
-              "bandwidth_GBps": bandwidth / 1e9, "matmul_TFLOPs": matmul / 1e12, "rows": rows}
-    (out / "moe.json").write_text(json.dumps(report, indent=1))
-    lines = [f"### Fused MoE vs floor on {report['device']} (copy {bandwidth / 1e9:.0f} GB/s, "
-             f"bf16 matmul {matmul / 1e12:.0f} TFLOP/s)", "",
-             "| kernel | shape | us | floor us | % of floor |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['kernel']} | {r['shape']} | {r['us']:.1f} | {r['floor_us']:.1f} | {100 * r['of_floor']:.0f}% |"
-              for r in rows]
-    (out / "moe.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), "moe", "Fused MoE", device, bandwidth, matmul, rows)
     return failed
 
 
