@@ -4,8 +4,8 @@ config.json: the multimodal sizes (Gemma3ForConditionalGeneration, 4B and up) ke
 settings in text_config, and both forms leave out whatever equals Gemma3TextConfig's defaults; transformers
 5 writes the rotary settings per layer type (rope_parameters.full_attention / .sliding_attention), older
 files rope_theta, rope_scaling and rope_local_base_freq. Weights: the multimodal checkpoints name the
-language model model.language_model.* (or language_model.model.*) beside a vision tower this engine
-does not run; every norm gain is stored as w where Gemma computes with 1 + w.
+language model as loader/multimodal_layout.py reads it, beside a vision tower this engine does not run;
+every norm gain is stored as w where Gemma computes with 1 + w.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import torch
 
 from engine.loader.errors import ModelLoadError
+from engine.loader.multimodal_layout import language_weights
 
 # Gemma3TextConfig's defaults, for the keys a config.json may leave out.
 _TEXT_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
@@ -23,8 +24,6 @@ _TEXT_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size
                   "bos_token_id": 2, "eos_token_id": 1, "tie_word_embeddings": True,
                   "hidden_activation": "gelu_pytorch_tanh"}
 _SLIDING_PATTERN = 6  # five local layers, then a global one, unless layer_types says otherwise
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
-_TEXT_PREFIXES = ("model.language_model.", "language_model.model.")
 
 
 def text_config(raw: dict) -> dict:
@@ -74,14 +73,5 @@ def fields(text: dict, path: str) -> dict[str, object]:
 
 def text_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The language model's tensors under Gemma3ForCausalLM's names, norm gains as 1 + w (in float32)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in weights.items():
-        if name.startswith(_VISION_PREFIXES):
-            continue
-        for prefix in _TEXT_PREFIXES:
-            if name.startswith(prefix):
-                name = "model." + name.removeprefix(prefix)
-        if name.endswith(("norm.weight", "layernorm.weight")):
-            tensor = tensor.float() + 1.0
-        out[name] = tensor
-    return out
+    return {name: tensor.float() + 1.0 if name.endswith(("norm.weight", "layernorm.weight")) else tensor
+            for name, tensor in language_weights(weights).items()}

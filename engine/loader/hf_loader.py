@@ -2,6 +2,7 @@
 the mixtures of experts Mixtral, Qwen3-MoE and Granite MoE (config.json + safetensors)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +11,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from engine.config import ModelConfig
-from engine.loader import gemma3_layout
+from engine.loader import gemma3_layout, multimodal_layout
 from engine.loader.encoder_layout import ENCODER_ARCHITECTURES, ENCODER_MODEL_TYPES, encoder_config, encoder_weights
 from engine.loader.errors import ModelLoadError
 from engine.loader.fused_layout import split_fused_projections
 from engine.loader.llama_layout import check_shapes, expected_shapes
+from engine.loader.multimodal_layout import TEXT_ARCHITECTURES, language_weights
 from engine.loader.moe_layout import unstack_experts
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
@@ -48,9 +50,12 @@ def load_hf_folder(path: str, dtype: torch.dtype, lm_head: bool = True) -> tuple
     raw = read_json(folder / "config.json")
     config = config_from_hf(raw, path, generation_eos(folder))
     weights = _read_safetensors(folder)
-    weights = _with_model_prefix(weights) if config.causal else encoder_weights(weights)
+    weights = _with_model_prefix(language_weights(weights)) if config.causal else encoder_weights(weights)
     if config.architecture == "gemma3":
         weights = gemma3_layout.text_weights(weights)
+    if multimodal_layout.is_wrapper(raw) and "lm_head.weight" not in weights and not config.tie_word_embeddings:
+        # Its text_config says untied, the top level (which transformers 5 follows) tied: the file decides
+        config = dataclasses.replace(config, tie_word_embeddings=True)
     for name in [n for n in weights if n.endswith("rotary_emb.inv_freq")]:
         del weights[name]  # a buffer older checkpoints saved; recomputed from the config
     if config.tie_word_embeddings or not lm_head:
@@ -79,12 +84,15 @@ def config_from_hf(raw: dict, path: str, extra_eos: tuple[int, ...] = ()) -> Mod
         encoder = ENCODER_MODEL_TYPES.get(raw.get("model_type"))
     if encoder is not None:
         return encoder_config(raw, encoder, path)
+    wrapped = next((TEXT_ARCHITECTURES[a] for a in architectures if a in TEXT_ARCHITECTURES), None)
+    if wrapped is not None:  # a vision-language checkpoint: its language model, as text only
+        return config_from_hf(multimodal_layout.text_config(raw, wrapped), path, extra_eos)
     arch = next((SUPPORTED_ARCHITECTURES[a] for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None and not architectures:
         arch = _SUPPORTED_MODEL_TYPES.get(raw.get("model_type"))
     if arch is None:
         found = architectures or raw.get("model_type")
-        supported = ", ".join([*SUPPORTED_ARCHITECTURES, *ENCODER_ARCHITECTURES])
+        supported = ", ".join([*SUPPORTED_ARCHITECTURES, *TEXT_ARCHITECTURES, *ENCODER_ARCHITECTURES])
         raise ModelLoadError(f"{path}: unsupported architecture {found!r} (supported: {supported})")
     if arch == "gemma3":
         raw = gemma3_layout.text_config(raw)

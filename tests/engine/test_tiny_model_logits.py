@@ -2,6 +2,7 @@
 (safetensors), through the paged cache: a prompt computed in chunks, then decode steps, for two
 sequences batched together. A Llama with GQA and Llama 3 rope scaling; a Qwen2 (q/k/v biases); a
 Mistral v0.1 (a 20-token window in every layer); a
+Mistral3ForConditionalGeneration (Mistral-Small 3.x: its language model, the vision tower left out); a
 Qwen3 (per-head q/k norms, a head_dim that is not hidden_size / heads, tied embeddings); a Granite
 (its embedding, residual, attention and logits scales); a Phi-3 (q/k/v and gate/up stored fused); and the
 mixtures of experts Mixtral (w1/w3/w2 experts), Qwen3-MoE (a dense layer among sparse ones, weights not
@@ -37,6 +38,12 @@ def _tiny_model(family: str) -> torch.nn.Module:
     if family == "mistral":  # Mistral v0.1's local attention in every layer
         return transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=20,
                                                                          tie_word_embeddings=False))
+    if family == "mistral3":  # Mistral-Small 3.1/3.2: a vision-language checkpoint, its language model served
+        text = transformers.MistralConfig(**common, head_dim=16, tie_word_embeddings=False)
+        vision = transformers.PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=2, image_size=32, patch_size=16)
+        return transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(text_config=text,
+                                                                                         vision_config=vision))
     if family == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
     if family == "phi3":
@@ -70,7 +77,7 @@ def _tiny_model(family: str) -> torch.nn.Module:
     return transformers.Qwen3ForCausalLM(config)
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3", "granite", "phi3",
+@pytest.fixture(scope="module", params=["llama", "mistral", "mistral3", "qwen2", "qwen3", "granite", "phi3",
                                                           "mixtral", "qwen3moe", "granitemoe", "gemma3"])
 def tiny_model(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
@@ -90,9 +97,11 @@ def test_chunked_prefill_and_decode_logits_match(tiny_model, backend: str, monke
     monkeypatch.setenv("LLMAAS_ATTENTION_BACKEND", backend)
     family, path, hf_model = tiny_model
     config, weights = load_hf_folder(path, torch.float32)
-    assert config.architecture == {"mistral": "llama"}.get(family, family) and config.num_kv_heads == 2
+    assert config.architecture == {"mistral": "llama", "mistral3": "llama"}.get(family, family)
+    assert config.num_kv_heads == 2
     assert (config.qkv_bias, config.qk_norm) == (family == "qwen2", family in ("qwen3", "qwen3moe", "gemma3"))
-    assert config.sliding_layers == {"gemma3": (0, 1, 2, 3, 4, 6), "mistral": (0, 1, 2)}.get(family, ())
+    # (MistralConfig sets a 4096 window by default, which mistral3 keeps)
+    assert config.sliding_layers == {"gemma3": (0, 1, 2, 3, 4, 6), "mistral": (0, 1, 2), "mistral3": (0, 1, 2)}.get(family, ())
     assert config.num_experts == {"mixtral": 8, "qwen3moe": 8, "granitemoe": 6}.get(family, 0)
     assert config.dense_layers == ((1,) if family == "qwen3moe" else ())
     engine_config = EngineConfig(block_size=8, kv_cache_bytes=64 * 1024 * 1024)

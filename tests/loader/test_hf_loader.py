@@ -189,3 +189,22 @@ def test_missing_config(tiny_llama: TinyLlama, tmp_path: Path) -> None:
     (folder / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="config.json"):
         load_hf_folder(str(folder), torch.float32)
+
+
+def test_a_vision_language_checkpoints_language_model_is_read() -> None:
+    """Mistral-Small 3.x (Mistral3ForConditionalGeneration): text_config is the model, top-level eos ids
+    carry over; tensors of either naming come under the causal LM's, the vision side's are dropped."""
+    from engine.loader.multimodal_layout import language_weights
+
+    raw = {"architectures": ["Mistral3ForConditionalGeneration"], "eos_token_id": 2,
+           "text_config": _raw(architectures=None, model_type="mistral", head_dim=128, num_attention_heads=32,
+                               hidden_size=5120)}
+    config = config_from_hf(raw, "m")
+    assert (config.architecture, config.head_dim, config.eos_token_ids) == ("llama", 128, (2,))
+    one = torch.zeros(1)
+    weights = {"language_model.model.layers.0.input_layernorm.weight": one, "language_model.lm_head.weight": one,
+               "model.language_model.norm.weight": one, "lm_head.bias": one,
+               "vision_tower.transformer.layers.0.attention_norm.weight": one,
+               "model.multi_modal_projector.linear_1.weight": one}
+    assert sorted(language_weights(weights)) == ["lm_head.bias", "lm_head.weight", "model.layers.0.input_layernorm.weight",
+                                                 "model.norm.weight"]
