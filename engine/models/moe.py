@@ -8,6 +8,8 @@ CUDA the stacked tensors stay and feed the fused Triton kernel, which a decode g
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -38,7 +40,8 @@ class SparseMoeBlock(nn.Module):
         down = [None] * self.num_experts if self.w_down is None else self.w_down.unbind(0)
         return moe.experts_forward(x, weights, ids, gate_up, down, self.packed_gate_up, self.packed_down)
 
-    def load(self, take, prefix: str, dtype: torch.dtype, device: torch.device) -> None:
+    def load(self, take: Callable[[str], torch.Tensor], prefix: str, dtype: torch.dtype,
+             device: torch.device) -> None:
         """Places the router and the experts from Hugging Face-named tensors; take(name) pops one."""
         router = take(prefix + "gate.weight")
         if tuple(router.shape) != tuple(self.gate.weight.shape):
