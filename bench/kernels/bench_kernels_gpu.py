@@ -168,21 +168,29 @@ def main() -> int:
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     bandwidth, matmul = ceilings(device, args.smoke)
-    rows, failed = [], 0
+    rows: list[dict] = []
+    failed = 0
     for name, shape, fn, moved, flops in cases(device, args.smoke):
-        try:
-            seconds = time_call(fn, device, graph=not name.split()[-1].startswith("torch"))
-        except Exception as e:  # noqa: BLE001 - one kernel's failure must not hide the others' numbers
-            print(f"{name} {shape}: FAILED {type(e).__name__}: {e}", flush=True)
-            failed = 1
-            continue
-        floor = max(moved / bandwidth, flops / matmul)
-        rows.append({"kernel": name, "shape": shape, "us": seconds * 1e6, "floor_us": floor * 1e6,
-                     "of_floor": floor / seconds, "GBps": moved / seconds / 1e9})
-        print(f"{name:30s} {shape:14s} {seconds * 1e6:10.1f} us  floor {floor * 1e6:9.1f} us  "
-              f"{100 * floor / seconds:5.1f}%", flush=True)
+        failed |= measure(rows, name, shape, fn, moved, flops, device, bandwidth, matmul)
     write_report(Path(args.out), "kernels", "Kernels", device, bandwidth, matmul, rows)
     return failed
+
+
+def measure(rows: list[dict], kernel: str, shape: str, fn: Callable[[], object], moved: float, flops: float,
+            device: str, bandwidth: float, matmul: float) -> int:
+    """Times one case (in a CUDA graph unless it is torch's) against its floor, appends its row and
+    prints it; 1 where it failed (printed; the other cases still run), else 0."""
+    try:
+        seconds = time_call(fn, device, graph=not kernel.split()[-1].startswith("torch"))
+    except Exception as e:  # noqa: BLE001 - one case's failure must not hide the others' numbers
+        print(f"{kernel} {shape}: FAILED {type(e).__name__}: {e}", flush=True)
+        return 1
+    floor = max(moved / bandwidth, flops / matmul)
+    rows.append({"kernel": kernel, "shape": shape, "us": seconds * 1e6, "floor_us": floor * 1e6,
+                 "of_floor": floor / seconds, "GBps": moved / seconds / 1e9})
+    print(f"{kernel:40s} {shape:22s} {seconds * 1e6:10.1f} us  floor {floor * 1e6:9.1f} us  "
+          f"{100 * floor / seconds:5.1f}%", flush=True)
+    return 0
 
 
 def write_report(out: Path, name: str, title: str, device: str, bandwidth: float, matmul: float,

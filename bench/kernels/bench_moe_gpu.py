@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT)]
 
 import torch  # noqa: E402
 
-from bench.kernels.bench_kernels_gpu import ceilings, time_call, write_report  # noqa: E402
+from bench.kernels.bench_kernels_gpu import ceilings, measure, write_report  # noqa: E402
 from engine.kernels import moe  # noqa: E402
 from engine.kernels.triton import fused_moe  # noqa: E402
 
@@ -95,21 +95,12 @@ def main() -> int:
     bandwidth, matmul = ceilings(device, args.smoke)
     models = {"tiny": (4, 2, 40, 24)} if args.smoke else MODELS
     dtype = torch.float32 if args.smoke else torch.bfloat16
-    rows, failed = [], 0
+    rows: list[dict] = []
+    failed = 0
     for name, (experts, top_k, hidden, inter) in models.items():
         for kernel, shape, fn, moved, flops in model_cases(name, experts, top_k, hidden, inter,
                                                             [1, 5] if args.smoke else TOKENS, dtype, device):
-            try:
-                seconds = time_call(fn, device, graph=kernel.split()[-1] != "torch")
-            except Exception as e:  # noqa: BLE001 - one case's failure must not hide the others' numbers
-                print(f"{kernel} {shape}: FAILED {type(e).__name__}: {e}", flush=True)
-                failed = 1
-                continue
-            floor = max(moved / bandwidth, flops / matmul)
-            rows.append({"kernel": kernel, "shape": shape, "us": seconds * 1e6, "floor_us": floor * 1e6,
-                         "of_floor": floor / seconds, "GBps": moved / seconds / 1e9})
-            print(f"{kernel:40s} {shape:22s} {seconds * 1e6:10.1f} us  floor {floor * 1e6:9.1f} us  "
-                  f"{100 * floor / seconds:5.1f}%", flush=True)
+            failed |= measure(rows, kernel, shape, fn, moved, flops, device, bandwidth, matmul)
         if device == "cuda":
             torch.cuda.empty_cache()  # this model's experts, before the next model's
     write_report(Path(args.out), "moe", "Fused MoE", device, bandwidth, matmul, rows)

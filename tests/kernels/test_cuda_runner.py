@@ -14,6 +14,13 @@ from engine.loader.hf_loader import load_hf_folder
 from engine.model_runner import ModelRunner
 
 
+def _saved(model: torch.nn.Module, factory: pytest.TempPathFactory, name: str) -> tuple[str, torch.nn.Module]:
+    """`model` (in eval mode) saved as a Hugging Face folder: (the folder, the model)."""
+    path = factory.mktemp(name)
+    model.eval().save_pretrained(path, safe_serialization=True)
+    return str(path), model
+
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Module]:
     transformers = pytest.importorskip("transformers")
@@ -21,10 +28,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.
     config = transformers.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
                                       max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tiny-llama-gpu")
-    model.save_pretrained(path, safe_serialization=True)
-    return str(path), model
+    return _saved(transformers.LlamaForCausalLM(config), tmp_path_factory, "tiny-llama-gpu")
 
 
 def test_profile_forward_runs_the_largest_batch(tiny_llama: tuple[str, torch.nn.Module]) -> None:
@@ -44,10 +48,7 @@ def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch
         vocab_size=300, hidden_size=96, intermediate_size=160, moe_intermediate_size=40, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, initializer_range=0.2, max_position_embeddings=256, tie_word_embeddings=False)
-    model = transformers.Qwen3MoeForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tiny-qwen3moe-gpu")
-    model.save_pretrained(path, safe_serialization=True)
-    return str(path), model
+    return _saved(transformers.Qwen3MoeForCausalLM(config), tmp_path_factory, "tiny-qwen3moe-gpu")
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +61,7 @@ def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn
         num_key_value_heads=2, head_dim=32, sliding_window=7, layer_types=["sliding_attention", "full_attention",
                                                                            "sliding_attention"],
         query_pre_attn_scalar=32, initializer_range=0.2, max_position_embeddings=256)
-    model = transformers.Gemma3ForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tiny-gemma3-gpu")
-    model.save_pretrained(path, safe_serialization=True)
-    return str(path), model
+    return _saved(transformers.Gemma3ForCausalLM(config), tmp_path_factory, "tiny-gemma3-gpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
