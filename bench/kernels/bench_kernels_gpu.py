@@ -161,11 +161,16 @@ def cases(device: str, smoke: bool) -> list[tuple[str, str, Callable[[], object]
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """--out OUTDIR and --smoke, the options every GPU kernel bench takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args(__doc__)
     device = "cpu" if args.smoke else "cuda"
     bandwidth, matmul = ceilings(device, args.smoke)
     rows: list[dict] = []

@@ -16,7 +16,6 @@ Writes OUTDIR/moe.json and OUTDIR/moe.md (also printed).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -31,7 +30,7 @@ sys.path[:0] = [str(ROOT)]
 
 import torch  # noqa: E402
 
-from bench.kernels.bench_kernels_gpu import ceilings, measure, write_report  # noqa: E402
+from bench.kernels.bench_kernels_gpu import ceilings, measure, parse_args, write_report  # noqa: E402
 from engine.kernels import moe  # noqa: E402
 from engine.kernels.triton import fused_moe  # noqa: E402
 
@@ -83,10 +82,7 @@ def model_cases(name: str, experts: int, top_k: int, hidden: int, inter: int, to
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     if not args.smoke and not torch.cuda.is_available():
         print("bench_moe_gpu: needs a CUDA GPU (torch sees none); --smoke runs tiny shapes in the Triton "
               "interpreter on CPU", file=sys.stderr)

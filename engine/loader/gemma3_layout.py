@@ -14,7 +14,6 @@ import math
 import torch
 
 from engine.loader.errors import ModelLoadError
-from engine.loader.multimodal_layout import language_weights
 
 # Gemma3TextConfig's defaults, for the keys a config.json may leave out.
 _TEXT_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
@@ -71,7 +70,8 @@ def fields(text: dict, path: str) -> dict[str, object]:
             "rope_local_theta": float(text["rope_local_base_freq"])}
 
 
-def text_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The language model's tensors under Gemma3ForCausalLM's names, norm gains as 1 + w (in float32)."""
+def offset_norms(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors (under Gemma3ForCausalLM's names: see multimodal_layout.language_weights) with each norm
+    gain as Gemma computes it, 1 + w, in float32."""
     return {name: tensor.float() + 1.0 if name.endswith(("norm.weight", "layernorm.weight")) else tensor
-            for name, tensor in language_weights(weights).items()}
+            for name, tensor in weights.items()}

@@ -52,7 +52,7 @@ def load_hf_folder(path: str, dtype: torch.dtype, lm_head: bool = True) -> tuple
     weights = _read_safetensors(folder)
     weights = _with_model_prefix(language_weights(weights)) if config.causal else encoder_weights(weights)
     if config.architecture == "gemma3":
-        weights = gemma3_layout.text_weights(weights)
+        weights = gemma3_layout.offset_norms(weights)
     if multimodal_layout.is_wrapper(raw) and "lm_head.weight" not in weights and not config.tie_word_embeddings:
         # Its text_config says untied, the top level (which transformers 5 follows) tied: the file decides
         config = dataclasses.replace(config, tie_word_embeddings=True)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.loader.errors import ModelLoadError
-from engine.loader.gemma3_layout import text_weights
+from engine.loader.gemma3_layout import offset_norms
+from engine.loader.multimodal_layout import language_weights
 from engine.loader.hf_loader import config_from_hf
 from tests.engine.tiny_folders import assert_greedy_matches_transformers, save_folder
 from tests.loader.helpers import random_norms
@@ -65,7 +66,7 @@ def test_the_multimodal_checkpoints_language_model_is_taken_and_its_norm_gains_o
                "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": torch.ones(2, 2),
                "multi_modal_projector.mm_input_projection_weight": torch.ones(2, 2),
                "model.layers.0.self_attn.q_norm.weight": torch.tensor([2.0], dtype=torch.bfloat16)}
-    got = text_weights(weights)
+    got = offset_norms(language_weights(weights))
     assert sorted(got) == ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
                            "model.layers.0.self_attn.q_norm.weight", "model.norm.weight"]
     assert got["model.layers.0.input_layernorm.weight"].tolist() == [1.5, 0.0]
