@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tomllib
 
@@ -10,7 +9,7 @@ from gateway.cli_gateway import add_gateway_parser
 from gateway.cli_bench import add_bench_parsers
 from gateway.cli_generate import add_generate_parser
 from gateway.cli_serve import add_serve_parsers
-from gateway.cli_tokens import CommandError, add_tokens_parsers
+from gateway.cli_tokens import CommandError, add_tokens_parsers, store_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (OSError, sqlite3.Error, tomllib.TOMLDecodeError, CommandError) as exc:
-        # A file that is not there or not a database, a disk that refuses a write: said, not traced.
+    except (OSError, tomllib.TOMLDecodeError, CommandError, *store_errors()) as exc:
+        # A file that is not there or not a database, a disk that refuses a write, a database server
+        # that cannot be reached: said, not traced.
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tomllib
+
+from gateway.cli_tokens import store_errors
 
 
 def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +34,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         gateway = Gateway(config)
         router = gateway.router()
         lane, lane_state = gateway.native_lane()
-    except (OSError, ValueError, sqlite3.Error, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError, tomllib.TOMLDecodeError, *store_errors()) as exc:
         print(f"llmaas: error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,13 +1,15 @@
 """`llmaas tokens create|list|revoke|rotate`, `llmaas usage` and `llmaas audit verify|export|purge`.
 
-They work on the same store as the gateway (`--db`, or LLMAAS_DB, or ~/.local/share/llmaas/llmaas.db),
-so they may run while it serves: a new token works at once, a revocation within a second.
+They work on the same store as the gateway (`--db`, or LLMAAS_DB, or ~/.local/share/llmaas/llmaas.db:
+an SQLite file, or a postgresql:// URL), so they may run while it serves: a new token works at once,
+a revocation within a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import time
 import unicodedata
@@ -69,6 +71,13 @@ class CommandError(Exception):
     """A command that cannot go on for a reason its user can fix: printed, exit status 2."""
 
 
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a store raises for its user to fix (a file that is no database, a server that cannot be
+    reached): SQLite's errors, and psycopg's once a postgresql:// store loaded it (never for nothing)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error, psycopg.Error) if psycopg is not None else (sqlite3.Error,)
+
+
 def iso_time(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -80,7 +89,8 @@ def iso_time(ts: float | None) -> str:
 
 def add_tokens_parsers(commands: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="the store (default: $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db)")
+    common.add_argument("--db", help="the store: an SQLite file or a postgresql:// URL "
+                                     "(default: $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db)")
     common.add_argument("--tiers", help="tier config file (default: $LLMAAS_TIERS or the built-in tiers)")
 
     tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
@@ -143,16 +153,17 @@ def _open(args: argparse.Namespace, existing: bool = True):  # type: ignore[no-u
     there, so a database that is not there is a mistyped path, said as such, not made (empty, it
     would list no tokens and verify as intact)."""
     # Imported here: `llmaas --help` should not pay for the store.
-    from gateway.tenancy import SqliteStore, SystemClock, load_config
+    from gateway.tenancy import SystemClock, load_config
+    from gateway.tenancy.open_store import is_postgres, open_store
     from gateway.tenancy.tokens import TokenService
 
     path = _db_path(args)
-    if existing and not os.path.exists(path):
+    # (A PostgreSQL database that is not there is the server's to say: connecting fails.)
+    if existing and not is_postgres(path) and not os.path.exists(path):
         raise CommandError(f"no database at {path} (made by the first `llmaas tokens create` or gateway start)")
     try:
         config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
-        # The ledger journal only for its replay: a gateway starting meanwhile must get it.
-        store = SqliteStore(path, hold_journal=False)
+        store = open_store(path, cli=True)
     except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's
         raise CommandError(str(exc)) from None
     return store, config, TokenService(store, SystemClock(), config.token_policy)
@@ -383,7 +394,11 @@ def run_new_key(args: argparse.Namespace) -> int:
 
 def _is_store_file(path: str, db: str) -> bool:
     """Whether writing `path` would write over the database or one of its sidecars (`<db>-wal`,
-    the journals), by any name for them (a relative path, a link)."""
+    the journals), by any name for them (a relative path, a link). A PostgreSQL database has no file here."""
+    from gateway.tenancy.open_store import is_postgres
+
+    if is_postgres(db):
+        return False
     out, base = os.path.realpath(path), os.path.realpath(db)
     if out == base or out.startswith(tuple(base + suffix for suffix in _SIDECARS)):
         return True

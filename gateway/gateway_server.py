@@ -172,11 +172,12 @@ class Gateway:
 
     async def health(self, request: Request) -> Response:
         """200 while every model has a healthy host and the records reach the database; 503 naming
-        the models that have none, or why the database is lost (its file deleted under the gateway)."""
+        the models that have none, or why the database is lost (its file deleted under the gateway, a
+        PostgreSQL server that cannot be reached)."""
         down = [name for name, hosts in self.fleet.by_model.items() if not any(h.healthy for h in hosts)]
         lost = self.tenancy.store.file_lost() if self.tenancy is not None else None
         if lost is not None and not self._store_lost_logged:
-            log.error("%s; restart the gateway to record into the database at that path", lost)
+            log.error("%s", lost)
             self._store_lost_logged = True
         body = Health(status="degraded" if down or lost else "ok", models_down=down,
                       store=lost if lost is not None else msgspec.UNSET)

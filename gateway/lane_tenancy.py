@@ -32,6 +32,7 @@ from gateway.tenancy.clock import SystemClock
 from gateway.tenancy.native_limits import NativeRateLimiter
 from gateway.tenancy.permissions import ModelPatterns
 from gateway.tenancy.service import LOCAL_TENANT, LOCAL_TIER, Tenancy, rfc3339
+from gateway.tenancy.sqlite_store import SqliteStore
 
 try:
     from gateway._native import sqlite_version as _native_sqlite_version
@@ -51,7 +52,10 @@ def unavailable(tenancy: Tenancy) -> str | None:
         return "the native limit table is not built"
     if not isinstance(tenancy.clock, SystemClock):
         return "the tenancy runs on a test clock"
-    if not getattr(tenancy.store, "journaled", False):
+    if not isinstance(tenancy.store, SqliteStore):
+        # The lane commits its ledger rows and audit records into the SQLite file itself.
+        return "the store is not SQLite (the lane writes its ledger into an SQLite file)"
+    if not tenancy.store.journaled:
         return "the store has no ledger journal (synchronous=FULL, or another process owns it)"
     if _native_sqlite_version is not None and not _native_sqlite_version():
         return "gateway._native was built without SQLite (libsqlite3-dev)"

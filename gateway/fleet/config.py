@@ -70,7 +70,9 @@ class TenancySection(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     # False only for local experiments (`llmaas serve --no-auth`): every caller is the local tenant.
     require_auth: bool = True
-    db: str | None = None  # SQLite file; default $LLMAAS_DB or ~/.local/share/llmaas/llmaas.db
+    # An SQLite file or a postgresql:// URL (a fleet's shared database); default $LLMAAS_DB or
+    # ~/.local/share/llmaas/llmaas.db.
+    db: str | None = None
     tiers: str | None = None  # tiers and prices TOML; default $LLMAAS_TIERS or the shipped tiers
     catalog: str | None = None  # model catalog TOML; default the shipped catalog
     # How long each admitted request's prompt text is kept in its audit record ("90d"), encrypted

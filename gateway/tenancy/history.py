@@ -65,3 +65,55 @@ def parse_cursor(text: str) -> tuple[float, int]:
 def sql_glob(pattern: str) -> str:
     """fnmatch's pattern in SQLite GLOB's syntax (the same but for a negated set's `!`)."""
     return pattern.replace("[!", "[^")
+
+
+def sql_regex(pattern: str) -> str:
+    """fnmatch's pattern as an anchored PostgreSQL regular expression (PostgreSQL has no GLOB, and
+    LIKE no sets): `*` any run, `?` any character, `[...]` a set (`[!...]` negated), the rest literal."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        end = _set_end(pattern, i) if c == "[" else -1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif end >= 0:
+            out.append(_set(pattern[i:end]))
+            i = end + 1
+        else:
+            out.append(_literal(c))
+    return "".join(out) + "$"
+
+
+def _literal(c: str) -> str:
+    # A backslash before a letter or digit is an escape (\d); before anything else, that character.
+    return c if c.isalnum() else "\\" + c
+
+
+def _set_end(pattern: str, start: int) -> int:
+    """Where the set opened before `start` closes, as fnmatch reads it (a `]` first in the set is a
+    member); -1 when it does not, and the `[` is a plain character."""
+    j = start + (start < len(pattern) and pattern[start] == "!")
+    j += j < len(pattern) and pattern[j] == "]"
+    return pattern.find("]", j)
+
+
+def _set(body: str) -> str:
+    """A set's members as fnmatch reads them: `a-z` a range, a reversed one empty (PostgreSQL would
+    refuse it), `-` first or last itself. An empty set matches nothing, its negation any character."""
+    negated = body.startswith("!")
+    body = body[negated:]
+    members, k = [], 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            if body[k] <= body[k + 2]:
+                members.append(f"{_literal(body[k])}-{_literal(body[k + 2])}")
+            k += 3
+        else:
+            members.append(_literal(body[k]))
+            k += 1
+    if not members:
+        return "." if negated else "(?!)"
+    return "[" + "^" * negated + "".join(members) + "]"

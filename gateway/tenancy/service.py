@@ -21,20 +21,14 @@ from gateway.tenancy import native_limits
 from gateway.tenancy.native_limits import NativeGrant, NativeRateLimiter
 from gateway.tenancy.rate_limit import Grant, RateLimiter
 from gateway.tenancy.security_policies import SecurityPolicies
-from gateway.tenancy.sqlite_store import SqliteStore
+from gateway.tenancy.open_store import open_store
 from gateway.tenancy.store import Store, UsageRow
 from gateway.tenancy.tiers import Prices, Tier, TierConfig, load_config
 from gateway.tenancy.tokens import CachedToken, TokenService
 
+# LLMAAS_DB: an SQLite file's path, or a postgresql:// URL (open_store.py).
 DB_ENV, TIERS_ENV = "LLMAAS_DB", "LLMAAS_TIERS"
 LOCAL_TENANT, LOCAL_TIER = "local", "local"
-# How often the journaled ledger rows are committed to SQLite (they are durable in the journal from
-# `finish` on; reads commit what is pending first). A commit costs ~0.3 ms whatever it holds plus
-# ~8-13 us a row on this machine, so at a few thousand requests/s a 50 ms batch (~250 rows) costs
-# ~10 us a row where a 10 ms one (~30-50 rows) costs 17-25.
-JOURNAL_COMMIT_INTERVAL_S = 0.05
-# A gateway waits this long for the ledger journal that a CLI command holds while it runs.
-JOURNAL_WAIT_S = 2.0
 
 
 def default_db_path() -> str:
@@ -115,13 +109,13 @@ class Tenancy:
     @classmethod
     def open(cls, db_path: str | None = None, tiers_path: str | None = None, catalog_path: str | None = None,
              clock: Clock | None = None, prompt_retention_s: float | None = None) -> Tenancy:
+        """db_path: an SQLite file, or a PostgreSQL database's postgresql:// URL (default: LLMAAS_DB)."""
         clock = clock or SystemClock()
         key = load_key()
         if prompt_retention_s and key is None:
             raise ValueError(f"[tenancy] prompt_retention keeps prompt text, encrypted: set {KEY_ENV} to a 32-byte "
                              "key in base64 (`llmaas audit new-key` makes one)")
-        store = SqliteStore(db_path or default_db_path(), flush_interval_s=JOURNAL_COMMIT_INTERVAL_S,
-                            journal_wait_s=JOURNAL_WAIT_S)
+        store = open_store(db_path or default_db_path(), cli=False)
         tenancy = cls(store, load_config(tiers_path or os.environ.get(TIERS_ENV)), Catalog.load(clock, catalog_path),
                       clock, key, prompt_retention_s)
         # What passed its retention while no gateway ran; a running one purges on its own (purger.py).

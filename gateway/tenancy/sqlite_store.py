@@ -30,7 +30,7 @@ from gateway.tenancy.clock import SystemClock
 from gateway.tenancy.history import HistoryEntry, HistoryQuery, sql_glob
 from gateway.tenancy.journal import SUFFIX, Journal, JournalBusy
 from gateway.tenancy.migrations import migrate
-from gateway.tenancy.sqlite_writer import AUDIT_SQL, USAGE_SQL, Op, SqliteWriter
+from gateway.tenancy.sqlite_writer import AUDIT_SQL, USAGE_SQL, Op, SqliteWriter, parse_heads
 from gateway.tenancy.store import AuditRecord, PolicyRecord, TokenRecord, UsageRow
 
 _TOKEN_COLS = list(TokenRecord.__struct_fields__)
@@ -252,7 +252,8 @@ class SqliteStore:
         if now == self._file:
             return None
         what = "deleted" if now is None else "replaced by another file"
-        return f"the database {self.path} was {what} while this process ran: what it records now is lost when it stops"
+        return (f"the database {self.path} was {what} while this process ran: what it records now is lost when it "
+                f"stops; restart the gateway to record into the database at that path")
 
     @property
     def journaled(self) -> bool:
@@ -268,14 +269,8 @@ class SqliteStore:
 
     def audit_heads(self) -> dict[str, tuple[int, str]]:
         self.writer.sync()
-        rows = self._read("SELECT key, value FROM meta WHERE key = 'audit_head' OR key GLOB 'audit_head:*'")
-        heads = {}
-        for key, value in rows:
-            seq, _, digest = str(value).partition(":")
-            # An edited head that is not "seq:hash" reads as seq -1 with the whole value, for the
-            # verifier to report (it is not this reader's to refuse).
-            heads[key.partition(":")[2]] = (int(seq), digest) if seq.isascii() and seq.isdigit() else (-1, str(value))
-        return heads
+        return parse_heads(self._read(
+            "SELECT key, value FROM meta WHERE key = 'audit_head' OR key GLOB 'audit_head:*'"))
 
     def history(self, query: HistoryQuery) -> list[HistoryEntry]:
         """Newest first, at most `query.limit` entries (see history.py)."""

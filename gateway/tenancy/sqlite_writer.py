@@ -57,6 +57,19 @@ _HEAD_SQL = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 def head_key(chain: str) -> str:
     """Where a chain's head is kept in meta."""
     return f"audit_head:{chain}" if chain else "audit_head"
+
+
+def parse_heads(rows: list[tuple[str, Any]]) -> dict[str, tuple[int, str]]:
+    """Each chain's (seq, hash) from its head's (meta key, "seq:hash") row."""
+    heads = {}
+    for key, value in rows:
+        seq, _, digest = str(value).partition(":")
+        # An edited head that is not "seq:hash" reads as seq -1 with the whole value, for the
+        # verifier to report (it is not this reader's to refuse).
+        heads[key.partition(":")[2]] = (int(seq), digest) if seq.isascii() and seq.isdigit() else (-1, str(value))
+    return heads
+
+
 _STOP = object()
 _DRAIN = object()  # tells the writer to commit the journaled rows
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The one store interface for tokens, usage and audit records, and security policies.
 
-SQLite (`sqlite_store.py`) is the embedded default; a fleet of gateways would implement the same
-protocol on PostgreSQL. Writes return a `concurrent.futures.Future` that resolves once the write is
+SQLite (`sqlite_store.py`) is the embedded default; a fleet of gateways shares a PostgreSQL database
+(`postgres_store.py`); `open_store.py` opens one or the other by its location. Writes return a `concurrent.futures.Future` that resolves once the write is
 committed: a caller that must not lose a row (the usage row of a finished request) waits on it
 (`await asyncio.wrap_future(f)`) before it sends the response's last byte; callers that need not
 wait simply drop it. Reads are synchronous and fast (indexed lookups).
@@ -113,7 +113,8 @@ class Store(Protocol):
     def get_meta(self, key: str) -> str | None: ...
     def set_meta_once(self, key: str, value: str) -> str: ...
 
-    # why what this store writes no longer reaches its database (a file deleted under it), else None
+    # why what this store writes no longer reaches its database (a file deleted under it, a server
+    # that cannot be reached), else None
     def file_lost(self) -> str | None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...

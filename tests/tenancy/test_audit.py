@@ -3,12 +3,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import psycopg
 import pytest
 from cryptography.exceptions import InvalidTag
 
 from gateway.tenancy import FakeClock, SqliteStore
 from gateway.tenancy.audit import AuditTrail, Problem, export_jsonl
 from gateway.tenancy.encryption import PromptCipher, load_key, new_key
+from gateway.tenancy.postgres_store import PostgresStore
+from gateway.tenancy.store import Store
 
 
 def fill(store: SqliteStore, clock: FakeClock, n: int = 6, trail: AuditTrail | None = None) -> AuditTrail:
@@ -22,8 +25,13 @@ def fill(store: SqliteStore, clock: FakeClock, n: int = 6, trail: AuditTrail | N
     return trail
 
 
-def tamper(store: SqliteStore, sql: str, *params: object) -> None:
-    conn = sqlite3.connect(store.path)
+def tamper(store: Store, sql: str, *params: object) -> None:
+    """An edit behind the store's back, on its database: SQLite's file, or PostgreSQL's (`?` marks its parameters)."""
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(store.url, autocommit=True) as pg:
+            pg.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        return
+    conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
     conn.execute(sql, params)
     conn.commit()
     conn.close()
@@ -33,6 +41,7 @@ def kinds(trail: AuditTrail) -> list[tuple[int, str]]:
     return [(p.seq, p.kind) for p in trail.verify()]
 
 
+@pytest.mark.both_stores
 def test_intact_chain_verifies_and_survives_restart(store: SqliteStore, clock: FakeClock) -> None:
     first = fill(store, clock)
     trail = fill(store, clock, 3, AuditTrail(store, clock))  # a new process starts a chain of its own
@@ -62,12 +71,14 @@ def test_gateways_sharing_a_database_chain_apart(tmp_path, clock: FakeClock) -> 
         b_store.close()
 
 
+@pytest.mark.both_stores
 def test_edited_field_is_caught(store: SqliteStore, clock: FakeClock) -> None:
     trail = fill(store, clock)
     tamper(store, "UPDATE audit SET output_tokens = 0 WHERE seq = 3")
     assert kinds(trail) == [(3, "edited")]
 
 
+@pytest.mark.both_stores
 def test_edited_and_rehashed_is_caught_at_the_next_link(store: SqliteStore, clock: FakeClock) -> None:
     from gateway.tenancy.audit import record_hash
     trail = fill(store, clock)
@@ -77,6 +88,7 @@ def test_edited_and_rehashed_is_caught_at_the_next_link(store: SqliteStore, cloc
     assert kinds(trail) == [(3, "edited")]
 
 
+@pytest.mark.both_stores
 def test_deleted_record_is_caught(store: SqliteStore, clock: FakeClock) -> None:
     trail = fill(store, clock)
     tamper(store, "DELETE FROM audit WHERE seq = 4")
@@ -85,6 +97,7 @@ def test_deleted_record_is_caught(store: SqliteStore, clock: FakeClock) -> None:
     assert "4" in problems[0].message
 
 
+@pytest.mark.both_stores
 def test_deleted_tail_is_caught(store: SqliteStore, clock: FakeClock) -> None:
     trail = fill(store, clock)
     tamper(store, "DELETE FROM audit WHERE seq >= 5")
@@ -138,6 +151,7 @@ def test_a_huge_seq_is_a_gap_found_at_once(store: SqliteStore, clock: FakeClock,
     assert any(message in p.message for p in found)
 
 
+@pytest.mark.both_stores
 def test_encrypted_prompt_round_trip_and_purge(store: SqliteStore, clock: FakeClock) -> None:
     key = load_key(new_key())
     assert key is not None and len(key) == 32
@@ -158,6 +172,7 @@ def test_encrypted_prompt_round_trip_and_purge(store: SqliteStore, clock: FakeCl
     assert trail.verify() == []  # the chain covers the digest, not the purged text
 
 
+@pytest.mark.both_stores
 def test_prompt_not_kept_without_retention_policy(store: SqliteStore, clock: FakeClock) -> None:
     trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=None)
     trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
@@ -166,6 +181,7 @@ def test_prompt_not_kept_without_retention_policy(store: SqliteStore, clock: Fak
     assert rec.prompt is None and rec.prompt_digest is None
 
 
+@pytest.mark.both_stores
 def test_tampered_prompt_blob_is_caught(store: SqliteStore, clock: FakeClock) -> None:
     trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=3600)
     trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
@@ -174,6 +190,7 @@ def test_tampered_prompt_blob_is_caught(store: SqliteStore, clock: FakeClock) ->
     assert kinds(trail) == [(1, "edited")]
 
 
+@pytest.mark.both_stores
 def test_export_has_no_ciphertext(store: SqliteStore, clock: FakeClock) -> None:
     trail = AuditTrail(store, clock, PromptCipher(load_key(new_key()) or b""), retention_s=3600)
     trail.append(status=200, reason="ok", request_id="r1", prompt="hello")
@@ -182,6 +199,7 @@ def test_export_has_no_ciphertext(store: SqliteStore, clock: FakeClock) -> None:
     assert b'"prompt":null' in line and b'"prompt_digest":"' in line
 
 
+@pytest.mark.both_stores
 def test_rules_version_is_chained_and_older_records_keep_their_hashes(store: SqliteStore, clock: FakeClock) -> None:
     import hashlib
 

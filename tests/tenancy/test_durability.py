@@ -9,20 +9,22 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway.tenancy import Catalog, FakeClock, SqliteStore, Tenancy
+import pytest
+
+from gateway.tenancy import Catalog, FakeClock, Tenancy
 from gateway.tenancy.tiers import parse_config
-from tests.tenancy.conftest import SMALL
+from tests.tenancy.conftest import SMALL, open_at
 
 WRITER = textwrap.dedent("""
     import sys, threading
-    from gateway.tenancy import Catalog, Counts, FakeClock, SqliteStore, Tenancy
+    from gateway.tenancy import Catalog, Counts, FakeClock, Tenancy
     from gateway.tenancy.tiers import parse_config
-    from tests.tenancy.conftest import SMALL
+    from tests.tenancy.conftest import SMALL, open_at
 
     clock = FakeClock(1768435200.0)
     catalog = Catalog.load(clock)
     catalog.set_hosts("qwen3:8b", ["gpu-1"])
-    tenancy = Tenancy(SqliteStore(sys.argv[1]), parse_config(SMALL), catalog, clock)
+    tenancy = Tenancy(open_at(sys.argv[1]), parse_config(SMALL), catalog, clock)
     secret, _ = tenancy.tokens.create("acme", "big")
     out = threading.Lock()
 
@@ -42,10 +44,12 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_under_load_loses_no_committed_row(tmp_path: Path) -> None:
-    db = tmp_path / "kill.db"
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkill_under_load_loses_no_committed_row(tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    # PostgreSQL's: a gateway killed with its writer's batch in flight, never flushed.
+    db = request.getfixturevalue("pg_url") if kind == "postgres" else str(tmp_path / "kill.db")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, db], stdout=subprocess.PIPE, env=env, text=True)
     acked: list[str] = []
     try:
         assert proc.stdout is not None
@@ -59,7 +63,7 @@ def test_sigkill_under_load_loses_no_committed_row(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
     clock = FakeClock(1768435200.0)
-    tenancy = Tenancy(SqliteStore(db), parse_config(SMALL), Catalog.load(clock), clock)
+    tenancy = Tenancy(open_at(db), parse_config(SMALL), Catalog.load(clock), clock)
     try:
         stored = {r.request_id for r in tenancy.store.usage("acme", 0)}
         assert set(acked) <= stored

@@ -12,6 +12,8 @@ from gateway.tenancy.history import HistoryQuery, cursor_after, parse_cursor
 from gateway.tenancy.migrations import MIGRATIONS, migrate
 from tests.tenancy.conftest import NOW
 
+pytestmark = pytest.mark.both_stores  # the store's queries, on SQLite and on PostgreSQL
+
 
 def traffic(tenancy: Tenancy, clock: FakeClock) -> None:
     """acme: 4 answers (qwen3:8b, granite, qwen3:8b, an error) and a 403; beta: 2 answers; a bad token.

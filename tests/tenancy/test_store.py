@@ -25,6 +25,7 @@ def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.both_stores
 def test_token_round_trip_and_listing(store: SqliteStore) -> None:
     store.put_token(token("a")).result()
     store.put_token(token("b", "other")).result()
@@ -46,6 +47,7 @@ def test_a_failing_write_does_not_sink_its_batch(store: SqliteStore) -> None:
     assert store.get_token("a") is not None and store.get_token("c") is not None
 
 
+@pytest.mark.both_stores
 def test_meta_set_once(store: SqliteStore) -> None:
     assert store.set_meta_once("k", "first") == "first"
     assert store.set_meta_once("k", "second") == "first"

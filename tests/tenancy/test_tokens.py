@@ -9,6 +9,7 @@ from gateway.tenancy import tokens as tokens_module
 from gateway.tenancy.tokens import PREFIX, split_secret
 
 DAY = 86400.0
+pytestmark = pytest.mark.both_stores  # every test here on SQLite and on PostgreSQL
 
 
 def bearer(secret: str) -> str:
@@ -355,13 +356,13 @@ def test_lookups_on_other_threads_wait_for_a_re_read_instead_of_refusing(tenancy
     assert found == [record.id] * 8
 
 
-def test_two_processes_rotating_one_token_make_one_successor(tenancy: Tenancy, clock: FakeClock, tmp_path) -> None:
+def test_two_processes_rotating_one_token_make_one_successor(tenancy: Tenancy, clock: FakeClock) -> None:
     # Each process's rotate lock orders only its own threads: a gateway and the CLI (or two gateways
     # sharing the database) rotating at once made two successors, two new secrets both valid.
-    from gateway.tenancy import SqliteStore
+    from tests.tenancy.conftest import another
 
     _, record = tenancy.tokens.create("acme", "small")
-    other_store = SqliteStore(tmp_path / "t.db")  # its own connections, as another process has
+    other_store = another(tenancy.store)  # its own connections, as another process has
     try:
         other = tokens_module.TokenService(other_store, clock, tenancy.config.token_policy, tenancy.tokens.pepper)
         mine = tenancy.tokens
