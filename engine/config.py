@@ -87,7 +87,7 @@ class EngineConfig:
     num_threads: int | None = None
     gpu_memory_utilization: float | None = None  # CUDA: KV cache sized to this share of GPU memory; None: kv_cache_bytes
     load_format: str = "auto"  # "dummy": random weights of the model's shapes, made on the device (benchmarks)
-    # bf16 on an avx512_bf16 CPU: linears a GGUF stores in Q4_1 keep that form too (0.625 more bytes
+    # bf16 on an avx512_bf16 or AMX CPU: linears a GGUF stores in Q4_1 keep that form too (0.625 more bytes
     # a weight in memory), read by steps of up to 4 tokens: 3.2x fewer bytes a decode step, the same
     # outputs bit for bit (engine/kernels/linear.py).
     quantized_decode: bool = True

@@ -1,7 +1,7 @@
 """Times the bf16 linear kernel against torch.nn.functional.linear in bf16 and fp32 on CPU.
 
 Run from the repository root after building the extension:
-    python -m bench.kernels.bench_linear_cpu [--threads N] [--rounds R] [--ms 1,8,32,128,512]
+    python -m bench.kernels.bench_linear_cpu [--threads N] [--rounds R] [--ms 1,8,32,128,512] [--isa ISA]
 
 Shapes are SmolLM2-135M's linears (out N, in K). A model step reads every weight
 from DRAM (270 MB of bf16 per token, far more than the L3 cache), so each call
@@ -132,9 +132,12 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated linears to time")
     parser.add_argument("--step-ms", default="1,32", help="M of the decode-step timing ('' to skip; needs all shapes)")
     parser.add_argument("--warm-weights", action="store_true", help="reuse one copy of each weight (cache-resident)")
+    parser.add_argument("--isa", help="the kernel's variant (default: the best the CPU runs; see supported_linear_isas)")
     args = parser.parse_args()
     if not linear.supported():
         raise SystemExit("engine._C lacks the linear kernel: python setup.py build_ext --inplace")
+    if args.isa:
+        linear._C.set_linear_isa(args.isa)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ms = [int(m) for m in args.ms.split(",")]

@@ -32,6 +32,11 @@
 //   few row blocks (decode batches) the first block's pass over a tile also
 //   prefetches the next tile into L2, else it waits on DRAM. Row blocks
 //   are made nearly equal (M = 32 gives 11, 11, 10, not 12, 12, 8).
+//   On a CPU with AMX the same layouts feed tdpbf16ps instead (linear_amx.h): 32-row blocks, 5-12x
+//   the vdpbf16ps kernel's speed from 32 rows up, the same at 1 row. The two round differently, so
+//   the AMX variant runs every M there, and the Q4_1 kernel has an AMX form too. Rows of x are
+//   taken in groups of up to kGroupBytes, every tile passing over one group before the next: at
+//   long prompts x outgrows L2, and each tile would stream all of it from L3 again.
 //   Without avx512_bf16 the same layouts feed an fp32 FMA kernel, written once
 //   against vec.h's vector types for AVX-512, AVX2 and the x86-64-v2 baseline: a
 //   pair word yields its even element by a 16-bit shift and its odd one by masking
@@ -51,6 +56,7 @@
 
 #include "bf16.h"
 #include "isa_select.h"
+#include "linear_amx.h"
 #include "linear_q4_1.h"
 #include "tile_store.h"
 #include "vec.h"
@@ -59,12 +65,14 @@ namespace llmaas {
 namespace {
 
 constexpr int64_t kTile = kLinearTileN;
-constexpr int kMaxRows = 12;  // the most rows any variant's microkernel takes
+constexpr int kMaxRows = 32;  // the most rows any variant's microkernel takes (AMX's)
 // Multiply-adds below which waking the thread team costs more than it saves.
 constexpr int64_t kMinParallelWork = 1 << 17;
 // Row blocks up to which a tile's first pass prefetches the next tile: measured 4-10% faster at
 // M = 32 (3 blocks), 2-4% slower at M = 128 and 512, where each tile's read is amortised anyway.
 constexpr int64_t kMaxPrefetchBlocks = 4;
+// Bytes of x's rows that a thread's tiles pass over before going on to the next rows.
+constexpr int64_t kGroupBytes = int64_t{512} << 10;
 
 // Computes y[r][c] for r < R, c < cols (<= kTile) from R rows of x and one tile
 // of packed W; x and y point at the block's first row, rows ldx and ldy apart.
@@ -188,17 +196,26 @@ struct IsaVariant {
   bool (*supported)();
   int max_rows;
   TileTable tiles[2];  // [float32, bfloat16 output]
+  void (*thread_done)();  // what each thread runs after its last tile of a call (AMX: release), or null
 };
+
+// Kernel::thread_done if the kernel has one, else null.
+template <class Kernel, class = void>
+constexpr void (*kThreadDone)() = nullptr;
+template <class Kernel>
+constexpr void (*kThreadDone<Kernel, std::void_t<decltype(&Kernel::thread_done)>>)() = &Kernel::thread_done;
 
 template <class Kernel>
 constexpr IsaVariant variant(const char* name, bool (*supported)()) {
   using Rows = std::make_index_sequence<Kernel::kMaxRows>;
-  return {name, supported, Kernel::kMaxRows, {tile_table<Kernel, float>(Rows{}), tile_table<Kernel, uint16_t>(Rows{})}};
+  return {name, supported, Kernel::kMaxRows, {tile_table<Kernel, float>(Rows{}), tile_table<Kernel, uint16_t>(Rows{})},
+          kThreadDone<Kernel>};
 }
 
 // Best first.
 const IsaVariant kVariants[] = {
 #if defined(__x86_64__)
+    variant<AmxBf16>("amx_bf16", cpu_has_amx_bf16),
     variant<Avx512Bf16>("avx512_bf16", cpu_has_avx512_bf16),
     variant<Avx512Fma>("avx512", cpu_has_avx512),
     variant<Avx2Fma>("avx2", cpu_has_avx2),
@@ -208,10 +225,11 @@ const IsaVariant kVariants[] = {
 
 IsaSelector g_isa(kVariants);
 
-// The Q4_1 kernel (linear_q4_1.cpp) is written for avx512_bf16, the first variant on x86-64.
+// The Q4_1 kernel (linear_q4_1.cpp) is written for amx_bf16 and avx512_bf16, the first two variants
+// on x86-64.
 bool runs_q4_1(const IsaVariant* variant) {
 #if defined(__x86_64__)
-  return variant == &kVariants[0];
+  return variant == &kVariants[0] || variant == &kVariants[1];
 #else
   (void)variant;
   return false;
@@ -241,7 +259,7 @@ void linear_bf16(const LinearArgs& a) {
     throw std::invalid_argument("linear_bf16: invalid sizes");
   if (a.m == 0) return;
   const IsaVariant* variant = g_isa.current();
-  if (a.w_q4_1 != nullptr && a.m <= kQ4_1MaxRows && runs_q4_1(variant)) return linear_q4_1(a);
+  if (a.w_q4_1 != nullptr && a.m <= kQ4_1MaxRows && runs_q4_1(variant)) return linear_q4_1(a, variant == &kVariants[0]);
   const int64_t pairs = (a.k + 1) / 2, tiles = (a.n + kTile - 1) / kTile;
   // ceil(m / max_rows) blocks; the first `extra` get one row more than the others.
   const int64_t blocks = (a.m + variant->max_rows - 1) / variant->max_rows;
@@ -252,18 +270,28 @@ void linear_bf16(const LinearArgs& a) {
   char* y = static_cast<char*>(a.y);
   const int threads = std::max(a.num_threads, 1);
   const bool parallel = blocks * tiles > 1 && a.m * a.n * a.k >= kMinParallelWork;
-#pragma omp parallel for num_threads(threads) if (parallel) schedule(static) collapse(2)
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t row0 = block_row0(b), rows = block_row0(b + 1) - row0, col0 = t * kTile;
-      // With a few row blocks (a decode batch), the first pass over a tile brings in the next
-      // tile, so that the blocks after it (computing from L2) overlap the next tile's DRAM read.
-      const bool prefetch = blocks > 1 && blocks <= kMaxPrefetchBlocks && b == 0 && t + 1 < tiles;
-      const uint16_t* next_wt = prefetch ? a.w_packed + (t + 1) * pairs * 2 * kTile : nullptr;
-      tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, a.w_packed + t * pairs * 2 * kTile, a.k,
-                         y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0),
-                         next_wt);
-    }
+  // Row blocks in groups whose rows of x stay in L2 while every tile of W passes over them.
+  // Groups of nearly equal size, so that the threads' shares of (group, tile) units are too.
+  const int64_t fitting_blocks = std::max<int64_t>(1, kGroupBytes / (variant->max_rows * a.k * 2));
+  const int64_t groups = (blocks + fitting_blocks - 1) / fitting_blocks;
+  const int64_t group_blocks = (blocks + groups - 1) / groups;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+#pragma omp for schedule(static) collapse(2) nowait
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t b = g * group_blocks; b < std::min(blocks, (g + 1) * group_blocks); ++b) {
+          const int64_t row0 = block_row0(b), rows = block_row0(b + 1) - row0, col0 = t * kTile;
+          // With a few row blocks (a decode batch), the first pass over a tile brings in the next
+          // tile, so that the blocks after it (computing from L2) overlap the next tile's DRAM read.
+          const bool prefetch = blocks > 1 && blocks <= kMaxPrefetchBlocks && b == 0 && t + 1 < tiles;
+          const uint16_t* next_wt = prefetch ? a.w_packed + (t + 1) * pairs * 2 * kTile : nullptr;
+          tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, a.w_packed + t * pairs * 2 * kTile, a.k,
+                             y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride,
+                             std::min(kTile, a.n - col0), next_wt);
+        }
+    if (variant->thread_done != nullptr) variant->thread_done();
+  }
 }
 
 void linear_bf16_grouped(const GroupedLinearArgs& a) {
@@ -285,21 +313,25 @@ void linear_bf16_grouped(const GroupedLinearArgs& a) {
   char* y = static_cast<char*>(a.y);
   const int64_t rows_total = a.row_starts[a.groups] - a.row_starts[0];
   const bool parallel = units > 1 && rows_total * a.n * a.k >= kMinParallelWork;
-#pragma omp parallel for num_threads(std::max(a.num_threads, 1)) if (parallel) schedule(static)
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t g = std::upper_bound(unit_starts.begin(), unit_starts.end(), u) - unit_starts.begin() - 1;
-    const int64_t m = a.row_starts[g + 1] - a.row_starts[g];
-    // Row blocks as linear_bf16 makes them, so that each row's output is the same bits.
-    const int64_t blocks = (m + variant->max_rows - 1) / variant->max_rows;
-    const int64_t base_rows = m / blocks, extra = m % blocks;
-    const int64_t t = (u - unit_starts[g]) / blocks, b = (u - unit_starts[g]) % blocks;
-    const int64_t row0 = a.row_starts[g] + b * base_rows + std::min(b, extra);
-    const int64_t rows = base_rows + (b < extra ? 1 : 0), col0 = t * kTile;
-    const bool prefetch = blocks > 1 && blocks <= kMaxPrefetchBlocks && b == 0 && t + 1 < tiles;
-    const uint16_t* wt = a.w_packed[g] + t * tile_elems;
-    tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, wt, a.k,
-                       y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0),
-                       prefetch ? wt + tile_elems : nullptr);
+#pragma omp parallel num_threads(std::max(a.num_threads, 1)) if (parallel)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t g = std::upper_bound(unit_starts.begin(), unit_starts.end(), u) - unit_starts.begin() - 1;
+      const int64_t m = a.row_starts[g + 1] - a.row_starts[g];
+      // Row blocks as linear_bf16 makes them, so that each row's output is the same bits.
+      const int64_t blocks = (m + variant->max_rows - 1) / variant->max_rows;
+      const int64_t base_rows = m / blocks, extra = m % blocks;
+      const int64_t t = (u - unit_starts[g]) / blocks, b = (u - unit_starts[g]) % blocks;
+      const int64_t row0 = a.row_starts[g] + b * base_rows + std::min(b, extra);
+      const int64_t rows = base_rows + (b < extra ? 1 : 0), col0 = t * kTile;
+      const bool prefetch = blocks > 1 && blocks <= kMaxPrefetchBlocks && b == 0 && t + 1 < tiles;
+      const uint16_t* wt = a.w_packed[g] + t * tile_elems;
+      tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, wt, a.k,
+                         y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0),
+                         prefetch ? wt + tile_elems : nullptr);
+    }
+    if (variant->thread_done != nullptr) variant->thread_done();
   }
 }
 

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/amx.h"
 #include "cpu/linear_bf16.h"
 #include "cpu/linear_q4_1.h"
 
@@ -85,10 +86,17 @@ void register_linear_ops(py::module_& m) {
         py::arg("n"), py::arg("k"), py::arg("num_threads"),
         "Packs a weight's GGUF Q4_1 blocks (n rows of k / 32 blocks) for linear_bf16.");
   m.def("linear_q4_1_available", &llmaas::linear_q4_1_available,
-        "Whether the selected linear variant runs the Q4_1 kernel (avx512_bf16).");
+        "Whether the selected linear variant runs the Q4_1 kernel (amx_bf16, avx512_bf16).");
   m.def("supported_linear_isas", &llmaas::supported_linear_isas,
         "Linear kernel variants this CPU can run, best first.");
   m.def("linear_isa", &llmaas::linear_isa, "The linear kernel variant in use.");
+#if defined(__x86_64__)
+  m.def("load_foreign_amx_config", [] {
+        if (!llmaas::cpu_has_amx_bf16()) throw std::invalid_argument("this CPU has no AMX");
+        llmaas::amx_load_foreign_config();
+      },
+      "Configures the calling thread's AMX tiles as other code might leave them (tests).");
+#endif
   m.def("set_linear_isa", &llmaas::set_linear_isa, py::arg("isa"),
         "Forces a linear kernel variant (tests, benchmarks).");
 }

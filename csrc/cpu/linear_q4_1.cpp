@@ -35,6 +35,7 @@
 #include <immintrin.h>
 #endif
 
+#include "amx.h"
 #include "tile_store.h"
 #include "vec.h"
 
@@ -135,43 +136,81 @@ LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* w
 }
 #undef LLMAAS_Q4_TARGET
 
+// The same widened rows into one packed tile chunk (16 pair rows of 128 bytes), multiplied on the AMX
+// tiles as AmxBf16 multiplies linear_bf16's (linear_amx.h): the bits of that variant.
+template <int R, typename Out>
+LLMAAS_AMX_TARGET void tile_q4_1_amx(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, Out* y,
+                                     int64_t ldy, int64_t cols) {
+  amx_configure(R);
+  amx_zero<R>();
+  alignas(64) uint16_t chunk[kGroupK / 2][2 * kTile];
+  for (int64_t g = 0; g < k / kGroupK; ++g) {
+    const uint8_t* group = wt + g * kGroupBytes;
+    const Spread d0 = spread(group), d1 = spread(group + 32);
+    const Spread m0 = spread(group + 2 * kTile), m1 = spread(group + 2 * kTile + 32);
+    const uint8_t* rows = group + kScalesBytes;
+    for (int64_t p = 0; p < kGroupK / 2; ++p) {
+      _mm512_store_si512(chunk[p], (__m512i)widen(rows + p * 32, d0, m0));
+      _mm512_store_si512(chunk[p] + kTile, (__m512i)widen(rows + p * 32 + 16, d1, m1));
+    }
+    amx_step<R>(x + g * kGroupK, 2 * ldx, chunk);
+  }
+  alignas(64) float c[32][32];
+  amx_store<R>(c);
+  __m512 acc[R][2];
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = _mm512_load_ps(c[r]);
+    acc[r][1] = _mm512_load_ps(c[r] + 16);
+  }
+  store_tile<R>(acc, y, ldy, cols);
+}
+
 using TileFn = void (*)(const uint16_t*, int64_t, const uint8_t*, int64_t, void*, int64_t, int64_t);
 
-template <int R, typename Out>
+template <int R, typename Out, bool kAmx>
 void tile_entry(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, void* y, int64_t ldy, int64_t cols) {
-  tile_q4_1<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);
+  if constexpr (kAmx)
+    tile_q4_1_amx<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);
+  else
+    tile_q4_1<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);
 }
 
-template <typename Out, size_t... I>
+template <typename Out, bool kAmx, size_t... I>
 constexpr std::array<TileFn, kQ4_1MaxRows> tile_table(std::index_sequence<I...>) {
-  return {{&tile_entry<static_cast<int>(I) + 1, Out>...}};
+  return {{&tile_entry<static_cast<int>(I) + 1, Out, kAmx>...}};
 }
 
-constexpr std::array<TileFn, kQ4_1MaxRows> kTiles[2] = {
-    tile_table<float>(std::make_index_sequence<kQ4_1MaxRows>{}),
-    tile_table<uint16_t>(std::make_index_sequence<kQ4_1MaxRows>{}),
+using Rows = std::make_index_sequence<kQ4_1MaxRows>;
+// [amx][float32, bfloat16 output][rows - 1]
+constexpr std::array<TileFn, kQ4_1MaxRows> kTiles[2][2] = {
+    {tile_table<float, false>(Rows{}), tile_table<uint16_t, false>(Rows{})},
+    {tile_table<float, true>(Rows{}), tile_table<uint16_t, true>(Rows{})},
 };
 
 }  // namespace
 
-void linear_q4_1(const LinearArgs& a) {
+void linear_q4_1(const LinearArgs& a, bool amx) {
   if (a.w_q4_1 == nullptr || a.m < 1 || a.m > kQ4_1MaxRows || a.k % kGroupK)
     throw std::invalid_argument("linear_q4_1: invalid sizes");
   const int64_t tiles = (a.n + kTile - 1) / kTile, tile_bytes = a.k / kGroupK * kGroupBytes;
   const bool f32 = a.out_dtype == DType::kFloat32;
-  const TileFn fn = kTiles[f32 ? 0 : 1][a.m - 1];
+  const TileFn fn = kTiles[amx ? 1 : 0][f32 ? 0 : 1][a.m - 1];
   char* y = static_cast<char*>(a.y);
   const int64_t out_size = f32 ? 4 : 2;
   const bool parallel = tiles > 1 && a.m * a.n * a.k >= kMinParallelWork;
-#pragma omp parallel for num_threads(std::max(a.num_threads, 1)) if (parallel) schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t col0 = t * kTile;
-    fn(a.x, a.x_row_stride, a.w_q4_1 + t * tile_bytes, a.k, y + col0 * out_size, a.y_row_stride,
-       std::min(kTile, a.n - col0));
+#pragma omp parallel num_threads(std::max(a.num_threads, 1)) if (parallel)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t col0 = t * kTile;
+      fn(a.x, a.x_row_stride, a.w_q4_1 + t * tile_bytes, a.k, y + col0 * out_size, a.y_row_stride,
+         std::min(kTile, a.n - col0));
+    }
+    if (amx) amx_release();
   }
 }
 #else
-void linear_q4_1(const LinearArgs&) { throw std::invalid_argument("linear_q4_1: needs x86-64 with avx512_bf16"); }
+void linear_q4_1(const LinearArgs&, bool) { throw std::invalid_argument("linear_q4_1: needs x86-64 with avx512_bf16"); }
 #endif
 
 }  // namespace llmaas

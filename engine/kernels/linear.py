@@ -72,7 +72,7 @@ class PackedLinearWeight:
 
 
 def q4_1_supported() -> bool:
-    """Whether `linear` runs Q4_1 forms on this CPU (the avx512_bf16 kernel variant is selected)."""
+    """Whether `linear` runs Q4_1 forms on this CPU (the amx_bf16 or avx512_bf16 variant is selected)."""
     return _SUPPORTED and _C.linear_q4_1_available()
 
 

@@ -11,7 +11,8 @@ from engine.kernels import linear
 
 pytestmark = pytest.mark.skipif(not linear.supported(), reason="engine._C not built with the linear kernel")
 
-# Shapes off the 32-column tile and the 12-row block, odd K, and SmolLM2's own.
+# Shapes off the 32-column tile, the 12-row (vdpbf16ps) and 16- and 32-row (AMX) blocks, K off the
+# AMX tile's 32 elements, odd K, and SmolLM2's own.
 MS = [1, 3, 17, 64, 257]
 NS = [1, 15, 192, 577, 1536]
 KS = [2, 64, 130, 576, 1536]
@@ -60,7 +61,8 @@ def test_matches_reference(m: int, n: int, k: int, out_dtype: torch.dtype) -> No
 
 
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
-@pytest.mark.parametrize("m, n, k", [(1, 577, 130), (3, 15, 64), (17, 192, 576), (64, 1536, 1536), (257, 33, 2)])
+@pytest.mark.parametrize("m, n, k", [(1, 577, 130), (3, 15, 64), (17, 192, 576), (64, 1536, 1536), (257, 33, 2),
+                                     (33, 40, 100), (100, 40, 4101)])
 def test_isa_variants(isa: str, m: int, n: int, k: int, out_dtype: torch.dtype) -> None:
     x, weight = randn(m, k, seed=1), randn(n, k, seed=2)
     assert_matches(linear.linear(x, linear.pack(weight), out_dtype), x, weight, out_dtype)
@@ -149,12 +151,46 @@ def test_a_rows_result_does_not_depend_on_the_batch(isa: str) -> None:
     """Batch invariance: a row's output is the same bits whatever rows come with it, so a
     sequence's tokens do not depend on how many others share its step or on a prefix-cache hit
     shortening its prefill (every row block sums K in one order)."""
-    x, packed = randn(40, 576, seed=17), linear.pack(randn(1536, 576, seed=18))
+    x, packed = randn(72, 578, seed=17), linear.pack(randn(1536, 578, seed=18))
     for out_dtype in OUT_DTYPES:
         whole = linear.linear(x, packed, out_dtype)
-        for m in range(1, 15):
+        for m in [*range(1, 15), 16, 17, 31, 32, 33, 40]:
             assert torch.equal(linear.linear(x[:m].contiguous(), packed, out_dtype), whole[:m]), m
         assert torch.equal(linear.linear(x[23:].contiguous(), packed, out_dtype), whole[23:])
+
+
+def test_row_groups_give_each_row_the_same_bits(isa: str) -> None:
+    """Row blocks in groups (a long K): the rows' outputs do not depend on the grouping."""
+    x, packed = randn(200, 4096, seed=19), linear.pack(randn(64, 4096, seed=20))
+    whole = linear.linear(x, packed)
+    for rows in [slice(0, 1), slice(0, 40), slice(57, 200)]:
+        assert torch.equal(linear.linear(x[rows].contiguous(), packed), whole[rows]), rows
+
+
+@pytest.fixture
+def amx() -> Iterator[None]:
+    if "amx_bf16" not in isas():
+        pytest.skip("needs a CPU with AMX")
+    default = linear._C.linear_isa()
+    linear._C.set_linear_isa("amx_bf16")
+    try:
+        yield
+    finally:
+        linear._C.set_linear_isa(default)
+
+
+@pytest.mark.usefixtures("amx")
+def test_tiles_configured_by_other_code_change_nothing() -> None:
+    """Other code on the thread (oneDNN, in torch's bf16 matmul) configures the AMX tiles its own way:
+    every call configures them again, whatever the thread last did."""
+    x, packed = randn(48, 576, seed=21), linear.pack(randn(96, 576, seed=22))
+    before = linear.linear(x, packed)
+    other = randn(512, 320, seed=23)
+    for m in [1, 17, 48]:
+        torch.nn.functional.linear(other, other[:96])  # oneDNN's AMX tiles
+        assert torch.equal(linear.linear(x[:m].contiguous(), packed), before[:m]), m
+        linear._C.load_foreign_amx_config()  # 1-row, 4-byte tiles on this thread
+        assert torch.equal(linear.linear(x[:m].contiguous(), packed), before[:m]), m
 
 
 def test_rejects_bad_arguments() -> None:

@@ -13,7 +13,7 @@ from engine.kernels import linear
 from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
 from engine.loader.gguf_quants import _q4_1
 
-pytestmark = pytest.mark.skipif(not linear.q4_1_supported(), reason="needs engine._C on an avx512_bf16 CPU")
+pytestmark = pytest.mark.skipif(not linear.q4_1_supported(), reason="needs engine._C on an avx512_bf16 or AMX CPU")
 
 MAX_ROWS = linear._C.Q4_1_MAX_ROWS if linear.supported() else 0
 # Off the 32-feature tile, one block and SmolLM2's widths.
@@ -35,6 +35,18 @@ def dequantized(blocks: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return _q4_1(blocks.reshape(-1, 20)).reshape(n, k).to(torch.bfloat16)
 
 
+@pytest.fixture(params=[isa for isa in ("amx_bf16", "avx512_bf16")
+                        if linear.supported() and isa in linear._C.supported_linear_isas()])
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The variants with a Q4_1 kernel: each gives its own bf16 kernel's bits."""
+    default = linear._C.linear_isa()
+    linear._C.set_linear_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        linear._C.set_linear_isa(default)
+
+
 @pytest.fixture(params=[1, 2])
 def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     before = torch.get_num_threads()
@@ -47,7 +59,7 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_q4_1_form_gives_the_bf16_kernels_bits(n: int, k: int, out_dtype: torch.dtype, threads: int) -> None:
+def test_q4_1_form_gives_the_bf16_kernels_bits(n: int, k: int, out_dtype: torch.dtype, threads: int, isa: str) -> None:
     gen = torch.Generator().manual_seed(n * 7919 + k)
     blocks = random_blocks(n, k, gen)
     weight = dequantized(blocks, n, k)
@@ -67,7 +79,7 @@ def packed_pair(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, lin
     return weight, linear.pack(weight, blocks)
 
 
-def test_strided_rows() -> None:
+def test_strided_rows(isa: str) -> None:
     gen = torch.Generator().manual_seed(3)
     n, k = 72, 96
     weight, packed = packed_pair(n, k, gen)
