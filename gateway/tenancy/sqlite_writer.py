@@ -96,6 +96,15 @@ _DONE: Future[None] = Future()
 _DONE.set_result(None)
 
 
+def _uncancellable() -> Future[Any]:
+    """A write's Future, running from the start: a request whose client left cancels what awaits its
+    row (asyncio.wrap_future), but the row is written all the same, and a cancelled Future would
+    refuse its result (InvalidStateError) and leave the rest of its batch unresolved."""
+    future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
 class SqliteWriter:
     def __init__(self, conn: sqlite3.Connection, journal: Journal | None, batch_max: int = 512,
                  flush_interval_s: float = 0.01) -> None:
@@ -128,7 +137,7 @@ class SqliteWriter:
         """Queues `op` for the writer thread; the Future resolves once its batch commits."""
         if self.closed:
             raise RuntimeError("store is closed")
-        future: Future[Any] = Future()
+        future = _uncancellable()
         self._queue.put((op, future))
         return future
 
@@ -140,7 +149,7 @@ class SqliteWriter:
         order, not each other's."""
         if self.closed:
             raise RuntimeError("store is closed")
-        future: Future[Any] = Future()
+        future = _uncancellable()
         batch = self._loop_batches.get(loop)
         if batch is None:
             batch = self._loop_batches[loop] = []

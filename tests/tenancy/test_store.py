@@ -97,3 +97,37 @@ def test_rows_written_on_an_event_loop_commit_in_one_loop_callback(store: Sqlite
         assert len(reopened.usage("acme", 0)) == 7
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("on_loop", [True, False])
+def test_a_write_whose_waiter_left_is_committed_and_its_batch_resolves(tmp_path: Path, on_loop: bool) -> None:
+    """No journal (synchronous=FULL): rows commit in a loop callback or on the writer thread, and a
+    client that leaves cancels what awaits its row; the row is still written, the others answered."""
+    import asyncio
+
+    from gateway.tenancy.store import UsageRow
+
+    store = SqliteStore(tmp_path / "t.db", synchronous="FULL")
+
+    def row(i: int) -> UsageRow:
+        return UsageRow(request_id=f"r{i}", time=float(i), tenant="acme", token_id="t", model="m", input_tokens=1,
+                        cached_input_tokens=0, output_tokens=1, reasoning_tokens=0, cost_eur=0.0, status=200,
+                        latency_ms=1.0)
+
+    def write() -> list:
+        gone = store.record(row(0), None)
+        assert not gone.cancel()  # what asyncio.wrap_future does when its awaiter is cancelled
+        return [gone, *(store.record(row(i), None) for i in range(1, 4))]
+
+    async def on_the_loop() -> None:
+        await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in write())), 10)
+
+    try:
+        if on_loop:
+            asyncio.run(on_the_loop())
+        else:
+            for future in write():
+                future.result(timeout=10)
+        assert [r.request_id for r in store.usage("acme", 0)] == ["r0", "r1", "r2", "r3"]
+    finally:
+        store.close()
