@@ -1,6 +1,7 @@
 """Times the engine's decode step at a fixed batch: the figure kernel changes move.
 
     python -m bench.decode_step [--batch 32] [--steps 200] [--threads 2] [--so PATH] [--no-quantized-decode]
+                                [--isa amx_bf16|avx512_bf16|...]
                                 [--model smollm2:135m|GGUF|HF-FOLDER] [--load-format auto|dummy]
 
 Adds --batch greedy requests (short chat-style prompts, ignore_eos) to the offline engine
@@ -42,12 +43,16 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2:135m", help="catalog name, .gguf file or Hugging Face folder")
     parser.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                         help="dummy: random weights of an HF folder's shapes (config.json and tokenizer only)")
+    parser.add_argument("--isa", help="the linear kernels' variant (default: the best the CPU runs)")
     args = parser.parse_args()
     if args.so:
         load_extension(args.so)
     import torch
 
-    from engine import LLM, SamplingParams
+    from engine import LLM, SamplingParams, _C
+
+    if args.isa:
+        _C.set_linear_isa(args.isa)
 
     llm = LLM(model=args.model, dtype=torch.bfloat16, num_threads=args.threads,
               quantized_decode=not args.no_quantized_decode, load_format=args.load_format)

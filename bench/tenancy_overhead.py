@@ -16,7 +16,7 @@ Measures, in one process and one run:
   own durable commit; more: commits are shared by a batch); the difference is what the stage adds
   per request, the durable commit included, as wall time and as CPU time of the whole process.
 
-    .venv/bin/python -m bench.tenancy_overhead [--requests 20000] [--pipeline 2000] [--rounds 5]
+    .venv/bin/python -m bench.tenancy_overhead [--requests 20000] [--pipeline 2000] [--rounds 5] [--db URL]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.tenancy import Catalog, Counts, SqliteStore, SystemClock, Tenancy
+from gateway.tenancy import Catalog, Counts, SystemClock, Tenancy
+from gateway.tenancy.open_store import open_store
 from gateway.tenancy.tiers import parse_config
 
 TIERS = {"tiers": {"bench": {"requests_per_minute": 10**9, "tokens_per_minute": 10**12,
@@ -37,10 +38,10 @@ TIERS = {"tiers": {"bench": {"requests_per_minute": 10**9, "tokens_per_minute": 
 BATCH = 500
 
 
-def build(db: Path) -> tuple[Tenancy, str]:
+def build(db: str) -> tuple[Tenancy, str]:
     clock = SystemClock()
     catalog = Catalog.load(clock)
-    tenancy = Tenancy(SqliteStore(db), parse_config(TIERS), catalog, clock)
+    tenancy = Tenancy(open_store(db, cli=False), parse_config(TIERS), catalog, clock)
     secret, _ = tenancy.tokens.create("bench", "bench", ["smollm2*", "qwen3:*", "m"])
     return tenancy, f"Bearer {secret}"
 
@@ -128,14 +129,14 @@ async def pipeline(tenancy: Tenancy, header: str, requests: int, rounds: int, co
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--db", help="store file (default: a temporary one)")
+    parser.add_argument("--db", help="store: an SQLite file or a postgresql:// URL (default: a temporary file)")
     parser.add_argument("--pipeline", type=int, default=2000, help="requests per round through the gateway path")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
                         help="requests in flight in the pipeline rounds (each value is one run)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tenancy, header = build(Path(args.db or Path(tmp) / "bench.db"))
+        tenancy, header = build(args.db or str(Path(tmp) / "bench.db"))
         try:
             for i in range(2000):  # warm-up: caches, the limiter state, the writer thread
                 one(tenancy, header, -i - 1)
