@@ -32,9 +32,9 @@
 //   few row blocks (decode batches) the first block's pass over a tile also
 //   prefetches the next tile into L2, else it waits on DRAM. Row blocks
 //   are made nearly equal (M = 32 gives 11, 11, 10, not 12, 12, 8).
-//   On a CPU with AMX the same layouts feed tdpbf16ps instead (linear_amx.h): 32-row blocks, 5-12x
-//   the vdpbf16ps kernel's speed from 32 rows up, the same at 1 row. The two round differently, so
-//   the AMX variant runs every M there, and the Q4_1 kernel has an AMX form too. Rows of x are
+//   On a CPU with AMX the same layouts feed tdpbf16ps instead (linear_amx.h): 32-row blocks, 4-7x
+//   the vdpbf16ps kernel's speed from 32 rows up, as fast at 1 row (its Q4_1 form 3-10% slower). The
+//   two round differently, so the AMX variant runs every M there, and the Q4_1 kernel has an AMX form. Rows of x are
 //   taken in groups of up to kGroupBytes, every tile passing over one group before the next: at
 //   long prompts x outgrows L2, and each tile would stream all of it from L3 again.
 //   Without avx512_bf16 the same layouts feed an fp32 FMA kernel, written once
