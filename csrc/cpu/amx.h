@@ -21,6 +21,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "tile_store.h"
+
 namespace llmaas {
 
 // Linux grants the 8 KiB of tile state per process, on request (arch_prctl ARCH_REQ_XCOMP_PERM).
@@ -124,15 +126,23 @@ LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_zero() {
   }
 }
 
-// The C tiles into c[32][32] fp32 (row r, column j).
-template <int R>
-LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_store(float (*c)[32]) {
+// The C tiles of an R x 32 block into y, as store_tile writes the vdpbf16ps kernels' accumulators
+// (the first `cols` columns, rows ldy elements apart, fp32 or rounded to bf16).
+template <int R, typename Out>
+LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_store_block(Out* y, int64_t ldy, int64_t cols) {
+  alignas(64) float c[32][32];
   _tile_stored(0, c[0], 128);
   _tile_stored(1, c[0] + 16, 128);
   if constexpr (R > 16) {
     _tile_stored(2, c[16], 128);
     _tile_stored(3, c[16] + 16, 128);
   }
+  __m512 acc[R][2];
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = _mm512_load_ps(c[r]);
+    acc[r][1] = _mm512_load_ps(c[r] + 16);
+  }
+  store_tile<R>(acc, y, ldy, cols);
 }
 
 }  // namespace llmaas

@@ -18,7 +18,6 @@
 
 #include "amx.h"
 #include "linear_bf16.h"
-#include "tile_store.h"
 
 namespace llmaas {
 
@@ -40,14 +39,7 @@ struct AmxBf16 {
       std::memcpy(b, wt + 16 * kPairRow * chunks, (rest + 1) / 2 * kPairRow * sizeof(uint16_t));
       amx_step<R>(a, sizeof a[0], b);
     }
-    alignas(64) float c[32][32];
-    amx_store<R>(c);
-    __m512 acc[R][2];
-    for (int r = 0; r < R; ++r) {
-      acc[r][0] = _mm512_load_ps(c[r]);
-      acc[r][1] = _mm512_load_ps(c[r] + 16);
-    }
-    store_tile<R>(acc, static_cast<Out*>(y), ldy, cols);
+    amx_store_block<R>(static_cast<Out*>(y), ldy, cols);
   }
 
   static void thread_done() { amx_release(); }

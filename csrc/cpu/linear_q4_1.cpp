@@ -109,19 +109,23 @@ LLMAAS_Q4_TARGET LLMAAS_INLINE __m512bh widen(const uint8_t* half, const Spread&
   return _mm512_cvtne2ps_pbh(w_a, w_b);
 }
 
+// Calls row(p, w0, w1) for the 16 pair rows of one GGUF block column of a tile, widened to the bf16
+// kernel's tile rows (features 0-15 in w0, 16-31 in w1).
+template <typename Row>
+LLMAAS_Q4_TARGET LLMAAS_INLINE void widen_group(const uint8_t* group, Row row) {
+  const Spread d0 = spread(group), d1 = spread(group + 32);
+  const Spread m0 = spread(group + 2 * kTile), m1 = spread(group + 2 * kTile + 32);
+  const uint8_t* rows = group + kScalesBytes;
+  for (int64_t p = 0; p < kGroupK / 2; ++p) row(p, widen(rows + p * 32, d0, m0), widen(rows + p * 32 + 16, d1, m1));
+}
+
 template <int R, typename Out>
 LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, Out* y, int64_t ldy,
                                 int64_t cols) {
   __m512 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < k / kGroupK; ++g) {
-    const uint8_t* group = wt + g * kGroupBytes;
-    const Spread d0 = spread(group), d1 = spread(group + 32);
-    const Spread m0 = spread(group + 2 * kTile), m1 = spread(group + 2 * kTile + 32);
-    const uint8_t* rows = group + kScalesBytes;
-    for (int64_t p = 0; p < kGroupK / 2; ++p) {
-      const __m512bh w0 = widen(rows + p * 32, d0, m0);
-      const __m512bh w1 = widen(rows + p * 32 + 16, d1, m1);
+  for (int64_t g = 0; g < k / kGroupK; ++g)
+    widen_group(wt + g * kGroupBytes, [&](int64_t p, __m512bh w0, __m512bh w1) LLMAAS_Q4_TARGET {
       const int64_t col = g * kGroupK + 2 * p;
       for (int r = 0; r < R; ++r) {
         uint32_t word;
@@ -130,11 +134,9 @@ LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* w
         acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, x_pair);
         acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, x_pair);
       }
-    }
-  }
+    });
   store_tile<R>(acc, y, ldy, cols);
 }
-#undef LLMAAS_Q4_TARGET
 
 // The same widened rows into one packed tile chunk (16 pair rows of 128 bytes), multiplied on the AMX
 // tiles as AmxBf16 multiplies linear_bf16's (linear_amx.h): the bits of that variant.
@@ -145,25 +147,16 @@ LLMAAS_AMX_TARGET void tile_q4_1_amx(const uint16_t* x, int64_t ldx, const uint8
   amx_zero<R>();
   alignas(64) uint16_t chunk[kGroupK / 2][2 * kTile];
   for (int64_t g = 0; g < k / kGroupK; ++g) {
-    const uint8_t* group = wt + g * kGroupBytes;
-    const Spread d0 = spread(group), d1 = spread(group + 32);
-    const Spread m0 = spread(group + 2 * kTile), m1 = spread(group + 2 * kTile + 32);
-    const uint8_t* rows = group + kScalesBytes;
-    for (int64_t p = 0; p < kGroupK / 2; ++p) {
-      _mm512_store_si512(chunk[p], (__m512i)widen(rows + p * 32, d0, m0));
-      _mm512_store_si512(chunk[p] + kTile, (__m512i)widen(rows + p * 32 + 16, d1, m1));
-    }
+    // (The widening's target, not the caller's: a lambda of a wider target would not be inlined.)
+    widen_group(wt + g * kGroupBytes, [&](int64_t p, __m512bh w0, __m512bh w1) LLMAAS_Q4_TARGET {
+      _mm512_store_si512(chunk[p], (__m512i)w0);
+      _mm512_store_si512(chunk[p] + kTile, (__m512i)w1);
+    });
     amx_step<R>(x + g * kGroupK, 2 * ldx, chunk);
   }
-  alignas(64) float c[32][32];
-  amx_store<R>(c);
-  __m512 acc[R][2];
-  for (int r = 0; r < R; ++r) {
-    acc[r][0] = _mm512_load_ps(c[r]);
-    acc[r][1] = _mm512_load_ps(c[r] + 16);
-  }
-  store_tile<R>(acc, y, ldy, cols);
+  amx_store_block<R>(y, ldy, cols);
 }
+#undef LLMAAS_Q4_TARGET
 
 using TileFn = void (*)(const uint16_t*, int64_t, const uint8_t*, int64_t, void*, int64_t, int64_t);
 
