@@ -11,8 +11,10 @@ holds, not what the trail holds: `HistoryQuery.before` takes `cursor_after` the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -60,6 +62,32 @@ def parse_cursor(text: str) -> tuple[float, int]:
     if not (math.isfinite(moment) and 0 <= number < 2**63):  # SQLite's integers, and real instants
         raise ValueError(f"not a history cursor: {text!r}")
     return moment, number
+
+
+def history_where(q: HistoryQuery, mark: str, model_match: str,
+                  model_pattern: Callable[[str], str]) -> tuple[list[str], list[Any]]:
+    """The conditions of a history page and their parameters, in a store's SQL: `mark` its parameter
+    placeholder ("?", "%s"), `model_match` its pattern operator on the model (GLOB, ~) with
+    `model_pattern` turning the fnmatch glob into its pattern. The time bounds are the index's
+    range, tenant its prefix."""
+    where: list[str] = [f"a.time >= {mark}"]
+    params: list[Any] = [q.since]
+    if q.until is not None:
+        where.append(f"a.time < {mark}")
+        params.append(q.until)
+    if q.before is not None:  # keyset paging: the bound on time keeps the scan to the page
+        where.append(f"a.time <= {mark} AND (a.time < {mark} OR a.id < {mark})")
+        params.extend((q.before[0], q.before[0], q.before[1]))
+    if q.tenant is not None:
+        where.append(f"a.tenant = {mark}")
+        params.append(q.tenant)
+    if q.model is not None:
+        where.append(f"a.model {model_match} {mark}")
+        params.append(model_pattern(q.model))
+    if q.status is not None:
+        where.append(f"a.status BETWEEN {mark} AND {mark}")
+        params.extend(q.status)
+    return where, params
 
 
 def sql_glob(pattern: str) -> str:

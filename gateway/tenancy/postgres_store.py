@@ -28,7 +28,7 @@ import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from gateway.tenancy.history import HistoryEntry, HistoryQuery, sql_regex
+from gateway.tenancy.history import HistoryEntry, HistoryQuery, history_where, sql_regex
 from gateway.tenancy.open_store import is_postgres
 from gateway.tenancy.postgres_schema import migrate
 from gateway.tenancy.postgres_writer import AUDIT_SQL, USAGE_SQL, PostgresWriter, Rows
@@ -233,7 +233,7 @@ class PostgresStore:
 
     def history(self, query: HistoryQuery) -> list[HistoryEntry]:
         """Newest first, at most `query.limit` entries (see history.py)."""
-        where, params = _history_where(query)
+        where, params = history_where(query, "%s", "~", sql_regex)
         rows = self._read(_HISTORY_SQL.format(where=" AND ".join(where)), (*params, query.limit))
         return [HistoryEntry(**dict(zip(_HISTORY_FIELDS, r))) for r in rows]
 
@@ -251,25 +251,3 @@ def _token(row: tuple[Any, ...]) -> TokenRecord:
     values = dict(zip(_TOKEN_COLS, row))
     values["models"] = msgspec.json.decode(values["models"])
     return TokenRecord(**values)
-
-
-def _history_where(q: HistoryQuery) -> tuple[list[str], list[Any]]:
-    """sqlite_store.py's conditions in PostgreSQL's terms (a regular expression for the model glob)."""
-    where: list[str] = ["a.time >= %s"]
-    params: list[Any] = [q.since]
-    if q.until is not None:
-        where.append("a.time < %s")
-        params.append(q.until)
-    if q.before is not None:  # keyset paging: the bound on time keeps the scan to the page
-        where.append("a.time <= %s AND (a.time < %s OR a.id < %s)")
-        params.extend((q.before[0], q.before[0], q.before[1]))
-    if q.tenant is not None:
-        where.append("a.tenant = %s")
-        params.append(q.tenant)
-    if q.model is not None:
-        where.append("a.model ~ %s")
-        params.append(sql_regex(q.model))
-    if q.status is not None:
-        where.append("a.status BETWEEN %s AND %s")
-        params.extend(q.status)
-    return where, params

@@ -27,7 +27,7 @@ import msgspec
 from gateway.tenancy import lane_ledger
 from gateway.tenancy.audit import AuditTrail
 from gateway.tenancy.clock import SystemClock
-from gateway.tenancy.history import HistoryEntry, HistoryQuery, sql_glob
+from gateway.tenancy.history import HistoryEntry, HistoryQuery, history_where, sql_glob
 from gateway.tenancy.journal import SUFFIX, Journal, JournalBusy
 from gateway.tenancy.migrations import migrate
 from gateway.tenancy.sqlite_writer import AUDIT_SQL, USAGE_SQL, Op, SqliteWriter, parse_heads
@@ -275,35 +275,13 @@ class SqliteStore:
     def history(self, query: HistoryQuery) -> list[HistoryEntry]:
         """Newest first, at most `query.limit` entries (see history.py)."""
         self.writer.sync()
-        where, params = _history_where(query)
+        where, params = history_where(query, "?", "GLOB", sql_glob)
         rows = self._read(_HISTORY_SQL.format(where=" AND ".join(where)), (*params, query.limit))
         return [HistoryEntry(**dict(zip(_HISTORY_FIELDS, r))) for r in rows]
 
     def purge_prompts(self, before: float) -> Future[int]:
         return self._submit(lambda conn: conn.execute(
             "UPDATE audit SET prompt = NULL WHERE prompt IS NOT NULL AND time < ?", (before,)).rowcount)
-
-
-def _history_where(q: HistoryQuery) -> tuple[list[str], list[Any]]:
-    """The conditions of a history page; the time bounds are the index's range, tenant its prefix."""
-    where: list[str] = ["a.time >= ?"]
-    params: list[Any] = [q.since]
-    if q.until is not None:
-        where.append("a.time < ?")
-        params.append(q.until)
-    if q.before is not None:  # keyset paging: the bound on time keeps the scan to the page
-        where.append("a.time <= ? AND (a.time < ? OR a.id < ?)")
-        params.extend((q.before[0], q.before[0], q.before[1]))
-    if q.tenant is not None:
-        where.append("a.tenant = ?")
-        params.append(q.tenant)
-    if q.model is not None:
-        where.append("a.model GLOB ?")
-        params.append(sql_glob(q.model))
-    if q.status is not None:
-        where.append("a.status BETWEEN ? AND ?")
-        params.extend(q.status)
-    return where, params
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
