@@ -38,7 +38,7 @@ TIERS = {"tiers": {"bench": {"requests_per_minute": 10**9, "tokens_per_minute": 
 BATCH = 500
 
 
-def build(db: str) -> tuple[Tenancy, str]:
+def build(db: str | Path) -> tuple[Tenancy, str]:
     clock = SystemClock()
     catalog = Catalog.load(clock)
     tenancy = Tenancy(open_store(db, cli=False), parse_config(TIERS), catalog, clock)

@@ -5,6 +5,8 @@ shared by a fleet of gateways; anything else an SQLite file, the embedded defaul
 
 from __future__ import annotations
 
+import os
+
 from gateway.tenancy.store import Store
 
 # How often the journaled ledger rows are committed to SQLite (they are durable in the journal from
@@ -16,18 +18,18 @@ JOURNAL_COMMIT_INTERVAL_S = 0.05
 JOURNAL_WAIT_S = 2.0
 
 
-def is_postgres(location: str) -> bool:
+def is_postgres(location: str | os.PathLike[str]) -> bool:
     """Whether a store's location names a PostgreSQL database rather than an SQLite file."""
-    return location.startswith(("postgresql://", "postgres://"))
+    return os.fspath(location).startswith(("postgresql://", "postgres://"))
 
 
-def open_store(location: str, *, cli: bool) -> Store:
+def open_store(location: str | os.PathLike[str], *, cli: bool) -> Store:
     """The store at `location`. cli: for one command, not a gateway: with SQLite it takes the
     ledger journal only for the replays at open (a gateway starting meanwhile must get it)."""
     if is_postgres(location):
         from gateway.tenancy.postgres_store import PostgresStore  # psycopg only for those who use it
 
-        return PostgresStore(location)
+        return PostgresStore(os.fspath(location))
     from gateway.tenancy.sqlite_store import SqliteStore
 
     if cli:
