@@ -158,13 +158,13 @@ def _open(args: argparse.Namespace, existing: bool = True):  # type: ignore[no-u
     from gateway.tenancy.tokens import TokenService
 
     path = _db_path(args)
-    # (A PostgreSQL database that is not there is the server's to say: connecting fails.)
+    # (A PostgreSQL database that is not there is the server's to say, one without our tables the store's.)
     if existing and not is_postgres(path) and not os.path.exists(path):
         raise CommandError(f"no database at {path} (made by the first `llmaas tokens create` or gateway start)")
     try:
         config = load_config(args.tiers or os.environ.get("LLMAAS_TIERS"))
-        store = open_store(path, cli=True)
-    except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's
+        store = open_store(path, cli=True, create=not existing)
+    except ValueError as exc:  # a tier file's mistake, LLMAAS_DB_SYNC's, a database without our tables
         raise CommandError(str(exc)) from None
     return store, config, TokenService(store, SystemClock(), config.token_policy)
 

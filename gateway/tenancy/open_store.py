@@ -23,13 +23,15 @@ def is_postgres(location: str | os.PathLike[str]) -> bool:
     return os.fspath(location).startswith(("postgresql://", "postgres://"))
 
 
-def open_store(location: str | os.PathLike[str], *, cli: bool) -> Store:
+def open_store(location: str | os.PathLike[str], *, cli: bool, create: bool = True) -> Store:
     """The store at `location`. cli: for one command, not a gateway: with SQLite it takes the
-    ledger journal only for the replays at open (a gateway starting meanwhile must get it)."""
+    ledger journal only for the replays at open (a gateway starting meanwhile must get it).
+    create False: a PostgreSQL database without our tables is refused (ValueError), not given them
+    (the CLI checks that an SQLite file exists itself)."""
     if is_postgres(location):
         from gateway.tenancy.postgres_store import PostgresStore  # psycopg only for those who use it
 
-        return PostgresStore(os.fspath(location))
+        return PostgresStore(os.fspath(location), create=create)
     from gateway.tenancy.sqlite_store import SqliteStore
 
     if cli:

@@ -67,7 +67,10 @@ def describe(url: str) -> str:
 
 
 class PostgresStore:
-    def __init__(self, url: str, batch_max: int = 512) -> None:
+    def __init__(self, url: str, batch_max: int = 512, create: bool = True) -> None:
+        """create False: a database without our tables is refused (ValueError), not given them: a
+        command that only reads was pointed at the wrong database (empty, it would list no tokens
+        and verify as intact)."""
         if not is_postgres(url):
             raise ValueError(f"not a PostgreSQL URL (postgresql://...): {url!r}")
         self.url = url
@@ -76,6 +79,9 @@ class PostgresStore:
         self._options = {k: v for k, v in _DEFAULTS.items() if k not in given}
         self._reader = self._connect()
         try:
+            if not create and self._reader.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:  # type: ignore[index]
+                raise ValueError(f"no llmaas tables in {self.describe} (made by the first `llmaas tokens create` "
+                                 "or gateway start)")
             migrate(self._reader)
             self.writer = PostgresWriter(self._connect, self.describe, batch_max)
         except BaseException:

@@ -256,6 +256,12 @@ def test_open_store_chooses_by_location(tmp_path, pg_url: str) -> None:  # type:
 
 
 def test_the_cli_works_on_a_postgresql_database(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A command that only reads, on a database without our tables: refused, and the database left empty.
+    for read_only in (["tokens", "list"], ["usage", "--since", "30d"], ["audit", "verify"]):
+        assert cli.main([*read_only, "--db", pg_url]) == 2, read_only
+        assert "no llmaas tables in the PostgreSQL database" in capsys.readouterr().err
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('schema_version')").fetchone() == (None,)
     assert cli.main(["tokens", "create", "--db", pg_url, "--tenant", "acme", "--tier", "standard", "--json"]) == 0
     token_id = msgspec.json.decode(capsys.readouterr().out)["id"]
     assert cli.main(["tokens", "revoke", "--db", pg_url, token_id]) == 0
