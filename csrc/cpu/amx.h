@@ -21,13 +21,16 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "isa_select.h"
 #include "tile_store.h"
 
 namespace llmaas {
 
-// Linux grants the 8 KiB of tile state per process, on request (arch_prctl ARCH_REQ_XCOMP_PERM).
+// The kernels convert with avx512_bf16 too (every AMX CPU so far has it). Linux grants the 8 KiB
+// of tile state per process, on request (arch_prctl ARCH_REQ_XCOMP_PERM).
 inline bool cpu_has_amx_bf16() {
   static const bool ok = [] {
+    if (!cpu_has_avx512_bf16()) return false;
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
     constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
