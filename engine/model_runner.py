@@ -41,6 +41,8 @@ class ModelRunner:
         self.cuda = self.device.type == "cuda"
         if engine_config.num_threads:
             torch.set_num_threads(engine_config.num_threads)
+        if self.device.type == "cpu":
+            ops.select_cpu_attention()
         self.embeds = engine_config.task == "embed"
         with torch.device("meta"):  # no allocation or random init: load_weights places every tensor
             model = model_class(model_config)(model_config, lm_head=not self.embeds)

@@ -49,10 +49,11 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// The rows the calling thread's tiles are configured for, 0 when none: each thread configures
-// once per call, when its first block comes, and releases its tiles when the call ends (other
-// code on the thread, oneDNN in torch, may configure them otherwise in between).
-inline thread_local int g_amx_rows = 0;
+// Which configuration the calling thread's tiles hold, 0 when none: a kernel's key for it (the
+// linear's: its rows; attend_amx.h's: kAttentionKey + rows). Each thread configures once per call,
+// when its first block comes, and releases its tiles when the call ends (other code on the thread,
+// oneDNN in torch, may configure them otherwise in between).
+inline thread_local int g_amx_config = 0;
 
 #define LLMAAS_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512f,avx512bw,avx512vl,f16c")))
 
@@ -60,8 +61,14 @@ inline thread_local int g_amx_rows = 0;
 // barrier, stores to what they read (a scratch tile, the config) could be deferred past them.
 LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_fence() { __asm__ volatile("" ::: "memory"); }
 
+LLMAAS_AMX_TARGET inline void amx_load_config(int key, const TileConfig& cfg) {
+  amx_fence();
+  _tile_loadconfig(&cfg);
+  g_amx_config = key;
+}
+
 LLMAAS_AMX_TARGET inline void amx_configure(int rows) {
-  if (g_amx_rows == rows) return;
+  if (g_amx_config == rows) return;
   TileConfig cfg{};
   cfg.palette_id = 1;
   const int half0 = std::min(rows, 16), half1 = rows - half0;
@@ -78,15 +85,13 @@ LLMAAS_AMX_TARGET inline void amx_configure(int rows) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
-  amx_fence();
-  _tile_loadconfig(&cfg);
-  g_amx_rows = rows;
+  amx_load_config(rows, cfg);
 }
 
 LLMAAS_AMX_TARGET inline void amx_release() {
-  if (g_amx_rows == 0) return;
+  if (g_amx_config == 0) return;
   _tile_release();
-  g_amx_rows = 0;
+  g_amx_config = 0;
 }
 
 // Loads a tile configuration of 1-row, 4-byte tiles without telling amx_configure: what another

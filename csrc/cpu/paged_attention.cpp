@@ -37,6 +37,7 @@
 
 #include "attend_item.h"
 #if defined(__x86_64__)
+#include "attend_amx.h"
 #include "attend_bf16.h"
 #endif
 #include "isa_select.h"
@@ -78,6 +79,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void atte
 }
 
 template <int64_t kHeadDim>
+void attend_amx(const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
+  attention::attend_item_amx<kHeadDim>(a, w, sc);
+}
+
+template <int64_t kHeadDim>
 void attend_bf16(const PagedAttentionArgs& a, const WorkItem& w, Scratch& sc) {
   attention::attend_item_bf16<kHeadDim>(a, w, sc);
 }
@@ -104,6 +110,11 @@ const IsaVariant kVariants[] = {
     {"avx512_bf16", cpu_has_avx512_bf16,
      {{attend_avx512<float, 64>, attend_avx512<float, 128>, attend_avx512<float, 0>},
       {attend_bf16<64>, attend_bf16<128>, attend_avx512<uint16_t, 0>}}},
+    // bf16 caches of head dim 64 or 128 on AMX tiles (attend_amx.h); the rest as avx512. Chosen only
+    // by name (LLMAAS_CPU_ATTENTION): faster prefill, slower decode at long contexts.
+    {"amx_bf16", cpu_has_amx_bf16,
+     {{attend_avx512<float, 64>, attend_avx512<float, 128>, attend_avx512<float, 0>},
+      {attend_amx<64>, attend_amx<128>, attend_avx512<uint16_t, 0>}}},
     {"avx512", cpu_has_avx512, LLMAAS_KERNELS(attend_avx512)},
     {"avx2", cpu_has_avx2, LLMAAS_KERNELS(attend_avx2)},
 #endif
@@ -175,6 +186,9 @@ void paged_attention(const PagedAttentionArgs& a) {
     Scratch scratch(rows, group, a.num_kv_heads, a.head_dim, attention::span_keys(!in_place, a.block_size));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < work; ++i) attend(a, items[i], scratch);
+#if defined(__x86_64__)
+    if (variant == &kVariants[1]) amx_release();  // amx_bf16
+#endif
   }
 }
 

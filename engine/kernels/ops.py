@@ -40,6 +40,25 @@ def cpp_available() -> bool:
     return _C is not None
 
 
+CPU_ATTENTION_ENV = "LLMAAS_CPU_ATTENTION"
+
+
+def select_cpu_attention() -> None:
+    """LLMAAS_CPU_ATTENTION names the C++ attention kernel's variant for the process (one of
+    engine._C.supported_cpu_isas(): amx_bf16 prefills faster on AMX CPUs and decodes long contexts
+    slower, bench/RESULTS.md); unset, the kernel keeps the best the CPU runs. One variant serves
+    every row, so a sequence's tokens still do not depend on its batch."""
+    name = os.environ.get(CPU_ATTENTION_ENV)
+    if not name:
+        return
+    if _C is None:
+        raise RuntimeError(f"{CPU_ATTENTION_ENV}={name!r} but the extension engine._C does not import "
+                           f"({_C_IMPORT_ERROR})")
+    if name not in _C.supported_cpu_isas():
+        raise ValueError(f"{CPU_ATTENTION_ENV}={name!r}: this CPU runs {', '.join(_C.supported_cpu_isas())}")
+    _C.set_cpu_isa(name)
+
+
 def _backend_for(tensor: torch.Tensor) -> Backend:
     """The backend for an op whose data lives in `tensor` (device, dtype)."""
     forced = os.environ.get(BACKEND_ENV)

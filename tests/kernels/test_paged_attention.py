@@ -320,3 +320,20 @@ def test_backends_agree_through_ops(dtype: torch.dtype, window: int, monkeypatch
         monkeypatch.setenv(ops.BACKEND_ENV, name)
         outs[name] = ops.paged_attention(*batch.op_args(), sliding_window=window)
     assert_close(outs["cpp"], outs["torch"], dtype)
+
+
+@pytest.mark.skipif(not ops.cpp_available(), reason="engine._C not built")
+def test_cpu_attention_variant_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = ops._C.cpu_isa()
+    try:
+        for name in ops._C.supported_cpu_isas():
+            monkeypatch.setenv(ops.CPU_ATTENTION_ENV, name)
+            ops.select_cpu_attention()
+            assert ops._C.cpu_isa() == name
+        monkeypatch.setenv(ops.CPU_ATTENTION_ENV, "sse9")
+        with pytest.raises(ValueError, match="LLMAAS_CPU_ATTENTION='sse9': this CPU runs "):
+            ops.select_cpu_attention()
+    finally:
+        ops._C.set_cpu_isa(default)
+    assert ops._C.supported_cpu_isas()[0] == default  # unset, the best the CPU runs (never amx_bf16)
+    assert default != "amx_bf16"
