@@ -3,10 +3,9 @@ transaction a batch, as sqlite_writer.py does for SQLite.
 
 Each write resolves its Future only after its batch commits, so a caller that waits on it knows the
 row is in the database, whatever becomes of this process. Writes queue while a batch commits and
-make the next batch: under load a commit's round trips are shared by many requests. A request's
-rows (usage row and audit record) are queued as data, not as a function: the rows of consecutive
-requests go in with one `executemany` a table, which psycopg pipelines (a batch costs a few round
-trips, not two a request, and a round trip to a database on another host is most of a commit).
+make the next batch: under load a commit's round trip is shared by many requests. A request's rows
+(usage row and audit record) are queued as data, not as a function: a batch of them goes out as one
+simple query of multi-row inserts (postgres_literals.py), one round trip and one transaction.
 
 Failures, by kind:
 - a bad write (a constraint, a mistyped statement) fails alone: the batch is replayed with a
@@ -14,9 +13,11 @@ Failures, by kind:
 - a deadlock with another gateway's batch (two token writes, taken in opposite orders) rolls the
   batch back whole, and it is run again;
 - a connection lost before COMMIT (the server restarted, an idle connection cut) is opened again and
-  the batch run on the new one; lost during COMMIT, the batch may or may not be in: its futures fail,
-  so that no caller is told a row is stored that may not be. `lost` says why the database cannot be
-  reached while a new connection cannot be had, and None again after the next commit.
+  the batch run on the new one; lost with its COMMIT sent, the batch may or may not be in: the chain
+  heads it moved, read on a new connection, tell which (see `_landed`); a batch that moved none (a
+  token write) cannot tell, and its futures fail, so that no caller is told a row is stored that may
+  not be. `lost` says why the database cannot be reached while a new connection cannot be had, and
+  None again after the next commit.
 
 The audit heads ("seq:hash" of each chain, kept in `meta` so that a cut tail shows) move with the
 batch that holds their records, in its transaction.
@@ -24,7 +25,6 @@ batch that holds their records, in its transaction.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -33,10 +33,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg import errors
 
+from gateway.tenancy.postgres_literals import heads_sql, rows_sql
 from gateway.tenancy.sqlite_writer import head_key
 from gateway.tenancy.store import AuditRecord, UsageRow
 
@@ -45,7 +45,6 @@ _USAGE_COLS = list(UsageRow.__struct_fields__)
 _AUDIT_COLS = list(AuditRecord.__struct_fields__)
 USAGE_SQL = f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) VALUES ({', '.join(['%s'] * len(_USAGE_COLS))})"
 AUDIT_SQL = f"INSERT INTO audit ({', '.join(_AUDIT_COLS)}) VALUES ({', '.join(['%s'] * len(_AUDIT_COLS))})"
-_HEAD_SQL = "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 # Rolled back whole by the server, nothing in: the batch may simply run again.
 _RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
 _ATTEMPTS = 3
@@ -147,19 +146,25 @@ class PostgresWriter:
 
     def _commit(self, batch: list[_Item]) -> None:
         error: BaseException | None = None
+        # Requests' rows only (the hot path): one simple query, the rows and the heads in three
+        # statements the server runs as one transaction (postgres_literals.py), a round trip a batch.
+        # Other writes read their results (a row count) as they go, in a transaction of their own.
+        rows_only = all(isinstance(work, Rows) for work, _ in batch)
         for attempt in range(_ATTEMPTS):
-            committing = False
+            sent = False
             try:
                 conn = self._connection()
                 self._heads = {}
-                # Requests' rows only (the hot path): one pipeline, BEGIN, the inserts, the heads and
-                # COMMIT sent without waiting on each other's answers, a round trip a batch instead
-                # of one a statement. Other writes read their results (a row count) as they go.
-                rows_only = all(isinstance(work, Rows) for work, _ in batch)
-                with conn.pipeline() if rows_only else contextlib.nullcontext(), conn.transaction():
-                    values = self._apply(conn, [work for work, _ in batch])
-                    self._write_heads(conn)
-                    committing = True  # the block's end sends COMMIT
+                if rows_only:
+                    text = ";".join(self._rows_sql([work for work, _ in batch]) + heads_sql(self._heads))
+                    sent = True
+                    conn.execute(text, prepare=False)
+                    values = [None] * len(batch)
+                else:
+                    with conn.transaction():
+                        values = self._apply(conn, [work for work, _ in batch])
+                        self._write_heads(conn)
+                        sent = True  # the block's end sends COMMIT
             except _RETRIED as exc:
                 error = exc
                 continue
@@ -170,8 +175,13 @@ class PostgresWriter:
                 if not self._conn.broken:  # an error of the statements (a query canceled): the writes alone
                     self._commit_one_by_one(batch)
                     return
-                if committing:  # lost during COMMIT: in or not, nobody can tell
-                    break
+                if sent:  # lost with its COMMIT sent: the heads it moved tell whether it is in
+                    landed = self._landed()
+                    if landed is None:
+                        break
+                    if landed:
+                        self._resolve(batch, [None] * len(batch))
+                        return
                 continue  # nothing of it was committed: again, on a new connection
             except psycopg.Error:
                 self._commit_one_by_one(batch)
@@ -180,14 +190,31 @@ class PostgresWriter:
                 error = exc
                 break
             else:
-                self.lost = None
-                for (_, future), value in zip(batch, values):
-                    future.set_result(value)
+                self._resolve(batch, values)
                 return
         assert error is not None
         log.error("a batch of %d write(s) failed: %s", len(batch), error)
         for _, future in batch:
             future.set_exception(error)
+
+    def _resolve(self, batch: list[_Item], values: list[Any]) -> None:
+        self.lost = None
+        for (_, future), value in zip(batch, values):
+            future.set_result(value)
+
+    def _landed(self) -> bool | None:
+        """Whether the batch whose connection was lost after its COMMIT went out is in the database,
+        read on a new connection from the chain heads it moved: each chain is this process's own, so
+        its head is this batch's if and only if the batch committed. None when the batch moved no
+        head (a token write alone) or no connection can be had: then nobody can tell."""
+        if not self._heads:
+            return None
+        try:
+            found = self._connection().execute("SELECT key, value FROM meta WHERE key = ANY(%s)",
+                                               (list(self._heads),)).fetchall()
+        except psycopg.OperationalError:
+            return None
+        return dict(found) == self._heads  # type: ignore[arg-type]
 
     def _commit_one_by_one(self, batch: list[_Item]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
@@ -218,7 +245,7 @@ class PostgresWriter:
                 future.set_exception(error)
 
     def _apply(self, conn: psycopg.Connection, works: list[Op | Rows]) -> list[Any]:
-        """Runs the writes in order, requests' rows gathered into runs for executemany."""
+        """Runs the writes in order, requests' rows gathered into runs of multi-row inserts."""
         values: list[Any] = []
         run: list[Rows] = []
         for work in works:
@@ -232,20 +259,17 @@ class PostgresWriter:
         self._insert(conn, run)
         return values
 
-    def _insert(self, conn: psycopg.Connection, run: list[Rows]) -> None:
-        if not run:
-            return
-        usage = [msgspec.structs.astuple(r.usage) for r in run if r.usage is not None]
+    def _rows_sql(self, run: list[Rows]) -> list[str]:
+        """The statements of a run of requests' rows; the chains' heads move with them."""
         audits = [r.audit for r in run if r.audit is not None]
-        with conn.cursor() as cur:
-            if usage:
-                cur.executemany(USAGE_SQL, usage)
-            if audits:
-                cur.executemany(AUDIT_SQL, [msgspec.structs.astuple(a) for a in audits])
         for a in audits:
             self.set_head(a.chain, f"{a.seq}:{a.hash}")
+        return rows_sql([r.usage for r in run if r.usage is not None], audits)
+
+    def _insert(self, conn: psycopg.Connection, run: list[Rows]) -> None:
+        if run:
+            conn.execute(";".join(self._rows_sql(run)), prepare=False)
 
     def _write_heads(self, conn: psycopg.Connection) -> None:
-        if self._heads:
-            with conn.cursor() as cur:
-                cur.executemany(_HEAD_SQL, sorted(self._heads.items()))
+        for statement in heads_sql(self._heads):
+            conn.execute(statement, prepare=False)
