@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.kernels import ops
+from engine.loader.gguf_loader import Q4_1_SUFFIX
 from engine.models.layers import Linear, PagedAttention, RMSNorm, RotaryEmbedding
 from engine.models.llama import LlamaMLP, Rope, _head_norm, set_weight
 
@@ -108,6 +109,8 @@ class Gemma3ForCausalLM(nn.Module):
                 raise KeyError(f"missing weight {name}")
             return weights.pop(name)
 
+        for name in [n for n in weights if n.endswith(Q4_1_SUFFIX)]:  # decode forms this model does not read
+            del weights[name]
         self.rotary.build(device)
         self.local_rotary.build(device)
         set_weight(self.embed_tokens, take("model.embed_tokens.weight"), dtype, device)

@@ -211,25 +211,33 @@ def tiny_gguf(factory: pytest.TempPathFactory, name: str, model: PreTrainedModel
     return TinyGguf(folder, model, tensors, path)
 
 
-def load_quantized(model: TinyGguf, qtype: GGMLQuantizationType, folder: Path
-                   ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """`model` written with every matrix in `qtype` (norms and biases F32), then loaded with its Q4_1
-    blocks kept: (config, weights, the kept blocks by weight name). The shapes are checked here."""
+def quantized_gguf(model: TinyGguf, qtype: GGMLQuantizationType, folder: Path) -> Path:
+    """`model` written with every matrix in `qtype` (norms and biases F32)."""
     def encode(w: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
         return gguf.quants.quantize(w, qtype), qtype
 
     path = folder / f"{qtype.name}.gguf"
     write_llama_gguf(path, model.model.config, model.tensors, encode)
-    config, loaded, _ = load_gguf(str(path), torch.float32, keep_q4_1=True)
+    return path
+
+
+def load_quantized(model: TinyGguf, qtype: GGMLQuantizationType, folder: Path
+                   ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`model` written with every matrix in `qtype` (norms and biases F32), then loaded with its Q4_1
+    blocks kept: (config, weights, the kept blocks by weight name). The shapes are checked here."""
+    config, loaded, _ = load_gguf(str(quantized_gguf(model, qtype, folder)), torch.float32, keep_q4_1=True)
     weights = {name: w for name, w in loaded.items() if not name.endswith(Q4_1_SUFFIX)}
     assert {name: tuple(w.shape) for name, w in weights.items()} == expected_shapes(config)
     kept = {name.removesuffix(Q4_1_SUFFIX): w for name, w in loaded.items() if name.endswith(Q4_1_SUFFIX)}
     return config, weights, kept
 
 
-def prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int]) -> torch.Tensor:
-    """Our engine's float32 logits at every position of `prompt`, computed in one prefill step."""
-    engine_config = EngineConfig(block_size=8, kv_cache_bytes=4 * 2**20)
+def prefill_logits(config: ModelConfig, weights: dict[str, torch.Tensor], prompt: list[int],
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Our engine's float32 logits at every position of `prompt`, computed in one prefill step by a model
+    in `dtype` (in bfloat16 on a CPU with the Q4_1 kernel, a prompt of up to 4 tokens is a step of the
+    rows that read the kept Q4_1 blocks)."""
+    engine_config = EngineConfig(block_size=8, kv_cache_bytes=4 * 2**20, dtype=dtype)
     runner = ModelRunner(config, weights, engine_config)
     seq = Sequence(seq_id=0, request_id="0", index=0, token_ids=list(prompt), num_prompt_tokens=len(prompt),
                    params=SamplingParams(), max_num_tokens=len(prompt) + 1)

@@ -12,11 +12,10 @@ import torch
 from gguf import GGMLQuantizationType
 from transformers import PreTrainedModel
 
-from engine.loader.gguf_loader import load_gguf
+from engine.loader.gguf_loader import Q4_1_SUFFIX, load_gguf
 from engine.loader.hf_loader import load_hf_folder
-from tests.loader.helpers import (TinyGguf, load_quantized, prefill_logits, tiny_gemma3_model, tiny_gguf,
-                                  tiny_granite_model, tiny_moe_model,
-                                  tiny_phi3_model, tiny_qwen_model)
+from tests.loader.helpers import (TinyGguf, load_quantized, prefill_logits, quantized_gguf, tiny_gemma3_model,
+                                  tiny_gguf, tiny_granite_model, tiny_moe_model, tiny_phi3_model, tiny_qwen_model)
 
 MODELS: dict[str, Callable[[], PreTrainedModel]] = {
     "qwen2": lambda: tiny_qwen_model("qwen2"),
@@ -65,6 +64,21 @@ def test_logits_match_transformers(tiny: tuple[str, TinyGguf]) -> None:
     with torch.inference_mode():
         want = model.model(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+def test_a_q4_1_file_runs_with_its_blocks_kept(tiny: tuple[str, TinyGguf], tmp_path: Path) -> None:
+    """As the engine loads a file on a CPU with the Q4_1 kernel: blocks kept beside the bf16 weights; each
+    model takes the blocks it reads, drops the others (Gemma 3's per-op path reads none), and decodes as
+    from the bf16 weights alone."""
+    _, model = tiny
+    path = str(quantized_gguf(model, GGMLQuantizationType.Q4_1, tmp_path))
+    prompt = torch.randint(0, model.model.config.vocab_size, (4,), generator=torch.Generator().manual_seed(2)).tolist()
+    logits = []
+    for keep in (True, False):
+        config, weights, _ = load_gguf(path, torch.bfloat16, keep_q4_1=keep)
+        assert any(name.endswith(Q4_1_SUFFIX) for name in weights) == keep
+        logits.append(prefill_logits(config, weights, prompt, torch.bfloat16))
+    assert torch.equal(logits[0], logits[1])
 
 
 @pytest.fixture(scope="module", params=["mixtral", "qwen3moe", "granitemoe"])
