@@ -91,8 +91,11 @@ class PostgresStore:
 
     def _connect(self) -> psycopg.Connection:
         # Autocommit: the writer's transactions are its own (conn.transaction()), and each read
-        # sees what was committed when it runs.
-        return psycopg.connect(self.url, autocommit=True, **self._options)
+        # sees what was committed when it runs. No statement prepared on the server (psycopg
+        # prepares one run 5 times): behind a pooler in transaction mode (PgBouncer before 1.21) the
+        # next transaction may run on another server connection, which does not have it. The rows
+        # of requests go as simple queries anyway, and reads are few.
+        return psycopg.connect(self.url, autocommit=True, prepare_threshold=None, **self._options)
 
     def _read(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         with self._read_lock:

@@ -303,3 +303,17 @@ def test_a_gateway_role_that_may_not_create_tables_opens_a_made_schema(postgres:
         assert store.tokens_version() == 1 and store.cost_since("acme", 0.0) == 0.5
     finally:
         store.close()
+
+
+def test_no_statement_is_prepared_on_the_server(pg_url: str) -> None:
+    """Behind a pooler in transaction mode a prepared statement is lost between transactions."""
+    store = PostgresStore(pg_url)
+    try:
+        for i in range(12):  # psycopg prepares a statement run 5 times, unless told not to
+            store.put_token(token(f"t{i}")).result()
+            store.tokens_version()
+            store.record(usage(f"r{i}", float(i), 0.1), None).result()
+        for conn in (store._reader, store.writer._conn):
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        store.close()
