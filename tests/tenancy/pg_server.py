@@ -30,16 +30,32 @@ def bin_dir() -> str | None:
     return os.path.dirname(initdb) if initdb else None
 
 
+_PREFIX = "llmaas-pg-"
+_OWNER = "owner.pid"  # the test process that started the server
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (an exited one not yet reaped, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class PgServer:
     def __init__(self, bin_path: str) -> None:
         self._bin = bin_path
+        as_root = os.geteuid() == 0
+        self._prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+        self.stop_abandoned()
         # /tmp, not pytest's folder: the postgres user must reach it, and a socket's path is short.
-        self.root = tempfile.mkdtemp(prefix="llmaas-pg-", dir="/tmp")
+        self.root = tempfile.mkdtemp(prefix=_PREFIX, dir="/tmp")
+        with open(os.path.join(self.root, _OWNER), "w") as f:
+            f.write(str(os.getpid()))
         self.data, self.socket_dir = os.path.join(self.root, "data"), os.path.join(self.root, "s")
         os.mkdir(self.socket_dir)
-        as_root = os.geteuid() == 0
         self.user = "postgres" if as_root else getpass.getuser()
-        self._prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
         if as_root:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.socket_dir, "postgres")
@@ -48,6 +64,23 @@ class PgServer:
         # Durability of the server's own files is not under test: no fsync, for speed.
         options = f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.root, "log"), "-o", options, "start")
+
+    def stop_abandoned(self) -> None:
+        """Stops and deletes the servers of test runs that were killed before they could (their owner
+        process is gone), which would otherwise run on."""
+        for root in glob.glob(os.path.join("/tmp", _PREFIX + "*")):
+            try:
+                with open(os.path.join(root, _OWNER)) as f:
+                    owner = int(f.read())
+            except (OSError, ValueError):
+                continue  # not one of ours, or still starting
+            if _alive(owner):
+                continue
+            data = os.path.join(root, "data")
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                subprocess.run([*self._prefix, os.path.join(self._bin, "pg_ctl"), "-D", data, "-m", "immediate",
+                                "stop"], capture_output=True, timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
 
     def _run(self, tool: str, *args: str) -> None:
         done = subprocess.run([*self._prefix, os.path.join(self._bin, tool), *args], capture_output=True, text=True,
