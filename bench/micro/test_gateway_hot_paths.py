@@ -132,3 +132,15 @@ def test_security_check_short_prompt(benchmark, language: str, text: str) -> Non
     security.warm()
     messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
     assert benchmark(lambda: security.check(messages, tenant=None).action) == "allow"
+
+
+@pytest.mark.parametrize("implementation", ["lane", "zlib"])
+def test_journal_frame_crc32(benchmark, implementation: str) -> None:
+    """The checksum of one lane journal frame (~200 bytes: a request's usage row): the lane's, sliced by
+    8 bytes (csrc/gateway/lane_journal.cpp), beside zlib.crc32, which the Python journal uses."""
+    import zlib
+
+    native = pytest.importorskip("gateway._native", reason="the native lane is not built")
+    frame = bytes(range(200))
+    crc = native.journal_crc32 if implementation == "lane" else zlib.crc32
+    assert benchmark(crc, frame) == zlib.crc32(frame)

@@ -57,24 +57,39 @@ void put_le32(uint8_t* at, uint32_t v) {
   for (int i = 0; i < 4; ++i) at[i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
-struct CrcTable {
-  uint32_t entries[256];
-  CrcTable() {
+// Slicing by 8: entries[k][b] is the CRC of byte b followed by k zero bytes, so eight bytes are
+// folded with eight independent lookups instead of a chain of eight (the frame's CRC was 3% of the
+// lane thread's time byte by byte).
+struct CrcTables {
+  uint32_t entries[8][256];
+  CrcTables() {
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      entries[i] = c;
+      entries[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int k = 1; k < 8; ++k) entries[k][i] = (entries[k - 1][i] >> 8) ^ entries[0][entries[k - 1][i] & 0xff];
   }
 };
 
 }  // namespace
 
 uint32_t crc32(const void* data, size_t size) {
-  static const CrcTable table;
+  static const CrcTables tables;
+  const auto& t = tables.entries;
   uint32_t c = 0xffffffffu;
   const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < size; ++i) c = table.entries[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  for (; size >= 8; p += 8, size -= 8) {
+    uint32_t lo = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+                  static_cast<uint32_t>(p[3]) << 24;
+    const uint32_t hi = static_cast<uint32_t>(p[4]) | static_cast<uint32_t>(p[5]) << 8 |
+                        static_cast<uint32_t>(p[6]) << 16 | static_cast<uint32_t>(p[7]) << 24;
+    lo ^= c;
+    c = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^ t[3][hi & 0xff] ^
+        t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
+  }
+  for (; size > 0; ++p, --size) c = t[0][(c ^ *p) & 0xff] ^ (c >> 8);
   return c ^ 0xffffffffu;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "audit_hash.h"
+#include "lane_journal.h"
 #include "lane_ledger.h"
 #include "rate_limits.h"
 #include "sha256.h"
@@ -72,6 +73,11 @@ void bind_tenancy(py::module_& m) {
     return py::bytes(reinterpret_cast<const char*>(out), sizeof out);
   }, py::arg("data"), py::arg("hardware") = true);
   m.def("sha_ni_available", &llmaas::gw::sha_ni_available);
+  // lane_journal.h's frame checksum, against zlib.crc32 (journal.py's) in the tests.
+  m.def("journal_crc32", [](const py::bytes& data) {
+    std::string_view view(data);
+    return llmaas::gw::crc32(view.data(), view.size());
+  });
   m.def("sqlite_version", &llmaas::gw::sqlite_version);
   // audit_hash.h on one record; None for client is null (the lane writes no empty client).
   m.def("audit_record_hash",
