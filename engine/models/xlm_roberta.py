@@ -14,7 +14,47 @@ from torch.nn import functional as F
 
 from engine.config import ModelConfig
 from engine.forward_context import get_attention_metadata
-from engine.models.layers import PagedAttention
+from engine.models.layers import Linear, PagedAttention
+
+
+class BiasedLinear(nn.Module):
+    """x W^T + b. Where the weight is packed (bf16 on CPU) the C++ kernel sums the products in fp32, the
+    bias is added in fp32 and the sum rounded once to x's dtype, as torch's biased linear does, which
+    runs everywhere else."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = Linear(in_features, out_features)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear.packed is None:
+            return F.linear(x, self.linear.weight, self.bias)
+        return self.linear(x, torch.float32).add_(self.bias).to(x.dtype)
+
+
+def attend_both_ways(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int]) -> torch.Tensor:
+    """Each prompt's tokens attend to all of its own: q, k, v (T, heads, D), prompt i rows starts[i] to
+    starts[i + 1]. A run of consecutive prompts of one length is one batched call on views (a batch of
+    equal prompts, as a client's, is one call, not one a prompt); each (prompt, head) is computed alone
+    within it."""
+    out = torch.empty_like(q)
+    lengths = [b - a for a, b in zip(starts, starts[1:])]
+    i = 0
+    while i < len(lengths):
+        j = i
+        while j + 1 < len(lengths) and lengths[j + 1] == lengths[i]:
+            j += 1
+        n, count, a = lengths[i], j - i + 1, starts[i]
+        b = a + count * n
+
+        def heads_first(t: torch.Tensor) -> torch.Tensor:  # (count, heads, n, D)
+            return t[a:b].view(count, n, *t.shape[1:]).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
+        out[a:b] = attended.transpose(1, 2).reshape(b - a, *q.shape[1:])
+        i = j + 1
+    return out
 
 
 class EncoderLayer(nn.Module):
@@ -22,19 +62,16 @@ class EncoderLayer(nn.Module):
         super().__init__()
         h, i = config.hidden_size, config.intermediate_size
         self.num_heads, self.head_dim, self.eps = config.num_heads, config.head_dim, config.rms_norm_eps
-        self.qkv = nn.Linear(h, 3 * h)
-        self.attn_out = nn.Linear(h, h)
+        self.qkv = BiasedLinear(h, 3 * h)
+        self.attn_out = BiasedLinear(h, h)
         self.attn_norm = nn.LayerNorm(h, eps=self.eps)
-        self.up = nn.Linear(h, i)
-        self.down = nn.Linear(i, h)
+        self.up = BiasedLinear(h, i)
+        self.down = BiasedLinear(i, h)
         self.out_norm = nn.LayerNorm(h, eps=self.eps)
 
     def forward(self, x: torch.Tensor, starts: list[int]) -> torch.Tensor:
         q, k, v = self.qkv(x).view(-1, 3, self.num_heads, self.head_dim).unbind(1)  # each (T, heads, D)
-        attn = torch.empty_like(q)
-        for a, b in zip(starts, starts[1:]):  # each prompt attends within itself, both ways
-            attn[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
-                                                       v[a:b].transpose(0, 1)).transpose(0, 1)
+        attn = attend_both_ways(q, k, v, starts)
         x = self.attn_norm(x + self.attn_out(attn.reshape(x.shape)))
         return self.out_norm(x + self.down(F.gelu(self.up(x))))
 
@@ -78,10 +115,12 @@ class XLMRobertaModel(nn.Module):
         def place(module: nn.Module, prefix: str, names: tuple[str, ...] = ("weight", "bias")) -> None:
             for name in names:
                 tensor = weights.pop(f"{prefix}.{name}")
-                expected = tuple(getattr(module, name).shape)
+                # A biased linear's weight is its Linear's (packed below), its bias its own.
+                owner = module.linear if isinstance(module, BiasedLinear) and name == "weight" else module
+                expected = tuple(getattr(owner, name).shape)
                 if tuple(tensor.shape) != expected:
                     raise ValueError(f"{prefix}.{name} has shape {tuple(tensor.shape)} where {expected} is expected")
-                setattr(module, name, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
+                setattr(owner, name, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
 
         place(self.word_embeddings, "embeddings.word_embeddings", ("weight",))
         place(self.position_embeddings, "embeddings.position_embeddings", ("weight",))
@@ -103,3 +142,6 @@ class XLMRobertaModel(nn.Module):
             del weights[name]  # BERT's pooler (a tanh layer over the first token): sentence embedders skip it
         if weights:
             raise KeyError(f"unexpected weights: {', '.join(sorted(weights)[:5])}")
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()

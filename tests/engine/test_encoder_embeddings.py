@@ -43,8 +43,8 @@ def tiny_encoder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 def _engine(folder: Path, **overrides: object) -> LLMEngine:
     # A budget of 16 tokens: prompts up to 40 long must still be computed whole (the engine raises it).
-    config = EngineConfig(task="embed", dtype=torch.float32, block_size=8, kv_cache_bytes=2 * 2**20,
-                          max_num_batched_tokens=16, **overrides)  # type: ignore[arg-type]
+    config = EngineConfig(**({"task": "embed", "dtype": torch.float32, "block_size": 8, "kv_cache_bytes": 2 * 2**20,
+                              "max_num_batched_tokens": 16} | overrides))  # type: ignore[arg-type]
     return LLMEngine(str(folder), config)
 
 
@@ -75,6 +75,32 @@ def test_vectors_match_transformers_with_each_prompt_whole(tiny_encoder, pooling
     assert len(steps) >= 2  # 134 tokens do not fit one step of 64 (the longest prompt)
     load = engine.load()
     assert load.num_free_blocks == load.num_blocks
+
+
+def _embed(engine: LLMEngine, prompts: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    for request_id, prompt in prompts.items():
+        engine.add_embedding_request(request_id, prompt)
+    outputs: dict[str, torch.Tensor] = {}
+    while engine.has_unfinished_requests():
+        outputs |= {o.request_id: torch.tensor(o.embedding) for o in engine.step()}
+    return outputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_prompts_vector_does_not_depend_on_its_step(tiny_encoder, dtype: torch.dtype) -> None:
+    """Prompts of one length side by side in a step are attended in one call, the linears run on the
+    whole step (the packed C++ kernel in bf16): each vector is the bits of its prompt embedded alone, and
+    near transformers' (in bf16, within bf16's rounding)."""
+    _, folder, model = tiny_encoder
+    gen = torch.Generator().manual_seed(3)
+    prompts = {f"r{i}": torch.randint(3, VOCAB, (n,), generator=gen).tolist() for i, n in enumerate((16, 16, 16, 9, 16))}
+    engine = _engine(folder, dtype=dtype, max_num_batched_tokens=128)  # all five in one step
+    together = _embed(engine, prompts)
+    for request_id, prompt in prompts.items():
+        alone = _embed(engine, {request_id + "-alone": prompt})[request_id + "-alone"]
+        assert torch.equal(together[request_id], alone), request_id
+        tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(together[request_id], _want(model, prompt, "cls"), atol=tolerance, rtol=tolerance)
 
 
 def test_a_prompt_past_the_position_table_is_refused(tiny_encoder) -> None:
