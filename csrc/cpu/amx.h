@@ -137,7 +137,8 @@ LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_zero() {
 // The C tiles of an R x 32 block into y, as store_tile writes the vdpbf16ps kernels' accumulators
 // (the first `cols` columns, rows ldy elements apart, fp32 or rounded to bf16).
 template <int R, typename Out>
-LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_store_block(Out* y, int64_t ldy, int64_t cols) {
+LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_store_block(Out* y, int64_t ldy, int64_t cols,
+                                                                             const float* bias) {
   alignas(64) float c[32][32];
   _tile_stored(0, c[0], 128);
   _tile_stored(1, c[0] + 16, 128);
@@ -150,7 +151,7 @@ LLMAAS_AMX_TARGET __attribute__((always_inline)) inline void amx_store_block(Out
     acc[r][0] = _mm512_load_ps(c[r]);
     acc[r][1] = _mm512_load_ps(c[r] + 16);
   }
-  store_tile<R>(acc, y, ldy, cols);
+  store_tile<R>(acc, y, ldy, cols, bias);
 }
 
 }  // namespace llmaas

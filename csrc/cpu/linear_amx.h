@@ -26,7 +26,7 @@ struct AmxBf16 {
 
   template <int R, typename Out>
   LLMAAS_AMX_TARGET static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y,
-                                     int64_t ldy, int64_t cols, const uint16_t*) {
+                                     int64_t ldy, int64_t cols, const uint16_t*, const float* bias) {
     constexpr int64_t kPairRow = 2 * kLinearTileN;  // elements of a packed tile row
     amx_configure(R);
     amx_zero<R>();
@@ -39,7 +39,7 @@ struct AmxBf16 {
       std::memcpy(b, wt + 16 * kPairRow * chunks, (rest + 1) / 2 * kPairRow * sizeof(uint16_t));
       amx_step<R>(a, sizeof a[0], b);
     }
-    amx_store_block<R>(static_cast<Out*>(y), ldy, cols);
+    amx_store_block<R>(static_cast<Out*>(y), ldy, cols, bias);
   }
 
   static void thread_done() { amx_release(); }

@@ -76,9 +76,10 @@ constexpr int64_t kGroupBytes = int64_t{512} << 10;
 
 // Computes y[r][c] for r < R, c < cols (<= kTile) from R rows of x and one tile
 // of packed W; x and y point at the block's first row, rows ldx and ldy apart.
-// next_wt: a tile to pull into the cache meanwhile (the next one this thread will use), or null.
+// next_wt: a tile to pull into the cache meanwhile (the next one this thread will use), or null;
+// bias: the tile's cols fp32 values added to each row before it is stored, or null.
 using TileFn = void (*)(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y, int64_t ldy,
-                        int64_t cols, const uint16_t* next_wt);
+                        int64_t cols, const uint16_t* next_wt, const float* bias);
 
 // Runs step(w_row, pair) over the pairs of K, in order: w_row is the tile's row
 // of the pair, pair(r) the 32-bit word (x[r][2p], x[r][2p+1]). For odd K the
@@ -102,7 +103,7 @@ LLMAAS_INLINE void for_each_pair(const uint16_t* x, int64_t ldx, const uint16_t*
 
 template <typename V, int R, typename Out>
 LLMAAS_INLINE void tile_fma(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, Out* y, int64_t ldy,
-                            int64_t cols) {
+                            int64_t cols, const float* bias) {
   using VI = typename Simd<kLanesOf<V>>::I;
   constexpr int64_t kW = kLanesOf<V>, kNV = kTile / kW;
   V acc[R][kNV] = {};
@@ -121,10 +122,11 @@ LLMAAS_INLINE void tile_fma(const uint16_t* x, int64_t ldx, const uint16_t* wt, 
     float row[kTile];  // spilled here so that acc, indexed by constants only, stays in registers
     for (int64_t v = 0; v < kNV; ++v) store_vec(row + v * kW, acc[r][v]);
     for (int64_t c = 0; c < cols; ++c) {
+      const float value = bias != nullptr ? row[c] + bias[c] : row[c];
       if constexpr (sizeof(Out) == 4)
-        y[r * ldy + c] = row[c];
+        y[r * ldy + c] = value;
       else
-        y[r * ldy + c] = f32_to_bf16(row[c]);
+        y[r * ldy + c] = f32_to_bf16(value);
     }
   }
 }
@@ -136,8 +138,9 @@ LLMAAS_INLINE void tile_fma(const uint16_t* x, int64_t ldx, const uint16_t* wt, 
     static constexpr int kMaxRows = rows;                                                                \
     template <int R, typename Out>                                                                       \
     target_attribute static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k,     \
-                                      void* y, int64_t ldy, int64_t cols, const uint16_t*) {             \
-      tile_fma<Simd<width>::F, R>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);                       \
+                                      void* y, int64_t ldy, int64_t cols, const uint16_t*,               \
+                                      const float* bias) {                                               \
+      tile_fma<Simd<width>::F, R>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols, bias);                 \
     }                                                                                                    \
   };
 #if defined(__x86_64__)
@@ -157,7 +160,7 @@ struct Avx512Bf16 {
 
   template <int R, typename Out>
   LLMAAS_BF16_TARGET static void tile(const uint16_t* x, int64_t ldx, const uint16_t* wt, int64_t k, void* y_void,
-                                      int64_t ldy, int64_t cols, const uint16_t* next_wt) {
+                                      int64_t ldy, int64_t cols, const uint16_t* next_wt, const float* bias) {
     // One accumulator per row and half-tile, K summed in one order for every R: see the header.
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -176,7 +179,7 @@ struct Avx512Bf16 {
       }
     });
 
-    store_tile<R>(acc, static_cast<Out*>(y_void), ldy, cols);
+    store_tile<R>(acc, static_cast<Out*>(y_void), ldy, cols, bias);
   }
 };
 #undef LLMAAS_BF16_TARGET
@@ -288,7 +291,7 @@ void linear_bf16(const LinearArgs& a) {
           const uint16_t* next_wt = prefetch ? a.w_packed + (t + 1) * pairs * 2 * kTile : nullptr;
           tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, a.w_packed + t * pairs * 2 * kTile, a.k,
                              y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride,
-                             std::min(kTile, a.n - col0), next_wt);
+                             std::min(kTile, a.n - col0), next_wt, a.bias != nullptr ? a.bias + col0 : nullptr);
         }
     if (variant->thread_done != nullptr) variant->thread_done();
   }
@@ -329,7 +332,7 @@ void linear_bf16_grouped(const GroupedLinearArgs& a) {
       const uint16_t* wt = a.w_packed[g] + t * tile_elems;
       tile_fns[rows - 1](a.x + row0 * a.x_row_stride, a.x_row_stride, wt, a.k,
                          y + (row0 * a.y_row_stride + col0) * out_size, a.y_row_stride, std::min(kTile, a.n - col0),
-                         prefetch ? wt + tile_elems : nullptr);
+                         prefetch ? wt + tile_elems : nullptr, nullptr);
     }
     if (variant->thread_done != nullptr) variant->thread_done();
   }

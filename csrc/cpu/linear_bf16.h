@@ -32,6 +32,8 @@ struct LinearArgs {
   int num_threads;
   // The same W packed by pack_linear_weight_q4_1 (linear_q4_1.h), or null: used when it pays.
   const uint8_t* w_q4_1 = nullptr;
+  // (n,) fp32 added to each row of y before it is rounded (a biased linear's bias), or null.
+  const float* bias = nullptr;
 };
 
 // y = x @ W^T, products of bf16 accumulated in fp32, rounded to nearest even

@@ -39,10 +39,12 @@ void gather_packed_rows(uintptr_t out, uintptr_t packed, int64_t n, int64_t k, u
 }
 
 void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t packed, llmaas::DType out_dtype, int64_t m, int64_t n,
-                 int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads, uintptr_t packed_q4_1) {
+                 int64_t k, int64_t x_row_stride, int64_t out_row_stride, int num_threads, uintptr_t packed_q4_1,
+                 uintptr_t bias) {
   const llmaas::LinearArgs args{reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(packed),
                                 reinterpret_cast<void*>(out), out_dtype, m, n, k, x_row_stride, out_row_stride,
-                                num_threads, reinterpret_cast<const uint8_t*>(packed_q4_1)};
+                                num_threads, reinterpret_cast<const uint8_t*>(packed_q4_1),
+                                reinterpret_cast<const float*>(bias)};
   py::gil_scoped_release release;
   llmaas::linear_bf16(args);
 }
@@ -70,8 +72,9 @@ void register_linear_ops(py::module_& m) {
         "Packs a bf16 weight (n, k) for linear_bf16 (see engine/kernels/linear.py).");
   m.def("linear_bf16", &linear_bf16, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
         py::arg("out_dtype"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
-        py::arg("out_row_stride"), py::arg("num_threads"), py::arg("packed_q4_1") = 0,
-        "out = x @ W^T for bf16 x and a packed bf16 W (and its packed Q4_1 form, 0 if none).");
+        py::arg("out_row_stride"), py::arg("num_threads"), py::arg("packed_q4_1") = 0, py::arg("bias") = 0,
+        "out = x @ W^T (+ bias, fp32, 0 if none) for bf16 x and a packed bf16 W (and its packed Q4_1 form, 0 if "
+        "none).");
   m.def("linear_bf16_grouped", &linear_bf16_grouped, py::kw_only(), py::arg("out"), py::arg("x"), py::arg("packed"),
         py::arg("row_starts"), py::arg("out_dtype"), py::arg("n"), py::arg("k"), py::arg("x_row_stride"),
         py::arg("out_row_stride"), py::arg("num_threads"),

@@ -121,7 +121,7 @@ LLMAAS_Q4_TARGET LLMAAS_INLINE void widen_group(const uint8_t* group, Row row) {
 
 template <int R, typename Out>
 LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, Out* y, int64_t ldy,
-                                int64_t cols) {
+                                int64_t cols, const float* bias) {
   __m512 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t g = 0; g < k / kGroupK; ++g)
@@ -135,14 +135,14 @@ LLMAAS_Q4_TARGET void tile_q4_1(const uint16_t* x, int64_t ldx, const uint8_t* w
         acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, x_pair);
       }
     });
-  store_tile<R>(acc, y, ldy, cols);
+  store_tile<R>(acc, y, ldy, cols, bias);
 }
 
 // The same widened rows into one packed tile chunk (16 pair rows of 128 bytes), multiplied on the AMX
 // tiles as AmxBf16 multiplies linear_bf16's (linear_amx.h): the bits of that variant.
 template <int R, typename Out>
 LLMAAS_AMX_TARGET void tile_q4_1_amx(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, Out* y,
-                                     int64_t ldy, int64_t cols) {
+                                     int64_t ldy, int64_t cols, const float* bias) {
   amx_configure(R);
   amx_zero<R>();
   alignas(64) uint16_t chunk[kGroupK / 2][2 * kTile];
@@ -154,18 +154,19 @@ LLMAAS_AMX_TARGET void tile_q4_1_amx(const uint16_t* x, int64_t ldx, const uint8
     });
     amx_step<R>(x + g * kGroupK, 2 * ldx, chunk);
   }
-  amx_store_block<R>(y, ldy, cols);
+  amx_store_block<R>(y, ldy, cols, bias);
 }
 #undef LLMAAS_Q4_TARGET
 
-using TileFn = void (*)(const uint16_t*, int64_t, const uint8_t*, int64_t, void*, int64_t, int64_t);
+using TileFn = void (*)(const uint16_t*, int64_t, const uint8_t*, int64_t, void*, int64_t, int64_t, const float*);
 
 template <int R, typename Out, bool kAmx>
-void tile_entry(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, void* y, int64_t ldy, int64_t cols) {
+void tile_entry(const uint16_t* x, int64_t ldx, const uint8_t* wt, int64_t k, void* y, int64_t ldy, int64_t cols,
+                const float* bias) {
   if constexpr (kAmx)
-    tile_q4_1_amx<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);
+    tile_q4_1_amx<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols, bias);
   else
-    tile_q4_1<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols);
+    tile_q4_1<R, Out>(x, ldx, wt, k, static_cast<Out*>(y), ldy, cols, bias);
 }
 
 template <typename Out, bool kAmx, size_t... I>
@@ -197,7 +198,7 @@ void linear_q4_1(const LinearArgs& a, bool amx) {
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t col0 = t * kTile;
       fn(a.x, a.x_row_stride, a.w_q4_1 + t * tile_bytes, a.k, y + col0 * out_size, a.y_row_stride,
-         std::min(kTile, a.n - col0));
+         std::min(kTile, a.n - col0), a.bias != nullptr ? a.bias + col0 : nullptr);
     }
     if (amx) amx_release();
   }

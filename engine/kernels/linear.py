@@ -116,8 +116,11 @@ def _pack_q4_1(blocks: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return data
 
 
-def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x @ W^T for x (..., K) bf16 on CPU; returns (..., N) in out_dtype (bf16 by default, or fp32)."""
+def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype | None = None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T (+ bias) for x (..., K) bf16 on CPU; returns (..., N) in out_dtype (bf16 by default, or fp32).
+    bias (N,): added in fp32 to the fp32 sums, before a bf16 output is rounded (once), as torch's biased
+    linear does."""
     _require_supported()
     dtype_enum = _OUT_DTYPES.get(out_dtype or torch.bfloat16)
     if dtype_enum is None:
@@ -131,6 +134,10 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
     m = rows.shape[0]
     if rows.stride(1) != 1 or (m > 1 and rows.stride(0) < k):  # the kernel wants whole, disjoint rows
         rows = rows.contiguous()
+    if bias is not None:
+        if bias.shape != (n,) or not bias.is_cpu:
+            raise ValueError(f"bias must be a CPU tensor ({n},), got {tuple(bias.shape)} on {bias.device}")
+        bias = bias.to(torch.float32).contiguous()
     out = torch.empty(m, n, dtype=out_dtype or torch.bfloat16)
     if m > 0:
         _C.linear_bf16(
@@ -145,6 +152,7 @@ def linear(x: torch.Tensor, packed: PackedLinearWeight, out_dtype: torch.dtype |
             out_row_stride=n,
             num_threads=torch.get_num_threads(),
             packed_q4_1=0 if packed.q4_1 is None else packed.q4_1.data_ptr(),
+            bias=0 if bias is None else bias.data_ptr(),
         )
     return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
 

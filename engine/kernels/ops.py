@@ -294,12 +294,12 @@ def pack_linear_weight(weight: torch.Tensor,
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: linear_kernel.PackedLinearWeight | None,
-           out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x @ weight^T, through the packed kernel when the weight was packed for it."""
+           out_dtype: torch.dtype | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T (+ bias), through the packed kernel when the weight was packed for it."""
     if packed is not None:
-        return linear_kernel.linear(x, packed, out_dtype)
+        return linear_kernel.linear(x, packed, out_dtype, bias)
     assert weight is not None
-    y = torch.nn.functional.linear(x, weight)
+    y = torch.nn.functional.linear(x, weight, bias)
     return y if out_dtype is None else y.to(out_dtype)
 
 

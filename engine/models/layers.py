@@ -29,8 +29,9 @@ class Linear(nn.Module):
         if self.packed is not None:
             self.weight = None
 
-    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.packed, out_dtype)
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.packed, out_dtype, bias)
 
 
 class RMSNorm(nn.Module):

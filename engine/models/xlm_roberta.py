@@ -18,9 +18,8 @@ from engine.models.layers import Linear, PagedAttention
 
 
 class BiasedLinear(nn.Module):
-    """x W^T + b. Where the weight is packed (bf16 on CPU) the C++ kernel sums the products in fp32, the
-    bias is added in fp32 and the sum rounded once to x's dtype, as torch's biased linear does, which
-    runs everywhere else."""
+    """x W^T + b through the kernel dispatch: the products summed in fp32, the bias added in fp32 and the
+    sum rounded once to x's dtype (in the packed C++ kernel's store where it runs, else torch's)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -28,9 +27,7 @@ class BiasedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.linear.packed is None:
-            return F.linear(x, self.linear.weight, self.bias)
-        return self.linear(x, torch.float32).add_(self.bias).to(x.dtype)
+        return self.linear(x, bias=self.bias)
 
 
 def attend_both_ways(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int]) -> torch.Tensor:

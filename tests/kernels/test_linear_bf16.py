@@ -75,6 +75,19 @@ def test_bf16_output_is_fp32_output_rounded(isa: str, m: int, k: int) -> None:
     assert torch.equal(linear.linear(x, packed), linear.linear(x, packed, torch.float32).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("m, n, k", [(1, 577, 130), (4, 40, 64), (17, 577, 577), (64, 33, 576)])
+def test_a_bias_is_added_to_the_fp32_sums_before_the_rounding(isa: str, m: int, n: int, k: int) -> None:
+    """In the kernel's store: the bits of the fp32 output plus the bias in fp32, rounded once (as torch's
+    biased linear rounds), on every variant, past the tile's last column too (n % 32)."""
+    x, packed = randn(m, k, seed=21), linear.pack(randn(n, k, seed=22))
+    bias = randn(n, seed=23) * 4
+    sums = linear.linear(x, packed, torch.float32)
+    assert torch.equal(linear.linear(x, packed, torch.float32, bias), sums + bias.float())
+    assert torch.equal(linear.linear(x, packed, bias=bias), (sums + bias.float()).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="bias"):
+        linear.linear(x, packed, bias=bias[1:])
+
+
 @pytest.mark.parametrize("k", [130, 131])
 def test_strided_rows_are_read_within_bounds(isa: str, k: int) -> None:
     """x rows inside wider rows of NaN: any read past column k - 1 (odd k's padding pair) shows."""

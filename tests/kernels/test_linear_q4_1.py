@@ -72,6 +72,19 @@ def test_q4_1_form_gives_the_bf16_kernels_bits(n: int, k: int, out_dtype: torch.
         torch.testing.assert_close(got.float(), linear.reference(x, weight, out_dtype).float(), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("n,k", [(40, 64), (577, 576)])
+def test_q4_1_form_adds_a_bias_as_the_bf16_form(n: int, k: int, isa: str) -> None:
+    gen = torch.Generator().manual_seed(n + k)
+    blocks = random_blocks(n, k, gen)
+    weight = dequantized(blocks, n, k)
+    both, bf16_only = linear.pack(weight, blocks), linear.pack(weight)
+    bias = torch.randn(n, generator=gen).to(torch.bfloat16)
+    for m in range(1, MAX_ROWS + 1):
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        for out_dtype in (torch.bfloat16, torch.float32):
+            assert torch.equal(linear.linear(x, both, out_dtype, bias), linear.linear(x, bf16_only, out_dtype, bias))
+
+
 def packed_pair(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, linear.PackedLinearWeight]:
     """A random Q4_1 weight: its bf16 form and both forms packed."""
     blocks = random_blocks(n, k, gen)
