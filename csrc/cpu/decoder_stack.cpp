@@ -3,7 +3,7 @@
 // Per layer, on num_tokens (T) rows, exactly the ops of engine/models/llama.py's per-op path
 // and through the same kernels, so results are the same bit for bit but for silu (activation.cpp):
 //   h, residual = rms_norm(x + residual)          (layer 0: residual = the embeddings, no add)
-//   qkv = h @ Wqkv^T (+ bias);  q, k = rms_norm(each head) (Qwen3);  rotary(q, k) in place
+//   qkv = h @ Wqkv^T (+ bias, in fp32 before the rounding);  q, k = rms_norm(each head) (Qwen3);  rotary(q, k) in place
 //   write k, v into the paged cache;  attn = paged_attention(q);  x = attn @ Wo^T (* residual_scale)
 //   h, residual = rms_norm(x + residual)
 //   x = (silu(gate) * up) @ Wdown^T (* residual_scale)  where gate | up = h @ Wgate_up^T
@@ -27,8 +27,8 @@ namespace llmaas {
 namespace {
 
 void linear(const uint16_t* x, const uint16_t* w, const uint8_t* w_q4_1, uint16_t* y, int64_t m, int64_t n, int64_t k,
-            int threads) {
-  linear_bf16(LinearArgs{x, w, y, DType::kBFloat16, m, n, k, k, n, threads, w_q4_1});
+            int threads, const float* bias = nullptr) {
+  linear_bf16(LinearArgs{x, w, y, DType::kBFloat16, m, n, k, k, n, threads, w_q4_1, bias});
 }
 
 // x = bf16(float(x) * scale), n elements: torch's bf16 tensor times a Python float.
@@ -36,13 +36,6 @@ void scale_bf16(uint16_t* x, int64_t n, float scale) {
   for (int64_t i = 0; i < n; ++i) x[i] = f32_to_bf16(bf16_to_f32(x[i]) * scale);
 }
 
-// Each of T rows (row_stride apart) += bias (n,), rounded to bf16: torch's bf16 `qkv + bias`.
-void add_bias_bf16(uint16_t* rows, const uint16_t* bias, int64_t T, int64_t n, int64_t row_stride) {
-  for (int64_t t = 0; t < T; ++t) {
-    uint16_t* row = rows + t * row_stride;
-    for (int64_t i = 0; i < n; ++i) row[i] = f32_to_bf16(bf16_to_f32(row[i]) + bf16_to_f32(bias[i]));
-  }
-}
 
 // Qwen3: RMSNorm of each head of q and of k, in place in the qkv rows, token by token (a token's
 // heads are contiguous rows of D; the norm reads each element before writing it).
@@ -112,8 +105,7 @@ void decoder_stack(const DecoderStackArgs& a) {
       fused_add_rms_norm(residual, nullptr, p.input_norm, h, nullptr, true, T, H, H, H, a.eps, th);
     else
       fused_add_rms_norm(x, residual, p.input_norm, h, residual, true, T, H, H, H, a.eps, th);
-    linear(h, p.qkv, p.qkv_q4_1, qkv, T, qkv_n, H, th);
-    if (p.qkv_bias != nullptr) add_bias_bf16(qkv, p.qkv_bias, T, qkv_n, qkv_n);
+    linear(h, p.qkv, p.qkv_q4_1, qkv, T, qkv_n, H, th, p.qkv_bias);
     if (p.q_norm != nullptr) head_norms(qkv, p.q_norm, p.k_norm, T, a.num_heads, a.num_kv_heads, D, qkv_n, a.eps, th);
     rotary(qkv, qkv + q_size, cos, sin, true, T, a.num_heads, a.num_kv_heads, D, qkv_n, D, qkv_n, D, D, D, true, th);
     write.k_cache = p.k_cache, write.v_cache = p.v_cache;

@@ -27,8 +27,9 @@ struct DecoderLayerPtrs {
   const uint8_t* gate_up_q4_1;
   const uint8_t* down_q4_1;
   // The variants' extra weights, each null where the model has none: Qwen2's q/k/v biases
-  // (q_size + 2 * kv_size,), Qwen3's per-head norms of q and of k (head_dim,).
-  const uint16_t* qkv_bias;
+  // (q_size + 2 * kv_size,) in fp32 (the bf16 ones widened, added in the linear's store before it
+  // rounds), Qwen3's per-head norms of q and of k (head_dim,).
+  const float* qkv_bias;
   const uint16_t* q_norm;
   const uint16_t* k_norm;
   // A mixture-of-experts layer's (moe_block.h), null in a dense layer: its router, packed (E, hidden),

@@ -108,6 +108,7 @@ class DecoderStack:
                              f"got {cache_shape}")
         rows = []
         expert_tables: list[torch.Tensor] = []  # each MoE layer's arrays of expert pointers
+        biases: list[torch.Tensor | None] = []  # each layer's q/k/v bias in fp32, as the linear's store adds it
         for i, w in enumerate(layers):
             for name, packed, n, k in _linears(w, s, q_size + 2 * kv_size, q_size):
                 if (packed.out_features, packed.in_features) != (n, k):
@@ -119,6 +120,7 @@ class DecoderStack:
             _check_dense(w.v_cache, cache_shape, _BF16, f"layer {i} v_cache")
             if w.qkv_bias is not None:
                 _check_dense(w.qkv_bias, (q_size + 2 * kv_size,), _BF16, f"layer {i} qkv_bias")
+            biases.append(None if w.qkv_bias is None else w.qkv_bias.float().contiguous())
             if (w.q_norm is None) != (w.k_norm is None):
                 raise ValueError(f"layer {i}: a q norm and a k norm go together")
             for name, norm in (("q_norm", w.q_norm), ("k_norm", w.k_norm)):
@@ -135,9 +137,9 @@ class DecoderStack:
                          w.post_norm.data_ptr()] + [0 if p is None else p.data.data_ptr() for p in mlp]
                         + [w.k_cache.data_ptr(), w.v_cache.data_ptr()]
                         + [0 if p is None or p.q4_1 is None else p.q4_1.data_ptr() for p in (w.qkv, w.o_proj, *mlp)]
-                        + [0 if t is None else t.data_ptr() for t in (w.qkv_bias, w.q_norm, w.k_norm)] + moe)
+                        + [0 if t is None else t.data_ptr() for t in (biases[-1], w.q_norm, w.k_norm)] + moe)
         self.shape = shape
-        self._keep = (embed, final_norm, cos, sin, layers, expert_tables)  # what the table points into
+        self._keep = (embed, final_norm, cos, sin, layers, expert_tables, biases)  # what the table points into
         self._table = torch.tensor(rows, dtype=torch.int64)
         # Everything but the per-step arguments, bound once (a step passes 6 more).
         self._fixed = dict(

@@ -45,9 +45,7 @@ class LlamaAttention(nn.Module):
                                    config.window_of(layer))
 
     def forward(self, rope: Rope, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv_proj(x)  # (T, q_size + 2 * kv_size)
-        if self.qkv_bias is not None:
-            qkv = qkv + self.qkv_bias
+        qkv = self.qkv_proj(x, bias=self.qkv_bias)  # (T, q_size + 2 * kv_size), the bias added before rounding
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
