@@ -16,7 +16,7 @@ from gateway.tenancy.postgres_store import PostgresStore
 from gateway.tenancy.store import AuditRecord, UsageRow
 
 TEXTS = ["", "plain", "it's", "''", "back\\slash", "\\'", "'\\", "E'x'", "$$ $tag$", "-- not a comment",
-         "x'); DROP TABLE usage; --", "tab\tnew\nline\r", "\x01\x1f\x7f", "ünïcødé ✓ 𝄞", "\\x41"]
+         "x'); DROP TABLE usage; --", "tab\tnew\nline\r", "\x01\x1f\x7f", "ünïcødé ✓ 𝄞", "\\x41", "%s %% %(x)s {0}"]
 FLOATS = [0.0, -0.0, 0.1, 1 / 3, 1e-300, 5e-324, 1.7976931348623157e308, 1732821234.123456, -2.5e-7,
           math.inf, -math.inf]
 INTS = [0, -1, 200, 2**62, -(2**63)]
